@@ -1,0 +1,1 @@
+"""The training side of kdtui. Only worker/train/data/models/distill import torch."""

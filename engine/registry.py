@@ -1,0 +1,174 @@
+"""Names of architectures, methods and data sets, torch-free.
+
+The app and `engine.config` validate and list choices from these tables
+without importing torch; the worker resolves the dotted paths lazily.
+A new method is one file in `engine/distill/` plus one entry in METHODS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# name -> "module:factory"; every factory takes num_classes and returns a
+# model following the contract in engine/models/base.py.
+ARCHS: dict[str, str] = {
+    # CIFAR ResNets (RepDistiller/SimKD naming)
+    "resnet8": "engine.models.resnet:resnet8",
+    "resnet14": "engine.models.resnet:resnet14",
+    "resnet20": "engine.models.resnet:resnet20",
+    "resnet32": "engine.models.resnet:resnet32",
+    "resnet44": "engine.models.resnet:resnet44",
+    "resnet56": "engine.models.resnet:resnet56",
+    "resnet110": "engine.models.resnet:resnet110",
+    "resnet8x4": "engine.models.resnet:resnet8x4",
+    "resnet32x4": "engine.models.resnet:resnet32x4",
+    # Wide ResNets
+    "wrn_16_2": "engine.models.wrn:wrn_16_2",
+    "wrn_40_1": "engine.models.wrn:wrn_40_1",
+    "wrn_40_2": "engine.models.wrn:wrn_40_2",
+    # VGG with BN
+    "vgg8": "engine.models.vgg:vgg8",
+    "vgg11": "engine.models.vgg:vgg11",
+    "vgg13": "engine.models.vgg:vgg13",
+    # Mobile architectures
+    "mobilenetv2": "engine.models.mobilenetv2:mobilenetv2",
+    "mobilenetv2_0_5": "engine.models.mobilenetv2:mobilenetv2_0_5",
+    "shufflenetv1": "engine.models.shufflenetv1:shufflenetv1",
+    "shufflenetv2": "engine.models.shufflenetv2:shufflenetv2",
+    "shufflenetv2_1_5": "engine.models.shufflenetv2:shufflenetv2_1_5",
+    # torchvision ImageNet models (for `folder` data)
+    "tv_resnet18": "engine.models.torchvision_models:tv_resnet18",
+    "tv_resnet34": "engine.models.torchvision_models:tv_resnet34",
+    "tv_resnet50": "engine.models.torchvision_models:tv_resnet50",
+    "tv_mobilenet_v2": "engine.models.torchvision_models:tv_mobilenet_v2",
+}
+
+DATASETS: dict[str, str] = {
+    "cifar10": "CIFAR-10 via torchvision (32x32, 10 classes)",
+    "cifar100": "CIFAR-100 via torchvision (32x32, 100 classes)",
+    "digits": "scikit-learn's bundled 8x8 digits at 3x32x32 (offline, 10 classes)",
+    "synthetic": "random class-conditioned tensors (offline, for tests)",
+    "folder": "torchvision ImageFolder: root/train/<class>/*, root/val/<class>/*",
+}
+
+HEADS = ("student", "teacher")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One named, typed, documented hyperparameter of a method."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    # extra check for structured values; returns an error message or None
+    check: Callable[[Any], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    impl: str  # "module:Class", a Distiller subclass
+    summary: str
+    head: str  # which classifier produces test-time logits: "student" | "teacher"
+    needs_teacher: bool
+    # what the loss reads from the teacher: "logits" methods can use the
+    # exact teacher cache, "features" methods need the full forward pass
+    teacher_outputs: str = "features"
+    options: dict[str, Option] = field(default_factory=dict)
+
+
+def _check_projectors(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value in ("last", "all") else "must be 'last', 'all' or a list of stage pairs"
+    if not isinstance(value, list) or not value:
+        return "must be 'last', 'all' or a non-empty list of stage pairs"
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            return f"item {i} must be a table like {{stage = -1, weight = 1.0}}"
+        unknown = set(item) - {"stage", "teacher", "student", "weight"}
+        if unknown:
+            return f"item {i} has unknown key(s) {sorted(unknown)}; use stage, teacher, student, weight"
+        if "stage" not in item and not ("teacher" in item and "student" in item):
+            return f"item {i} needs 'stage' (same index in both models) or 'teacher' and 'student'"
+        for k in ("stage", "teacher", "student"):
+            if k in item and (not isinstance(item[k], int) or isinstance(item[k], bool)):
+                return f"item {i}: '{k}' must be an integer stage index (negative counts from the end)"
+        w = item.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
+            return f"item {i}: 'weight' must be a positive number"
+    return None
+
+
+KD_OPTIONS = {
+    "ce_weight": Option(0.1, "weight of cross-entropy with the labels", min=0.0),
+    "kd_weight": Option(0.9, "weight of T^2 * KL(teacher || student)", min=0.0),
+    "temperature": Option(4.0, "softmax temperature T", min=1e-3),
+}
+
+SIMKD_OPTIONS = {
+    "loss": Option(
+        "l2",
+        "l2: MSE between projected student map and teacher map; kl: KL between teacher logits "
+        "and student logits through the reused teacher classifier; l2+kl: both",
+        choices=("l2", "kl", "l2+kl"),
+    ),
+    "feat_weight": Option(1.0, "weight of the feature (l2) loss", min=0.0),
+    "kl_weight": Option(1.0, "weight of the logit KL loss (loss = kl or l2+kl)", min=0.0),
+    "temperature": Option(4.0, "softmax temperature of the kl loss", min=1e-3),
+    "factor": Option(2, "projector bottleneck factor f (t/f channels inside)", choices=(1, 2, 4, 8)),
+    "projectors": Option(
+        "last",
+        "'last' (SimKD), 'all' (one projector per aligned stage pair, equal weights) or a list "
+        "of {stage|teacher+student, weight} tables; logits always come from the last stage",
+        check=_check_projectors,
+    ),
+    "labels": Option(
+        "none",
+        "none; ce: add label_weight*CE through the reused classifier; mask-wrong-teacher: drop "
+        "samples the teacher misclassifies from the feature loss",
+        choices=("none", "ce", "mask-wrong-teacher"),
+    ),
+    "label_weight": Option(1.0, "weight of the CE term when labels = 'ce'", min=0.0),
+}
+
+METHODS: dict[str, MethodSpec] = {
+    "vanilla": MethodSpec(
+        "vanilla",
+        "engine.distill.vanilla:Vanilla",
+        "cross-entropy on labels (teachers and baseline students)",
+        head="student",
+        needs_teacher=False,
+        teacher_outputs="none",
+        options={},
+    ),
+    "kd": MethodSpec(
+        "kd",
+        "engine.distill.kd:KD",
+        "Hinton et al. 2015: CE + T^2 KL(teacher || student)",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="logits",
+        options=KD_OPTIONS,
+    ),
+    "simkd": MethodSpec(
+        "simkd",
+        "engine.distill.simkd:SimKD",
+        "Chen et al. CVPR 2022: projector into the frozen, reused teacher classifier",
+        head="teacher",
+        needs_teacher=True,
+        teacher_outputs="features",
+        options=SIMKD_OPTIONS,
+    ),
+}
+
+
+def resolve(path: str) -> Any:
+    """Import "module:attr" lazily (worker side only)."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
