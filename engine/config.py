@@ -29,8 +29,14 @@ from engine.registry import ARCHS, DATASETS, METHODS
 class ConfigError(ValueError):
     """A bad experiment file: one message naming file, key and line."""
 
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
-                 line: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ):
         self.file, self.key, self.line, self.reason = file, key, line, message
         where = file or "<config>"
         if line:
@@ -38,8 +44,14 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
 
-def meta(help: str, *, choices: tuple | None = None, min: float | None = None,
-         max: float | None = None, sweepable: bool = True) -> dict:
+def meta(
+    help: str,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    sweepable: bool = True,
+) -> dict:
     return {"help": help, "choices": choices, "min": min, "max": max, "sweepable": sweepable}
 
 
@@ -57,11 +69,17 @@ class DataConfig:
     batch_size: int = _f(64, "training batch size", min=1)
     eval_batch_size: int = _f(512, "evaluation batch size", min=1)
     augment: bool = _f(True, "zero-pad 4 + random crop + flip on the training set")
-    hflip: str = _f("auto", "horizontal flip: auto (on except for digits), on, off",
-                    choices=("auto", "on", "off"))
-    loader: str = _f("auto", "auto: device-resident tensors for in-memory data sets, "
-                     "DataLoader for folders; device; dataloader (PIL, reference style)",
-                     choices=("auto", "device", "dataloader"))
+    hflip: str = _f(
+        "auto",
+        "horizontal flip: auto (on except for digits), on, off",
+        choices=("auto", "on", "off"),
+    )
+    loader: str = _f(
+        "auto",
+        "auto: device-resident tensors for in-memory data sets, "
+        "DataLoader for folders; device; dataloader (PIL, reference style)",
+        choices=("auto", "device", "dataloader"),
+    )
     num_workers: int = _f(2, "DataLoader workers (dataloader path only)", min=0)
     data_seed: int = _f(-1, "seed of shuffling and augmentation; -1 uses the run's seed")
     # synthetic / folder only
@@ -80,8 +98,9 @@ class OptimConfig:
     weight_decay: float = _f(5e-4, "weight decay", min=0.0)
     epochs: int = _f(240, "training epochs", min=1)
     schedule: str = _f("multistep", "lr schedule", choices=("multistep", "cosine", "constant"))
-    milestones: list[int] = _f([150, 180, 210], "epochs where lr is multiplied by gamma",
-                               sweepable=False)
+    milestones: list[int] = _f(
+        [150, 180, 210], "epochs where lr is multiplied by gamma", sweepable=False
+    )
     gamma: float = _f(0.1, "multistep decay factor", min=0.0, max=1.0)
     warmup_epochs: int = _f(0, "linear lr warm-up epochs", min=0)
     min_lr: float = _f(0.0, "final lr of the cosine schedule", min=0.0)
@@ -94,8 +113,10 @@ class TeacherConfig:
     from_run: str = _f("", "use the best checkpoint of an earlier run (run id or experiment name)")
     train: bool = _f(False, "train this teacher first (vanilla) and distil from it")
     # overrides of [optim] for the teacher's own training when train = true
-    optim: dict = field(default_factory=dict, metadata=meta(
-        "overrides of [optim] for training the teacher", sweepable=False))
+    optim: dict = field(
+        default_factory=dict,
+        metadata=meta("overrides of [optim] for training the teacher", sweepable=False),
+    )
 
 
 @dataclass
@@ -114,24 +135,34 @@ class DistillConfig:
 @dataclass
 class RunConfig:
     device: str = _f("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    amp: str = _f("auto", "mixed precision: auto (bf16 on CUDA), bf16, fp16, off",
-                  choices=("auto", "bf16", "fp16", "off"))
-    channels_last: str = _f("auto", "channels_last memory format: auto (on CUDA), on, off",
-                            choices=("auto", "on", "off"))
+    amp: str = _f(
+        "auto",
+        "mixed precision: auto (bf16 on CUDA), bf16, fp16, off",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
+    channels_last: str = _f(
+        "auto",
+        "channels_last memory format: auto (on CUDA), on, off",
+        choices=("auto", "on", "off"),
+    )
     compile: bool = _f(False, "torch.compile the training step")
     eval_every: int = _f(1, "evaluate every N epochs (and always at the end)", min=1)
     log_every: int = _f(20, "record training loss every N steps", min=1)
     checkpoint_every: int = _f(1, "save the `last` checkpoint every N epochs", min=1)
     deterministic: bool = _f(False, "cudnn deterministic algorithms (slower)")
     priority: int = _f(0, "engine queue priority (higher first)")
-    fuse: bool = _f(True, "train sweep points that share teacher and data order in one "
-                    "process with one teacher pass")
-    teacher_cache: str = _f("off", "exact teacher-logit cache for logit methods: off, memory, disk",
-                            choices=("off", "memory", "disk"))
+    fuse: bool = _f(
+        True,
+        "train sweep points that share teacher and data order in one process with one teacher pass",
+    )
+    teacher_cache: str = _f(
+        "off",
+        "exact teacher-logit cache for logit methods: off, memory, disk",
+        choices=("off", "memory", "disk"),
+    )
     teacher_cache_dtype: str = _f("fp16", "cache precision", choices=("fp32", "fp16", "bf16"))
     teacher_cache_mb: int = _f(2048, "cache size limit in MiB", min=1)
-    max_steps: int = _f(0, "stop each epoch after N steps (0: full epochs; for smoke tests)",
-                        min=0)
+    max_steps: int = _f(0, "stop each epoch after N steps (0: full epochs; for smoke tests)", min=0)
 
 
 @dataclass
@@ -158,8 +189,14 @@ class Experiment:
         return self.distill.options.get(key, spec.default)
 
 
-SECTIONS = {"data": DataConfig, "teacher": TeacherConfig, "student": StudentConfig,
-            "distill": DistillConfig, "optim": OptimConfig, "run": RunConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "distill": DistillConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
 TOP_LEVEL = ("name", "description", "seeds", *SECTIONS, "sweep")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/+]*$")
 
@@ -182,8 +219,13 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is list:
         return f"a list of {_type_name(get_args(tp)[0])}s"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            dict: "a table"}.get(tp, str(tp))
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "a table",
+    }.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any) -> Any:
@@ -244,8 +286,8 @@ class _Locator:
             section, key = ["sweep"], ".".join(parts[1:])
         current: list[str] = []
         header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-        keyre = re.compile(r'^\s*("?)' + re.escape(key) + r'\1\s*=')
-        dotted_re = re.compile(r'^\s*' + re.escape(".".join(parts)) + r'\s*=')
+        keyre = re.compile(r'^\s*("?)' + re.escape(key) + r"\1\s*=")
+        dotted_re = re.compile(r"^\s*" + re.escape(".".join(parts)) + r"\s*=")
         quoted_re = re.compile(r'^\s*"' + re.escape(dotted) + r'"\s*=')
         for i, raw in enumerate(self.lines, 1):
             m = header.match(raw)
@@ -292,8 +334,10 @@ class _Parser:
                 kwargs["optim"] = self.optim_overrides(value, dotted)
                 continue
             if key not in names:
-                raise self.error(dotted, f"unknown key in [{prefix}]{_suggest(key, names)} "
-                                 f"(valid: {', '.join(names)})")
+                raise self.error(
+                    dotted,
+                    f"unknown key in [{prefix}]{_suggest(key, names)} (valid: {', '.join(names)})",
+                )
             kwargs[key] = self.value(cls, key, value, hints[key], dotted)
         obj = cls(**kwargs)
         if cls is DistillConfig:
@@ -335,9 +379,11 @@ class _Parser:
             if key not in spec.options:
                 others = sorted(m for m, s in METHODS.items() if key in s.options)
                 if others:
-                    msg = (f"not an option of method '{method}' (it belongs to "
-                           f"{', '.join(others)}); options of {method}: "
-                           f"{', '.join(spec.options) or 'none'}")
+                    msg = (
+                        f"not an option of method '{method}' (it belongs to "
+                        f"{', '.join(others)}); options of {method}: "
+                        f"{', '.join(spec.options) or 'none'}"
+                    )
                 else:
                     valid = ["method", *spec.options]
                     msg = f"unknown key in [distill]{_suggest(key, valid)} (valid for {method}: {', '.join(valid)})"
@@ -364,8 +410,11 @@ class _Parser:
     def experiment(self, raw: dict) -> Experiment:
         for key in raw:
             if key not in TOP_LEVEL:
-                raise self.error(key, f"unknown top-level key{_suggest(key, TOP_LEVEL)} "
-                                 f"(valid: {', '.join(TOP_LEVEL)})")
+                raise self.error(
+                    key,
+                    f"unknown top-level key{_suggest(key, TOP_LEVEL)} "
+                    f"(valid: {', '.join(TOP_LEVEL)})",
+                )
         raw = copy.deepcopy(raw)
         sweep = self.sweep(raw.pop("sweep", {}), raw)
         # a list where a scalar is expected (e.g. optim.lr = [...]) is a sweep
@@ -392,8 +441,9 @@ class _Parser:
         if "name" in raw:
             exp.name = self.value(Experiment, "name", raw["name"], str, "name")
         if "description" in raw:
-            exp.description = self.value(Experiment, "description", raw["description"], str,
-                                         "description")
+            exp.description = self.value(
+                Experiment, "description", raw["description"], str, "description"
+            )
         if "seeds" in raw:
             seeds = raw["seeds"]
             if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -423,8 +473,11 @@ class _Parser:
             owners = [m for m in methods if key in METHODS[m].options]
             if not owners:
                 valid = sorted({k for m in methods for k in METHODS[m].options})
-                raise self.error(f"distill.{key}", f"not an option of any swept method "
-                                 f"({', '.join(methods)}){_suggest(key, valid)}")
+                raise self.error(
+                    f"distill.{key}",
+                    f"not an option of any swept method "
+                    f"({', '.join(methods)}){_suggest(key, valid)}",
+                )
             out[key] = self.method_option(owners[0], key, value, f"distill.{key}")
         return DistillConfig(method=methods[0], options=with_defaults(methods, out))
 
@@ -435,7 +488,7 @@ class _Parser:
 
     def sweep(self, raw: Any, full: dict) -> dict:
         if not isinstance(raw, dict):
-            raise self.error("sweep", "must be a table [sweep] of \"section.key\" = [values]")
+            raise self.error("sweep", 'must be a table [sweep] of "section.key" = [values]')
         flat: dict[str, Any] = {}
 
         def walk(prefix: str, node: dict):  # accept both "optim.lr" and [sweep.optim] lr
@@ -452,8 +505,11 @@ class _Parser:
             dotted = f"sweep.{key}"
             sec, _, name = key.partition(".")
             if sec not in SECTIONS or not name:
-                raise self.error(dotted, f"sweep keys look like \"section.key\" with section one "
-                                 f"of {', '.join(SECTIONS)}{_suggest(key, _sweepable_keys())}")
+                raise self.error(
+                    dotted,
+                    f'sweep keys look like "section.key" with section one '
+                    f"of {', '.join(SECTIONS)}{_suggest(key, _sweepable_keys())}",
+                )
             if sec == "distill" and name != "method":
                 known = {k for s in METHODS.values() for k in s.options}
                 if name not in known:
@@ -468,7 +524,9 @@ class _Parser:
             if sec == "distill" and name == "method":
                 for m in out[key]:
                     if m not in METHODS:
-                        raise self.error(dotted, f"unknown method {m!r}; valid: {', '.join(METHODS)}")
+                        raise self.error(
+                            dotted, f"unknown method {m!r}; valid: {', '.join(METHODS)}"
+                        )
         return out
 
     def check(self, exp: Experiment) -> None:
@@ -507,12 +565,16 @@ def check_point(exp: Experiment, parser: _Parser) -> None:
     if spec.needs_teacher:
         t = exp.teacher
         if not t.arch:
-            raise parser.error("teacher.arch", f"method '{spec.name}' needs a teacher; valid "
-                               f"architectures: {', '.join(ARCHS)}")
+            raise parser.error(
+                "teacher.arch",
+                f"method '{spec.name}' needs a teacher; valid architectures: {', '.join(ARCHS)}",
+            )
         sources = [bool(t.checkpoint), bool(t.from_run), t.train]
         if sum(sources) != 1:
-            raise parser.error("teacher", "give exactly one of checkpoint = \"PATH\", "
-                               "from_run = \"NAME\" or train = true")
+            raise parser.error(
+                "teacher",
+                'give exactly one of checkpoint = "PATH", from_run = "NAME" or train = true',
+            )
     for key in exp.distill.options:
         if key not in spec.options:
             raise parser.error(f"distill.{key}", f"not an option of method '{spec.name}'")
@@ -538,8 +600,10 @@ def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> 
     out.sweep = {}
     method = point.get("distill.method", exp.distill.method)
     if "distill.method" in point:  # keep only the options of this point's method
-        out.distill = DistillConfig(method=method, options={
-            k: v for k, v in exp.distill.options.items() if k in METHODS[method].options})
+        out.distill = DistillConfig(
+            method=method,
+            options={k: v for k, v in exp.distill.options.items() if k in METHODS[method].options},
+        )
     for key, value in point.items():
         sec, _, name = key.partition(".")
         dotted = f"sweep.{key}"
@@ -567,8 +631,9 @@ def loads(text: str, *, file: str | None = None) -> Experiment:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
-        raise ConfigError(f"not valid TOML: {e}", file=file,
-                          line=int(m.group(1)) if m else None) from None
+        raise ConfigError(
+            f"not valid TOML: {e}", file=file, line=int(m.group(1)) if m else None
+        ) from None
     return parse(raw, file=file, text=text)
 
 
@@ -655,25 +720,39 @@ def to_dict(exp: Experiment, *, full: bool = True) -> dict:
 
 
 # written even when equal to the default: what a reader looks for first
-ALWAYS_WRITTEN = {"data.dataset", "data.batch_size", "student.arch", "distill.method",
-                  "optim.lr", "optim.epochs"}
+ALWAYS_WRITTEN = {
+    "data.dataset",
+    "data.batch_size",
+    "student.arch",
+    "distill.method",
+    "optim.lr",
+    "optim.epochs",
+}
 _ARRAY_RE = re.compile(r"\[\n((?:    [^\n\[\]{}]+,\n)+)\]")
 
 
 def _compact(text: str) -> str:
     """tomli-w writes one array item per line; arrays of scalars read better inline."""
-    return _ARRAY_RE.sub(lambda m: "[" + ", ".join(
-        item.strip().rstrip(",") for item in m.group(1).splitlines()) + "]", text)
+    return _ARRAY_RE.sub(
+        lambda m: (
+            "[" + ", ".join(item.strip().rstrip(",") for item in m.group(1).splitlines()) + "]"
+        ),
+        text,
+    )
 
 
 def dumps(exp: Experiment, *, full: bool = False, header: str | None = None) -> str:
     text = _compact(tomli_w.dumps(to_dict(exp, full=full)))
     if header:
-        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + "\n" + text
+        text = (
+            "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + "\n" + text
+        )
     return text
 
 
-def save(exp: Experiment, path: str | Path, *, full: bool = False, header: str | None = None) -> Path:
+def save(
+    exp: Experiment, path: str | Path, *, full: bool = False, header: str | None = None
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps(exp, full=full, header=header))
@@ -751,6 +830,24 @@ def field_default(section: str, key: str) -> Any:
     raise KeyError(key)
 
 
-__all__ = ["ConfigError", "Experiment", "DataConfig", "OptimConfig", "TeacherConfig",
-           "StudentConfig", "DistillConfig", "RunConfig", "RunPlan", "load", "loads", "parse",
-           "dumps", "save", "expand", "resolved_toml", "to_dict", "parse_override", "asdict"]
+__all__ = [
+    "ConfigError",
+    "Experiment",
+    "DataConfig",
+    "OptimConfig",
+    "TeacherConfig",
+    "StudentConfig",
+    "DistillConfig",
+    "RunConfig",
+    "RunPlan",
+    "load",
+    "loads",
+    "parse",
+    "dumps",
+    "save",
+    "expand",
+    "resolved_toml",
+    "to_dict",
+    "parse_override",
+    "asdict",
+]

@@ -85,7 +85,9 @@ class MethodSpec:
 
 def _check_projectors(value: Any) -> str | None:
     if isinstance(value, str):
-        return None if value in ("last", "all") else "must be 'last', 'all' or a list of stage pairs"
+        return (
+            None if value in ("last", "all") else "must be 'last', 'all' or a list of stage pairs"
+        )
     if not isinstance(value, list) or not value:
         return "must be 'last', 'all' or a non-empty list of stage pairs"
     for i, item in enumerate(value):
@@ -98,7 +100,9 @@ def _check_projectors(value: Any) -> str | None:
             return f"item {i} needs 'stage' (same index in both models) or 'teacher' and 'student'"
         for k in ("stage", "teacher", "student"):
             if k in item and (not isinstance(item[k], int) or isinstance(item[k], bool)):
-                return f"item {i}: '{k}' must be an integer stage index (negative counts from the end)"
+                return (
+                    f"item {i}: '{k}' must be an integer stage index (negative counts from the end)"
+                )
         w = item.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
             return f"item {i}: 'weight' must be a positive number"
@@ -121,7 +125,9 @@ SIMKD_OPTIONS = {
     "feat_weight": Option(1.0, "weight of the feature (l2) loss", min=0.0),
     "kl_weight": Option(1.0, "weight of the logit KL loss (loss = kl or l2+kl)", min=0.0),
     "temperature": Option(4.0, "softmax temperature of the kl loss", min=1e-3),
-    "factor": Option(2, "projector bottleneck factor f (t/f channels inside)", choices=(1, 2, 4, 8)),
+    "factor": Option(
+        2, "projector bottleneck factor f (t/f channels inside)", choices=(1, 2, 4, 8)
+    ),
     "projectors": Option(
         "last",
         "'last' (SimKD), 'all' (one projector per aligned stage pair, equal weights) or a list "

@@ -1,0 +1,619 @@
+"""The store: one SQLite database (WAL) and one folder per run. Torch-free.
+
+Every process (app, CLI, engine, workers) opens its own connection; WAL
+lets the app read while workers append metrics. Run ids come from
+AUTOINCREMENT and run folders are created exclusively, so nothing is ever
+reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from engine import config as cfgmod
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    source TEXT,
+    config_toml TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    experiment TEXT NOT NULL,
+    role TEXT NOT NULL DEFAULT 'student',
+    label TEXT NOT NULL DEFAULT '',
+    point TEXT NOT NULL DEFAULT '{}',
+    seed INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'queued',
+    method TEXT NOT NULL,
+    teacher_arch TEXT NOT NULL DEFAULT '',
+    student_arch TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    head TEXT NOT NULL DEFAULT 'student',
+    config_toml TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    depends_on INTEGER REFERENCES runs(id),
+    priority INTEGER NOT NULL DEFAULT 0,
+    fuse_key TEXT,
+    epochs INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps_per_epoch INTEGER NOT NULL DEFAULT 0,
+    best_top1 REAL,
+    best_epoch INTEGER,
+    last_top1 REAL,
+    last_top5 REAL,
+    teacher_top1 REAL,
+    params INTEGER,
+    images_per_s REAL,
+    eta_s REAL,
+    host TEXT,
+    device TEXT,
+    gpu TEXT,
+    pid INTEGER,
+    torch_version TEXT,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    resume INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    heartbeat REAL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    epoch INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, id);
+CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics(run_id, name, step);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_id ON events(id);
+"""
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """A user-facing problem with the store (unknown run, bad state)."""
+
+
+@dataclass
+class Run:
+    id: int
+    experiment_id: int
+    experiment: str
+    role: str
+    label: str
+    point: str
+    seed: int
+    status: str
+    method: str
+    teacher_arch: str
+    student_arch: str
+    dataset: str
+    head: str
+    config_toml: str
+    dir: str
+    depends_on: int | None
+    priority: int
+    fuse_key: str | None
+    epochs: int
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    best_top1: float | None
+    best_epoch: int | None
+    last_top1: float | None
+    last_top5: float | None
+    teacher_top1: float | None
+    params: int | None
+    images_per_s: float | None
+    eta_s: float | None
+    host: str | None
+    device: str | None
+    gpu: str | None
+    pid: int | None
+    torch_version: str | None
+    error: str | None
+    cancel_requested: int
+    resume: int
+    attempts: int
+    created: float
+    started: float | None
+    ended: float | None
+    heartbeat: float | None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def config(self) -> cfgmod.Experiment:
+        return cfgmod.loads(self.config_toml, file=f"run {self.id} config")
+
+    @property
+    def sweep_point(self) -> dict:
+        return json.loads(self.point or "{}")
+
+    @property
+    def pair(self) -> str:
+        return (
+            f"{self.teacher_arch}→{self.student_arch}" if self.teacher_arch else self.student_arch
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def progress(self) -> float:
+        if not self.epochs:
+            return 0.0
+        part = self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0
+        return min(1.0, (self.epoch + min(part, 1.0)) / self.epochs)
+
+
+RUN_COLUMNS = [f.name for f in fields(Run)]
+
+
+@dataclass
+class Metric:
+    id: int
+    run_id: int
+    epoch: int
+    step: int
+    name: str
+    value: float
+    time: float
+
+
+def default_home() -> Path:
+    env = os.environ.get("KDTUI_HOME")
+    return Path(env).expanduser() if env else Path.cwd() / ".kdtui"
+
+
+class Store:
+    """Thread-safe handle: one SQLite connection per thread."""
+
+    def __init__(self, home: str | Path | None = None):
+        self.home = Path(home).expanduser() if home else default_home()
+        self.home = self.home.absolute()
+        self.db_path = self.home / "kdtui.db"
+        self.runs_dir = self.home / "runs"
+        self._local = threading.local()
+        self._init()
+
+    # ------------------------------------------------------------ plumbing
+    def _init(self) -> None:
+        fresh = not self.home.exists()
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if fresh:
+            os.chmod(self.home, 0o700)
+        self.runs_dir.mkdir(exist_ok=True, mode=0o700)
+        if not self.db_path.exists():
+            fd = os.open(self.db_path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        con = self.conn
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            con.executescript(SCHEMA)
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA busy_timeout=60000")
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def _tx(self):
+        return _Transaction(self.conn)
+
+    # ------------------------------------------------------------ submit
+    def submit(
+        self,
+        exp: cfgmod.Experiment,
+        *,
+        source: str | None = None,
+        status: str = "queued",
+        holder: int | None = None,
+    ) -> list[Run]:
+        """Expand an experiment into runs (teacher first when trained here).
+
+        `holder`: the pid of a foreground `kdtui run` that will train these
+        runs itself; the engine leaves queued runs alone while it lives.
+        """
+        plans = cfgmod.expand(exp)
+        now = time.time()
+        created: list[Run] = []
+        with self._tx() as con:
+            exp_id = con.execute(
+                "INSERT INTO experiments(name, source, config_toml, created) VALUES (?,?,?,?)",
+                (exp.name, source, cfgmod.dumps(exp, full=False), now),
+            ).lastrowid
+            teacher_run: int | None = None
+            for plan in plans:
+                cfg = plan.config
+                depends_on = None
+                if plan.role == "student" and cfg.method.needs_teacher:
+                    if cfg.teacher.train:
+                        assert teacher_run is not None
+                        cfg.teacher.train = False
+                        cfg.teacher.from_run = str(teacher_run)
+                        cfg.teacher.optim = {}
+                        depends_on = teacher_run
+                    elif cfg.teacher.from_run:
+                        depends_on = self._resolve_from_run(
+                            con, cfg.teacher.from_run, cfg.teacher.arch
+                        )
+                        cfg.teacher.from_run = str(depends_on)
+                run_id = self._insert_run(con, exp_id, plan, cfg, depends_on, status, now)
+                if holder is not None:
+                    con.execute("UPDATE runs SET pid=? WHERE id=?", (holder, run_id))
+                if plan.role == "teacher":
+                    teacher_run = run_id
+                created.append(run_id)
+        return [self.run(i) for i in created]
+
+    def _insert_run(
+        self,
+        con,
+        exp_id: int,
+        plan: cfgmod.RunPlan,
+        cfg: cfgmod.Experiment,
+        depends_on: int | None,
+        status: str,
+        now: float,
+    ) -> int:
+        spec = cfg.method
+        teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
+        toml_text = cfgmod.resolved_toml(cfg)
+        run_id = con.execute(
+            """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
+               method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
+               priority, fuse_key, epochs, created)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+            (
+                exp_id,
+                cfg.name,
+                plan.role,
+                plan.label if plan.role == "student" else "teacher",
+                json.dumps(plan.point, sort_keys=True),
+                plan.seed,
+                status,
+                spec.name,
+                teacher_arch,
+                cfg.student.arch,
+                cfg.data.dataset,
+                spec.head,
+                toml_text,
+                "",
+                depends_on,
+                cfg.run.priority,
+                fuse_key(cfg),
+                cfg.optim.epochs,
+                now,
+            ),
+        ).lastrowid
+        run_dir = self._make_run_dir(run_id)
+        (run_dir / "config.toml").write_text(toml_text)
+        con.execute("UPDATE runs SET dir=? WHERE id=?", (str(run_dir), run_id))
+        return run_id
+
+    def _make_run_dir(self, run_id: int) -> Path:
+        while True:
+            path = self.runs_dir / f"{run_id:04d}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir(mode=0o700)
+                return path
+            except FileExistsError:
+                continue
+
+    def _resolve_from_run(self, con, ref: str, arch: str) -> int:
+        """A run id, or the best (else the first pending) run of an experiment with that arch."""
+        if ref.isdigit():
+            row = con.execute(
+                "SELECT id, student_arch FROM runs WHERE id=?", (int(ref),)
+            ).fetchone()
+            if row is not None:
+                if row["student_arch"] != arch:
+                    raise StoreError(
+                        f"teacher.from_run = {ref}: run {ref} trained "
+                        f"{row['student_arch']}, not {arch}"
+                    )
+                return row["id"]
+        rows = con.execute(
+            "SELECT id, status, best_top1 FROM runs WHERE experiment=? AND student_arch=? "
+            "ORDER BY id",
+            (ref, arch),
+        ).fetchall()
+        if not rows:
+            names = [
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT experiment FROM runs WHERE student_arch=?", (arch,)
+                )
+            ]
+            hint = f"; runs that trained {arch}: {', '.join(names)}" if names else ""
+            raise StoreError(
+                f"teacher.from_run = {ref!r}: no run id or experiment of that name "
+                f"trained {arch}{hint}"
+            )
+        done = [r for r in rows if r["status"] == "done"]
+        if done:
+            return max(done, key=lambda r: r["best_top1"] or 0.0)["id"]
+        pending = [r for r in rows if r["status"] in ("queued", "running")]
+        if pending:
+            return pending[0]["id"]
+        return rows[-1]["id"]  # failed/cancelled: the dependant will fail with its reason
+
+    # ------------------------------------------------------------ queries
+    def run(self, run_id: int) -> Run:
+        row = self.conn.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id} in {self.home}")
+        return Run(**dict(row))
+
+    def runs(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        experiment: str | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> list[Run]:
+        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if status:
+            statuses = [status] if isinstance(status, str) else list(status)
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        if experiment:
+            sql += " AND experiment=?"
+            args.append(experiment)
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args += ids
+        return [Run(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def find(self, ref: str) -> list[Run]:
+        """Runs named by a run id or an experiment name (CLI arguments)."""
+        if str(ref).isdigit():
+            try:
+                return [self.run(int(ref))]
+            except StoreError:
+                pass
+        runs = self.runs(experiment=str(ref))
+        if not runs:
+            raise StoreError(f"no run or experiment {ref!r} in {self.home}")
+        return runs
+
+    def experiments(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+
+    def changed_since(self, version: float) -> bool:
+        row = self.conn.execute("SELECT MAX(COALESCE(heartbeat, created)) FROM runs").fetchone()
+        return (row[0] or 0) > version
+
+    # ------------------------------------------------------------ lifecycle
+    def update(self, run_id: int, **values: Any) -> None:
+        bad = set(values) - set(RUN_COLUMNS)
+        if bad:
+            raise KeyError(f"unknown run columns {bad}")
+        cols = ", ".join(f"{k}=?" for k in values)
+        self.conn.execute(f"UPDATE runs SET {cols} WHERE id=?", (*values.values(), int(run_id)))
+
+    def claim(self, run_id: int, **values: Any) -> bool:
+        """queued -> running, atomically; False when someone else got it first."""
+        values.setdefault("started", time.time())
+        values.setdefault("host", socket.gethostname())
+        cols = ", ".join(f"{k}=?" for k in values)
+        with self._tx() as con:
+            cur = con.execute(
+                f"UPDATE runs SET status='running', heartbeat=?, error=NULL, "
+                f"attempts=attempts+1, {cols} WHERE id=? AND status='queued'",
+                (time.time(), *values.values(), int(run_id)),
+            )
+            return cur.rowcount == 1
+
+    def next_queued(self, limit: int = 50) -> list[Run]:
+        """Queued runs in order: priority first, then FIFO."""
+        rows = self.conn.execute(
+            "SELECT * FROM runs WHERE status='queued' ORDER BY priority DESC, id LIMIT ?", (limit,)
+        ).fetchall()
+        return [Run(**dict(r)) for r in rows]
+
+    def finish(self, run_id: int, status: str, error: str | None = None) -> None:
+        assert status in FINISHED, status
+        self.conn.execute(
+            "UPDATE runs SET status=?, error=COALESCE(?, error), ended=?, pid=NULL, heartbeat=? "
+            "WHERE id=?",
+            (status, error, time.time(), time.time(), int(run_id)),
+        )
+        self.event(run_id, status, error or "")
+
+    def requeue(self, run_id: int, *, resume: bool = True) -> Run:
+        run = self.run(run_id)
+        if run.status not in ("failed", "cancelled", "running"):
+            raise StoreError(f"run {run_id} is {run.status}; only failed or cancelled runs resume")
+        self.conn.execute(
+            "UPDATE runs SET status='queued', resume=?, cancel_requested=0, pid=NULL, "
+            "ended=NULL, heartbeat=? WHERE id=?",
+            (1 if resume else 0, time.time(), int(run_id)),
+        )
+        self.event(run_id, "queued", "resume" if resume else "restart")
+        return self.run(run_id)
+
+    def request_cancel(self, run_id: int) -> str:
+        """Queued runs are cancelled now; running ones are asked to stop."""
+        run = self.run(run_id)
+        if run.status == "queued":
+            self.finish(run_id, "cancelled", "cancelled before start")
+            return "cancelled"
+        if run.status == "running":
+            self.update(run_id, cancel_requested=1)
+            self.event(run_id, "cancel", "cancel requested")
+            return "cancelling"
+        return run.status
+
+    def delete(self, run_id: int) -> Run:
+        run = self.run(run_id)
+        if not run.finished:
+            raise StoreError(f"run {run_id} is {run.status}; cancel it before removing it")
+        dependants = self.conn.execute(
+            "SELECT id FROM runs WHERE depends_on=? AND status IN ('queued','running')", (run.id,)
+        ).fetchall()
+        if dependants:
+            raise StoreError(
+                f"run {run_id} is the teacher of queued/running runs {[r[0] for r in dependants]}"
+            )
+        with self._tx() as con:
+            con.execute("DELETE FROM metrics WHERE run_id=?", (run.id,))
+            con.execute("DELETE FROM events WHERE run_id=?", (run.id,))
+            con.execute("UPDATE runs SET depends_on=NULL WHERE depends_on=?", (run.id,))
+            con.execute("DELETE FROM runs WHERE id=?", (run.id,))
+        return run
+
+    # ------------------------------------------------------------ metrics
+    def add_metrics(
+        self, run_id: int, rows: Iterable[tuple[int, int, str, float]], when: float | None = None
+    ) -> None:
+        """rows of (epoch, step, name, value), committed at once."""
+        when = when or time.time()
+        data = [(int(run_id), int(e), int(s), n, float(v), when) for e, s, n, v in rows]
+        if not data:
+            return
+        with self._tx() as con:
+            con.executemany(
+                "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)",
+                data,
+            )
+            con.execute("UPDATE runs SET heartbeat=? WHERE id=?", (when, int(run_id)))
+
+    def metrics(
+        self,
+        run_id: int,
+        *,
+        since_id: int = 0,
+        names: Sequence[str] | None = None,
+    ) -> list[Metric]:
+        sql = "SELECT * FROM metrics WHERE run_id=? AND id>?"
+        args: list[Any] = [int(run_id), int(since_id)]
+        if names:
+            sql += f" AND name IN ({','.join('?' * len(names))})"
+            args += list(names)
+        return [Metric(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def series(self, run_id: int, name: str) -> list[tuple[int, int, float]]:
+        """(epoch, step, value) of one metric, in order."""
+        return [
+            (r[0], r[1], r[2])
+            for r in self.conn.execute(
+                "SELECT epoch, step, value FROM metrics WHERE run_id=? AND name=? ORDER BY step, id",
+                (int(run_id), name),
+            )
+        ]
+
+    def truncate_metrics(self, run_id: int, after_epoch: int) -> None:
+        """Drop metrics of epochs beyond a checkpoint before resuming from it."""
+        self.conn.execute(
+            "DELETE FROM metrics WHERE run_id=? AND epoch>?", (int(run_id), int(after_epoch))
+        )
+
+    # ------------------------------------------------------------ events
+    def event(self, run_id: int | None, kind: str, message: str = "") -> None:
+        self.conn.execute(
+            "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
+            (run_id, time.time(), kind, message),
+        )
+
+    def events(self, since_id: int = 0) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM events WHERE id>? ORDER BY id", (since_id,)
+        ).fetchall()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, so concurrent writers queue instead of failing."""
+
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.con.execute("COMMIT")
+        else:
+            self.con.execute("ROLLBACK")
+
+
+def fuse_key(cfg: cfgmod.Experiment) -> str | None:
+    """Runs with equal keys share teacher and batches, so one process can train them all."""
+    if not cfg.run.fuse or not cfg.method.needs_teacher:
+        return None
+    t, d = cfg.teacher, cfg.data
+    data_seed = d.data_seed if d.data_seed >= 0 else cfg.seeds[0]
+    parts = [
+        t.arch,
+        t.checkpoint,
+        t.from_run,
+        d.dataset,
+        d.root,
+        str(d.batch_size),
+        str(d.augment),
+        d.hflip,
+        d.loader,
+        str(data_seed),
+        str(d.num_classes),
+        str(d.train_size),
+        str(d.image_size),
+        str(cfg.optim.epochs),
+        cfg.run.device,
+        cfg.run.amp,
+        str(cfg.run.max_steps),
+    ]
+    return "|".join(parts)

@@ -1,0 +1,168 @@
+"""The SQLite store: runs, metrics and folders that are never reused or overwritten."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from engine import config as c
+from engine.store import Store, StoreError
+
+EXP = """
+name = "simkd-digits"
+seeds = [0, 1]
+[data]
+dataset = "digits"
+[teacher]
+arch = "resnet20"
+train = true
+[student]
+arch = "resnet8"
+[distill]
+method = "simkd"
+[optim]
+lr = [0.01, 0.05]
+epochs = 2
+"""
+
+
+def submit(store, text=EXP, **kw):
+    return store.submit(c.loads(text, file="exp.toml"), source="exp.toml", **kw)
+
+
+def test_submit_creates_one_queued_row_and_folder_per_run(store):
+    runs = submit(store)
+    assert len(runs) == 1 + 2 * 2  # teacher + lr grid x seeds
+    assert [r.status for r in runs] == ["queued"] * 5
+    teacher, students = runs[0], runs[1:]
+    assert teacher.role == "teacher" and teacher.method == "vanilla"
+    assert teacher.student_arch == "resnet20"
+    for r in students:
+        assert r.depends_on == teacher.id
+        assert r.head == "teacher"  # simkd reports the reused teacher classifier
+        assert r.config.teacher.from_run == str(teacher.id)
+        assert (r.path / "config.toml").read_text() == r.config_toml
+    assert {r.label for r in students} == {
+        "lr=0.01 seed=0",
+        "lr=0.01 seed=1",
+        "lr=0.05 seed=0",
+        "lr=0.05 seed=1",
+    }
+
+
+def test_the_stored_config_reproduces_the_run(store):
+    r = submit(store)[2]
+    cfg = r.config
+    assert cfg.optim.lr == 0.01 and cfg.seeds == [1] and cfg.sweep == {}
+    assert cfg.distill.options["factor"] == 2
+
+
+def test_ids_and_folders_never_collide(store, home):
+    first = submit(store)
+    # a second store in the same place continues the sequence
+    second = submit(Store(home))
+    ids = [r.id for r in first + second]
+    assert len(set(ids)) == len(ids)
+    dirs = [r.dir for r in first + second]
+    assert len(set(dirs)) == len(dirs)
+
+
+def test_database_is_wal_and_private(store, home):
+    mode = store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(home / "kdtui.db").st_mode) == 0o600
+
+
+def test_claim_is_atomic(store, home):
+    run = submit(store)[0]
+    other = Store(home)
+    assert store.claim(run.id, pid=1) is True
+    assert other.claim(run.id, pid=2) is False
+    assert store.run(run.id).status == "running" and store.run(run.id).pid == 1
+
+
+def test_cancel_a_queued_run_and_ask_a_running_one_to_stop(store):
+    a, b = submit(store)[:2]
+    assert store.request_cancel(a.id) == "cancelled"
+    assert store.run(a.id).status == "cancelled"
+    store.claim(b.id, pid=1)
+    assert store.request_cancel(b.id) == "cancelling"
+    assert store.run(b.id).cancel_requested == 1
+
+
+def test_metrics_are_read_incrementally(store):
+    run = submit(store)[0]
+    store.add_metrics(run.id, [(0, 10, "train/loss", 2.0), (0, 20, "train/loss", 1.5)])
+    first = store.metrics(run.id)
+    assert [m.value for m in first] == [2.0, 1.5]
+    store.add_metrics(run.id, [(1, 30, "test/top1", 50.0)])
+    new = store.metrics(run.id, since_id=first[-1].id)
+    assert [(m.name, m.value) for m in new] == [("test/top1", 50.0)]
+    assert store.series(run.id, "train/loss") == [(0, 10, 2.0), (0, 20, 1.5)]
+    store.truncate_metrics(run.id, after_epoch=0)
+    assert [m.epoch for m in store.metrics(run.id)] == [0, 0]
+
+
+def test_metrics_query_uses_the_index(store):
+    plan = store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM metrics WHERE run_id=? AND id>? ORDER BY id", (1, 0)
+    ).fetchall()
+    assert any("metrics_run" in str(tuple(row)) for row in plan)
+
+
+def test_from_run_resolves_an_experiment_name_to_its_best_done_run(store):
+    text = EXP.replace("train = true", "checkpoint = 't.pth'")
+    teacher_exp = """
+name = "teacher-r20"
+seeds = [0, 1]
+[data]
+dataset = "digits"
+[student]
+arch = "resnet20"
+[optim]
+epochs = 1
+"""
+    t0, t1 = submit(store, teacher_exp)
+    store.update(t0.id, status="done", best_top1=90.0)
+    store.update(t1.id, status="done", best_top1=95.0)
+    runs = submit(store, text.replace("checkpoint = 't.pth'", "from_run = 'teacher-r20'"))
+    assert all(r.depends_on == t1.id for r in runs)
+
+
+def test_from_run_with_no_such_run_is_a_clear_error(store):
+    with pytest.raises(StoreError, match="no run id or experiment"):
+        submit(store, EXP.replace("train = true", "from_run = 'nope'"))
+
+
+def test_delete_removes_row_metrics_but_only_when_finished(store):
+    run = submit(store)[1]
+    with pytest.raises(StoreError, match="cancel it"):
+        store.delete(run.id)
+    store.finish(run.id, "failed", "boom")
+    store.add_metrics(run.id, [(0, 1, "train/loss", 1.0)])
+    store.delete(run.id)
+    with pytest.raises(StoreError):
+        store.run(run.id)
+    rows = store.conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id=?", (run.id,)).fetchone()
+    assert rows[0] == 0
+
+
+def test_requeue_for_resume(store):
+    run = submit(store)[0]
+    store.claim(run.id, pid=1)
+    store.finish(run.id, "failed", "worker died")
+    again = store.requeue(run.id)
+    assert again.status == "queued" and again.resume == 1 and again.error == "worker died"
+    store.finish(run.id, "done")
+    with pytest.raises(StoreError, match="only failed or cancelled"):
+        store.requeue(run.id)
+
+
+def test_schema_is_plain_sqlite(home, store):
+    con = sqlite3.connect(home / "kdtui.db")
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"experiments", "runs", "metrics", "events"} <= tables
