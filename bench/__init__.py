@@ -1,0 +1,1 @@
+"""`kdtui bench`: speed of our engine against a reference-style loop, in one process."""

@@ -1,0 +1,325 @@
+"""`kdtui` command line. Torch-free at import: training imports torch lazily."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine import config as cfgmod
+from engine import export as exportmod
+from engine.store import STATUSES, Store, StoreError
+
+app = typer.Typer(
+    name="kdtui",
+    help="A terminal experiment manager for knowledge distillation. "
+    "Run without a command to open the app.",
+    no_args_is_help=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="KDTUI_HOME",
+        help="Store directory (default: ./.kdtui).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key: --set optim.epochs=2 (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def open_store(home: Path | None) -> Store:
+    return Store(home)
+
+
+def load_config(file: Path, overrides: list[str] | None) -> cfgmod.Experiment:
+    try:
+        return cfgmod.load(file, overrides or [])
+    except cfgmod.ConfigError as e:
+        raise fail(str(e)) from None
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(ctx: typer.Context, home: HomeOpt = None) -> None:
+    """Open the app when no command is given."""
+    if ctx.invoked_subcommand is None:
+        from kdtui.app import run_app  # Textual only; still torch-free
+
+        run_app(home)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Experiment TOML files.")], set_: SetOpt = None
+) -> None:
+    """Check experiment files; print each error with file, line and key."""
+    bad = 0
+    for f in files:
+        try:
+            exp = cfgmod.load(f, set_ or [])
+            n = len(cfgmod.expand(exp))
+            console.print(f"[green]ok[/] {f}: {exp.name}, {n} run{'s' * (n != 1)}")
+        except cfgmod.ConfigError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            bad += 1
+    if bad:
+        raise typer.Exit(2)
+
+
+def plan_table(exp: cfgmod.Experiment) -> Table:
+    t = Table(title=f"{exp.name}: runs", title_justify="left")
+    for col in ("#", "role", "method", "teacher→student", "data", "lr", "epochs", "point"):
+        t.add_column(col)
+    for i, p in enumerate(cfgmod.expand(exp), 1):
+        c = p.config
+        teacher = c.teacher.arch if c.method.needs_teacher else ""
+        pair = f"{teacher}→{c.student.arch}" if teacher else c.student.arch
+        t.add_row(
+            str(i),
+            p.role,
+            c.distill.method,
+            pair,
+            c.data.dataset,
+            f"{c.optim.lr:g}",
+            str(c.optim.epochs),
+            p.label,
+        )
+    return t
+
+
+@app.command()
+def run(
+    file: Annotated[Path | None, typer.Argument(help="Experiment TOML file.")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        int | None,
+        typer.Option(
+            "--resume", help="Continue a failed or cancelled run from its last checkpoint."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the runs; train nothing.")
+    ] = False,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", help="Queue on the background engine instead (= kdtui submit)."),
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Train an experiment in the foreground with a progress bar; results go to the store."""
+    from kdtui.headless import resume_foreground, run_foreground
+
+    store = open_store(home)
+    if resume is not None:
+        try:
+            ok = resume_foreground(store, resume, console)
+        except StoreError as e:
+            raise fail(str(e)) from None
+        raise typer.Exit(0 if ok else 1)
+    if file is None:
+        raise fail("give an experiment file (or --resume RUN_ID)")
+    exp = load_config(file, set_)
+    if dry_run:
+        console.print(plan_table(exp))
+        return
+    if detach:
+        from kdtui.commands import submit_experiment
+
+        submit_experiment(store, exp, str(file), console)
+        return
+    try:
+        ok = run_foreground(store, exp, str(file), console)
+    except StoreError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "done": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+@app.command("ls")
+def list_runs(
+    status: Annotated[
+        str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """List runs with status and progress."""
+    store = open_store(home)
+    runs = store.runs(status=status, experiment=experiment)
+    t = Table()
+    for col in (
+        "id",
+        "status",
+        "experiment",
+        "point",
+        "method",
+        "teacher→student",
+        "progress",
+        "best top-1",
+        "head",
+        "img/s",
+        "device",
+    ):
+        t.add_column(col, no_wrap=col in ("id", "status"))
+    for r in runs:
+        best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
+        speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
+        style = STATUS_STYLE.get(r.status, "")
+        t.add_row(
+            str(r.id),
+            f"[{style}]{r.status}[/]",
+            r.experiment,
+            r.label,
+            r.method,
+            r.pair,
+            f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%",
+            best,
+            r.head,
+            speed,
+            r.device or "–",
+        )
+    if not runs:
+        console.print(f"no runs in {store.home}")
+        return
+    console.print(t)
+
+
+def leaderboard_rows(store: Store, experiment: str | None, status: str | None):
+    runs = store.runs(experiment=experiment)
+    rows = exportmod.build_rows(store.runs())  # baselines may come from other experiments
+    keep = {r.id for r in runs} if experiment else None
+    if keep is not None:
+        rows = [row for row in rows if set(row.run_ids) & keep]
+    if status:
+        rows = [row for row in rows if status in row.statuses]
+    return rows
+
+
+def leaderboard_table(rows) -> Table:
+    head, body = exportmod.table(rows)
+    t = Table(title="leaderboard (accuracy of the head used at test time)", title_justify="left")
+    for col in head:
+        t.add_column(
+            col,
+            justify="right"
+            if col in ("#", "best top-1", "last top-1", "n", "gap closed", "params")
+            else "left",
+        )
+    for cells in body:
+        t.add_row(*cells)
+    return t
+
+
+@app.command()
+def leaderboard(
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="Only rows with a run in this status.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Rank runs by best top-1; seeds grouped as mean ± std."""
+    rows = leaderboard_rows(open_store(home), experiment, status)
+    if not rows:
+        console.print("no runs yet")
+        return
+    console.print(leaderboard_table(rows))
+
+
+@app.command()
+def export(
+    format: Annotated[str, typer.Option("--format", "-f", help="md, csv or latex.")] = "md",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Export the leaderboard as Markdown, CSV or LaTeX."""
+    if format not in exportmod.FORMATS:
+        raise fail(f"unknown format {format!r}; use one of {', '.join(exportmod.FORMATS)}")
+    rows = leaderboard_rows(open_store(home), experiment, None)
+    text = exportmod.export(rows, format)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        err.print(f"wrote {len(rows)} rows to {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def models(
+    num_classes: Annotated[int, typer.Option(help="Classes of the head.")] = 100,
+    input_size: Annotated[
+        int, typer.Option(help="Input side for feature shapes (CIFAR: 32).")
+    ] = 32,
+) -> None:
+    """Every architecture with its parameter count and stage feature shapes."""
+    from engine.models import describe  # torch
+
+    t = Table(
+        title=f"architectures ({num_classes} classes, {input_size}×{input_size} input)",
+        title_justify="left",
+    )
+    for col in ("arch", "params", "stage feature maps (C×H×W)", "head"):
+        t.add_column(col)
+    from engine.registry import ARCHS
+
+    for name in ARCHS:
+        size = max(input_size, 64) if name.startswith("tv_") else input_size
+        d = describe(name, num_classes=num_classes, input_size=size)
+        shapes = "  ".join("×".join(map(str, s)) for s in d["feature_shapes"])
+        t.add_row(name, f"{d['params'] / 1e6:.2f}M", shapes, d.get("head", ""))
+    console.print(t)
+
+
+def _register_commands() -> None:
+    from bench.cli import register as register_bench
+    from kdtui.commands import register as register_engine
+
+    register_engine(app)
+    register_bench(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

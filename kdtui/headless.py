@@ -1,0 +1,200 @@
+"""`kdtui run`: train in the foreground, in this process, with a Rich progress bar.
+
+The runs are written to the same store as the engine's, held by this
+process's pid so the engine leaves them alone; if this process dies, the
+engine adopts what is still queued. Torch is imported only when training
+starts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from engine import config as cfgmod
+from engine import export as exportmod
+from engine.store import Run, Store
+
+
+def groups_in_order(runs: Iterable[Run]) -> list[list[Run]]:
+    """Teacher runs first, then fused groups (same fuse key) in submission order."""
+    runs = list(runs)
+    order = [r for r in runs if r.role == "teacher"] + [r for r in runs if r.role != "teacher"]
+    groups: list[list[Run]] = []
+    by_key: dict[str, list[Run]] = {}
+    for r in order:
+        if r.fuse_key and r.role != "teacher":
+            if r.fuse_key in by_key:
+                by_key[r.fuse_key].append(r)
+                continue
+            by_key[r.fuse_key] = [r]
+            groups.append(by_key[r.fuse_key])
+        else:
+            groups.append([r])
+    return groups
+
+
+class ProgressCallbacks:
+    """Feeds the training loop's events into a Rich progress display."""
+
+    def __init__(self, progress: Progress, labels: dict[str, str]):
+        self.progress = progress
+        self.labels = labels
+        self.tasks: dict[str, int] = {}
+        self.steps: dict[str, int] = {}
+        self.stats: dict[str, dict] = {}
+
+    def on_start(self, m, info):
+        spe = info["steps_per_epoch"]
+        self.steps[m.name] = spe
+        self.stats[m.name] = {"loss": float("nan"), "acc": "–", "ips": 0.0}
+        self.tasks[m.name] = self.progress.add_task(
+            self.labels.get(m.name, m.name),
+            total=info["epochs"] * spe,
+            completed=m.epoch * spe,
+            epoch=f"{m.epoch}/{info['epochs']}",
+            stats="",
+        )
+
+    def _render(self, m):
+        s = self.stats[m.name]
+        return f"loss {s['loss']:.3f}  top1 {s['acc']}  {s['ips']:.0f} img/s"
+
+    def on_step(self, m, epoch, step, losses, lr):
+        task = self.tasks[m.name]
+        self.stats[m.name]["loss"] = losses.get("loss", float("nan"))
+        self.progress.update(
+            task,
+            completed=epoch * self.steps[m.name] + step,
+            epoch=f"{epoch + 1}/{m.cfg.optim.epochs}",
+            stats=self._render(m),
+        )
+
+    def on_epoch(self, m, epoch, metrics):
+        s = self.stats[m.name]
+        s["ips"] = metrics["images_per_s"]
+        if "test/top1" in metrics:
+            s["acc"] = f"{metrics['test/top1']:.2f}"
+        self.progress.update(
+            self.tasks[m.name],
+            completed=(epoch + 1) * self.steps[m.name],
+            epoch=f"{epoch + 1}/{m.cfg.optim.epochs}",
+            stats=self._render(m),
+        )
+
+    def on_end(self, m):
+        mark = {
+            "done": "[green]done[/]",
+            "failed": "[red]failed[/]",
+            "cancelled": "[magenta]cancelled[/]",
+        }.get(m.status, m.status)
+        self.progress.update(self.tasks[m.name], stats=self._render(m) + f"  {mark}")
+
+    def should_stop(self, m):
+        return False
+
+    def log(self, m, message):
+        pass
+
+    def on_setup_error(self, e):
+        self.progress.console.print(f"[red]{e}[/]")
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}", justify="left"),
+        BarColumn(bar_width=24),
+        TextColumn("epoch {task.fields[epoch]}"),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _label(r: Run) -> str:
+    who = "teacher" if r.role == "teacher" else r.method
+    point = f" {r.label}" if r.label and r.role != "teacher" else ""
+    return f"#{r.id} {who} {r.pair}{point}"
+
+
+def train_groups(store: Store, groups: list[list[Run]], console: Console) -> list[Run]:
+    from engine.worker import execute  # torch: only now
+
+    finished: list[Run] = []
+    with make_progress(console) as progress:
+        try:
+            for group in groups:
+                ids = [r.id for r in group]
+                for r in group:
+                    if not store.claim(r.id, pid=os.getpid()):
+                        console.print(f"run {r.id} was taken by another process; skipping it")
+                        ids.remove(r.id)
+                if not ids:
+                    continue
+                labels = {str(r.id): _label(r) for r in group}
+                finished += execute(store, ids, callbacks=ProgressCallbacks(progress, labels))
+        except KeyboardInterrupt:
+            for group in groups:
+                for r in group:
+                    if store.run(r.id).status == "queued":
+                        store.finish(r.id, "cancelled", "interrupted before start")
+            console.print(
+                "[magenta]interrupted[/]: finished epochs are kept; "
+                "`kdtui resume RUN` or `kdtui run --resume RUN` continues"
+            )
+            raise
+    return finished
+
+
+def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool:
+    from kdtui.cli import leaderboard_table
+
+    ok = True
+    for r in runs:
+        r = store.run(r.id)
+        if r.status != "done":
+            ok = False
+            console.print(f"[red]run {r.id} {r.status}[/]: {r.error or ''}", highlight=False)
+    ids = {r.id for r in runs}
+    rows = [row for row in exportmod.build_rows(store.runs()) if set(row.run_ids) & ids]
+    if rows:
+        table = leaderboard_table(rows)
+        table.title = f"{title} (accuracy of the head used at test time)"
+        console.print(table)
+    console.print(f"store: {store.home}")
+    return ok
+
+
+def run_foreground(store: Store, exp: cfgmod.Experiment, source: str, console: Console) -> bool:
+    t0 = time.time()
+    runs = store.submit(exp, source=source, holder=os.getpid())
+    console.print(
+        f"[bold]{exp.name}[/]: {len(runs)} run{'s' * (len(runs) != 1)} "
+        f"(ids {runs[0].id}–{runs[-1].id}) in {store.home}"
+    )
+    finished = train_groups(store, groups_in_order(runs), console)
+    ok = summary(store, finished or runs, console, exp.name)
+    console.print(f"finished in {time.time() - t0:.0f} s")
+    return ok
+
+
+def resume_foreground(store: Store, run_id: int, console: Console) -> bool:
+    run = store.requeue(run_id, resume=True)
+    store.update(run.id, pid=os.getpid())
+    finished = train_groups(store, [[store.run(run.id)]], console)
+    return summary(store, finished, console, f"run {run_id}")
