@@ -293,7 +293,8 @@ class TorchDataLoader:
 
     Each epoch uses a fresh DataLoader whose generator is seeded from
     (seed, epoch): that fixes the order and, through the worker seeds it
-    derives, the augmentation. With num_workers = 0 the transforms would
+    derives, the augmentation (for a given num_workers, which decides the
+    sample-to-worker assignment). With num_workers = 0 the transforms would
     draw from the global RNG, so each batch is fetched under a forked RNG
     seeded from (seed, epoch) instead; the training loop's RNG is untouched.
     """

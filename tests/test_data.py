@@ -196,7 +196,10 @@ def test_digits():
     assert torch.equal(y_tr, y_all[tr]) and torch.equal(y_te, y_all[te])
     counts = torch.bincount(y_te, minlength=10).float() / torch.bincount(y_all, minlength=10)
     assert ((counts - 0.2).abs() < 0.01).all()
-    # same pixels as scikit-learn's loader (we read its file directly for speed)
+    # same data as scikit-learn's loader (we read its file directly: importing sklearn is slow)
+    raw, target = D._digits_raw()
+    np.testing.assert_array_equal(raw, digits.images)
+    np.testing.assert_array_equal(target, digits.target)
     small = torch.nn.functional.avg_pool2d(x_tr[:, :1].float(), 4)
     ref = torch.from_numpy(digits.images[tr.numpy()]).float() * 255 / 16
     assert (small[:, 0] - ref).abs().mean() < 20
