@@ -1,0 +1,5 @@
+"""Distillation methods: one module each, registered in engine.registry.METHODS."""
+
+from engine.distill.base import Distiller, TeacherOut, build_distiller
+
+__all__ = ["Distiller", "TeacherOut", "build_distiller"]

@@ -1,0 +1,122 @@
+"""The Distiller contract (after mdistiller).
+
+Student and teacher live in one module; `forward_train` returns the
+logits used for training accuracy and a dict of named, already weighted
+losses that the trainer sums. The teacher is frozen and always in eval
+mode; its forward pass is done once per batch *outside* the distiller
+(`TeacherOut`), so a fused sweep or a teacher-logit cache can share it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from engine.models.base import FeatureModel
+
+
+class TeacherOut(NamedTuple):
+    feats: list[torch.Tensor] | None  # stage maps (None when served from the logit cache)
+    logits: torch.Tensor
+
+
+class Distiller(nn.Module):
+    """Base class. Subclasses set nothing else than what their loss needs."""
+
+    def __init__(
+        self,
+        student: FeatureModel,
+        teacher: FeatureModel | None,
+        options: dict,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    ):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.options = dict(options)
+        self.num_classes = num_classes
+        if teacher is not None:
+            freeze(teacher)
+
+    # ---- what the trainer calls
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, teacher: TeacherOut | None, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward_test(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the head this method uses at test time (the student's own by default)."""
+        return self.student(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    # ---- what the checkpoint holds
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [
+            p
+            for n, p in self.named_parameters()
+            if p.requires_grad and not n.startswith("teacher.")
+        ]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen teacher (student, projectors, regressors, buffers)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint does not fit this run: missing {missing[:8]}, "
+                f"unexpected {list(unexpected)[:8]}"
+            )
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+@torch.no_grad()
+def teacher_forward(teacher: FeatureModel, x: torch.Tensor) -> TeacherOut:
+    """no_grad rather than inference_mode: its outputs are loss targets saved for backward."""
+    feats, logits = teacher.forward_all(x)
+    return TeacherOut(feats, logits)
+
+
+@torch.no_grad()
+def stage_shapes(model: FeatureModel, input_shape=(1, 3, 32, 32)) -> list[tuple[int, ...]]:
+    """(C, H, W) of each stage map, probed on the model's own device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    feats = model.forward_features(torch.zeros(input_shape, device=device))
+    model.train(was_training)
+    return [tuple(f.shape[1:]) for f in feats]
+
+
+def build_distiller(
+    method: str,
+    student: FeatureModel,
+    teacher: FeatureModel | None,
+    options: dict,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+) -> Distiller:
+    from engine.registry import METHODS, resolve
+
+    spec = METHODS[method]
+    cls = resolve(spec.impl)
+    full = {k: o.default for k, o in spec.options.items()}
+    full.update(options)
+    return cls(student, teacher, full, num_classes=num_classes, input_shape=input_shape)

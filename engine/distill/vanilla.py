@@ -1,0 +1,13 @@
+"""Cross-entropy on labels: teachers and baseline students."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from engine.distill.base import Distiller
+
+
+class Vanilla(Distiller):
+    def forward_train(self, x, y, teacher, epoch):
+        logits = self.student(x)
+        return logits, {"ce": F.cross_entropy(logits, y)}

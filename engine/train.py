@@ -1,0 +1,432 @@
+"""The training loop, readable in one sitting.
+
+`fit` trains one or more *members* (runs) over the same batches: the
+teacher's forward pass is done once per batch and shared, so a fused
+sweep costs one teacher pass for N students. Each member keeps its own
+seed, optimiser, metrics and checkpoints, and can stop (NaN, cancel)
+without stopping the others. Data order is a pure function of
+(data seed, epoch) and every piece of state lives in the `last`
+checkpoint, so a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import Experiment, OptimConfig, RunConfig
+from engine.distill.base import Distiller, TeacherOut, build_distiller, teacher_forward
+from engine.models import build_model, load_checkpoint_file
+from engine.models.base import FeatureModel, count_params
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Cancelled(RuntimeError):
+    """The user asked this run to stop."""
+
+
+# ---------------------------------------------------------------- device
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+
+    def autocast(self):
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
+
+
+def pick_runtime(run: RunConfig) -> Runtime:
+    if run.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(run.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"run.device = {run.device!r} but CUDA is not available here")
+    cuda = device.type == "cuda"
+    amp = {
+        "auto": torch.bfloat16 if cuda else None,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "off": None,
+    }[run.amp]
+    channels_last = run.channels_last == "on" or (run.channels_last == "auto" and cuda)
+    if cuda:
+        torch.backends.cudnn.benchmark = not run.deterministic
+        torch.backends.cudnn.deterministic = run.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, amp, channels_last)
+
+
+# ---------------------------------------------------------------- schedule
+def lr_at(o: OptimConfig, epoch: int, frac: float = 0.0) -> float:
+    """Learning rate at `epoch` (0-based) plus `frac` of it; a pure function, nothing to save."""
+    t = epoch + frac
+    if o.warmup_epochs and t < o.warmup_epochs:
+        return o.lr * t / o.warmup_epochs
+    if o.schedule == "multistep":
+        return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
+    if o.schedule == "cosine":
+        span = max(o.epochs - o.warmup_epochs, 1e-9)
+        progress = min(max((t - o.warmup_epochs) / span, 0.0), 1.0)
+        return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return o.lr
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter], o: OptimConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **fast)
+    return torch.optim.SGD(
+        params,
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+        **fast,
+    )
+
+
+# ---------------------------------------------------------------- members
+@dataclass
+class Member:
+    """One run inside `fit`."""
+
+    name: str  # run id or a label, for messages
+    cfg: Experiment
+    distiller: Distiller
+    optimizer: torch.optim.Optimizer
+    dir: Path
+    scaler: Any = None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps taken
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    last: dict = field(default_factory=dict)
+    status: str = "running"  # running | done | failed | cancelled
+    error: str | None = None
+    train_fn: Callable | None = None
+
+    @property
+    def head(self) -> str:
+        return self.cfg.method.head
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+    def checkpoint_state(self) -> dict:
+        d = self.distiller
+        return {
+            "model": d.student.state_dict(),  # RepDistiller/SimKD layout: loads as a teacher
+            "distiller": {
+                k: v for k, v in d.trainable_state().items() if not k.startswith("student.")
+            },
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "arch": self.cfg.student.arch,
+            "method": self.cfg.distill.method,
+            "head": self.head,
+            "rng": torch.get_rng_state(),
+        }
+
+    def save(self, tag: str) -> Path:
+        path = self.dir / f"{tag}.pth"
+        tmp = path.with_suffix(".pth.tmp")
+        torch.save(self.checkpoint_state(), tmp)
+        os.replace(tmp, path)  # never a half-written checkpoint
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        d = self.distiller
+        trainable = {f"student.{k}": v for k, v in state["model"].items()}
+        trainable.update(state.get("distiller", {}))
+        d.load_trainable_state(trainable)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
+        torch.set_rng_state(state["rng"])
+
+
+class Callbacks(Protocol):
+    """What the loop tells the outside world (store, progress bar, log file)."""
+
+    def on_start(self, m: Member, info: dict) -> None: ...
+    def on_step(
+        self, m: Member, epoch: int, step: int, losses: dict[str, float], lr: float
+    ) -> None: ...
+    def on_epoch(self, m: Member, epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_end(self, m: Member) -> None: ...
+    def should_stop(self, m: Member) -> bool: ...
+    def log(self, m: Member, message: str) -> None: ...
+
+
+class NullCallbacks:
+    def on_start(self, m, info):
+        pass
+
+    def on_step(self, m, epoch, step, losses, lr):
+        pass
+
+    def on_epoch(self, m, epoch, metrics):
+        pass
+
+    def on_end(self, m):
+        pass
+
+    def should_stop(self, m):
+        return False
+
+    def log(self, m, message):
+        pass
+
+
+# ---------------------------------------------------------------- building
+def load_teacher(arch: str, checkpoint: str | Path, num_classes: int) -> FeatureModel:
+    teacher = build_model(arch, num_classes=num_classes)
+    load_checkpoint_file(checkpoint, teacher)
+    return teacher
+
+
+def build_member(
+    name: str,
+    cfg: Experiment,
+    teacher: FeatureModel | None,
+    num_classes: int,
+    runtime: Runtime,
+    run_dir: Path,
+    input_shape=(1, 3, 32, 32),
+) -> Member:
+    """Seeded exactly as a standalone run, whatever else shares the process."""
+    torch.manual_seed(cfg.seeds[0])
+    student = build_model(cfg.student.arch, num_classes=num_classes)
+    if cfg.student.checkpoint:
+        load_checkpoint_file(cfg.student.checkpoint, student)
+    distiller = build_distiller(
+        cfg.distill.method,
+        student,
+        teacher,
+        cfg.distill.options,
+        num_classes=num_classes,
+        input_shape=input_shape,
+    )
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    distiller.to(runtime.device, memory_format=memory_format)
+    optimizer = make_optimizer(distiller.trainable_parameters(), cfg.optim, runtime.device)
+    scaler = (
+        torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype == torch.float16 else None
+    )
+    member = Member(name, cfg, distiller, optimizer, Path(run_dir), scaler=scaler)
+    member.train_fn = distiller.forward_train
+    if cfg.run.compile:
+        member.train_fn = torch.compile(distiller.forward_train)
+    return member
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, runtime: Runtime) -> dict:
+    """top-1, top-5 (%) and mean CE loss over a test loader."""
+    correct1 = correct5 = 0
+    loss_sum, n = torch.zeros((), device=runtime.device), 0
+    for batch in loader.batches(0):
+        with runtime.autocast():
+            logits = forward(batch.x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, batch.y, reduction="sum")
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(batch.y[:, None])
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(dim=1).sum())
+        n += batch.y.shape[0]
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": float(loss_sum) / n}
+
+
+# ---------------------------------------------------------------- the loop
+def train_step(m: Member, batch, t_out: TeacherOut | None, epoch: int, runtime: Runtime):
+    with runtime.autocast():
+        logits, losses = m.train_fn(batch.x, batch.y, t_out, epoch)
+    loss = sum(losses.values())
+    m.optimizer.zero_grad(set_to_none=True)
+    if m.scaler is not None:
+        m.scaler.scale(loss).backward()
+        m.scaler.step(m.optimizer)
+        m.scaler.update()
+    else:
+        loss.backward()
+        m.optimizer.step()
+    m.step += 1
+    return loss.detach(), {k: v.detach() for k, v in losses.items()}, logits.detach()
+
+
+def fit(
+    members: list[Member],
+    data,
+    teacher_source: Callable | None,
+    runtime: Runtime,
+    callbacks: Callbacks | None = None,
+) -> list[Member]:
+    """Train every member to its configured number of epochs over shared batches.
+
+    teacher_source(batch) -> TeacherOut, called once per batch when any member
+    needs the teacher. All members must be at the same epoch (fresh or resumed
+    from checkpoints written by the same group).
+    """
+    cb = callbacks or NullCallbacks()
+    if len({m.epoch for m in members}) > 1:
+        raise ValueError("members of one fit() must resume from the same epoch")
+    epochs = max(m.cfg.optim.epochs for m in members)
+    start = members[0].epoch
+    steps_per_epoch = len(data.train)
+    max_steps = members[0].cfg.run.max_steps
+    if max_steps:
+        steps_per_epoch = min(steps_per_epoch, max_steps)
+    needs_teacher = teacher_source is not None and any(m.cfg.method.needs_teacher for m in members)
+    for m in members:
+        cb.on_start(
+            m,
+            {
+                "steps_per_epoch": steps_per_epoch,
+                "epochs": m.cfg.optim.epochs,
+                "params": count_params(m.distiller.student),
+                "trainable_params": sum(p.numel() for p in m.distiller.trainable_parameters()),
+            },
+        )
+
+    for epoch in range(start, epochs):
+        running = [m for m in members if m.active and m.epoch < m.cfg.optim.epochs]
+        if not running:
+            break
+        for m in running:
+            m.distiller.train()
+        sums = {m.name: {} for m in running}  # per log window, on device
+        epoch_sums = {m.name: [torch.zeros((), device=runtime.device), 0, 0] for m in running}
+        seen, t0 = 0, time.perf_counter()
+        for i, batch in enumerate(data.train.batches(epoch)):
+            if i >= steps_per_epoch:
+                break
+            t_out = teacher_source(batch) if needs_teacher else None
+            bs = batch.y.shape[0]
+            seen += bs
+            for m in running:
+                if not m.active:
+                    continue
+                lr = lr_at(m.cfg.optim, epoch, i / steps_per_epoch)
+                for g in m.optimizer.param_groups:
+                    g["lr"] = lr
+                loss, parts, logits = train_step(m, batch, t_out, epoch, runtime)
+                window = sums[m.name]
+                window["loss"] = window.get("loss", 0.0) + loss
+                for k, v in parts.items():
+                    window[k] = window.get(k, 0.0) + v
+                es = epoch_sums[m.name]
+                es[0] += logits.argmax(1).eq(batch.y).sum()
+                es[1] += bs
+                es[2] += 1
+                last_step = i + 1 == steps_per_epoch
+                if (i + 1) % m.cfg.run.log_every == 0 or last_step:
+                    n = (i % m.cfg.run.log_every) + 1
+                    values = {k: float(v) / n for k, v in window.items()}
+                    window.clear()
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        _stop(m, cb, "failed", _diverged_message(m, epoch, i, values, lr))
+                        continue
+                    cb.on_step(m, epoch, i + 1, values, lr)
+                    if cb.should_stop(m):
+                        _stop(m, cb, "cancelled", f"cancelled during epoch {epoch + 1}")
+        train_time = time.perf_counter() - t0
+
+        for m in running:
+            if not m.active:
+                continue
+            m.epoch = epoch + 1
+            es = epoch_sums[m.name]
+            metrics = {
+                "train/top1": 100.0 * float(es[0]) / max(es[1], 1),
+                "lr": lr_at(m.cfg.optim, epoch),
+                "images_per_s": seen / max(train_time, 1e-9),
+                "epoch_time": train_time,
+            }
+            last_epoch = m.epoch == m.cfg.optim.epochs
+            if m.epoch % m.cfg.run.eval_every == 0 or last_epoch:
+                m.distiller.eval()
+                ev = evaluate(m.distiller.forward_test, data.test, runtime)
+                metrics.update({f"test/{k}": v for k, v in ev.items()})
+                m.last = ev
+                if ev["top1"] > m.best_top1:
+                    m.best_top1, m.best_epoch = ev["top1"], epoch
+                    m.save("best")
+            if m.epoch % m.cfg.run.checkpoint_every == 0 or last_epoch:
+                m.save("last")
+            cb.on_epoch(m, epoch, metrics)
+            cb.log(m, _epoch_line(m, metrics))
+            if last_epoch:
+                m.status = "done"
+                cb.on_end(m)
+    for m in members:  # members that had finished before a resume
+        if m.active and m.epoch >= m.cfg.optim.epochs:
+            m.status = "done"
+            cb.on_end(m)
+    return members
+
+
+def _stop(m: Member, cb: Callbacks, status: str, message: str) -> None:
+    m.status, m.error = status, message
+    cb.log(m, message)
+    cb.on_end(m)
+
+
+def _diverged_message(m: Member, epoch: int, i: int, values: dict, lr: float) -> str:
+    parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+    return (
+        f"loss is not finite at epoch {epoch + 1}, step {i + 1} ({parts}; lr={lr:.4g}); "
+        f"stopped. Checkpoints up to epoch {m.epoch} are kept: lower optim.lr or check "
+        f"the data, then resume or restart."
+    )
+
+
+def _epoch_line(m: Member, metrics: dict) -> str:
+    test = (
+        f" test top1 {metrics['test/top1']:.2f} top5 {metrics['test/top5']:.2f} (head: {m.head})"
+        if "test/top1" in metrics
+        else ""
+    )
+    return (
+        f"epoch {m.epoch}/{m.cfg.optim.epochs} train top1 {metrics['train/top1']:.2f} "
+        f"lr {metrics['lr']:.4g} {metrics['images_per_s']:.0f} img/s{test}"
+    )
+
+
+def plain_teacher_source(teacher: FeatureModel, runtime: Runtime) -> Callable:
+    def source(batch) -> TeacherOut:
+        with runtime.autocast():
+            return teacher_forward(teacher, batch.x)
+
+    return source

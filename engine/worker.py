@@ -1,0 +1,308 @@
+"""Run one run, or one fused group of runs, and record everything in the store.
+
+`python -m engine.worker RUN_ID [RUN_ID ...]` is what the engine spawns;
+`kdtui run` calls `execute` in its own process. Workers only ever run
+configs read from the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from engine.config import Experiment
+from engine.data import build_data
+from engine.registry import METHODS
+from engine.store import Run, Store, StoreError
+from engine.train import (
+    Member,
+    Runtime,
+    build_member,
+    evaluate,
+    fit,
+    load_teacher,
+    pick_runtime,
+    plain_teacher_source,
+)
+
+
+class SetupError(RuntimeError):
+    """A run cannot start (missing teacher, bad checkpoint, missing data)."""
+
+
+class StoreCallbacks:
+    """Commits metrics as they are produced, so a crash loses at most a log window."""
+
+    def __init__(self, store: Store, run_ids: dict[str, int], extra=None):
+        self.store = store
+        self.ids = run_ids
+        self.extra = extra
+        self.epoch_started: dict[str, float] = {}
+        self.epoch_times: dict[str, list[float]] = {}
+        self.finished: set[str] = set()
+
+    def _id(self, m: Member) -> int:
+        return self.ids[m.name]
+
+    def on_start(self, m, info):
+        self.store.update(
+            self._id(m),
+            epochs=info["epochs"],
+            params=info["params"],
+            steps_per_epoch=info["steps_per_epoch"],
+            epoch=m.epoch,
+            heartbeat=time.time(),
+        )
+        self.epoch_started[m.name] = time.perf_counter()
+        self.log(
+            m,
+            f"start: epoch {m.epoch}/{info['epochs']}, {info['steps_per_epoch']} steps "
+            f"per epoch, {info['params']:,} student parameters "
+            f"({info['trainable_params']:,} trained)",
+        )
+        if self.extra:
+            self.extra.on_start(m, info)
+
+    def on_step(self, m, epoch, step, losses, lr):
+        rows = [
+            (epoch, m.step, f"train/{'loss' if k == 'loss' else 'loss_' + k}", v)
+            for k, v in losses.items()
+        ]
+        rows.append((epoch, m.step, "train/lr", lr))
+        self.store.add_metrics(self._id(m), rows)
+        self.store.update(self._id(m), step=step, epoch=epoch)
+        if self.extra:
+            self.extra.on_step(m, epoch, step, losses, lr)
+
+    def on_epoch(self, m, epoch, metrics):
+        now = time.perf_counter()
+        times = self.epoch_times.setdefault(m.name, [])
+        times.append(now - self.epoch_started.get(m.name, now))
+        self.epoch_started[m.name] = now
+        recent = times[-3:]
+        eta = (m.cfg.optim.epochs - m.epoch) * sum(recent) / len(recent)
+        self.store.add_metrics(self._id(m), [(epoch, m.step, k, v) for k, v in metrics.items()])
+        values = dict(epoch=m.epoch, step=0, images_per_s=metrics["images_per_s"], eta_s=eta)
+        if "test/top1" in metrics:
+            values.update(
+                last_top1=metrics["test/top1"],
+                last_top5=metrics["test/top5"],
+                best_top1=m.best_top1,
+                best_epoch=m.best_epoch + 1,
+            )
+        self.store.update(self._id(m), **values)
+        if self.extra:
+            self.extra.on_epoch(m, epoch, metrics)
+
+    def on_end(self, m):
+        # final status now, not when the whole fused group ends: the engine and the app
+        # see a cancelled or finished member at once
+        self.store.finish(self._id(m), m.status, m.error if m.status != "done" else None)
+        self.finished.add(m.name)
+        if self.extra:
+            self.extra.on_end(m)
+
+    def should_stop(self, m):
+        if self.extra and self.extra.should_stop(m):
+            return True
+        row = self.store.conn.execute(
+            "SELECT cancel_requested FROM runs WHERE id=?", (self._id(m),)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def log(self, m, message):
+        append_log(Path(m.dir), message)
+        if self.extra:
+            self.extra.log(m, message)
+
+
+def append_log(run_dir: Path, message: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(run_dir / "log.txt", "a") as f:
+        for line in message.rstrip().splitlines():
+            f.write(f"{stamp} {line}\n")
+
+
+def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
+    t = cfg.teacher
+    if t.checkpoint:
+        path = Path(t.checkpoint).expanduser()
+        if not path.exists():
+            raise SetupError(f"teacher.checkpoint {t.checkpoint!r} does not exist")
+        return path
+    if t.from_run:
+        try:
+            dep = store.run(int(t.from_run))
+        except (ValueError, StoreError):
+            raise SetupError(
+                f"teacher.from_run = {t.from_run!r} is not a run in this store"
+            ) from None
+        if dep.status != "done":
+            raise SetupError(
+                f"teacher run {dep.id} ({dep.experiment}) is {dep.status}"
+                + (f": {dep.error}" if dep.error else "")
+            )
+        if dep.head != "student":
+            raise SetupError(
+                f"run {dep.id} uses a {dep.head} head ({dep.method}) and cannot "
+                "serve as a teacher; use a vanilla or logit-distilled run"
+            )
+        path = Path(dep.dir) / "best.pth"
+        if not path.exists():
+            raise SetupError(f"teacher run {dep.id} has no best checkpoint at {path}")
+        return path
+    raise SetupError("no teacher source (checkpoint, from_run) in the resolved config")
+
+
+def execute(
+    store: Store,
+    run_ids: list[int],
+    *,
+    callbacks=None,
+    resume: bool | None = None,
+) -> list[Run]:
+    """Train the given runs (one fused group) to the end; returns their final rows."""
+    runs = [store.run(i) for i in run_ids]
+    cfgs = [r.config for r in runs]
+    names = {str(r.id): r.id for r in runs}
+    cb = StoreCallbacks(store, names, callbacks)
+    try:
+        runtime = pick_runtime(cfgs[0].run)
+        for r in runs:
+            store.update(
+                r.id,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                device=_device_name(runtime),
+                torch_version=torch.__version__,
+                started=r.started or time.time(),
+                error=None,
+            )
+            append_log(
+                Path(r.dir),
+                f"worker pid {os.getpid()} on {socket.gethostname()}, "
+                f"{_device_name(runtime)}, torch {torch.__version__}",
+            )
+        members, data, teacher_source = prepare(store, runs, cfgs, runtime, cb, resume)
+    except Exception as e:  # setup failures fail every run of the group, with the reason
+        for r in runs:
+            append_log(Path(r.dir), traceback.format_exc())
+            store.finish(r.id, "failed", _one_line(e))
+        if callbacks is not None and hasattr(callbacks, "on_setup_error"):
+            callbacks.on_setup_error(e)
+        return [store.run(r.id) for r in runs]
+    try:
+        fit(members, data, teacher_source, runtime, cb)
+    except Exception as e:
+        for m in members:
+            if m.active:
+                m.status, m.error = "failed", _one_line(e)
+                append_log(m.dir, traceback.format_exc())
+    except KeyboardInterrupt:
+        for m in members:
+            if m.active:
+                m.status, m.error = "cancelled", "interrupted (Ctrl-C); resume with kdtui resume"
+                append_log(m.dir, m.error)
+        _finish(store, [m for m in members if m.name not in cb.finished])
+        raise
+    _finish(store, [m for m in members if m.name not in cb.finished])
+    return [store.run(r.id) for r in runs]
+
+
+def _finish(store: Store, members: list[Member]) -> None:
+    for m in members:
+        status = m.status if m.status != "running" else "failed"
+        error = m.error if status != "done" else None
+        store.finish(int(m.name), status, error)
+
+
+def prepare(
+    store: Store, runs: list[Run], cfgs: list[Experiment], runtime: Runtime, cb, resume: bool | None
+):
+    cfg0 = cfgs[0]
+    data_seed = cfg0.data.data_seed if cfg0.data.data_seed >= 0 else cfg0.seeds[0]
+    data = build_data(
+        cfg0.data, seed=data_seed, device=runtime.device, channels_last=runtime.channels_last
+    )
+    info = data.info
+    input_shape = (1, info.channels, info.image_size, info.image_size)
+    teacher = None
+    teacher_source = None
+    if any(METHODS[c.distill.method].needs_teacher for c in cfgs):
+        path = teacher_checkpoint(store, cfg0)
+        teacher = load_teacher(cfg0.teacher.arch, path, info.num_classes)
+        memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+        teacher.to(runtime.device, memory_format=memory_format).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        ev = evaluate(teacher, data.test, runtime)
+        for r in runs:
+            store.update(r.id, teacher_top1=ev["top1"])
+            append_log(
+                Path(r.dir), f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
+            )
+        teacher_source = plain_teacher_source(teacher, runtime)
+    members = []
+    for r, cfg in zip(runs, cfgs):
+        m = build_member(
+            str(r.id), cfg, teacher, info.num_classes, runtime, Path(r.dir), input_shape=input_shape
+        )
+        want_resume = r.resume if resume is None else resume
+        last = Path(r.dir) / "last.pth"
+        if want_resume and last.exists():
+            m.restore(last)
+            store.truncate_metrics(r.id, m.epoch - 1)
+            append_log(Path(r.dir), f"resumed from {last} at epoch {m.epoch}")
+        elif last.exists() or store.metrics(r.id)[:1]:
+            # a restart from scratch: nothing is overwritten, old files move aside
+            _archive(Path(r.dir))
+            store.truncate_metrics(r.id, -1)
+        members.append(m)
+    if len({m.epoch for m in members}) > 1:
+        raise SetupError(
+            "runs of a fused group resume from different epochs; resume them one at a time"
+        )
+    return members, data, teacher_source
+
+
+def _archive(run_dir: Path) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("last.pth", "best.pth"):
+        p = run_dir / name
+        if p.exists():
+            p.rename(run_dir / f"{p.stem}.{stamp}.pth")
+
+
+def _device_name(runtime: Runtime) -> str:
+    if runtime.device.type == "cuda":
+        idx = runtime.device.index or 0
+        return f"cuda:{idx} {torch.cuda.get_device_name(idx)}"
+    return "cpu"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".strip().rstrip(":")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.worker", description="Train runs from the kdtui store."
+    )
+    parser.add_argument("run_ids", nargs="+", type=int)
+    parser.add_argument("--home", default=None, help="store directory (default $KDTUI_HOME)")
+    args = parser.parse_args(argv)
+    store = Store(args.home)
+    results = execute(store, args.run_ids)
+    return 0 if all(r.status == "done" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
