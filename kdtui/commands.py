@@ -1,9 +1,479 @@
-"""Engine commands (submit, engine, cancel, resume, logs, rm): filled in by the engine work."""
+"""Engine commands: submit, engine start|stop|status, cancel, resume, logs, rm.
+
+Torch-free: these talk to the store and start the engine as a process.
+Nothing here imports kdtui.cli at module level (cli imports this module
+while it is still being built).
+"""
 
 from __future__ import annotations
 
+import collections
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine import config as cfgmod
+from engine import daemon
+from engine.store import Run, Store, StoreError
+
+console = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="KDTUI_HOME",
+        help="Store directory (default: ./.kdtui).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key: --set optim.epochs=2 (repeatable)."),
+]
+RefsArg = Annotated[
+    list[str], typer.Argument(help="Run ids or experiment names.", show_default=False)
+]
+NoStartOpt = Annotated[
+    bool,
+    typer.Option("--no-start", help="Only queue; do not start the engine if none runs."),
+]
+
+engine_app = typer.Typer(
+    help="The background engine that trains queued runs on every GPU (or CPU slot).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _find(store: Store, refs: list[str]) -> list[Run]:
+    runs: dict[int, Run] = {}
+    for ref in refs:
+        try:
+            for r in store.find(ref):
+                runs[r.id] = r
+        except StoreError as e:
+            raise fail(str(e)) from None
+    return [runs[i] for i in sorted(runs)]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _describe(r: Run) -> str:
+    who = "teacher" if r.role == "teacher" else r.method
+    label = f" {r.label}" if r.label and r.role != "teacher" else ""
+    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"
+
+
+def _start_engine(store: Store, out: Console) -> bool:
+    """Make sure an engine trains what was just queued; False (with the reason) if it can't."""
+    try:
+        was = daemon.status(store.home)
+        pid = daemon.ensure_running(store.home)
+    except (daemon.EngineError, ValueError, OSError) as e:
+        err.print(f"[bold red]the engine did not start:[/] {e}", highlight=False)
+        err.print("the runs stay queued; `kdtui engine start` to try again", highlight=False)
+        return False
+    out.print(f"engine {'running' if was else 'started'}: pid {pid} (`kdtui engine status`)")
+    return True
+
+
+def submit_experiment(
+    store: Store, exp: cfgmod.Experiment, source: str, console: Console, *, start: bool = True
+) -> list[Run]:
+    """Queue an experiment's runs and make sure the engine picks them up; returns at once."""
+    try:
+        runs = store.submit(exp, source=source)
+    except StoreError as e:
+        raise fail(str(e)) from None
+    ids = ", ".join(str(r.id) for r in runs)
+    console.print(
+        f"[bold]{exp.name}[/]: queued {len(runs)} run{'s' * (len(runs) != 1)} ({ids})",
+        highlight=False,
+    )
+    for r in runs[:20]:
+        wait = f"  [dim](after run {r.depends_on})[/]" if r.depends_on else ""
+        console.print(f"  {_describe(r)}{wait}", highlight=False)
+    if len(runs) > 20:
+        console.print(f"  … and {len(runs) - 20} more")
+    if start and not _start_engine(store, console):
+        raise typer.Exit(1)
+    console.print(f"follow one with `kdtui logs {runs[-1].id} -f`; all with `kdtui ls`")
+    return runs
+
+
+# ---------------------------------------------------------------- engine start|stop|status
+
+
+@engine_app.command("start")
+def engine_start(
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="GPU ids to use, e.g. 0,2 ('none': CPU only). Default: every visible GPU.",
+            show_default=False,
+        ),
+    ] = None,
+    slots_per_gpu: Annotated[
+        int, typer.Option("--slots-per-gpu", min=1, help="Workers per GPU (pack small runs).")
+    ] = 1,
+    cpu_slots: Annotated[
+        int, typer.Option("--cpu-slots", min=1, help="Workers at once when no GPU is used.")
+    ] = 1,
+    no_recover: Annotated[
+        bool,
+        typer.Option(
+            "--no-recover",
+            help="Mark runs left running by a dead engine as failed instead of resuming them.",
+        ),
+    ] = False,
+    cancel_grace: Annotated[
+        float,
+        typer.Option(
+            "--cancel-grace",
+            min=0.0,
+            help="Seconds a cancelled worker has to stop before SIGTERM, then SIGKILL.",
+        ),
+    ] = 20.0,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, hidden=True)] = 0.5,
+    foreground: Annotated[
+        bool,
+        typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops it) instead."),
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Start the engine for this store in the background (one per store).
+
+    The options are remembered: later automatic starts (by submit, resume or
+    the app) use them.
+    """
+    store = Store(home)
+    running = daemon.status(store.home)
+    if running:
+        raise fail(
+            f"an engine is already running for {store.home} (pid {running['pid']}, "
+            f"up {_duration(running.get('uptime'))}); `kdtui engine stop` first",
+            1,
+        )
+    options = daemon.Options(
+        gpus=gpus,
+        slots_per_gpu=slots_per_gpu,
+        cpu_slots=cpu_slots,
+        recover=not no_recover,
+        cancel_grace=cancel_grace,
+        poll=poll,
+    )
+    try:
+        slots = daemon.build_slots(
+            daemon.parse_gpus(gpus, daemon.discover_gpus()), slots_per_gpu, cpu_slots
+        )
+    except ValueError as e:
+        raise fail(str(e)) from None
+    daemon.save_options(store.home, options)
+    if foreground:
+        raise typer.Exit(daemon.run_foreground(store.home, options))
+    try:
+        pid = daemon.start(store.home, options=options)
+    except daemon.EngineRunning as e:
+        raise fail(str(e), 1) from None
+    except daemon.EngineError as e:
+        raise fail(str(e), 1) from None
+    console.print(
+        f"engine started: pid {pid}, {len(slots)} slot{'s' * (len(slots) != 1)} "
+        f"({', '.join(s.name for s in slots)}); log: {store.home / daemon.LOG_NAME}",
+        highlight=False,
+    )
+
+
+@engine_app.command("stop")
+def engine_stop(
+    runs: Annotated[
+        bool,
+        typer.Option(
+            "--runs",
+            help="Also stop running workers; their runs are re-queued and resume from "
+            "their last checkpoint on the next start.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.0, help="Seconds before SIGKILL.")
+    ] = 10.0,
+    home: HomeOpt = None,
+) -> None:
+    """Stop the engine. Running workers keep training unless --runs; the next start adopts them."""
+    store = Store(home)
+    state = daemon.stop(store.home, timeout, stop_runs=runs)
+    if state is None:
+        console.print(f"no engine running for {store.home}")
+    else:
+        console.print(f"engine pid {state['pid']} stopped")
+    if runs:
+        requeued = (state or {}).get("requeued", [])
+        if requeued:
+            console.print(f"runs {', '.join(map(str, requeued))} stopped and re-queued (resume)")
+    else:
+        workers = (state or {}).get("workers", [])
+        if workers:
+            ids = sorted(i for w in workers for i in w["runs"])
+            console.print(
+                f"runs {', '.join(map(str, ids))} keep training; the next engine adopts them "
+                "(`kdtui engine stop --runs` stops them too)"
+            )
+
+
+@engine_app.command("status")
+def engine_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw state as JSON.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show the engine's pid, uptime, slots and what runs where."""
+    import json
+
+    store = Store(home)
+    st = daemon.status(store.home)
+    if as_json:
+        sys.stdout.write(json.dumps(st, indent=1) + "\n")
+        return
+    queued = store.runs(status="queued")
+    if st is None:
+        console.print(f"no engine running for {store.home}")
+        if queued:
+            console.print(f"{len(queued)} queued run(s) wait; `kdtui engine start`")
+        return
+    console.print(
+        f"engine pid {st['pid']}, up {_duration(st.get('uptime'))}, store {store.home}, "
+        f"log {store.home / daemon.LOG_NAME}",
+        highlight=False,
+    )
+    t = Table(title_justify="left")
+    for col in ("slot", "worker", "runs", "progress", "eta"):
+        t.add_column(col)
+    for slot in st.get("slots", []):
+        ids = slot.get("runs") or []
+        rows = store.runs(ids=ids) if ids else []
+        if not rows:
+            t.add_row(slot["name"], "–", "[dim]idle[/]", "", "")
+            continue
+        for i, r in enumerate(rows):
+            t.add_row(
+                slot["name"] if i == 0 else "",
+                str(slot["worker"]) if i == 0 else "",
+                _describe(r),
+                f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%",
+                _duration(r.eta_s) if r.status == "running" else r.status,
+            )
+    console.print(t)
+    waiting = sum(1 for r in queued if r.depends_on)
+    if queued:
+        extra = f" ({waiting} after a teacher run)" if waiting else ""
+        console.print(f"{len(queued)} queued{extra}")
+
+
+# ---------------------------------------------------------------- submit, cancel, resume
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="Experiment TOML file.", show_default=False)],
+    set_: SetOpt = None,
+    priority: Annotated[
+        int | None,
+        typer.Option("--priority", help="Queue priority (higher first); default [run] priority."),
+    ] = None,
+    no_start: NoStartOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Validate an experiment, queue its runs for the engine and return at once."""
+    try:
+        exp = cfgmod.load(file, set_ or [])
+    except (cfgmod.ConfigError, OSError) as e:
+        raise fail(str(e)) from None
+    if priority is not None:
+        exp.run.priority = priority
+    submit_experiment(Store(home), exp, str(file), console, start=not no_start)
+
+
+def cancel(refs: RefsArg, home: HomeOpt = None) -> None:
+    """Cancel runs: queued ones at once, running ones at their next log step."""
+    store = Store(home)
+    acted = 0
+    for r in _find(store, refs):
+        if r.finished:
+            if len(refs) == 1 and refs[0].isdigit():
+                console.print(f"run {r.id} is already {r.status}")
+            continue
+        outcome = store.request_cancel(r.id)
+        acted += 1
+        if outcome == "cancelled":
+            console.print(f"run {r.id} cancelled (it was queued)")
+        elif outcome == "cancelling":
+            console.print(f"run {r.id} cancelling: its worker stops at the next log step")
+        else:
+            console.print(f"run {r.id} is already {outcome}")
+    if not acted and not (len(refs) == 1 and refs[0].isdigit()):
+        console.print("nothing to cancel: every run named is finished")
+
+
+def resume(
+    refs: RefsArg,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start over instead of from the last checkpoint.")
+    ] = False,
+    no_start: NoStartOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Re-queue failed or cancelled runs to continue from their last checkpoint."""
+    store = Store(home)
+    runs = _find(store, refs)
+    named = {int(x) for x in refs if x.isdigit()}
+    done = []
+    for r in runs:
+        if r.status not in ("failed", "cancelled"):
+            if r.id in named:
+                raise fail(f"run {r.id} is {r.status}; only failed or cancelled runs resume")
+            continue
+        store.requeue(r.id, resume=not restart)
+        done.append(r.id)
+        what = "from scratch" if restart else "from its last checkpoint"
+        console.print(f"run {r.id} queued to continue {what}")
+    if not done:
+        raise fail("no failed or cancelled run among those named", 1)
+    if not no_start and not _start_engine(store, console):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- logs, rm
+
+
+def _tail(path: Path, lines: int) -> tuple[list[str], int]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    text = data.decode(errors="replace")
+    last = collections.deque(text.splitlines(keepends=True), maxlen=max(lines, 0))
+    return list(last), len(data)
+
+
+def logs(
+    run: Annotated[int, typer.Argument(help="Run id.", show_default=False)],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing until the run finishes (exit 1 if not done)."
+        ),
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 20,
+    worker: Annotated[
+        bool,
+        typer.Option("--worker", help="The worker's raw output (warnings, tracebacks) instead."),
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show the end of a run's log; -f follows it live."""
+    store = Store(home)
+    try:
+        r = store.run(run)
+    except StoreError as e:
+        raise fail(str(e)) from None
+    path = r.path / ("worker.log" if worker else "log.txt")
+    shown, pos = _tail(path, lines)
+    sys.stdout.writelines(shown)
+    sys.stdout.flush()
+    if not follow:
+        if not shown:
+            err.print(f"run {run} is {r.status}; nothing logged yet ({path})")
+        return
+    try:
+        while True:
+            status = store.run(run).status
+            try:
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                pos += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            elif status in ("done", "failed", "cancelled"):
+                break  # nothing new after the run had finished: the log is complete
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        return
+    except StoreError as e:
+        raise fail(str(e)) from None
+    final = store.run(run)
+    tail = f": {final.error}" if final.error and final.status != "done" else ""
+    err.print(f"run {run} {final.status}{tail}", highlight=False)
+    if final.status != "done":
+        raise typer.Exit(1)
+
+
+def rm(
+    refs: RefsArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Remove finished runs: their rows, metrics and folders. Asks first."""
+    store = Store(home)
+    runs = _find(store, refs)
+    busy = [r for r in runs if not r.finished]
+    if busy:
+        raise fail(
+            f"run {', '.join(str(r.id) for r in busy)} is still {busy[0].status}; "
+            "`kdtui cancel` it first"
+        )
+    for r in runs:
+        console.print(f"  {_describe(r)} ({r.status})  {r.dir}", highlight=False)
+    if not yes and not typer.confirm(
+        f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
+    ):
+        raise typer.Exit(1)
+    removed = 0
+    for r in runs:
+        try:
+            store.delete(r.id)
+        except StoreError as e:
+            err.print(f"[red]kept run {r.id}:[/] {e}", highlight=False)
+            continue
+        folder = r.path.resolve()
+        if folder.is_dir() and folder.parent == store.runs_dir.resolve():
+            shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    console.print(f"removed {removed} run{'s' * (removed != 1)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.add_typer(engine_app, name="engine")
+    app.command()(submit)
+    app.command()(cancel)
+    app.command()(resume)
+    app.command()(logs)
+    app.command()(rm)
