@@ -1,0 +1,462 @@
+"""The background engine: a real engine process trains tiny digits runs on CPU.
+
+Nothing of the engine is mocked: every end-to-end test starts the engine as
+a detached process (through the CLI or `ensure_running`) on a fresh store,
+kills real workers and engines with real signals, and reads the outcome
+from the store. Placement is also tested as a pure function.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engine import config as cfgmod
+from engine import daemon
+from engine.daemon import build_slots, dependency, discover_gpus, parse_gpus, place
+from engine.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny(name: str, *, seeds=(0,), epochs: int = 1, steps: int = 1, more: str = "") -> str:
+    """A digits experiment whose runs take a few seconds on one CPU core."""
+    return f"""
+name = "{name}"
+seeds = {list(seeds)}
+[data]
+dataset = "digits"
+[student]
+arch = "resnet8"
+[optim]
+lr = 0.05
+epochs = {epochs}
+[run]
+max_steps = {steps}
+log_every = 1
+{more}
+"""
+
+
+# ---------------------------------------------------------------- placement (pure)
+
+
+@dataclass
+class Queued:
+    id: int
+    priority: int = 0
+    fuse_key: str | None = None
+    resume: int = 0
+
+
+def test_one_slot_per_visible_gpu_by_default():
+    slots = build_slots(["0", "1", "2", "3"])
+    assert [(s.gpu, s.name) for s in slots] == [
+        ("0", "gpu0"),
+        ("1", "gpu1"),
+        ("2", "gpu2"),
+        ("3", "gpu3"),
+    ]
+
+
+def test_gpus_option_picks_gpus_and_slots_per_gpu_packs_them_interleaved():
+    gpus = parse_gpus("0,2", ["0", "1", "2", "3"])
+    slots = build_slots(gpus, slots_per_gpu=2)
+    # spread over GPUs before packing a second run on one
+    assert [s.name for s in slots] == ["gpu0.0", "gpu2.0", "gpu0.1", "gpu2.1"]
+    assert [s.gpu for s in slots] == ["0", "2", "0", "2"]
+
+
+def test_an_invisible_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="GPU 5 is not visible here"):
+        parse_gpus("0,5", ["0", "1"])
+
+
+def test_a_cpu_only_box_gets_one_slot_or_as_many_as_asked():
+    assert [(s.gpu, s.name) for s in build_slots([])] == [(None, "cpu0")]
+    assert [s.name for s in build_slots([], cpu_slots=3)] == ["cpu0", "cpu1", "cpu2"]
+    assert parse_gpus("none", ["0", "1"]) == []
+
+
+def test_gpu_discovery_honours_cuda_visible_devices():
+    assert discover_gpus({"CUDA_VISIBLE_DEVICES": "1,3"}) == ["1", "3"]
+    assert discover_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert discover_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,2"}) == ["0"]  # CUDA stops at -1
+
+
+def test_placement_is_fifo_with_priority_first():
+    queued = [Queued(1), Queued(2), Queued(3, priority=5), Queued(4)]
+    slots = build_slots(["0", "1"])
+    assert [(s.name, ids) for s, ids in place(queued, slots)] == [
+        ("gpu0", [3]),
+        ("gpu1", [1]),
+    ]
+    assert place(queued, []) == []
+
+
+def test_runs_sharing_a_fuse_key_go_to_one_worker_unless_resumed():
+    queued = [
+        Queued(1, fuse_key="t|digits"),
+        Queued(2),
+        Queued(3, fuse_key="t|digits"),
+        Queued(4, fuse_key="t|digits", resume=1),  # resumes alone: its own epoch
+        Queued(5, fuse_key="other"),
+    ]
+    placed = place(queued, build_slots([], cpu_slots=4))
+    assert [ids for _, ids in placed] == [[1, 3], [2], [4], [5]]
+
+
+@dataclass
+class Row:
+    id: int
+    depends_on: int | None = None
+    status: str = "queued"
+    error: str | None = None
+    experiment: str = "exp"
+
+
+def test_a_student_waits_for_its_teacher_run_and_fails_when_it_failed():
+    student = Row(id=2, depends_on=1)
+    assert dependency(Row(id=3), None) == ("ready", "")
+    assert dependency(student, Row(id=1, status="running"))[0] == "wait"
+    assert dependency(student, Row(id=1, status="done")) == ("ready", "")
+    state, reason = dependency(student, Row(id=1, status="failed", error="boom"))
+    assert state == "fail" and "teacher run 1" in reason and "boom" in reason
+    assert dependency(student, None)[0] == "fail"  # the teacher run was removed
+
+
+# ---------------------------------------------------------------- end to end
+
+
+class Box:
+    """A store directory and the means to drive its engine like a user would."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.home = root / "home"
+        self.store = Store(self.home)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60, **kw):
+        proc = subprocess.run(
+            [sys.executable, "-m", "kdtui.cli", *map(str, args)],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"kdtui {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def run(self, run_id: int):
+        return self.store.run(run_id)
+
+    def engine_pid(self) -> int:
+        st = daemon.status(self.home)
+        assert st is not None, "no engine running"
+        return int(st["pid"])
+
+    def wait(self, predicate, what: str, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        rows = [(r.id, r.status, r.epoch, r.error) for r in self.store.runs()]
+        log = (
+            (self.home / daemon.LOG_NAME).read_text() if (self.home / "engine.log").exists() else ""
+        )
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\nruns: {rows}\n{log}")
+
+    def wait_status(self, run_id: int, *statuses: str, timeout: float = 60.0):
+        return self.wait(
+            lambda: (r := self.run(run_id)).status in statuses and r,
+            f"run {run_id} to be {'/'.join(statuses)}",
+            timeout,
+        )
+
+    def wait_training(self, run_id: int, epoch: int = 0, timeout: float = 60.0):
+        """Until the run's worker has logged a step (and finished `epoch` epochs)."""
+        return self.wait(
+            lambda: (
+                (r := self.run(run_id)).status == "running"
+                and r.pid
+                and r.epoch >= epoch
+                and self.store.metrics(run_id)[:1]
+                and r
+            ),
+            f"run {run_id} to train past epoch {epoch}",
+            timeout,
+        )
+
+    def epochs_tested(self, run_id: int) -> list[int]:
+        return [m.epoch for m in self.store.metrics(run_id, names=["test/top1"])]
+
+
+def our_processes(home: Path) -> list[int]:
+    """Engines and workers of this test's store (their command lines name it)."""
+    mine = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(home).encode() in cmdline and daemon.pid_alive(int(entry)):
+            mine.append(int(entry))
+    return mine
+
+
+@pytest.fixture
+def box(tmp_path, monkeypatch):
+    box = Box(tmp_path)
+    monkeypatch.setenv("KDTUI_HOME", str(box.home))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU slots, even on a GPU machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on two cores stay sane
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    yield box
+    daemon.stop(box.home, timeout=5, stop_runs=True)
+    left = our_processes(box.home)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    box.store.close()
+    assert not left, f"processes left behind: {left}"
+
+
+def interval(run) -> tuple[float, float]:
+    return run.started, run.ended
+
+
+@pytest.mark.slow
+def test_submit_returns_at_once_and_the_engine_trains_three_runs_in_order_in_one_slot(box):
+    exp = box.write("three.toml", tiny("three", seeds=[0, 1, 2]))
+    t0 = time.monotonic()
+    out = box.cli("submit", exp).stdout
+    assert time.monotonic() - t0 < 10  # queued and engine started, nothing trained yet
+    assert "queued 3 runs (1, 2, 3)" in out and "engine started" in out
+    assert [s["name"] for s in daemon.status(box.home)["slots"]] == ["cpu0"]
+
+    follow = box.cli("logs", "3", "-f", timeout=120)  # returns when run 3 ends
+    assert "epoch 1/1" in follow.stdout and "run 3 done" in follow.stderr
+
+    runs = box.store.runs()
+    assert [r.status for r in runs] == ["done"] * 3
+    for a, b in zip(runs, runs[1:]):
+        assert a.ended <= b.started  # one after the other, in submission order
+    assert "done" in box.cli("ls").stdout
+
+    # removing a finished run asks first, then takes its row, metrics and folder
+    kept = box.cli("rm", "1", input="n\n", check=False)
+    assert kept.returncode != 0 and box.run(1).status == "done"
+    folder = box.run(1).path
+    box.cli("rm", "1", "--yes")
+    assert not folder.exists() and [r.id for r in box.store.runs()] == [2, 3]
+    assert box.store.metrics(1) == []
+
+
+@pytest.mark.slow
+def test_cancel_a_queued_run_at_once_and_running_ones_even_if_their_worker_hangs(box):
+    box.cli("engine", "start", "--cancel-grace", "1")
+    exp = box.write("long.toml", tiny("long", seeds=[0, 1, 2], epochs=3, steps=100))
+    box.cli("submit", exp)
+    first = box.wait_training(1)
+
+    assert "cancelled" in box.cli("cancel", "2").stdout
+    assert box.run(2).status == "cancelled"  # queued: at once
+    refused = box.cli("rm", "1", "--yes", check=False)
+    assert refused.returncode != 0 and "cancel" in refused.stderr
+
+    assert "cancelling" in box.cli("cancel", "1").stdout
+    box.wait_status(1, "cancelled", timeout=20)
+    assert "cancelled during epoch 1" in (first.path / "log.txt").read_text()
+    box.wait(lambda: not daemon.pid_alive(first.pid), "the worker of run 1 to exit", 20)
+
+    # a frozen worker cannot stop by itself: the engine escalates to signals
+    third = box.wait_training(3)
+    os.kill(third.pid, signal.SIGSTOP)
+    box.cli("cancel", "3")
+    box.wait_status(3, "cancelled", timeout=30)
+    assert not daemon.pid_alive(third.pid)
+    assert "SIGTERM" in (box.home / "engine.log").read_text()
+    assert daemon.pid_alive(box.engine_pid())
+
+
+@pytest.mark.slow
+def test_a_worker_killed_with_sigkill_fails_its_run_the_queue_goes_on_and_resume_completes_it(
+    box,
+):
+    victim = box.write("victim.toml", tiny("victim", epochs=3, steps=8))
+    after = box.write("after.toml", tiny("after"))
+    box.cli("submit", victim)
+    box.cli("submit", after)
+    run = box.wait_training(1, epoch=1)
+    os.kill(run.pid, signal.SIGKILL)
+
+    failed = box.wait_status(1, "failed")
+    assert "killed by SIGKILL" in failed.error and "last log line" in failed.error
+    box.wait_status(2, "done")  # a failed run never stops the queue
+
+    assert "queued to continue from its last checkpoint" in box.cli("resume", "1").stdout
+    box.wait_status(1, "done")
+    assert box.epochs_tested(1) == [0, 1, 2]  # every epoch's test accuracy, exactly once
+    assert "resumed from" in (run.path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_after_the_engine_is_killed_workers_train_on_and_a_restart_resumes_what_died(box):
+    box.cli("engine", "start")
+    box.cli("submit", box.write("long.toml", tiny("long", epochs=4, steps=8)))
+    box.cli("submit", box.write("next.toml", tiny("next")))
+    run = box.wait_training(1, epoch=1)
+    engine = box.engine_pid()
+
+    os.kill(engine, signal.SIGKILL)
+    box.wait(lambda: not daemon.pid_alive(engine), "the engine to die")
+    assert daemon.pid_alive(run.pid)  # the worker does not need the engine
+    assert daemon.status(box.home) is None
+
+    box.cli("engine", "start")
+    st = daemon.status(box.home)
+    assert st["slots"][0]["worker"] == run.pid  # adopted, not trained twice
+    assert box.run(2).status == "queued"  # its slot is taken by the adopted worker
+
+    # now the machine "crashes": engine and worker die together
+    os.kill(box.engine_pid(), signal.SIGKILL)
+    box.wait(lambda: daemon.status(box.home) is None, "the engine to die")
+    os.kill(run.pid, signal.SIGKILL)
+    box.wait(lambda: not daemon.pid_alive(run.pid), "the worker to die")
+    assert box.run(1).status == "running"  # nobody is left to notice
+
+    box.cli("engine", "start")
+    box.wait_status(1, "done")
+    second = box.wait_status(2, "done")
+    assert box.epochs_tested(1) == [0, 1, 2, 3]
+    assert "resumed from" in (run.path / "log.txt").read_text()
+    assert box.run(1).ended <= second.started
+
+
+@pytest.mark.slow
+def test_the_engine_outlives_the_command_that_started_it_and_is_one_per_store(box):
+    started = box.cli("engine", "start")
+    assert "engine started: pid" in started.stdout
+    pid = box.engine_pid()
+    assert daemon.pid_alive(pid)  # the starting command has exited; the engine has not
+    assert os.getsid(pid) != os.getsid(0)  # its own session: no terminal hangs it up
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent != os.getpid()
+
+    again = box.cli("engine", "start", check=False)
+    assert again.returncode != 0
+    assert f"already running for {box.home} (pid {pid}" in " ".join(again.stderr.split())
+
+    # the lock, not a pid file, keeps a second engine out
+    (box.home / daemon.STATE_NAME).unlink()
+    raw = subprocess.run(
+        [sys.executable, "-m", "engine.daemon", "--home", str(box.home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert raw.returncode == daemon.EXIT_RUNNING and f"pid {pid}" in raw.stderr
+
+    # private store, no network
+    assert stat.S_IMODE(os.stat(box.home).st_mode) == 0o700
+    for name in ("kdtui.db", "engine.log", "engine.lock"):
+        assert stat.S_IMODE(os.stat(box.home / name).st_mode) == 0o600
+    fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert not [f for f in fds if f.startswith("socket:")]
+
+    assert "stopped" in box.cli("engine", "stop").stdout
+    assert not daemon.pid_alive(pid) and daemon.status(box.home) is None
+
+
+@pytest.mark.slow
+def test_two_cpu_slots_train_two_runs_at_once(box):
+    box.cli("engine", "start", "--cpu-slots", "2")
+    exp = box.write("pair.toml", tiny("pair", seeds=[0, 1], epochs=2, steps=3))
+    box.cli("run", "--detach", exp)  # = kdtui submit
+    a = box.wait_training(1)
+    b = box.wait_training(2)
+    for run in (a, b):
+        env = Path(f"/proc/{run.pid}/environ").read_bytes().split(b"\0")
+        assert b"CUDA_VISIBLE_DEVICES=" in env  # a CPU slot hides every GPU
+    a, b = box.wait_status(1, "done"), box.wait_status(2, "done")
+    (a0, a1), (b0, b1) = interval(a), interval(b)
+    assert max(a0, b0) < min(a1, b1)  # their running intervals overlap
+
+
+@pytest.mark.slow
+def test_each_worker_sees_only_the_gpu_of_its_slot(box):
+    # a fake two-GPU placement: the workers find no CUDA here and train on the CPU
+    box.cli("engine", "start", "--gpus", "0,1")
+    box.cli("submit", box.write("two.toml", tiny("two", seeds=[0, 1], epochs=2, steps=3)))
+    seen = {}
+    for run_id in (1, 2):
+        run = box.wait_training(run_id)
+        env = Path(f"/proc/{run.pid}/environ").read_bytes().split(b"\0")
+        seen[run.gpu] = [e for e in env if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
+    assert seen == {"0": [b"CUDA_VISIBLE_DEVICES=0"], "1": [b"CUDA_VISIBLE_DEVICES=1"]}
+    box.wait_status(1, "done")
+    box.wait_status(2, "done")
+
+
+@pytest.mark.slow
+def test_a_student_waits_for_its_teacher_run_and_fails_with_the_reason_if_it_failed(box):
+    kd = tiny(
+        "kd-digits",
+        steps=2,
+        more='[teacher]\narch = "resnet8"\ntrain = true\n[distill]\nmethod = "kd"',
+    )
+    bad_teacher = tiny("bad-teacher", more='device = "cuda"')  # fails: no CUDA here
+    orphan = tiny(
+        "orphan",
+        more='[teacher]\narch = "resnet8"\nfrom_run = "bad-teacher"\n[distill]\nmethod = "kd"',
+    )
+    box.cli("submit", box.write("kd.toml", kd), "--no-start")
+    box.cli("submit", box.write("bad.toml", bad_teacher), "--no-start")
+    box.cli("submit", box.write("orphan.toml", orphan), "--no-start")
+    teacher, student, bad, waiting = box.store.runs()
+    assert student.depends_on == teacher.id and waiting.depends_on == bad.id
+
+    box.cli("engine", "start", "--cpu-slots", "2")  # room for a student that did not wait
+    failed = box.wait_status(waiting.id, "failed")
+    assert box.run(bad.id).status == "failed"
+    assert f"teacher run {bad.id} (bad-teacher) failed" in failed.error
+    assert "CUDA is not available" in failed.error
+
+    student = box.wait_status(student.id, "done")
+    teacher = box.run(teacher.id)
+    assert teacher.status == "done" and teacher.ended <= student.started
+    assert "teacher resnet8 from" in (student.path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_runs_of_a_foreground_kdtui_run_are_left_alone_until_it_dies(box):
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        exp = cfgmod.loads(tiny("held"), file="held.toml")
+        (run,) = box.store.submit(exp, source="held.toml", holder=holder.pid)
+        daemon.ensure_running(box.home)
+        time.sleep(2)
+        assert box.run(run.id).status == "queued" and box.run(run.id).pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    done = box.wait_status(run.id, "done")  # adopted once its holder is gone
+    assert done.pid is None
