@@ -263,9 +263,17 @@ def test_wrong_depth_names_missing_keys(tmp_path):
         load_checkpoint_file(path, build_model("resnet14", NUM_CLASSES))
     msg = str(e.value)
     assert "missing" in msg and "layer1.1.conv1.weight" in msg
-    assert str(path) in msg
+    assert str(path) in msg and "does not fit resnet14" in msg
     assert "layer1.1.conv1.weight" in e.value.missing
     assert e.value.unexpected == []
+
+
+def test_our_checkpoints_name_their_arch_in_the_error():
+    with pytest.raises(CheckpointMismatchError, match="the file says arch 'resnet14'"):
+        load_state_dict_report(
+            build_model("resnet8", NUM_CLASSES),
+            {"model": _small_state("resnet14"), "arch": "resnet14", "epoch": 3},
+        )
 
 
 def test_deeper_file_into_shallower_model_names_unexpected_keys():

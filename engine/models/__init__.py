@@ -60,6 +60,7 @@ def build_model(arch: str, num_classes: int) -> FeatureModel:
     model = resolve(ARCHS[arch])(num_classes=num_classes)
     if not isinstance(model, FeatureModel):  # a registry entry pointing at the wrong thing
         raise TypeError(f"{ARCHS[arch]} returned {type(model).__name__}, not a FeatureModel")
+    model.arch_name = arch  # only for messages: "does not fit resnet14"
     return model
 
 
@@ -123,7 +124,11 @@ def load_state_dict_report(model: FeatureModel, state: Any, *, source: str | Non
     ]
     if missing or unexpected or mismatched:
         where = f"{source}: " if source else ""
-        parts = [f"{where}checkpoint does not fit {type(model).__name__}"]
+        saved_as = state.get("arch") if isinstance(state, Mapping) else None
+        note = f" (the file says arch {saved_as!r})" if isinstance(saved_as, str) else ""
+        parts = [
+            f"{where}checkpoint{note} does not fit {getattr(model, 'arch_name', type(model).__name__)}"
+        ]
         if missing:
             parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
         if unexpected:
