@@ -1,0 +1,1 @@
+"""Screens of the app: runs (home), composer, leaderboard, compare, dialogs."""

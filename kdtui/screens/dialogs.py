@@ -1,0 +1,164 @@
+"""Small modal screens: confirm, pick one of a list, show a run's config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.syntax import Syntax
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from kdtui.widgets.cells import short_path
+from kdtui.widgets.footer import KeyFooter
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """y / n, with the destructive choice never the default of enter."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, prompt: str | Content, *, yes: str = "Yes") -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.yes = yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.prompt, classes="prompt")
+            with Horizontal(classes="buttons"):
+                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button("No (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no").focus()
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """Pick one item with the keyboard (or type its first letters)."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("escape", "cancel", "Back")]
+
+    def __init__(
+        self, title: str, choices: Sequence[tuple[str, str]], *, current: str | None = None
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.choices = list(choices)  # (value, label)
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Content(self.title_text), classes="title")
+            yield OptionList(*[Option(Content(label), id=value) for value, label in self.choices])
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        values = [v for v, _ in self.choices]
+        options.highlighted = values.index(self.current) if self.current in values else 0
+        options.focus()
+
+    @on(OptionList.OptionSelected)
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ExperimentPicker(ModalScreen[Path | None]):
+    """experiments/*.toml, newest first."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [Binding("escape", "cancel", "Back")]
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        self.paths: list[Path] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label(
+                Content(f"open an experiment from {short_path(self.folder)}/"), classes="title"
+            )
+            yield OptionList(id="files")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        try:
+            found = [p for p in self.folder.rglob("*.toml") if p.is_file()]
+        except OSError:
+            found = []
+        self.paths = sorted(found, key=lambda p: str(p.relative_to(self.folder)))
+        options = self.query_one(OptionList)
+        if not self.paths:
+            options.add_option(
+                Option(f"no *.toml files in {short_path(self.folder)}", disabled=True)
+            )
+        for p in self.paths:
+            options.add_option(Option(Content(str(p.relative_to(self.folder))), id=str(p)))
+        if self.paths:
+            options.highlighted = 0
+        options.focus()
+
+    @on(OptionList.OptionSelected)
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id:
+            self.dismiss(Path(event.option.id))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfigScreen(ModalScreen[None]):
+    """A run's resolved config, as stored with the run (what it actually trained with)."""
+
+    CSS_PATH = "dialogs.tcss"
+    BINDINGS = [
+        Binding("escape,q,v", "close", "Close"),
+        Binding("c", "clone", "Clone", tooltip="Clone this config into the composer"),
+    ]
+
+    def __init__(self, title: str, text: str, *, clone: Callable[[], object] | None = None) -> None:
+        super().__init__()
+        self.title_text = title
+        self.text = text
+        self.clone = clone
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog full"):
+            yield Label(Content(self.title_text), classes="title")
+            with VerticalScroll(id="config-scroll"):
+                yield Static(Syntax(self.text, "toml", theme="ansi_dark", word_wrap=False))
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#config-scroll").focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_clone(self) -> None:
+        self.dismiss(None)
+        if self.clone is not None:
+            self.clone()

@@ -1,0 +1,326 @@
+"""The runs view (home): every run, and live curves + log of the selected one."""
+
+from __future__ import annotations
+
+import sys
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from kdtui.messages import DataChanged
+from kdtui.widgets.footer import KeyFooter
+from kdtui.widgets.gpu import GpuPanel
+from kdtui.widgets.logtail import LogTail
+from kdtui.widgets.plots import CurvePlot
+from kdtui.widgets.runtable import RunTable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EMPTY = (
+    "No runs yet.\n\n"
+    "[b]n[/b]  compose a new experiment\n"
+    "[b]o[/b]  open one from experiments/*.toml\n\n"
+    "Headless: kdtui submit experiments/x.toml"
+)
+
+
+def loss_label(name: str) -> str:
+    """train/loss -> total, train/loss_kd -> kd."""
+    tail = name.removeprefix("train/loss")
+    return tail.lstrip("_") or "total"
+
+
+class RunsScreen(Screen):
+    CSS_PATH = "runs.tcss"
+
+    BINDINGS = [
+        Binding("n", "new", "New", tooltip="New experiment in the composer"),
+        Binding("o", "open", "Open", tooltip="Open experiments/*.toml in the composer"),
+        Binding("l", "board", "Board", tooltip="Show the leaderboard"),
+        Binding("x", "cancel", "Cancel", tooltip="Cancel the selected run"),
+        Binding("r", "resume", "Resume", tooltip="Resume the selected run from its checkpoint"),
+        Binding("c", "clone", "Clone", tooltip="Clone the selected run into the composer"),
+        Binding("v", "config", "TOML", tooltip="Show the selected run's config"),
+        Binding(
+            "space",
+            "mark",
+            "Mark",
+            key_display="␣",
+            tooltip="Mark or unmark the selected run for compare",
+        ),
+        Binding("m", "compare", "Compare", tooltip="Compare the marked runs"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marked: set[int] = set()
+        self._pending_select: int | None = None
+        self._drawn_version = (-1, -1)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield RunTable(id="runs")
+        yield Static(EMPTY, id="empty")
+        with Vertical(id="detail"):
+            with Horizontal(id="plots"):
+                yield CurvePlot("loss", xlabel="per step", log_y=True, id="loss")
+                yield CurvePlot("acc", xlabel="test, per epoch", id="acc")
+                yield CurvePlot("lr", xlabel="per step", id="lr")
+            with Horizontal(id="bottom"):
+                yield LogTail(id="log")
+                yield GpuPanel(id="gpu", enabled=self.app.gpu_enabled)
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#runs").border_title = "runs"
+        self.query_one("#log").border_title = "log"
+        self.refresh_runs()
+
+    def on_resize(self) -> None:
+        # at 80 columns every action key needs the room; ^p stays in the header
+        self.query_one(Footer).show_command_palette = self.size.width >= 100
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+        self.refresh_watch()
+
+    # ------------------------------------------------------------ data
+    @property
+    def table(self) -> RunTable:
+        return self.query_one(RunTable)
+
+    @property
+    def selected(self):
+        run_id = self.table.selected_id
+        return self.app.runs_by_id.get(run_id) if run_id is not None else None
+
+    def on_data_changed(self, message: DataChanged) -> None:
+        if message.runs:
+            self.refresh_runs()
+        self.refresh_watch()
+
+    def refresh_runs(self) -> None:
+        app = self.app
+        runs = app.runs
+        table = self.table
+        self.marked &= set(app.runs_by_id)
+        table.set_runs(runs, self.marked)
+        if self._pending_select is not None and table.select_run(self._pending_select):
+            self._pending_select = None
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        parts = [f"{counts[s]} {s}" for s in ("running", "queued", "failed") if counts.get(s)]
+        table.border_title = f"runs ({len(runs)})" + (" · " + " · ".join(parts) if parts else "")
+        empty = not runs and app.loaded
+        self.query_one("#empty").display = empty
+        self.query_one("#detail").display = not empty
+        self.query_one(GpuPanel).set_runs(runs)
+        self.follow_selection()
+        self.refresh_title()
+        self.refresh_bindings()
+
+    def follow_selection(self) -> None:
+        run = self.selected
+        self.app.watch_run(run.id if run else None)
+
+    def refresh_title(self) -> None:
+        run = self.selected
+        detail = self.query_one("#detail")
+        if run is None:
+            detail.border_title = "no run selected"
+            detail.border_subtitle = ""
+            return
+        label = f" [{run.label}]" if run.label else ""
+        detail.border_title = Content(f"#{run.id} {run.experiment}{label}")
+        top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
+        detail.border_subtitle = (
+            f"{run.status} · epoch {run.epoch}/{run.epochs} · {top}head {run.head}"
+        )
+
+    def refresh_watch(self) -> None:
+        app = self.app
+        watch = app.watch
+        run = self.selected
+        if watch is None or run is None or watch.run_id != run.id:
+            return
+        key = (watch.run_id, watch.version)
+        if key != self._drawn_version:
+            self._drawn_version = key
+            series = watch.series
+            self.query_one("#loss", CurvePlot).set_series(
+                {loss_label(n): s for n, s in series.items() if n.startswith("train/loss")}
+            )
+            acc = {}
+            if "test/top1" in series:
+                acc["top1"] = series["test/top1"]
+            if "test/top5" in series:
+                acc["top5"] = series["test/top5"]
+            self.query_one("#acc", CurvePlot).set_series(acc)
+            lr_plot = self.query_one("#lr", CurvePlot)
+            if "train/lr" in series:
+                lr_plot.xlabel_text = "per step"
+                lr_plot.set_series({"lr": series["train/lr"]})
+            else:
+                lr_plot.xlabel_text = "per epoch"
+                lr_plot.set_series({"lr": series["lr"]} if "lr" in series else {})
+        feed = app.take_log()
+        log = self.query_one(LogTail)
+        if feed is not None:
+            text, reset = feed
+            if reset:
+                log.reset()
+            log.feed(text)
+        if log.lines_seen == 0 and not log.lines and run.error:
+            log.feed(run.error.rstrip("\n") + "\n")
+        log.border_title = f"log · #{run.id}"
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        run = self.selected
+        if run is None:
+            return
+        watch = self.app.watch
+        if watch is None or watch.run_id != run.id:
+            self._drawn_version = (-1, -1)
+            for plot in self.query(CurvePlot):
+                plot.set_series({})
+            self.query_one(LogTail).reset("reading log…")
+            self.app.watch_run(run.id)
+        self.refresh_title()
+        self.refresh_bindings()
+
+    def select_run(self, run_id: int) -> None:
+        if not self.table.select_run(run_id):
+            self._pending_select = run_id
+
+    # ------------------------------------------------------------ actions
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        run = self.selected if self.is_mounted else None
+        if action == "cancel":
+            return run is not None and run.status in ("queued", "running") or None
+        if action == "resume":
+            return run is not None and run.status in ("failed", "cancelled") or None
+        if action in ("clone", "config", "mark"):
+            return run is not None or None
+        if action == "compare":
+            return len(self.marked) >= 2 or None
+        return True
+
+    def action_new(self) -> None:
+        self.app.open_composer()
+
+    def action_open(self) -> None:
+        self.app.pick_experiment()
+
+    def action_board(self) -> None:
+        self.app.show_board()
+
+    def action_cancel(self) -> None:
+        from kdtui.screens.dialogs import ConfirmScreen
+
+        run = self.selected
+        if run is None:
+            return
+        verb = "Stop" if run.status == "running" else "Cancel"
+        prompt = f"{verb} run #{run.id} {run.experiment} {run.label}?".rstrip() + (
+            "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
+        )
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._cancel(run.id)
+
+        self.app.push_screen(ConfirmScreen(Content(prompt), yes=verb), confirmed)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _cancel(self, run_id: int) -> None:
+        try:
+            outcome = self.app.store.request_cancel(run_id)
+        except Exception as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
+            return
+        self.app.call_from_thread(self.notify, f"run #{run_id}: {outcome}")
+        self.app.poll_soon()
+
+    def action_resume(self) -> None:
+        run = self.selected
+        if run is not None:
+            self._resume(run.id)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _resume(self, run_id: int) -> None:
+        app = self.app
+        try:
+            app.store.requeue(run_id, resume=True)
+        except Exception as e:
+            app.call_from_thread(self.notify, str(e), severity="error")
+            return
+        message, severity = app.engine_up()
+        app.call_from_thread(
+            self.notify, f"run #{run_id} queued to resume · {message}", severity=severity
+        )
+        app.poll_soon()
+
+    def action_clone(self) -> None:
+        run = self.selected
+        if run is not None:
+            self._clone(run.id)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _clone(self, run_id: int) -> None:
+        app = self.app
+        try:
+            run = app.store.run(run_id)
+            raw = tomllib.loads(run.config_toml)
+        except Exception as e:
+            app.call_from_thread(self.notify, f"cannot clone: {e}", severity="error")
+            return
+        raw["name"] = f"{run.experiment}-copy"
+        app.call_from_thread(app.open_composer, None, base=raw)
+
+    def action_config(self) -> None:
+        run = self.selected
+        if run is not None:
+            self._show_config(run.id)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _show_config(self, run_id: int) -> None:
+        from kdtui.screens.dialogs import ConfigScreen
+
+        app = self.app
+        try:
+            run = app.store.run(run_id)
+        except Exception as e:
+            app.call_from_thread(self.notify, str(e), severity="error")
+            return
+        title = f"run #{run.id} · {run.experiment} {run.label}".rstrip()
+        app.call_from_thread(
+            app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
+        )
+
+    def action_mark(self) -> None:
+        run = self.selected
+        if run is None:
+            return
+        self.marked ^= {run.id}
+        self.table.set_runs(self.app.runs, self.marked)
+        self.refresh_bindings()
+        self.table.action_cursor_down()
+
+    def action_compare(self) -> None:
+        groups = []
+        for run_id in sorted(self.marked):
+            run = self.app.runs_by_id.get(run_id)
+            if run is not None:
+                label = f"#{run.id} {run.experiment}" + (f" {run.label}" if run.label else "")
+                groups.append((label, [run.id]))
+        self.app.compare(groups)

@@ -1,0 +1,95 @@
+"""Small formatters shared by tables: one place decides how a run reads at a glance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.text import Text
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "bold cyan",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+}
+STATUS_ICON = {
+    "queued": "◌",
+    "running": "▶",
+    "done": "✓",
+    "failed": "✗",
+    "cancelled": "■",
+}
+
+
+def status(value: str) -> Text:
+    icon = STATUS_ICON.get(value, "·")
+    return Text(f"{icon} {value}", style=STATUS_STYLE.get(value, ""))
+
+
+def bar(fraction: float, width: int = 8) -> str:
+    """A text progress bar with eighth-block resolution."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    out = "█" * full
+    if full < width:
+        out += " ▏▎▍▌▋▊▉"[part] if part else ""
+    return out.ljust(width, "·")
+
+
+def progress(epoch: int, epochs: int, fraction: float, run_status: str) -> Text:
+    text = Text(f"{epoch:>3}/{epochs:<3} ", style="dim" if run_status != "running" else "")
+    style = "green" if run_status == "done" else "cyan" if run_status == "running" else "dim"
+    text.append(bar(fraction), style=style)
+    return text
+
+
+def eta(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "–"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, _ = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def speed(images_per_s: float | None) -> str:
+    if not images_per_s:
+        return "–"
+    if images_per_s >= 10_000:
+        return f"{images_per_s / 1000:.0f}k"
+    return f"{images_per_s:.0f}"
+
+
+def acc(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def gpu(run_gpu: str | None, device: str | None) -> str:
+    if run_gpu:
+        return run_gpu
+    if device and device.startswith("cuda"):
+        return device.removeprefix("cuda").lstrip(":") or "0"
+    return device or "–"
+
+
+def short_path(path: str | Path) -> str:
+    """A path as the user would type it: relative to the cwd, else with ~."""
+    path = Path(path)
+    try:
+        rel = os.path.relpath(path)
+        if not rel.startswith(".."):
+            return rel
+    except ValueError:
+        pass
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home) :] if text.startswith(home + os.sep) else text

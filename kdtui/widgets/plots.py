@@ -1,0 +1,99 @@
+"""Terminal line plots of run metrics (textual-plotext)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.app import RenderResult
+from textual.content import Content
+from textual_plotext import PlotextPlot
+
+# RGB so the legend in the border title can use exactly the curve's colour
+COLORS = (
+    (79, 195, 247),
+    (255, 183, 77),
+    (129, 199, 132),
+    (240, 98, 146),
+    (186, 104, 200),
+    (229, 115, 115),
+    (255, 241, 118),
+    (144, 164, 174),
+)
+MAX_POINTS = 400
+
+
+def downsample(xs: Sequence[float], ys: Sequence[float], limit: int = MAX_POINTS):
+    """Bucket means: a 100k-step loss curve costs the same to draw as a short one."""
+    n = len(xs)
+    if n <= limit:
+        return list(xs), list(ys)
+    size = n / limit
+    out_x, out_y = [], []
+    for i in range(limit):
+        lo, hi = int(i * size), max(int((i + 1) * size), int(i * size) + 1)
+        out_x.append(xs[hi - 1])
+        out_y.append(sum(ys[lo:hi]) / (hi - lo))
+    return out_x, out_y
+
+
+class CurvePlot(PlotextPlot):
+    """Named series drawn as lines; `set_series` replaces them and redraws."""
+
+    DEFAULT_CSS = """
+    CurvePlot { width: 1fr; height: 1fr; }
+    """
+
+    def __init__(
+        self,
+        title: str,
+        *,
+        xlabel: str = "",
+        empty: str = "no data yet",
+        log_y: bool = False,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title_text = title
+        self.xlabel_text = xlabel
+        self.empty = empty
+        self.log_y = log_y
+        self.series: dict[str, tuple[list[float], list[float]]] = {}
+
+    def set_series(self, series: dict[str, tuple[Sequence[float], Sequence[float]]]) -> None:
+        self.series = {k: (list(x), list(y)) for k, (x, y) in series.items() if len(x)}
+        self.border_title = self.legend()
+        self.border_subtitle = self.xlabel_text
+        self.refresh()
+
+    def legend(self) -> Content:
+        """The title, then each series' name in its curve's colour (plotext's legend hides data)."""
+        parts: list = [self.title_text]
+        if len(self.series) > 1:
+            for i, name in enumerate(self.series):
+                r, g, b = COLORS[i % len(COLORS)]
+                parts.append((f" ━{name}", f"rgb({r},{g},{b})"))
+        return Content.assemble(*parts)
+
+    @property
+    def points(self) -> int:
+        return sum(len(x) for x, _ in self.series.values())
+
+    def last(self, name: str) -> float | None:
+        xs_ys = self.series.get(name)
+        return xs_ys[1][-1] if xs_ys and xs_ys[1] else None
+
+    def render(self) -> RenderResult:
+        width, height = self.size
+        if not self.series or width < 16 or height < 5:
+            return Text(self.empty if self.series == {} else "", style="dim")
+        plt = self.plt
+        plt.clear_figure()
+        log_ok = self.log_y and all(min(y) > 0 for _, y in self.series.values())
+        if log_ok:
+            plt.yscale("log")
+        for i, (xs, ys) in enumerate(self.series.values()):
+            dx, dy = downsample(xs, ys, max(16, min(MAX_POINTS, 2 * width)))
+            plt.plot(dx, dy, marker="hd", color=COLORS[i % len(COLORS)])
+        return super().render()

@@ -1,0 +1,102 @@
+"""The runs table: one row per run, updated in place so the cursor never jumps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from kdtui.widgets import cells
+
+# what matters at a glance first, so 80 columns show status, progress and accuracy
+COLUMNS = (
+    ("id", "#", None),
+    ("status", "status", None),
+    ("experiment", "experiment", 24),
+    ("progress", "epoch", None),
+    ("best", "best", None),
+    ("eta", "ETA", None),
+    ("speed", "img/s", None),
+    ("method", "method", None),
+    ("pair", "teacher→student", None),
+    ("gpu", "GPU", None),
+)
+ACTIVE = ("running", "queued")
+
+
+def order(runs: Sequence) -> list:
+    """Running, then queued (next first), then finished runs newest first."""
+    rank = {"running": 0, "queued": 1}
+    return sorted(
+        runs, key=lambda r: (rank.get(r.status, 2), r.id if r.status in ACTIVE else -r.id)
+    )
+
+
+def row_cells(run, marked: bool) -> list:
+    ident = Text(f"{'●' if marked else ' '}{run.id}", style="bold yellow" if marked else "")
+    name = Text(run.experiment, no_wrap=True, overflow="ellipsis")
+    if run.label:
+        name.append(f" {run.label}", style="dim")
+    name.truncate(24, overflow="ellipsis")
+    best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
+    return [
+        ident,
+        cells.status(run.status),
+        name,
+        cells.progress(run.epoch, run.epochs, run.progress, run.status),
+        best,
+        cells.eta(run.eta_s) if run.status == "running" else "–",
+        Text(cells.speed(run.images_per_s), justify="right"),
+        Text(run.method),
+        Text(run.pair),
+        Text(cells.gpu(run.gpu, run.device) if run.status == "running" else "–"),
+    ]
+
+
+class RunTable(DataTable):
+    DEFAULT_CSS = """
+    RunTable { height: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self._keys: list[str] = []
+        self._cells: dict[str, list] = {}
+
+    def on_mount(self) -> None:
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    @property
+    def selected_id(self) -> int | None:
+        if not self._keys or self.cursor_row < 0 or self.cursor_row >= len(self._keys):
+            return None
+        return int(self._keys[self.cursor_row])
+
+    def set_runs(self, runs: Sequence, marked: set[int]) -> None:
+        ordered = order(runs)
+        keys = [str(r.id) for r in ordered]
+        new_cells = {str(r.id): row_cells(r, r.id in marked) for r in ordered}
+        if keys == self._keys:
+            for key in keys:
+                old = self._cells.get(key)
+                for (col, _, _), value, before in zip(COLUMNS, new_cells[key], old or []):
+                    if value != before:
+                        self.update_cell(key, col, value)
+        else:
+            selected = self.selected_id
+            self.clear()
+            for key in keys:
+                self.add_row(*new_cells[key], key=key)
+            if selected is not None and str(selected) in keys:
+                self.move_cursor(row=keys.index(str(selected)), animate=False)
+        self._keys = keys
+        self._cells = new_cells
+
+    def select_run(self, run_id: int) -> bool:
+        key = str(run_id)
+        if key in self._keys:
+            self.move_cursor(row=self._keys.index(key), animate=False)
+            return True
+        return False
