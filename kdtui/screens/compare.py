@@ -1,0 +1,141 @@
+"""Compare 2+ runs (or seed groups): only the config keys that differ, and overlaid curves."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import DataTable, Header, Static
+
+from kdtui.widgets.footer import KeyFooter
+from kdtui.widgets.plots import COLORS, CurvePlot
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def show(values: list[Any]) -> str:
+    """One value, or the distinct values of a seed group."""
+    distinct: list[Any] = []
+    for v in values:
+        if v not in distinct:
+            distinct.append(v)
+    return ", ".join(str(v) for v in distinct) if distinct else "–"
+
+
+def differences(configs: list[list[dict[str, Any]]]) -> list[tuple[str, list[str]]]:
+    """Keys whose value differs between groups (each group: the flat configs of its runs)."""
+    keys: list[str] = []
+    for group in configs:
+        for cfg in group:
+            keys += [k for k in cfg if k not in keys]
+    out = []
+    for key in keys:
+        cells = [show([cfg.get(key, "–") for cfg in group]) for group in configs]
+        if len(set(cells)) > 1:
+            out.append((key, cells))
+    return out
+
+
+class CompareScreen(Screen):
+    CSS_PATH = "compare.tcss"
+    BINDINGS = [Binding("escape,q", "back", "Back", tooltip="Close the comparison")]
+
+    def __init__(self, groups: list[tuple[str, list[int]]]) -> None:
+        super().__init__()
+        self.groups = groups[: len(LETTERS)]
+        self.diff: list[tuple[str, list[str]]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="legend")
+        yield DataTable(id="diff", cursor_type="row")
+        with Horizontal(id="curves"):
+            yield CurvePlot("test top-1", xlabel="per epoch", id="cmp-top1")
+            yield CurvePlot("train loss", xlabel="mean per epoch", log_y=True, id="cmp-loss")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        parts: list = []
+        for i, (label, ids) in enumerate(self.groups):
+            r, g, b = COLORS[i % len(COLORS)]
+            n = f" ({len(ids)} runs)" if len(ids) > 1 else ""
+            parts += [(f"━ {LETTERS[i]} ", f"bold rgb({r},{g},{b})"), f"{label}{n}   "]
+        self.query_one("#legend", Static).update(Content.assemble(*parts))
+        table = self.query_one("#diff", DataTable)
+        table.border_title = "config differences"
+        table.add_column("key", key="key")
+        for i in range(len(self.groups)):
+            table.add_column(LETTERS[i], key=LETTERS[i])
+        table.focus()
+        self.load()
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def load(self) -> None:
+        app = self.app
+        store = app.store
+        configs, best, curves = [], [], []
+        for _, ids in self.groups:
+            runs = [store.run(i) for i in ids]
+            configs.append([flatten(tomllib.loads(r.config_toml)) for r in runs])
+            values = [r.best_top1 for r in runs if r.best_top1 is not None]
+            best.append(
+                "–"
+                if not values
+                else f"{statistics.fmean(values):.2f}"
+                + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+            )
+            marks = ",".join("?" * len(ids))
+            rows = store.conn.execute(
+                f"SELECT name, epoch, AVG(value) FROM metrics WHERE run_id IN ({marks}) "
+                "AND name IN ('test/top1', 'train/loss') GROUP BY name, epoch ORDER BY epoch",
+                list(ids),
+            ).fetchall()
+            series: dict[str, tuple[list[float], list[float]]] = {}
+            for name, epoch, value in rows:
+                xs, ys = series.setdefault(name, ([], []))
+                xs.append(epoch)
+                ys.append(value)
+            curves.append(series)
+        diff = differences(configs)
+        app.call_from_thread(self.show_result, diff, best, curves)
+
+    def show_result(self, diff, best, curves) -> None:
+        self.diff = diff
+        table = self.query_one("#diff", DataTable)
+        table.clear()
+        table.add_row(Text("best top-1", style="bold"), *[Text(b, style="bold") for b in best])
+        for key, cells in diff:
+            table.add_row(Text(key), *[Text(c) for c in cells], key=key)
+        if not diff:
+            table.add_row(Text("(identical configs)", style="dim"), *["" for _ in self.groups])
+        for plot_id, metric in (("#cmp-top1", "test/top1"), ("#cmp-loss", "train/loss")):
+            self.query_one(plot_id, CurvePlot).set_series(
+                {LETTERS[i]: s[metric] for i, s in enumerate(curves) if metric in s}
+            )
+
+    def action_back(self) -> None:
+        self.dismiss()

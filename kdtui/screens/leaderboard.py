@@ -1,0 +1,351 @@
+"""The leaderboard: `kdtui leaderboard`'s table (engine.export), sortable, filterable, exportable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
+
+from engine import export as exportmod
+from engine.export import Row
+from kdtui.messages import DataChanged
+from kdtui.widgets.cells import STATUS_STYLE, short_path
+from kdtui.widgets.footer import KeyFooter
+
+PIN_COLUMN = "Δ pin"
+COLUMNS = (*exportmod.COLUMNS, PIN_COLUMN)
+NUMERIC = {"#", "best top-1", "last top-1", "n", "gap closed", "params", "epochs", PIN_COLUMN}
+STATUS_FILTERS = ("all", "running", "queued", "done", "failed", "cancelled")
+EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
+FORMAT_NAMES = {"md": "Markdown", "csv": "CSV", "latex": "LaTeX"}
+
+
+def row_key(row: Row) -> str:
+    return "|".join((row.experiment, row.label, row.role, row.method, row.teacher, row.student))
+
+
+class Board:
+    """Rows plus the view's state (rank, pin, sort, filter): no widgets, easy to test."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.rank: dict[str, int] = {}
+        self.pinned: Row | None = None
+        self.sort_column = "#"
+        self.reverse = False
+        self.text = ""
+        self.status = "all"
+
+    def build(self, runs: list, pin_key: str | None) -> None:
+        rows = exportmod.build_rows(runs)
+        pinned = next((r for r in rows if row_key(r) == pin_key), None) if pin_key else None
+        if pinned is not None and pinned.best_mean is not None:
+            rows = exportmod.build_rows(
+                runs, baseline={(pinned.student, pinned.dataset): pinned.best_mean}
+            )
+            pinned = next((r for r in rows if row_key(r) == pin_key), None)
+        self.rows = rows
+        self.rank = {row_key(r): i for i, r in enumerate(rows, 1)}
+        self.pinned = pinned
+
+    def delta(self, row: Row) -> float | None:
+        pin = self.pinned
+        if pin is None or pin is row or pin.best_mean is None or row.best_mean is None:
+            return None
+        if pin.dataset != row.dataset:
+            return None
+        return row.best_mean - pin.best_mean
+
+    def cells(self, row: Row) -> list[str]:
+        out = exportmod.cells(row, self.rank[row_key(row)])
+        delta = self.delta(row)
+        out.append("–" if delta is None else f"{delta:+.2f}")
+        return out
+
+    def sort_value(self, row: Row, column: str) -> Any:
+        getters: dict[str, Callable[[Row], Any]] = {
+            "#": lambda r: self.rank[row_key(r)],
+            "experiment": lambda r: r.name.lower(),
+            "method": lambda r: r.method,
+            "teacher→student": lambda r: r.pair,
+            "head": lambda r: r.head,
+            "best top-1": lambda r: r.best_mean,
+            "last top-1": lambda r: r.last_mean,
+            "n": lambda r: r.n,
+            "gap closed": lambda r: r.gap,
+            "params": lambda r: r.params,
+            "epochs": lambda r: (r.epoch / r.epochs) if r.epochs else None,
+            "status": lambda r: r.status,
+            PIN_COLUMN: self.delta,
+        }
+        return getters[column](row)
+
+    def visible(self) -> list[Row]:
+        needle = self.text.lower().strip()
+        rows = [
+            r
+            for r in self.rows
+            if (self.status == "all" or self.status in r.statuses)
+            and (not needle or needle in " ".join(self.cells(r)).lower())
+        ]
+        column = self.sort_column
+        # numbers read best-first (descending); text A→Z; missing values always last
+        descending = column in NUMERIC and column != "#"
+        if self.reverse:
+            descending = not descending
+        known = [r for r in rows if self.sort_value(r, column) is not None]
+        unknown = [r for r in rows if self.sort_value(r, column) is None]
+        known.sort(key=lambda r: self.sort_value(r, column), reverse=descending)
+        return known + unknown
+
+    def choose_sort(self, column: str) -> None:
+        """Choosing the sorted column again flips the direction."""
+        if column == self.sort_column:
+            self.reverse = not self.reverse
+        else:
+            self.sort_column, self.reverse = column, False
+
+
+class LeaderboardScreen(Screen):
+    CSS_PATH = "leaderboard.tcss"
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", key_display="/", tooltip="Filter rows by text"),
+        Binding("f", "status_filter", "Status", tooltip="Cycle the status filter"),
+        Binding("s", "sort", "Sort", tooltip="Sort by a column (again: reverse)"),
+        Binding(
+            "space", "mark", "Mark", key_display="␣", tooltip="Mark or unmark the row for compare"
+        ),
+        Binding("m", "compare", "Compare", tooltip="Compare the marked rows"),
+        Binding("p", "pin", "Pin", tooltip="Pin the row as the baseline (again: unpin)"),
+        Binding("e", "export('md')", "Export", tooltip="Export the table as Markdown"),
+        Binding("E", "export_as", "As…", tooltip="Export as Markdown, CSV or LaTeX"),
+        Binding("r", "runs", "Runs", tooltip="Back to the runs view"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.board = Board()
+        self.marked: set[str] = set()
+        self.shown: list[Row] = []
+        self.last_export: Path | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="bar"):
+            yield Input(placeholder="/ filter rows", compact=True, id="filter")
+            yield Label("", id="status-filter")
+            yield Label("", id="pin")
+        yield DataTable(id="board", cursor_type="row")
+        yield Static("", id="message", classes="hint")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#board", DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        table.border_title = "leaderboard"
+        table.focus()
+        self.refresh_rows()
+
+    def on_resize(self) -> None:
+        self.query_one(Footer).show_command_palette = self.size.width >= 100
+
+    def on_screen_resume(self) -> None:
+        self.refresh_rows()
+
+    def on_data_changed(self, message: DataChanged) -> None:
+        if message.runs:
+            self.refresh_rows()
+
+    # ------------------------------------------------------------ drawing
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#board", DataTable)
+
+    @property
+    def selected(self) -> Row | None:
+        row = self.table.cursor_row
+        return self.shown[row] if 0 <= row < len(self.shown) else None
+
+    def refresh_rows(self) -> None:
+        self.board.build(self.app.runs, self.app.settings.get("pin"))
+        self.redraw()
+
+    def redraw(self) -> None:
+        table = self.table
+        selected = self.selected
+        keep = row_key(selected) if selected else None
+        self.shown = self.board.visible()
+        table.clear()
+        for column in table.columns.values():  # the sorted column says so in its header
+            name = str(column.key.value)
+            arrow = ""
+            if name == self.board.sort_column and name != "#":
+                descending = (name in NUMERIC) != self.board.reverse
+                arrow = " ▼" if descending else " ▲"
+            column.label = Text(name + arrow)
+        pin_key = row_key(self.board.pinned) if self.board.pinned else None
+        for row in self.shown:
+            key = row_key(row)
+            cells: list[Any] = list(self.board.cells(row))
+            mark = "●" if key in self.marked else ("◆" if key == pin_key else "")
+            cells[0] = Text(f"{mark}{cells[0]}", style="bold yellow" if mark else "")
+            for i, column in enumerate(COLUMNS):  # Text: a "[lr=0.1]" label is not markup
+                if i:
+                    cells[i] = Text(cells[i], justify="right" if column in NUMERIC else "left")
+            status = row.status.split()[0].split("×")[0]
+            cells[-2] = Text(row.status, style=STATUS_STYLE.get(status, ""))
+            table.add_row(*cells, key=key)
+        if keep is not None and keep in [row_key(r) for r in self.shown]:
+            table.move_cursor(row=[row_key(r) for r in self.shown].index(keep), animate=False)
+        total = len(self.board.rows)
+        table.border_title = (
+            f"leaderboard · {len(self.shown)} of {total} rows"
+            if len(self.shown) != total
+            else f"leaderboard · {total} rows"
+        )
+        table.border_subtitle = "accuracy of the head used at test time · seeds as mean ± std"
+        self.query_one("#status-filter", Label).update(f"status: {self.board.status} (f)")
+        pin = self.board.pinned
+        self.query_one("#pin", Label).update(
+            Content(f"baseline: {pin.name} {pin.best_mean:.2f} (p)")
+            if pin is not None and pin.best_mean is not None
+            else "baseline: vanilla rows (p pins)"
+        )
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------ actions
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if not self.is_mounted:
+            return True
+        if action == "compare":
+            return len(self.marked) >= 2 or None
+        if action in ("mark", "pin"):
+            return self.selected is not None or None
+        return True
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.board.text = event.value
+        self.redraw()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def key_escape(self) -> None:
+        if self.query_one("#filter", Input).has_focus:
+            self.table.focus()
+
+    def action_status_filter(self) -> None:
+        i = STATUS_FILTERS.index(self.board.status)
+        self.board.status = STATUS_FILTERS[(i + 1) % len(STATUS_FILTERS)]
+        self.redraw()
+
+    def action_sort(self) -> None:
+        from kdtui.screens.dialogs import ChoiceScreen
+
+        def chosen(column: str | None) -> None:
+            if column:
+                self.sort_by(column)
+
+        choices = [(c, c) for c in COLUMNS]
+        self.app.push_screen(
+            ChoiceScreen("sort by column", choices, current=self.board.sort_column), chosen
+        )
+
+    def sort_by(self, column: str) -> None:
+        self.board.choose_sort(column)
+        self.redraw()
+
+    @on(DataTable.HeaderSelected, "#board")
+    def _header(self, event: DataTable.HeaderSelected) -> None:
+        self.sort_by(str(event.column_key.value))
+
+    @on(DataTable.RowHighlighted, "#board")
+    def _highlighted(self) -> None:
+        self.refresh_bindings()
+
+    def action_mark(self) -> None:
+        row = self.selected
+        if row is None:
+            return
+        self.marked ^= {row_key(row)}
+        cursor = self.table.cursor_row
+        self.redraw()
+        self.table.move_cursor(row=min(cursor + 1, len(self.shown) - 1), animate=False)
+
+    def action_compare(self) -> None:
+        groups = [(r.name, list(r.run_ids)) for r in self.board.rows if row_key(r) in self.marked]
+        self.app.compare(groups)
+
+    def action_pin(self) -> None:
+        row = self.selected
+        if row is None:
+            return
+        key = row_key(row)
+        settings = self.app.settings
+        if settings.get("pin") == key:
+            settings.pop("pin")
+            self.notify("baseline unpinned: vanilla rows are the baselines again")
+        elif row.best_mean is None:
+            self.notify("this row has no accuracy yet to compare against", severity="warning")
+            return
+        else:
+            settings["pin"] = key
+            self.notify(f"baseline pinned: {row.name} ({row.best_mean:.2f})")
+        self.app.save_settings()
+        self.refresh_rows()
+
+    def action_export(self, fmt: str = "md") -> None:
+        rows = self.shown
+        text = exportmod.export(rows, fmt)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.app.root / "exports" / f"leaderboard-{stamp}.{EXTENSIONS[fmt]}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as e:
+            self.notify(f"export failed: {e.strerror}", severity="error")
+            return
+        self.last_export = path
+        shown = short_path(path)
+        self.query_one("#message", Static).update(
+            Content(f"exported {len(rows)} rows as {FORMAT_NAMES[fmt]} → {shown}")
+        )
+        self.notify(f"{FORMAT_NAMES[fmt]} written to {shown}", title="exported")
+
+    def action_export_as(self) -> None:
+        from kdtui.screens.dialogs import ChoiceScreen
+
+        def chosen(fmt: str | None) -> None:
+            if fmt:
+                self.action_export(fmt)
+
+        choices = [(k, f"{FORMAT_NAMES[k]} (.{EXTENSIONS[k]})") for k in exportmod.FORMATS]
+        self.app.push_screen(ChoiceScreen("export the leaderboard as", choices), chosen)
+
+    def action_runs(self) -> None:
+        self.app.show_runs()
+
+    def palette_commands(self):
+        """Each export format directly, besides the `E` chooser."""
+        for fmt in exportmod.FORMATS:
+            yield (
+                f"Export {FORMAT_NAMES[fmt]}",
+                f"write the leaderboard to exports/*.{EXTENSIONS[fmt]}",
+                lambda fmt=fmt: self.action_export(fmt),
+            )
