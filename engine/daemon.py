@@ -38,7 +38,7 @@ STATE_NAME = "engine.json"
 LOG_NAME = "engine.log"
 OPTIONS_NAME = "engine-options.json"
 LOG_ROTATE_BYTES = 10 * 2**20
-PID_SLACK_S = 30.0  # a live pid whose process started later than this after its row is a reuse
+PID_SLACK_S = 120.0  # a live pid whose process started later than this after its row is a reuse
 EXIT_RUNNING = 3  # `python -m engine.daemon` when another engine holds the lock
 
 log = logging.getLogger("kdtui.engine")
@@ -270,11 +270,28 @@ def pid_alive(pid: int | None, not_after: float | None = None) -> bool:
     return True
 
 
-def is_worker_process(pid: int) -> bool:
+def _cmdline(pid: int) -> bytes | None:
+    """The process's command line, or None where it cannot be read (no /proc)."""
     try:
-        return b"engine.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return None
+
+
+def is_worker_process(pid: int) -> bool:
+    cmd = _cmdline(pid)
+    return cmd is not None and b"engine.worker" in cmd
+
+
+def run_process_alive(pid: int | None, since: float) -> bool:
+    """The process recorded for a run still runs it: alive, old enough, and a kdtui process.
+
+    A bare pid check would trust whatever reused the number after a reboot.
+    """
+    if not pid_alive(pid, since):
         return False
+    cmd = _cmdline(pid)
+    return cmd is None or b"engine.worker" in cmd or b"kdtui" in cmd
 
 
 def row_time(run: Run) -> float:
@@ -409,7 +426,7 @@ class Worker:
         """None while alive; the exit status (negative: signal) once gone (-999: unknown)."""
         if self.proc is not None:
             return self.proc.poll()
-        return None if pid_alive(self.pid) else -999
+        return None if pid_alive(self.pid) and is_worker_process(self.pid) else -999
 
 
 @dataclass
@@ -455,7 +472,7 @@ class Engine:
         """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
         groups: dict[int, list[Run]] = {}
         for run in self.store.runs(status="running"):
-            if pid_alive(run.pid, row_time(run)):
+            if run_process_alive(run.pid, row_time(run)):
                 if is_worker_process(run.pid):
                     groups.setdefault(run.pid, []).append(run)
                 continue  # a foreground `kdtui run`: watched, not ours
@@ -510,7 +527,7 @@ class Engine:
         """Running rows whose process is gone and is not a worker we are watching."""
         ours = {rid for w in self.workers.values() for rid in w.run_ids}
         for run in running:
-            if run.id in ours or pid_alive(run.pid, row_time(run)):
+            if run.id in ours or run_process_alive(run.pid, row_time(run)):
                 continue
             self._worker_gone(run, "died" if run.pid else "never started")
 
@@ -530,7 +547,8 @@ class Engine:
 
     def _fail(self, run: Run, reason: str) -> None:
         self.store.finish(run.id, "failed", reason)
-        _append(run.path / "log.txt", f"engine: failed: {reason}; `kdtui resume {run.id}`")
+        hint = "" if "kdtui resume" in reason else f"; `kdtui resume {run.id}` continues it"
+        _append(run.path / "log.txt", f"engine: failed: {reason}{hint}")
         log.info("run %d failed: %s", run.id, reason)
 
     def escalate_cancels(self, running: list[Run]) -> None:
@@ -566,7 +584,7 @@ class Engine:
         teachers: dict[int, Run | None] = {}
         for run in self.store.runs(status="queued"):
             if run.pid:
-                if pid_alive(run.pid, row_time(run)):
+                if run_process_alive(run.pid, row_time(run)):
                     continue  # a foreground `kdtui run` will train it
                 self.store.update(run.id, pid=None)
                 self.store.event(run.id, "adopted", f"holder {run.pid} is gone")
