@@ -201,7 +201,7 @@ def list_runs(
             r.label,
             r.method,
             r.pair,
-            f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%",
+            progress_text(r),
             best,
             r.head,
             speed,
@@ -211,6 +211,17 @@ def list_runs(
         console.print(f"no runs in {store.home}")
         return
     console.print(t)
+
+
+def progress_text(r) -> str:
+    """Epochs and percent; the ETA while running; what a queued run waits for."""
+    text = f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%"
+    if r.status == "running" and r.eta_s:
+        m, s = divmod(int(r.eta_s), 60)
+        text += f" eta {m // 60}h{m % 60:02d}m" if m >= 60 else f" eta {m}m{s:02d}s"
+    elif r.status == "queued" and r.depends_on:
+        text += f" after #{r.depends_on}"
+    return text
 
 
 def leaderboard_rows(store: Store, experiment: str | None, status: str | None):
