@@ -309,19 +309,28 @@ def _signal_group(pid: int, sig: int) -> None:
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
-def last_log_line(run_dir: str | Path) -> str:
-    """The last non-empty line of a run's log.txt (else worker.log), without its timestamp."""
-    for name in ("log.txt", "worker.log"):
-        path = Path(run_dir) / name
+def last_log_line(
+    run_dir: str | Path, *, output_first: bool = False, output: Path | None = None
+) -> str:
+    """The last line the run itself logged, without its timestamp.
+
+    log.txt first (training progress: where a killed run stopped); with
+    `output_first`, the worker's raw output first (an uncaught exception's
+    last line is the error).
+    """
+    run_dir = Path(run_dir)
+    paths = [run_dir / "log.txt", output or run_dir / "worker.log"]
+    for path in reversed(paths) if output_first else paths:
         try:
             with open(path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
                 lines = f.read().decode(errors="replace").splitlines()
         except OSError:
             continue
         for line in reversed(lines):
-            if line.strip():
-                return _STAMP.sub("", line.strip())
+            line = _STAMP.sub("", line.strip())
+            if line and not line.startswith("engine:"):
+                return line
     return ""
 
 
@@ -418,6 +427,7 @@ class Worker:
     slot: Slot | None
     started: float
     proc: subprocess.Popen | None = None  # None: adopted from an earlier engine
+    output: Path | None = None  # its stdout/stderr (worker.log of its first run)
     cancel_seen: float | None = None
     term_sent: float | None = None
     kill_sent: float | None = None
@@ -442,14 +452,6 @@ class Engine:
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
-        log.info(
-            "engine pid %d on %s: %d slot(s) %s",
-            os.getpid(),
-            self.store.home,
-            len(self.slots),
-            ", ".join(s.name for s in self.slots),
-        )
-        self.recover()
         while not self.stopping:
             try:
                 self.step()
@@ -520,7 +522,7 @@ class Engine:
             how = _exit_text(code)
             for run in self.store.runs(ids=w.run_ids):
                 if run.status == "running" and run.pid in (pid, None):
-                    self._worker_gone(run, how)
+                    self._worker_gone(run, how, output=w.output, crashed=code > 0)
             log.info("worker %d (runs %s) %s", pid, w.run_ids, how)
 
     def find_dead(self, running: list[Run]) -> None:
@@ -531,7 +533,9 @@ class Engine:
                 continue
             self._worker_gone(run, "died" if run.pid else "never started")
 
-    def _worker_gone(self, run: Run, how: str) -> None:
+    def _worker_gone(
+        self, run: Run, how: str, *, output: Path | None = None, crashed: bool = False
+    ) -> None:
         run = self.store.run(run.id)
         if run.status != "running":
             return  # it finished itself in the meantime
@@ -539,7 +543,7 @@ class Engine:
             self.store.finish(run.id, "cancelled", f"cancelled (worker {how})")
             _append(run.path / "log.txt", f"engine: cancelled (worker {how})")
             return
-        line = last_log_line(run.dir)
+        line = last_log_line(run.dir, output_first=crashed, output=output)
         self._fail(
             run,
             f"worker {how}" + (f"; last log line: {line}" if line else ""),
@@ -653,7 +657,7 @@ class Engine:
             return
         for i in claimed:
             self.store.update(i, pid=proc.pid)
-        self.workers[proc.pid] = Worker(proc.pid, claimed, slot, time.time(), proc)
+        self.workers[proc.pid] = Worker(proc.pid, claimed, slot, time.time(), proc, out_path)
         log.info("worker %d: runs %s on %s", proc.pid, claimed, slot.name)
 
     # ------------------------------------------------------------ state for clients
@@ -934,8 +938,16 @@ def serve(home: Path, options: Options) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.info(
+        "engine pid %d on %s: %d slot(s) %s",
+        os.getpid(),
+        home,
+        len(slots),
+        ", ".join(s.name for s in slots),
+    )
+    engine.recover()
     engine.write_state()
-    _report(f"started {os.getpid()}")
+    _report(f"started {os.getpid()}")  # after recovery: a client sees adopted workers at once
     engine.serve()
     return 0
 
