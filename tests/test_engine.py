@@ -35,7 +35,9 @@ from engine.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny(name: str, *, seeds=(0,), epochs: int = 1, steps: int = 1, more: str = "") -> str:
+def tiny(
+    name: str, *, seeds=(0,), epochs: int = 1, steps: int = 1, lr: str = "0.05", more: str = ""
+) -> str:
     """A digits experiment whose runs take a few seconds on one CPU core."""
     return f"""
 name = "{name}"
@@ -45,7 +47,7 @@ dataset = "digits"
 [student]
 arch = "resnet8"
 [optim]
-lr = 0.05
+lr = {lr}
 epochs = {epochs}
 [run]
 max_steps = {steps}
@@ -450,10 +452,11 @@ def test_two_cpu_slots_train_two_runs_at_once(box):
 
 
 @pytest.mark.slow
-def test_a_student_waits_for_its_teacher_run_and_fails_with_the_reason_if_it_failed(box):
+def test_students_wait_for_their_teacher_run_share_one_worker_and_fail_if_it_failed(box):
     kd = tiny(
         "kd-digits",
         steps=4,
+        lr="[0.01, 0.05]",  # a sweep: two students behind one teacher pass
         more='[teacher]\narch = "resnet8"\ntrain = true\n[distill]\nmethod = "kd"',
     )
     bad_teacher = tiny("bad-teacher", more='device = "cuda"')  # fails: no CUDA here
@@ -464,8 +467,9 @@ def test_a_student_waits_for_its_teacher_run_and_fails_with_the_reason_if_it_fai
     box.cli("submit", box.write("kd.toml", kd), "--no-start")
     box.cli("submit", box.write("bad.toml", bad_teacher), "--no-start")
     box.cli("submit", box.write("orphan.toml", orphan), "--no-start")
-    teacher, student, bad, waiting = box.store.runs()
-    assert student.depends_on == teacher.id and waiting.depends_on == bad.id
+    teacher, student, other, bad, waiting = box.store.runs()
+    assert student.depends_on == other.depends_on == teacher.id
+    assert waiting.depends_on == bad.id
 
     # two (pretend) GPUs: room for a student that did not wait; no CUDA here, so the
     # workers train on the CPU, each seeing only the GPU of its slot
@@ -478,8 +482,11 @@ def test_a_student_waits_for_its_teacher_run_and_fails_with_the_reason_if_it_fai
     assert f"teacher run {bad.id} (bad-teacher) failed" in failed.error
     assert "CUDA is not available" in failed.error
 
-    assert gpu_seen_by(box.wait_training(student.id)) == box.run(student.id).gpu
+    fused = box.wait_training(student.id)
+    assert box.run(other.id).pid == fused.pid  # the sweep trains in one worker
+    assert gpu_seen_by(fused) == fused.gpu
     student = box.wait_status(student.id, "done")
+    box.wait_status(other.id, "done")
     teacher = box.run(teacher.id)
     assert teacher.status == "done" and teacher.ended <= student.started
     assert "teacher resnet8 from" in (student.path / "log.txt").read_text()
