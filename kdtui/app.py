@@ -100,20 +100,17 @@ def engine_status(home: Path) -> Any:
 
 
 def engine_text(status: Any) -> str:
+    """One line for the header: is the engine up, and how busy (engine.daemon.status shape)."""
     if not status:
         return "engine stopped"
     if not isinstance(status, dict):
         return "engine running"
-    parts = ["engine running"]
-    if status.get("pid"):
-        parts[0] += f" (pid {status['pid']})"
+    text = f"engine pid {status['pid']}" if status.get("pid") else "engine running"
     slots = status.get("slots")
-    if isinstance(slots, (list, tuple)):
-        busy = sum(1 for s in slots if isinstance(s, dict) and s.get("run"))
-        parts.append(f"{busy}/{len(slots)} slots busy")
-    elif isinstance(slots, int):
-        parts.append(f"{slots} slots")
-    return " · ".join(parts)
+    if isinstance(slots, list) and slots:
+        busy = sum(1 for s in slots if isinstance(s, dict) and (s.get("runs") or s.get("worker")))
+        text += f" · {busy}/{len(slots)} slots busy"
+    return text
 
 
 def _leaderboard() -> Screen:
@@ -126,7 +123,7 @@ def _leaderboard() -> Screen:
 class KdApp(App):
     """kdtui: compose, dispatch, watch, rank and export distillation runs."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "kdtui"
     ENABLE_COMMAND_PALETTE = True
     MODES = {"runs": RunsScreen, "board": _leaderboard}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -61,7 +62,7 @@ def differences(configs: list[list[dict[str, Any]]]) -> list[tuple[str, list[str
 
 
 class CompareScreen(Screen):
-    CSS_PATH = "compare.tcss"
+    CSS_PATH = Path(__file__).with_name("compare.tcss")
     BINDINGS = [Binding("escape,q", "back", "Back", tooltip="Close the comparison")]
 
     def __init__(self, groups: list[tuple[str, list[int]]]) -> None:

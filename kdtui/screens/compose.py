@@ -287,7 +287,7 @@ class Row(Horizontal):
 
 
 class ComposerScreen(Screen):
-    CSS_PATH = "compose.tcss"
+    CSS_PATH = Path(__file__).with_name("compose.tcss")
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", tooltip="Save experiments/<name>.toml"),
         Binding("ctrl+r", "queue", "Queue", tooltip="Save, then queue the runs on the engine"),

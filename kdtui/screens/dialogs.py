@@ -22,7 +22,7 @@ from kdtui.widgets.footer import KeyFooter
 class ConfirmScreen(ModalScreen[bool]):
     """y / n, with the destructive choice never the default of enter."""
 
-    CSS_PATH = "dialogs.tcss"
+    CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [
         Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),
@@ -54,7 +54,7 @@ class ConfirmScreen(ModalScreen[bool]):
 class ChoiceScreen(ModalScreen[str | None]):
     """Pick one item with the keyboard (or type its first letters)."""
 
-    CSS_PATH = "dialogs.tcss"
+    CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [Binding("escape", "cancel", "Back")]
 
     def __init__(
@@ -88,7 +88,7 @@ class ChoiceScreen(ModalScreen[str | None]):
 class ExperimentPicker(ModalScreen[Path | None]):
     """experiments/*.toml, newest first."""
 
-    CSS_PATH = "dialogs.tcss"
+    CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [Binding("escape", "cancel", "Back")]
 
     def __init__(self, folder: Path) -> None:
@@ -133,7 +133,7 @@ class ExperimentPicker(ModalScreen[Path | None]):
 class ConfigScreen(ModalScreen[None]):
     """A run's resolved config, as stored with the run (what it actually trained with)."""
 
-    CSS_PATH = "dialogs.tcss"
+    CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [
         Binding("escape,q,v", "close", "Close"),
         Binding("c", "clone", "Clone", tooltip="Clone this config into the composer"),

@@ -117,7 +117,7 @@ class Board:
 
 
 class LeaderboardScreen(Screen):
-    CSS_PATH = "leaderboard.tcss"
+    CSS_PATH = Path(__file__).with_name("leaderboard.tcss")
     BINDINGS = [
         Binding("slash", "filter", "Filter", key_display="/", tooltip="Filter rows by text"),
         Binding("f", "status_filter", "Status", tooltip="Cycle the status filter"),
@@ -235,7 +235,10 @@ class LeaderboardScreen(Screen):
         return True
 
     def action_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        """Focus the filter with its text selected: typing replaces it, enter keeps it."""
+        box = self.query_one("#filter", Input)
+        box.focus()
+        box.select_all()
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -247,7 +250,10 @@ class LeaderboardScreen(Screen):
         self.table.focus()
 
     def key_escape(self) -> None:
-        if self.query_one("#filter", Input).has_focus:
+        """In the filter, escape clears it and goes back to the table."""
+        box = self.query_one("#filter", Input)
+        if box.has_focus:
+            box.value = ""
             self.table.focus()
 
     def action_status_filter(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -39,7 +40,7 @@ def loss_label(name: str) -> str:
 
 
 class RunsScreen(Screen):
-    CSS_PATH = "runs.tcss"
+    CSS_PATH = Path(__file__).with_name("runs.tcss")
 
     BINDINGS = [
         Binding("n", "new", "New", tooltip="New experiment in the composer"),

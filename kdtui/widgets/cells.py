@@ -74,10 +74,12 @@ def acc(value: float | None) -> str:
 
 
 def gpu(run_gpu: str | None, device: str | None) -> str:
+    """The engine records the slot's CUDA_VISIBLE_DEVICES; a foreground run only its device."""
     if run_gpu:
         return run_gpu
     if device and device.startswith("cuda"):
-        return device.removeprefix("cuda").lstrip(":") or "0"
+        index = device.removeprefix("cuda").lstrip(":").split(" ")[0]
+        return index or "0"
     return device or "–"
 
 

@@ -1,0 +1,757 @@
+"""Pilot tests of the Textual app that act as a user: keys in, store and files out."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import config as c
+from engine.store import Store
+
+T0 = 1_700_000_000.0  # fixed time: nothing in view depends on the wall clock
+
+STUDY = {
+    "baseline-r8x4": """
+name = "baseline-r8x4"
+seeds = [0, 1, 2]
+[data]
+dataset = "cifar100"
+[student]
+arch = "resnet8x4"
+[distill]
+method = "vanilla"
+[optim]
+epochs = 240
+""",
+    "kd-r32x4-r8x4": """
+name = "kd-r32x4-r8x4"
+seeds = [0, 1]
+[data]
+dataset = "cifar100"
+[teacher]
+arch = "resnet32x4"
+checkpoint = "teachers/resnet32x4_vanilla.pth"
+[student]
+arch = "resnet8x4"
+[distill]
+method = "kd"
+[optim]
+epochs = 240
+""",
+    "simkd-r32x4-r8x4": """
+name = "simkd-r32x4-r8x4"
+[data]
+dataset = "cifar100"
+[teacher]
+arch = "resnet32x4"
+checkpoint = "teachers/resnet32x4_vanilla.pth"
+[student]
+arch = "resnet8x4"
+[distill]
+method = "simkd"
+[optim]
+lr = [0.05, 0.01]
+epochs = 240
+""",
+    "simkd-wrn": """
+name = "simkd-wrn"
+[data]
+dataset = "cifar100"
+[teacher]
+arch = "wrn_40_2"
+checkpoint = "teachers/wrn_40_2.pth"
+[student]
+arch = "wrn_16_2"
+[distill]
+method = "simkd"
+factor = 4
+[optim]
+epochs = 240
+""",
+}
+
+
+def seed_store(store: Store) -> dict[str, list[int]]:
+    """A fixed study: finished seeds, a running sweep point with curves, queued and failed runs."""
+    ids: dict[str, list[int]] = {}
+    for name, text in STUDY.items():
+        ids[name] = [r.id for r in store.submit(c.loads(text), source=f"experiments/{name}.toml")]
+    done = {
+        **dict(zip(ids["baseline-r8x4"], (72.50, 72.94, 73.09))),
+        **dict(zip(ids["kd-r32x4-r8x4"], (73.81, 74.27))),
+    }
+    for i, (run_id, best) in enumerate(done.items()):
+        store.update(
+            run_id,
+            status="done",
+            epoch=240,
+            step=0,
+            steps_per_epoch=782,
+            best_top1=best,
+            last_top1=best - 0.21,
+            last_top5=93.1,
+            teacher_top1=79.42 if run_id in ids["kd-r32x4-r8x4"] else None,
+            params=1_230_000,
+            images_per_s=5400 + 10 * i,
+            started=T0,
+            ended=T0 + 3600,
+            heartbeat=T0 + 3600,
+            device="cuda:0",
+            gpu="0",
+        )
+    running, queued = ids["simkd-r32x4-r8x4"]
+    store.update(
+        running,
+        status="running",
+        epoch=120,
+        step=391,
+        steps_per_epoch=782,
+        best_top1=74.63,
+        last_top1=74.40,
+        teacher_top1=79.42,
+        images_per_s=6120,
+        eta_s=5 * 3600 + 7 * 60,
+        started=T0,
+        heartbeat=T0 + 100,
+        device="cuda:0",
+        gpu="0",
+    )
+    (failed,) = ids["simkd-wrn"]
+    store.update(
+        failed,
+        status="failed",
+        epoch=3,
+        epochs=240,
+        error="RuntimeError: CUDA out of memory",
+        started=T0,
+        ended=T0 + 60,
+    )
+    add_curves(store, running, epochs=120)
+    log = store.run(running).path / "log.txt"
+    log.write_text(
+        "".join(
+            f"epoch {e:3d}  loss {2.2 * math.exp(-e / 40) + 0.3:.3f}  top-1 {top1(e):.2f}\n"
+            for e in range(100, 121)
+        )
+    )
+    (store.run(failed).path / "log.txt").write_text(
+        "epoch   3  loss 1.905\nTraceback (most recent call last):\nRuntimeError: CUDA out of memory\n"
+    )
+    assert queued
+    return ids
+
+
+def top1(epoch: int) -> float:
+    return 78.0 - 60.0 * math.exp(-epoch / 30)
+
+
+def add_curves(store: Store, run_id: int, epochs: int, start: int = 0, per_epoch: int = 4) -> None:
+    rows = []
+    for e in range(start, epochs):
+        for k in range(per_epoch):
+            step = e * per_epoch + k
+            loss = 2.2 * math.exp(-step / (40 * per_epoch)) + 0.3
+            rows += [
+                (e, step, "train/loss", loss),
+                (e, step, "train/loss_feat", 0.7 * loss),
+                (e, step, "train/loss_kl", 0.3 * loss),
+                (e, step, "train/lr", 0.05 * (0.1 if e >= 150 else 1.0)),
+            ]
+        rows += [
+            (e, e + 1, "test/top1", top1(e + 1)),
+            (e, e + 1, "test/top5", min(99.0, top1(e + 1) + 18)),
+            (e, e + 1, "lr", 0.05),
+        ]
+    store.add_metrics(run_id, rows, when=T0 + 100)
+
+
+# ---------------------------------------------------------------- harness
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A study folder as the user has it: experiments/ and the store in .kdtui/."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def seeded(project) -> tuple[Path, dict[str, list[int]]]:
+    store = Store(project / ".kdtui")
+    ids = seed_store(store)
+    store.close()
+    return project / ".kdtui", ids
+
+
+def make_app(home: Path, **kw):
+    from kdtui.app import KdApp
+
+    kw.setdefault("gpu", False)
+    kw.setdefault("start_engine", False)
+    return KdApp(home, root=home.parent, **kw)
+
+
+async def until(pilot, predicate, timeout: float = 5.0, what: str = "condition") -> float:
+    """Wait (yielding to the app) until predicate() holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await pilot.pause(0.02)
+    return time.monotonic() - start
+
+
+async def focus(pilot, widget_id: str, limit: int = 60) -> None:
+    """Tab through the form like a user until the widget has focus."""
+    for _ in range(limit):
+        focused = pilot.app.focused
+        if focused is not None and focused.id == widget_id:
+            return
+        await pilot.press("tab")
+    raise AssertionError(f"could not tab to #{widget_id}")
+
+
+async def type_into(pilot, widget_id: str, text: str) -> None:
+    await focus(pilot, widget_id)
+    await pilot.press("ctrl+u", "ctrl+k", *text)  # clear the field, then type
+
+
+async def choose(pilot, widget_id: str, label: str) -> None:
+    """Open a Select with enter, type to jump to the option, enter to take it."""
+    await focus(pilot, widget_id)
+    await pilot.press("enter", *label, "enter")
+    await pilot.pause()
+
+
+def notifications(app) -> list[str]:
+    return [f"{n.title}: {n.message}" for n in app._notifications]
+
+
+# ---------------------------------------------------------------- composer
+async def test_compose_with_the_keyboard_writes_a_valid_toml(project):
+    from kdtui.screens.compose import ComposerScreen
+
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        await type_into(pilot, "f-name", "kd-digits")
+        await type_into(pilot, "f-seeds", "0, 1")
+        await choose(pilot, "f-data-dataset", "digits")
+        await type_into(pilot, "f-data-batch_size", "32")
+        await choose(pilot, "f-distill-method", "kd")
+        await until(pilot, lambda: composer.method == "kd", what="kd options")
+        await choose(pilot, "f-teacher-arch", "resnet20")
+        await choose(pilot, "f-teacher-source", "train")
+        await choose(pilot, "f-student-arch", "resnet8")
+        await type_into(pilot, "f-distill-temperature", "2")
+        await type_into(pilot, "f-optim-lr", "0.01, 0.05")
+        await type_into(pilot, "f-optim-epochs", "1")
+        await pilot.pause()
+        assert composer.experiment is not None, composer.message
+        # a teacher trained first, then 2 lr x 2 seeds
+        assert composer.n_runs == 5
+        assert "5 runs (lr ×2 · seeds ×2 · + teacher)" in composer.message
+        await pilot.press("ctrl+s")
+        path = project / "experiments" / "kd-digits.toml"
+        await until(pilot, path.exists, what="the saved file")
+    text = path.read_text()
+    assert text.startswith("# kd-digits:")  # a header comment for whoever edits it by hand
+    exp = c.load(path)  # what `kdtui validate` does
+    assert exp.name == "kd-digits" and exp.seeds == [0, 1]
+    assert exp.data.dataset == "digits" and exp.student.arch == "resnet8"
+    assert exp.data.batch_size == 32
+    assert exp.distill.method == "kd" and exp.option("temperature") == 2
+    assert exp.teacher.arch == "resnet20" and exp.teacher.train
+    assert exp.sweep == {"optim.lr": [0.01, 0.05]} and exp.optim.epochs == 1
+    assert len(c.expand(exp)) == 5
+
+    from typer.testing import CliRunner
+
+    from kdtui.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+async def test_an_invalid_value_shows_the_validator_message_and_blocks_saving(project):
+    from kdtui.screens.compose import ComposerScreen
+
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        await type_into(pilot, "f-name", "broken")
+        await type_into(pilot, "f-optim-lr", "-1")
+        await pilot.pause()
+        # exactly engine.config's verdict on the same TOML
+        with pytest.raises(c.ConfigError) as err:
+            c.loads('name = "broken"\n[optim]\nlr = -1\n')
+        assert err.value.reason in composer.message
+        assert composer.message == "optim.lr: -1.0 is below the minimum 0.0"
+        status = str(app.screen.query_one("#status").render())
+        assert "optim.lr: -1.0 is below the minimum 0.0" in status
+        assert app.screen.query_one("#f-optim-lr").has_class("-invalid")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not (project / "experiments" / "broken.toml").exists()
+        assert any("not saved" in n for n in notifications(app))
+        # fixing the value unblocks it
+        await type_into(pilot, "f-optim-lr", "0.1")
+        await pilot.pause()
+        assert composer.experiment is not None
+        await pilot.press("ctrl+s")
+        await until(pilot, (project / "experiments" / "broken.toml").exists)
+
+
+async def test_queue_from_the_composer_puts_queued_runs_in_the_store(project):
+    from kdtui.screens.compose import ComposerScreen
+    from kdtui.screens.runs import RunsScreen
+
+    home = project / ".kdtui"
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        await type_into(pilot, "f-name", "sweep")
+        await type_into(pilot, "f-optim-lr", "0.01, 0.1")
+        await type_into(pilot, "f-optim-epochs", "2")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs view")
+        await until(pilot, lambda: len(app.runs) == 2, what="the queued runs in view")
+        screen = app.screen
+        await until(pilot, lambda: screen.table.selected_id == app.runs[0].id)
+    runs = Store(home).runs()
+    assert [r.status for r in runs] == ["queued", "queued"]
+    assert {r.label for r in runs} == {"lr=0.01 seed=0", "lr=0.1 seed=0"}
+    assert all(r.epochs == 2 and r.experiment == "sweep" for r in runs)
+    assert (project / "experiments" / "sweep.toml").exists()
+
+
+async def test_open_an_experiment_file_edit_and_save_it_back(project):
+    from kdtui.screens.compose import ComposerScreen
+
+    path = project / "experiments" / "simkd.toml"
+    path.write_text(STUDY["simkd-wrn"].replace("[optim]", "[run]\nmax_steps = 3\n\n[optim]"))
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("o")
+        await pilot.pause()
+        await pilot.press("enter")  # the only file
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        assert composer.method == "simkd" and composer.experiment is not None
+        assert composer.query_one("#f-distill-factor").value == 4
+        assert "run.max_steps" in str(composer.query_one("#extra").render())
+        await type_into(pilot, "f-optim-epochs", "30")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    exp = c.load(path)
+    assert exp.name == "simkd-wrn" and exp.optim.epochs == 30
+    assert exp.option("factor") == 4 and exp.run.max_steps == 3  # kept from the file
+    assert exp.teacher.checkpoint == "teachers/wrn_40_2.pth"
+
+
+# ---------------------------------------------------------------- runs view
+async def test_new_metrics_reach_the_selected_runs_panels_within_a_second(seeded):
+    from kdtui.screens.runs import RunsScreen
+    from kdtui.widgets.plots import CurvePlot
+
+    home, ids = seeded
+    running = ids["simkd-r32x4-r8x4"][0]
+    app = make_app(home)
+    reader_threads: set[str] = set()
+    metrics = app.store.metrics
+
+    def spy(*args, **kw):  # the store is read off the event loop
+        reader_threads.add(threading.current_thread().name)
+        return metrics(*args, **kw)
+
+    app.store.metrics = spy
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        await until(pilot, lambda: screen.table.selected_id == running, what="the running run")
+        loss = screen.query_one("#loss", CurvePlot)
+        acc = screen.query_one("#acc", CurvePlot)
+        await until(pilot, lambda: acc.points == 2 * 120, what="the stored curves")
+        before = loss.points
+        assert screen.table.get_cell(str(running), "progress").plain.startswith("120/240")
+        assert "epoch 120" in "\n".join(line.text for line in screen.query_one("#log").lines)
+
+        writer = Store(home)
+        add_curves(writer, running, epochs=122, start=120)
+        writer.update(running, epoch=122, step=10, best_top1=77.5)
+        with open(writer.run(running).path / "log.txt", "a") as f:
+            f.write("epoch 121  loss 0.401  top-1 77.50\n")
+        waited = await until(
+            pilot,
+            lambda: (
+                acc.points == 2 * 122
+                and screen.table.get_cell(str(running), "progress").plain.startswith("122/240")
+            ),
+            timeout=3,
+            what="the new metrics in view",
+        )
+        assert waited < 1.0
+        assert loss.points == before + 2 * 4 * 3  # total, feat and kl: 4 steps in 2 epochs
+        assert acc.last("top1") == pytest.approx(top1(122))
+        assert screen.table.get_cell(str(running), "best").plain == "77.50"
+        await until(
+            pilot,
+            lambda: "top-1 77.50" in screen.query_one("#log").lines[-1].text,
+            what="the log tail",
+        )
+        writer.close()
+    assert reader_threads and threading.main_thread().name not in reader_threads
+
+
+async def test_cancel_and_resume_act_on_the_selected_run(seeded):
+    home, ids = seeded
+    queued = ids["simkd-r32x4-r8x4"][1]
+    failed = ids["simkd-wrn"][0]
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.table.selected_id is not None)
+        await pilot.press("down")  # running -> queued
+        assert screen.table.selected_id == queued
+        await pilot.press("x")
+        await pilot.press("y")
+        await until(pilot, lambda: app.runs_by_id[queued].status == "cancelled", what="cancel")
+        await until(pilot, lambda: screen.table.selected_id != queued or True)
+        assert screen.table.select_run(failed)
+        await pilot.pause()
+        await pilot.press("r")
+        await until(pilot, lambda: app.runs_by_id[failed].status == "queued", what="resume")
+    run = Store(home).run(failed)
+    assert run.status == "queued" and run.resume == 1
+
+
+async def test_a_finished_or_failed_run_raises_a_toast(seeded):
+    home, ids = seeded
+    running = ids["simkd-r32x4-r8x4"][0]
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        assert not notifications(app)  # history is no news
+        writer = Store(home)
+        writer.update(running, best_top1=78.08)
+        writer.finish(running, "done")
+        await until(pilot, lambda: any("run finished" in n for n in notifications(app)))
+        assert any("78.08" in n and f"#{running}" in n for n in notifications(app))
+        (queued,) = [r.id for r in writer.runs(status="queued")]
+        writer.claim(queued)
+        writer.finish(queued, "failed", "ValueError: loss is NaN")
+        await until(pilot, lambda: any("run failed" in n for n in notifications(app)))
+        assert any("loss is NaN" in n for n in notifications(app))
+        writer.close()
+
+
+async def test_clone_opens_the_run_config_in_the_composer(seeded):
+    from kdtui.screens.compose import ComposerScreen
+
+    home, ids = seeded
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.table.selected_id == ids["simkd-r32x4-r8x4"][0])
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        assert composer.query_one("#f-name").value == "simkd-r32x4-r8x4-copy"
+        assert composer.method == "simkd"
+        assert composer.query_one("#f-optim-lr").value == "0.05"
+        assert composer.experiment is not None, composer.message
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ComposerScreen))
+
+
+# ---------------------------------------------------------------- leaderboard
+async def test_leaderboard_sorts_by_the_chosen_column(seeded):
+    from kdtui.screens.leaderboard import COLUMNS, LeaderboardScreen
+
+    home, _ = seeded
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        board = app.screen
+        await until(pilot, lambda: len(board.shown) == 5)
+        names = lambda: [r.name for r in board.shown]  # noqa: E731
+        assert names()[0] == "simkd-r32x4-r8x4 [lr=0.05]"  # ranked by best top-1
+        await pilot.press("s")
+        await pilot.press(*["down"] * COLUMNS.index("experiment"), "enter")
+        await until(pilot, lambda: board.board.sort_column == "experiment")
+        assert names() == sorted(names(), key=str.lower)
+        assert board.table.get_row_at(0)[1].plain == "baseline-r8x4"  # what is on screen
+        await pilot.press("s", "enter")  # the same column again: reversed
+        await until(pilot, lambda: board.board.reverse)
+        assert names() == sorted(names(), key=str.lower, reverse=True)
+        await pilot.press("s")
+        await pilot.press(*["down"] * (COLUMNS.index("n") - COLUMNS.index("experiment")), "enter")
+        await until(pilot, lambda: board.board.sort_column == "n")
+        assert [r.n for r in board.shown] == [3, 2, 1, 0, 0]
+
+
+async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
+    from engine import export
+    from kdtui.screens.leaderboard import LeaderboardScreen
+
+    home, _ = seeded
+    project = home.parent
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        board = app.screen
+        await until(pilot, lambda: len(board.shown) == 5)
+        await pilot.press("slash", *"74.04", "enter")  # text in any column
+        assert [r.name for r in board.shown] == ["kd-r32x4-r8x4"]
+        assert board.table.row_count == 1
+        await pilot.press("slash", "escape")  # escape clears the filter
+        await pilot.press("f", "f", "f")  # all -> running -> queued -> done
+        assert board.board.status == "done"
+        assert [r.name for r in board.shown] == ["kd-r32x4-r8x4", "baseline-r8x4"]
+        await pilot.press("f", "f", "f")  # failed, cancelled, back to all
+        assert board.board.status == "all"
+        # pin the vanilla baseline: the kd row is measured against it
+        await pilot.press("down", "down", "p")
+        assert board.board.pinned.name == "baseline-r8x4"
+        kd = next(r for r in board.shown if r.name == "kd-r32x4-r8x4")
+        assert board.board.cells(kd)[-1] == f"+{kd.best_mean - board.board.pinned.best_mean:.2f}"
+        await pilot.press("e")
+        await until(pilot, lambda: board.last_export is not None, what="the export")
+        path = board.last_export
+        shown = str(board.query_one("#message").render())
+    assert path.parent == project / "exports" and path.suffix == ".md"
+    assert f"exports/{path.name}" in shown  # the path, as the user would type it
+    text = path.read_text()
+    rows = export.build_rows(Store(home).runs())
+    assert text.splitlines()[0] == "| " + " | ".join(export.COLUMNS) + " |"
+    assert "| kd-r32x4-r8x4 | kd | resnet32x4→resnet8x4 | student | 74.04 ± 0.33 |" in text
+    assert len(text.splitlines()) == 2 + len(rows)
+
+
+async def test_export_as_latex_and_csv(seeded):
+    from kdtui.screens.leaderboard import LeaderboardScreen
+
+    home, _ = seeded
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        board = app.screen
+        await until(pilot, lambda: len(board.shown) == 5)
+        await pilot.press("E", "down", "down", "enter")
+        await until(pilot, lambda: board.last_export is not None)
+        assert board.last_export.suffix == ".tex"
+        assert "\\toprule" in board.last_export.read_text()
+        board.last_export = None
+        await pilot.press("E", "down", "enter")
+        await until(pilot, lambda: board.last_export is not None)
+        assert board.last_export.suffix == ".csv"
+
+
+async def test_compare_shows_only_config_differences_and_overlaid_curves(seeded):
+    from kdtui.screens.compare import CompareScreen
+    from kdtui.screens.leaderboard import LeaderboardScreen
+    from kdtui.widgets.plots import CurvePlot
+
+    home, _ = seeded
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        board = app.screen
+        await until(pilot, lambda: len(board.shown) == 5)
+        await pilot.press("space", "space", "m")  # simkd lr=0.05 and kd (2 seeds)
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        compare = app.screen
+        await until(pilot, lambda: compare.diff, what="the differences")
+        keys = [k for k, _ in compare.diff]
+        assert "distill.method" in keys and "distill.loss" in keys
+        assert "optim.lr" not in keys and "data.dataset" not in keys  # equal: not shown
+        method = dict(compare.diff)["distill.method"]
+        assert method == ["simkd", "kd"]
+        await until(pilot, lambda: compare.query_one("#cmp-top1", CurvePlot).points > 0)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+
+
+# ---------------------------------------------------------------- keys and palette
+async def test_every_footer_key_is_also_a_palette_command(seeded):
+    from kdtui.screens.compose import ComposerScreen
+    from kdtui.screens.leaderboard import LeaderboardScreen
+
+    home, _ = seeded
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        for key, kind in (("l", LeaderboardScreen), ("r", None), ("n", ComposerScreen)):
+            screen = app.screen
+            shown = [a.binding for a in screen.active_bindings.values() if a.binding.show]
+            titles = {cmd.title for cmd in app.get_system_commands(screen)}
+            assert shown
+            for binding in shown:
+                assert (binding.tooltip or binding.description) in titles, binding
+            await pilot.press(key)
+            if kind is not None:
+                await until(pilot, lambda kind=kind: isinstance(app.screen, kind))
+        # a palette command runs the same action as its key
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ComposerScreen))
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"leaderboard")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+
+
+async def test_an_empty_store_says_how_to_start(project):
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        await pilot.pause()
+        assert app.screen.query_one("#empty").display
+        assert not app.screen.query_one("#detail").display
+
+
+# ---------------------------------------------------------------- GPU panel
+class FakeNvml:
+    """The pieces of pynvml the panel calls; one GPU that answers, one that errors."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    class NVMLError(Exception):
+        pass
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        if h == 1:
+            raise self.NVMLError("GPU is lost")
+        return type("U", (), {"gpu": 87})()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": 40 * 2**30, "total": 80 * 2**30})()
+
+    def nvmlDeviceGetTemperature(self, h, kind):
+        raise self.NVMLError("not supported")
+
+
+def test_gpu_panel_reads_nvml_guarded_and_maps_runs(monkeypatch):
+    from types import SimpleNamespace
+
+    from kdtui.widgets.gpu import Nvml, gpu_index, render_gpus
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml())
+    gpus = Nvml().read()
+    assert [g.name for g in gpus] == ["H100 80GB HBM3"] * 2
+    assert gpus[0].util == 87 and gpus[0].mem_total == 80 and gpus[0].temp is None
+    assert gpus[1].util is None  # a failing call blanks one field, nothing raises
+    runs = [
+        SimpleNamespace(id=12, status="running", gpu="1", device="cuda:0 NVIDIA H100"),
+        SimpleNamespace(id=13, status="running", gpu=None, device="cpu"),
+        SimpleNamespace(id=14, status="done", gpu="0", device="cuda:0"),
+    ]
+    text = render_gpus(gpus, runs).plain
+    assert "87%" in text and "40.0/80G" in text
+    assert text.splitlines()[-1].strip() == "#12"  # GPU 1 runs #12
+    assert "idle" in text.splitlines()[1]
+    assert gpu_index(None, "cuda:3 NVIDIA A100") == 3 and gpu_index(None, "cpu") is None
+
+
+def test_gpu_panel_is_hidden_without_a_driver(monkeypatch):
+    from kdtui.widgets.gpu import Nvml
+
+    class Broken:
+        class NVMLError(Exception):
+            pass
+
+        def nvmlInit(self):
+            raise self.NVMLError("Driver Not Loaded")
+
+    monkeypatch.setitem(sys.modules, "pynvml", Broken())
+    assert Nvml().read() is None
+
+
+# ---------------------------------------------------------------- start-up
+def test_the_app_never_imports_torch():
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "import kdtui.app, kdtui.screens, kdtui.widgets\n"
+        "for pkg in (kdtui.screens, kdtui.widgets):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "import engine.daemon\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def first_paint_seconds(home: Path, marker: bytes = b"simkd-r32x4-r8x4") -> float:
+    """Wall time from `python -m kdtui.cli` to the runs table, with runs, on a pseudo-terminal."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the app as the user starts it
+        os.environ.update(KDTUI_HOME=str(home), TERM="xterm-256color", PYTHONPATH=str(ROOT))
+        os.execv(sys.executable, [sys.executable, "-m", "kdtui.cli"])
+    start = time.monotonic()
+    seen = b""
+    try:
+        while time.monotonic() - start < 20:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+                if marker in seen:
+                    return time.monotonic() - start
+        raise AssertionError(f"no first paint; saw {seen[-400:]!r}")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def test_first_paint_is_under_a_second(seeded):
+    home, _ = seeded
+    times = [first_paint_seconds(home) for _ in range(3)]
+    assert min(times) < 1.0, times
