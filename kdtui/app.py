@@ -235,6 +235,10 @@ class KdApp(App):
             return
         self.push_screen(CompareScreen(groups))
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # `q` in a form field would throw the form away: the composer leaves with esc first
+        return not (action == "quit" and getattr(self.screen, "is_form", False))
+
     # ------------------------------------------------------------ palette
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every key binding of the screen is also a palette entry, so neither needs the other."""

@@ -509,7 +509,7 @@ async def test_leaderboard_sorts_by_the_chosen_column(seeded):
 
 async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
     from engine import export
-    from kdtui.screens.leaderboard import LeaderboardScreen
+    from kdtui.screens.leaderboard import COLUMNS, LeaderboardScreen
 
     home, _ = seeded
     project = home.parent
@@ -533,7 +533,8 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
         await pilot.press("down", "down", "p")
         assert board.board.pinned.name == "baseline-r8x4"
         kd = next(r for r in board.shown if r.name == "kd-r32x4-r8x4")
-        assert board.board.cells(kd)[-1] == f"+{kd.best_mean - board.board.pinned.best_mean:.2f}"
+        delta = board.board.cells(kd)[COLUMNS.index("Δ pin")]
+        assert delta == f"+{kd.best_mean - board.board.pinned.best_mean:.2f}"
         await pilot.press("e")
         await until(pilot, lambda: board.last_export is not None, what="the export")
         path = board.last_export
@@ -755,3 +756,55 @@ def test_first_paint_is_under_a_second(seeded):
     home, _ = seeded
     times = [first_paint_seconds(home) for _ in range(3)]
     assert min(times) < 1.0, times
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.mark.slow
+async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
+    """The real engine: a tiny digits run queued from the composer, watched to done, ranked."""
+    from engine import daemon
+    from kdtui.screens.compose import ComposerScreen
+    from kdtui.screens.leaderboard import LeaderboardScreen
+    from kdtui.screens.runs import RunsScreen
+    from kdtui.widgets.plots import CurvePlot
+
+    home = project / ".kdtui"
+    app = make_app(home, start_engine=True)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+            await type_into(pilot, "f-name", "e2e-digits")
+            await type_into(pilot, "f-data-batch_size", "128")
+            await type_into(pilot, "f-optim-epochs", "2")
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs view")
+            await until(pilot, lambda: len(app.runs) == 1, what="the queued run")
+            run_id = app.runs[0].id
+            screen = app.screen
+            await until(
+                pilot,
+                lambda: app.runs_by_id[run_id].status == "done",
+                timeout=240,
+                what="the run to finish",
+            )
+            assert screen.table.get_cell(str(run_id), "progress").plain.startswith("  2/2")
+            await until(pilot, lambda: screen.query_one("#acc", CurvePlot).points == 4)
+            assert screen.query_one("#loss", CurvePlot).points > 0
+            assert any("run finished" in n for n in notifications(app))
+            await pilot.press("l")
+            await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+            board = app.screen
+            await until(pilot, lambda: len(board.shown) == 1)
+            row = board.shown[0]
+            assert row.name == "e2e-digits" and row.best_mean is not None
+            assert board.table.get_row_at(0)[1].plain == "e2e-digits"
+        # quitting the app leaves the engine (and any training) running
+        assert daemon.status(home) is not None
+        again = make_app(home)
+        async with again.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: again.loaded and again.engine is not None)
+            assert [r.status for r in again.runs] == ["done"]
+            assert "engine pid" in again.sub_title
+    finally:
+        daemon.stop(home)

@@ -45,8 +45,9 @@ TEACHER_SOURCES = (
     ("train one first", "train"),
 )
 HEADER = """{name}: {description}
-Written by the kdtui composer; edit freely, `kdtui validate {path}` checks it.
-Train in the foreground with `kdtui run {path}`, or queue it with `kdtui submit {path}`."""
+Written by the kdtui composer; edit freely.
+check: kdtui validate {path}
+train: kdtui run {path}   (queue: kdtui submit {path})"""
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,7 @@ class Row(Horizontal):
 
 
 class ComposerScreen(Screen):
+    is_form = True  # the app's `q` does not quit from here
     CSS_PATH = Path(__file__).with_name("compose.tcss")
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", tooltip="Save experiments/<name>.toml"),
@@ -311,6 +313,7 @@ class ComposerScreen(Screen):
             self.base = {"name": "", "data": {"dataset": "digits"}, "student": {"arch": "resnet8"}}
         self.opened_name = self.base.get("name") if self.path is not None else None
         self.fields = base_fields()
+        self.method = "vanilla"
         self.method = self._initial("distill.method", "vanilla")
         self.experiment: cfgmod.Experiment | None = None
         self.error: cfgmod.ConfigError | Exception | None = None
@@ -323,9 +326,11 @@ class ComposerScreen(Screen):
     # ------------------------------------------------------------ building
     def _initial(self, dotted: str, default: Any = MISSING) -> Any:
         value = lookup(self.base, dotted)
+        sec, _, key = dotted.partition(".")
+        if value is MISSING and sec == "distill" and key in METHODS[self.method].options:
+            return METHODS[self.method].options[key].default
         if value is MISSING:
             try:
-                sec, _, key = dotted.partition(".")
                 value = cfgmod.field_default(sec, key) if key else default
             except KeyError:
                 value = default

@@ -23,7 +23,24 @@ from kdtui.widgets.cells import STATUS_STYLE, short_path
 from kdtui.widgets.footer import KeyFooter
 
 PIN_COLUMN = "Δ pin"
-COLUMNS = (*exportmod.COLUMNS, PIN_COLUMN)
+# the `kdtui leaderboard` columns, with accuracy (and the head that produced it) first so
+# that 80 columns show it; the rest scrolls sideways
+COLUMNS = (
+    "#",
+    "experiment",
+    "head",
+    "best top-1",
+    "n",
+    "last top-1",
+    "gap closed",
+    PIN_COLUMN,
+    "method",
+    "teacher→student",
+    "params",
+    "epochs",
+    "status",
+)
+_EXPORT_INDEX = {name: i for i, name in enumerate(exportmod.COLUMNS)}
 NUMERIC = {"#", "best top-1", "last top-1", "n", "gap closed", "params", "epochs", PIN_COLUMN}
 STATUS_FILTERS = ("all", "running", "queued", "done", "failed", "cancelled")
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
@@ -67,10 +84,11 @@ class Board:
         return row.best_mean - pin.best_mean
 
     def cells(self, row: Row) -> list[str]:
-        out = exportmod.cells(row, self.rank[row_key(row)])
+        """engine.export's cells for the row (as the CLI prints them), in COLUMNS order."""
+        cli = exportmod.cells(row, self.rank[row_key(row)])
         delta = self.delta(row)
-        out.append("–" if delta is None else f"{delta:+.2f}")
-        return out
+        pin = "–" if delta is None else f"{delta:+.2f}"
+        return [pin if c == PIN_COLUMN else cli[_EXPORT_INDEX[c]] for c in COLUMNS]
 
     def sort_value(self, row: Row, column: str) -> Any:
         getters: dict[str, Callable[[Row], Any]] = {
@@ -204,7 +222,7 @@ class LeaderboardScreen(Screen):
                 if i:
                     cells[i] = Text(cells[i], justify="right" if column in NUMERIC else "left")
             status = row.status.split()[0].split("×")[0]
-            cells[-2] = Text(row.status, style=STATUS_STYLE.get(status, ""))
+            cells[COLUMNS.index("status")] = Text(row.status, style=STATUS_STYLE.get(status, ""))
             table.add_row(*cells, key=key)
         if keep is not None and keep in [row_key(r) for r in self.shown]:
             table.move_cursor(row=[row_key(r) for r in self.shown].index(keep), animate=False)
@@ -329,9 +347,9 @@ class LeaderboardScreen(Screen):
             return
         self.last_export = path
         shown = short_path(path)
-        self.query_one("#message", Static).update(
-            Content(f"exported {len(rows)} rows as {FORMAT_NAMES[fmt]} → {shown}")
-        )
+        message = self.query_one("#message", Static)
+        message.update(Content(f"exported {len(rows)} rows as {FORMAT_NAMES[fmt]} → {shown}"))
+        message.display = True
         self.notify(f"{FORMAT_NAMES[fmt]} written to {shown}", title="exported")
 
     def action_export_as(self) -> None:

@@ -37,6 +37,20 @@ def downsample(xs: Sequence[float], ys: Sequence[float], limit: int = MAX_POINTS
     return out_x, out_y
 
 
+def nice_ticks(lo: float, hi: float, count: int = 4) -> list[int]:
+    """Round integer ticks (steps, epochs) instead of plotext's 123.5-style ones."""
+    span = max(hi - lo, 1)
+    raw = span / max(count, 1)
+    magnitude = 10 ** max(len(str(int(raw))) - 1, 0)
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = int(-(-lo // step) * step)
+    return list(range(first, int(hi) + 1, int(step))) or [int(lo)]
+
+
+def tick_label(value: int) -> str:
+    return f"{value / 1000:g}k" if abs(value) >= 10_000 else str(value)
+
+
 class CurvePlot(PlotextPlot):
     """Named series drawn as lines; `set_series` replaces them and redraws."""
 
@@ -96,4 +110,8 @@ class CurvePlot(PlotextPlot):
         for i, (xs, ys) in enumerate(self.series.values()):
             dx, dy = downsample(xs, ys, max(16, min(MAX_POINTS, 2 * width)))
             plt.plot(dx, dy, marker="hd", color=COLORS[i % len(COLORS)])
+        xs_all = [x for xs, _ in self.series.values() for x in xs]
+        if all(float(x).is_integer() for x in xs_all):
+            ticks = nice_ticks(min(xs_all), max(xs_all), max(2, (width - 6) // 8))
+            plt.xticks(ticks, [tick_label(t) for t in ticks])
         return super().render()

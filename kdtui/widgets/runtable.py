@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from kdtui.widgets import cells
 
@@ -38,7 +39,6 @@ def row_cells(run, marked: bool) -> list:
     name = Text(run.experiment, no_wrap=True, overflow="ellipsis")
     if run.label:
         name.append(f" {run.label}", style="dim")
-    name.truncate(24, overflow="ellipsis")
     best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
     return [
         ident,
@@ -68,6 +68,23 @@ class RunTable(DataTable):
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
 
+    def on_resize(self) -> None:
+        self.fit_columns()
+
+    def fit_columns(self) -> None:
+        """The experiment column takes what a wide terminal has to spare (sweep labels are long)."""
+        column = self.columns.get(ColumnKey("experiment"))
+        if column is None or not self.size.width:
+            return
+        others = sum(c.get_render_width(self) for c in self.columns.values() if c is not column)
+        spare = self.scrollable_content_region.width - others - 2 * self.cell_padding
+        width = max(24, min(48, spare))
+        if column.width != width:
+            column.width = width
+            self._clear_caches()  # rendered rows hold the old width
+            self._require_update_dimensions = True
+            self.refresh()
+
     @property
     def selected_id(self) -> int | None:
         if not self._keys or self.cursor_row < 0 or self.cursor_row >= len(self._keys):
@@ -93,6 +110,7 @@ class RunTable(DataTable):
                 self.move_cursor(row=keys.index(str(selected)), animate=False)
         self._keys = keys
         self._cells = new_cells
+        self.call_after_refresh(self.fit_columns)
 
     def select_run(self, run_id: int) -> bool:
         key = str(run_id)

@@ -1,0 +1,71 @@
+"""Snapshots of the runs view, composer and leaderboard at 80x24 and 120x40.
+
+The store is seeded with fixed runs and metrics in a temp folder that is
+also the working directory, so every path on screen is relative (`.kdtui`,
+`experiments/…`) and nothing depends on the clock. Regenerate with
+`pytest tests/test_app_snapshots.py --snapshot-update` and look at the SVGs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_app import make_app, seed_store, until
+from textual.widgets import Input
+
+from engine.store import Store
+
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    store = Store(tmp_path / ".kdtui")
+    seed_store(store)
+    store.close()
+    return tmp_path / ".kdtui"
+
+
+async def settle(pilot) -> None:
+    """Data loaded, the selected run's curves and log drawn, no blinking cursor."""
+    app = pilot.app
+    await until(pilot, lambda: app.loaded and app.watch is not None and app.watch.version > 0)
+    await pilot.pause(0.2)
+    for box in app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_runs_view(snap_compare, study, size):
+    assert snap_compare(make_app(study), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_composer(snap_compare, study, size):
+    async def compose(pilot):
+        await settle(pilot)
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        await pilot.press(*"simkd-r32x4-r8x4-f4")
+        await pilot.press("tab", "tab", "tab", "tab", "tab")  # to the method
+        await pilot.press("enter", *"simkd", "enter")
+        await pilot.press("tab", "enter", *"resnet32x4", "enter")
+        await pilot.press("tab", "tab", *"teachers/resnet32x4_vanilla.pth")
+        await pilot.press("tab", "enter", *"resnet8x4", "enter")
+        await pilot.pause(0.2)
+        await settle(pilot)
+
+    assert snap_compare(make_app(study), terminal_size=size, run_before=compose)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_leaderboard(snap_compare, study, size):
+    async def board(pilot):
+        await settle(pilot)
+        await pilot.press("l")
+        await until(pilot, lambda: len(getattr(pilot.app.screen, "shown", [])) == 5)
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(study), terminal_size=size, run_before=board)
