@@ -379,7 +379,8 @@ class KdApp(App):
             runs_changed = True
         if snap.engine_read:
             self.engine = snap.engine
-            self.sub_title = f"{short_path(self.home)} · {engine_text(snap.engine)}"
+        if snap.engine_read or runs_changed:
+            self.sub_title = self.header_text()
         watch = self.watch
         if watch is not None and watch.run_id == snap.watch_id:
             run = self.runs_by_id.get(watch.run_id)
@@ -414,6 +415,13 @@ class KdApp(App):
         if len(self._log_text) > LOG_CHUNK_BYTES:  # nobody looked for a while: keep the tail
             self._log_text = self._log_text[-LOG_TAIL_BYTES:].partition("\n")[2]
             self._log_reset = True
+
+    def header_text(self) -> str:
+        text = f"{short_path(self.home)} · {engine_text(self.engine)}"
+        queued = sum(1 for r in self.runs if r.status == "queued")
+        if queued and not self.engine:
+            text += f" · {queued} queued: E starts it"
+        return text
 
     def take_log(self) -> tuple[str, bool] | None:
         """Log text read since the log tail last asked (and whether to clear it first)."""

@@ -479,6 +479,40 @@ async def test_clone_opens_the_run_config_in_the_composer(seeded):
         await until(pilot, lambda: not isinstance(app.screen, ComposerScreen))
 
 
+async def test_run_config_view_and_a_teacher_from_an_earlier_run(seeded):
+    from kdtui.screens.compose import ComposerScreen
+    from kdtui.screens.dialogs import ConfigScreen
+    from kdtui.screens.runs import RunsScreen
+
+    home, ids = seeded
+    app = make_app(home)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.table.selected_id == ids["simkd-r32x4-r8x4"][0])
+        await pilot.press("v")
+        await until(pilot, lambda: isinstance(app.screen, ConfigScreen))
+        assert 'method = "simkd"' in app.screen.text and "lr = 0.05" in app.screen.text
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        await type_into(pilot, "f-name", "kd-from-baseline")
+        await choose(pilot, "f-distill-method", "kd")
+        await until(pilot, lambda: composer.method == "kd")
+        await choose(pilot, "f-teacher-arch", "resnet8x4")
+        await choose(pilot, "f-teacher-source", "earlier")
+        await choose(pilot, "f-teacher-from_run", "baseline")  # the newest baseline run
+        await choose(pilot, "f-student-arch", "resnet8")
+        await pilot.pause()
+        assert composer.experiment is not None, composer.message
+        assert composer.experiment.teacher.from_run == str(ids["baseline-r8x4"][-1])
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+    (run,) = Store(home).runs(experiment="kd-from-baseline")
+    assert run.status == "queued" and run.depends_on == ids["baseline-r8x4"][-1]
+
+
 # ---------------------------------------------------------------- leaderboard
 async def test_leaderboard_sorts_by_the_chosen_column(seeded):
     from kdtui.screens.leaderboard import COLUMNS, LeaderboardScreen

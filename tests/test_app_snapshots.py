@@ -42,19 +42,37 @@ def test_runs_view(snap_compare, study, size):
     assert snap_compare(make_app(study), terminal_size=size, run_before=settle)
 
 
+COMPOSED = """name = "simkd-r32x4-r8x4-f4"
+seeds = [0, 1, 2]
+
+[data]
+dataset = "cifar100"
+
+[teacher]
+arch = "resnet32x4"
+checkpoint = "teachers/resnet32x4_vanilla.pth"
+
+[student]
+arch = "resnet8x4"
+
+[distill]
+method = "simkd"
+factor = 4
+
+[optim]
+lr = [0.01, 0.05]
+"""
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_composer(snap_compare, study, size):
+    (study.parent / "experiments" / "simkd-r32x4-r8x4-f4.toml").write_text(COMPOSED)
+
     async def compose(pilot):
         await settle(pilot)
-        await pilot.press("n")
-        await pilot.pause(0.2)
-        await pilot.press(*"simkd-r32x4-r8x4-f4")
-        await pilot.press("tab", "tab", "tab", "tab", "tab")  # to the method
-        await pilot.press("enter", *"simkd", "enter")
-        await pilot.press("tab", "enter", *"resnet32x4", "enter")
-        await pilot.press("tab", "tab", *"teachers/resnet32x4_vanilla.pth")
-        await pilot.press("tab", "enter", *"resnet8x4", "enter")
-        await pilot.pause(0.2)
+        await pilot.press("o", "enter")  # open it from experiments/
+        await until(pilot, lambda: getattr(pilot.app.screen, "experiment", None) is not None)
+        await pilot.press("end", *"-v2")  # a new name: saving writes a new file
         await settle(pilot)
 
     assert snap_compare(make_app(study), terminal_size=size, run_before=compose)

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Header, Static
 
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.plots import COLORS, CurvePlot
+from kdtui.widgets.tables import content_widths, set_widths
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,11 +129,14 @@ class CompareScreen(Screen):
         self.diff = diff
         table = self.query_one("#diff", DataTable)
         table.clear()
-        table.add_row(Text("best top-1", style="bold"), *[Text(b, style="bold") for b in best])
-        for key, cells in diff:
-            table.add_row(Text(key), *[Text(c) for c in cells], key=key)
+        rows = [[Text("best top-1", style="bold"), *[Text(b, style="bold") for b in best]]]
+        rows += [[Text(key), *[Text(c) for c in cells]] for key, cells in diff]
         if not diff:
-            table.add_row(Text("(identical configs)", style="dim"), *["" for _ in self.groups])
+            rows.append([Text("(identical configs)", style="dim"), *["" for _ in self.groups]])
+        for row in rows:
+            table.add_row(*row)
+        labels = ["key", *LETTERS[: len(self.groups)]]
+        set_widths(table, dict(zip(labels, content_widths(labels, rows))))
         for plot_id, metric in (("#cmp-top1", "test/top1"), ("#cmp-loss", "train/loss")):
             self.query_one(plot_id, CurvePlot).set_series(
                 {LETTERS[i]: s[metric] for i, s in enumerate(curves) if metric in s}

@@ -21,6 +21,7 @@ from engine.export import Row
 from kdtui.messages import DataChanged
 from kdtui.widgets.cells import STATUS_STYLE, short_path
 from kdtui.widgets.footer import KeyFooter
+from kdtui.widgets.tables import content_widths, set_widths
 
 PIN_COLUMN = "Δ pin"
 # the `kdtui leaderboard` columns, with accuracy (and the head that produced it) first so
@@ -213,6 +214,7 @@ class LeaderboardScreen(Screen):
                 arrow = " ▼" if descending else " ▲"
             column.label = Text(name + arrow)
         pin_key = row_key(self.board.pinned) if self.board.pinned else None
+        rows = []
         for row in self.shown:
             key = row_key(row)
             cells: list[Any] = list(self.board.cells(row))
@@ -223,7 +225,10 @@ class LeaderboardScreen(Screen):
                     cells[i] = Text(cells[i], justify="right" if column in NUMERIC else "left")
             status = row.status.split()[0].split("×")[0]
             cells[COLUMNS.index("status")] = Text(row.status, style=STATUS_STYLE.get(status, ""))
+            rows.append(cells)
             table.add_row(*cells, key=key)
+        labels = [str(c.label) for c in table.columns.values()]
+        set_widths(table, dict(zip(COLUMNS, content_widths(labels, rows))))
         if keep is not None and keep in [row_key(r) for r in self.shown]:
             table.move_cursor(row=[row_key(r) for r in self.shown].index(keep), animate=False)
         total = len(self.board.rows)

@@ -58,6 +58,10 @@ class RunsScreen(Screen):
             tooltip="Mark or unmark the selected run for compare",
         ),
         Binding("m", "compare", "Compare", tooltip="Compare the marked runs"),
+        # the header says so when runs wait for a stopped engine (queue and resume start it)
+        Binding(
+            "E", "app.start_engine", "Engine", show=False, tooltip="Start the background engine"
+        ),
     ]
 
     def __init__(self) -> None:

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey
 
 from kdtui.widgets import cells
+from kdtui.widgets.tables import content_widths, set_widths
 
 # what matters at a glance first, so 80 columns show status, progress and accuracy
 COLUMNS = (
@@ -72,18 +72,15 @@ class RunTable(DataTable):
         self.fit_columns()
 
     def fit_columns(self) -> None:
-        """The experiment column takes what a wide terminal has to spare (sweep labels are long)."""
-        column = self.columns.get(ColumnKey("experiment"))
-        if column is None or not self.size.width:
-            return
-        others = sum(c.get_render_width(self) for c in self.columns.values() if c is not column)
-        spare = self.scrollable_content_region.width - others - 2 * self.cell_padding
-        width = max(24, min(48, spare))
-        if column.width != width:
-            column.width = width
-            self._clear_caches()  # rendered rows hold the old width
-            self._require_update_dimensions = True
-            self.refresh()
+        """Widths from the cells; the experiment column gets what the terminal spares."""
+        labels = [label for _, label, _ in COLUMNS]
+        measured = content_widths(labels, self._cells.values())
+        widths = {key: w for (key, _, _), w in zip(COLUMNS, measured)}
+        others = sum(w + 2 * self.cell_padding for k, w in widths.items() if k != "experiment")
+        room = (self.scrollable_content_region.width or self.size.width) - others
+        room -= 2 * self.cell_padding
+        widths["experiment"] = max(24, min(widths["experiment"], room))
+        set_widths(self, widths)
 
     @property
     def selected_id(self) -> int | None:
@@ -110,7 +107,7 @@ class RunTable(DataTable):
                 self.move_cursor(row=keys.index(str(selected)), animate=False)
         self._keys = keys
         self._cells = new_cells
-        self.call_after_refresh(self.fit_columns)
+        self.fit_columns()
 
     def select_run(self, run_id: int) -> bool:
         key = str(run_id)
