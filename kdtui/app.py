@@ -245,7 +245,11 @@ class KdApp(App):
         seen: set[str] = set()
         for active in screen.active_bindings.values():
             binding = active.binding
-            if not binding.description or binding.system:
+            if not isinstance(active.node, (Screen, App)):
+                continue  # a widget's cursor keys are not commands
+            if not binding.description or not binding.tooltip or binding.system:
+                continue  # ours all carry a tooltip: it is the command's title
+            if binding.action in ("quit", "command_palette") and binding.key != "q":
                 continue
             title = binding.tooltip or binding.description
             if title in seen:
@@ -261,12 +265,9 @@ class KdApp(App):
                 if title not in seen:
                     seen.add(title)
                     yield SystemCommand(title, help_text, callback)
-        yield SystemCommand(
-            "Start engine",
-            "Start the background engine if it is not running",
-            self.action_start_engine,
-        )
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":  # ours says that training goes on
+                yield command
 
     # ------------------------------------------------------------ engine
     def action_start_engine(self) -> None:

@@ -444,14 +444,19 @@ async def test_a_finished_or_failed_run_raises_a_toast(seeded):
     home, ids = seeded
     running = ids["simkd-r32x4-r8x4"][0]
     app = make_app(home)
+    bells = []
+    app.bell = lambda: bells.append(1)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: app.loaded)
         assert not notifications(app)  # history is no news
+        await pilot.press("b")  # the terminal bell too, saved for next time
+        assert app.bell_on and '"bell": true' in (home / "tui.json").read_text()
         writer = Store(home)
         writer.update(running, best_top1=78.08)
         writer.finish(running, "done")
         await until(pilot, lambda: any("run finished" in n for n in notifications(app)))
         assert any("78.08" in n and f"#{running}" in n for n in notifications(app))
+        assert bells
         (queued,) = [r.id for r in writer.runs(status="queued")]
         writer.claim(queued)
         writer.finish(queued, "failed", "ValueError: loss is NaN")

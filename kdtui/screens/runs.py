@@ -184,7 +184,7 @@ class RunsScreen(Screen):
             if reset:
                 log.reset()
             log.feed(text)
-        if log.lines_seen == 0 and not log.lines and run.error:
+        if log.lines_seen == 0 and run.error:  # failed before writing a log
             log.feed(run.error.rstrip("\n") + "\n")
         log.border_title = f"log · #{run.id}"
 
@@ -198,7 +198,7 @@ class RunsScreen(Screen):
             self._drawn_version = (-1, -1)
             for plot in self.query(CurvePlot):
                 plot.set_series({})
-            self.query_one(LogTail).reset("reading log…")
+            self.query_one(LogTail).reset("no log yet")
             self.app.watch_run(run.id)
         self.refresh_title()
         self.refresh_bindings()

@@ -153,7 +153,8 @@ class GpuPanel(Static):
         self.border_title = "gpus"
         self.display = False
         if self.enabled:
-            self.poll()
+            # after the first paint: loading NVML must not hold the GIL while the app starts
+            self.set_timer(0.5, self.poll)
             self.set_interval(2.0, self.poll)
 
     def on_unmount(self) -> None:
