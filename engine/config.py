@@ -775,6 +775,21 @@ class RunPlan:
         return " ".join(parts + [f"seed={self.seed}"])
 
 
+PATH_KEYS = (("data", "root"), ("teacher", "checkpoint"), ("student", "checkpoint"))
+
+
+def absolute_paths(exp: Experiment, base: str | Path | None = None) -> Experiment:
+    """A copy whose file paths are absolute (relative ones are taken from `base`, default the
+    working directory), so the engine, started elsewhere, finds the same files."""
+    base = Path(base) if base is not None else Path.cwd()
+    out = copy.deepcopy(exp)
+    for sec, key in PATH_KEYS:
+        value = getattr(getattr(out, sec), key)
+        if value:
+            setattr(getattr(out, sec), key, str((base / Path(value).expanduser()).absolute()))
+    return out
+
+
 def teacher_experiment(exp: Experiment) -> Experiment:
     """The vanilla run that trains the teacher of a `teacher.train = true` experiment."""
     t = copy.deepcopy(exp)

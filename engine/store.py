@@ -265,6 +265,7 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
+        exp = cfgmod.absolute_paths(exp)
         plans = cfgmod.expand(exp)
         now = time.time()
         created: list[Run] = []
@@ -473,14 +474,15 @@ class Store:
         )
         self.event(run_id, status, error or "")
 
-    def requeue(self, run_id: int, *, resume: bool = True) -> Run:
+    def requeue(self, run_id: int, *, resume: bool = True, holder: int | None = None) -> Run:
+        """Back to the queue; `holder` (a foreground pid) keeps the engine off it."""
         run = self.run(run_id)
         if run.status not in ("failed", "cancelled", "running"):
             raise StoreError(f"run {run_id} is {run.status}; only failed or cancelled runs resume")
         self.conn.execute(
-            "UPDATE runs SET status='queued', resume=?, cancel_requested=0, pid=NULL, "
+            "UPDATE runs SET status='queued', resume=?, cancel_requested=0, pid=?, "
             "ended=NULL, heartbeat=? WHERE id=?",
-            (1 if resume else 0, time.time(), int(run_id)),
+            (1 if resume else 0, holder, time.time(), int(run_id)),
         )
         self.event(run_id, "queued", "resume" if resume else "restart")
         return self.run(run_id)

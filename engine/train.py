@@ -331,6 +331,8 @@ def fit(
         for i, batch in enumerate(data.train.batches(epoch)):
             if i >= steps_per_epoch:
                 break
+            if not any(m.active for m in running):
+                break  # every member stopped (cancel, NaN): free the slot now
             t_out = teacher_source(batch) if needs_teacher else None
             bs = batch.y.shape[0]
             seen += bs

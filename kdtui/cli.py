@@ -311,7 +311,7 @@ def models(
     for name in ARCHS:
         size = max(input_size, 64) if name.startswith("tv_") else input_size
         d = describe(name, num_classes=num_classes, input_size=size)
-        shapes = "  ".join("×".join(map(str, s)) for s in d["feature_shapes"])
+        shapes = "  ".join("×".join(map(str, s)) for s in d["features"])
         t.add_row(name, f"{d['params'] / 1e6:.2f}M", shapes, d.get("head", ""))
     console.print(t)
 

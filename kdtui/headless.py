@@ -194,7 +194,6 @@ def run_foreground(store: Store, exp: cfgmod.Experiment, source: str, console: C
 
 
 def resume_foreground(store: Store, run_id: int, console: Console) -> bool:
-    run = store.requeue(run_id, resume=True)
-    store.update(run.id, pid=os.getpid())
+    run = store.requeue(run_id, resume=True, holder=os.getpid())
     finished = train_groups(store, [[store.run(run.id)]], console)
     return summary(store, finished, console, f"run {run_id}")

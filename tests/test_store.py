@@ -166,3 +166,11 @@ def test_schema_is_plain_sqlite(home, store):
     con = sqlite3.connect(home / "kdtui.db")
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"experiments", "runs", "metrics", "events"} <= tables
+
+
+def test_relative_paths_are_stored_absolute_so_the_engine_finds_them(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = submit(store, EXP.replace("train = true", "checkpoint = 'teachers/t.pth'"))
+    cfg = runs[0].config
+    assert cfg.teacher.checkpoint == str(tmp_path / "teachers" / "t.pth")
+    assert cfg.data.root == str(tmp_path / "data")
