@@ -647,7 +647,14 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
         raise ConfigError(f"cannot read: {e.strerror}", file=str(path)) from None
     if overrides:
         raw = _raw_with_overrides(text, str(path), overrides)
-        return parse(raw, file=str(path), text=text)
+        try:
+            return parse(raw, file=str(path), text=text)
+        except ConfigError as e:
+            given = {parse_override(o)[0]: o for o in overrides}
+            if e.key in given or f"sweep.{e.key}" in given:
+                item = given.get(e.key) or given[f"sweep.{e.key}"]
+                raise ConfigError(e.reason, file=f"{path} (--set {item})", key=e.key) from None
+            raise
     return loads(text, file=str(path))
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine import config as cfgmod
 from engine import export as exportmod
 from engine.store import STATUSES, Store, StoreError
+from kdtui.options import ExperimentOpt, HomeOpt, SetOpt, console, err, fail, load_config
 
 app = typer.Typer(
     name="kdtui",
@@ -24,38 +25,10 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--home",
-        envvar="KDTUI_HOME",
-        help="Store directory (default: ./.kdtui).",
-        show_default=False,
-    ),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a key: --set optim.epochs=2 (repeatable)."),
-]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def open_store(home: Path | None) -> Store:
     return Store(home)
-
-
-def load_config(file: Path, overrides: list[str] | None) -> cfgmod.Experiment:
-    try:
-        return cfgmod.load(file, overrides or [])
-    except cfgmod.ConfigError as e:
-        raise fail(str(e)) from None
 
 
 @app.callback(invoke_without_command=True)
@@ -79,7 +52,7 @@ def validate(
             n = len(cfgmod.expand(exp))
             console.print(f"[green]ok[/] {f}: {exp.name}, {n} run{'s' * (n != 1)}")
         except cfgmod.ConfigError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             bad += 1
     if bad:
         raise typer.Exit(2)
@@ -167,9 +140,7 @@ def list_runs(
     status: Annotated[
         str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
-    ] = None,
+    experiment: ExperimentOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """List runs with status and progress."""
@@ -252,9 +223,7 @@ def leaderboard_table(rows) -> Table:
 
 @app.command()
 def leaderboard(
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
-    ] = None,
+    experiment: ExperimentOpt = None,
     status: Annotated[str | None, typer.Option(help="Only rows with a run in this status.")] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -272,9 +241,7 @@ def export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
-    ] = None,
+    experiment: ExperimentOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Export the leaderboard as Markdown, CSV or LaTeX."""

@@ -16,28 +16,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine import config as cfgmod
 from engine import daemon
 from engine.store import Run, Store, StoreError
+from kdtui.options import HomeOpt, SetOpt, console, err, fail, load_config
 
-console = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--home",
-        envvar="KDTUI_HOME",
-        help="Store directory (default: ./.kdtui).",
-        show_default=False,
-    ),
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a key: --set optim.epochs=2 (repeatable)."),
-]
 RefsArg = Annotated[
     list[str], typer.Argument(help="Run ids or experiment names.", show_default=False)
 ]
@@ -51,11 +37,6 @@ engine_app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _find(store: Store, refs: list[str]) -> list[Run]:
@@ -94,7 +75,7 @@ def _start_engine(store: Store, out: Console) -> bool:
         was = daemon.status(store.home)
         pid = daemon.ensure_running(store.home)
     except (daemon.EngineError, ValueError, OSError) as e:
-        err.print(f"[bold red]the engine did not start:[/] {e}", highlight=False)
+        err.print(f"[bold red]the engine did not start:[/] {escape(str(e))}", highlight=False)
         err.print("the runs stay queued; `kdtui engine start` to try again", highlight=False)
         return False
     out.print(f"engine {'running' if was else 'started'}: pid {pid} (`kdtui engine status`)")
@@ -307,10 +288,7 @@ def submit(
     home: HomeOpt = None,
 ) -> None:
     """Validate an experiment, queue its runs for the engine and return at once."""
-    try:
-        exp = cfgmod.load(file, set_ or [])
-    except (cfgmod.ConfigError, OSError) as e:
-        raise fail(str(e)) from None
+    exp = load_config(file, set_)
     if priority is not None:
         exp.run.priority = priority
     submit_experiment(Store(home), exp, str(file), console, start=not no_start)
@@ -460,7 +438,7 @@ def rm(
         try:
             store.delete(r.id)
         except StoreError as e:
-            err.print(f"[red]kept run {r.id}:[/] {e}", highlight=False)
+            err.print(f"[red]kept run {r.id}:[/] {escape(str(e))}", highlight=False)
             continue
         folder = r.path.resolve()
         if folder.is_dir() and folder.parent == store.runs_dir.resolve():

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -108,7 +109,7 @@ class ProgressCallbacks:
         pass
 
     def on_setup_error(self, e):
-        self.progress.console.print(f"[red]{e}[/]")
+        self.progress.console.print(f"[red]{escape(str(e))}[/]")
 
 
 def make_progress(console: Console) -> Progress:
@@ -169,7 +170,9 @@ def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool
         r = store.run(r.id)
         if r.status != "done":
             ok = False
-            console.print(f"[red]run {r.id} {r.status}[/]: {r.error or ''}", highlight=False)
+            console.print(
+                f"[red]run {r.id} {r.status}[/]: {escape(r.error or '')}", highlight=False
+            )
     ids = {r.id for r in runs}
     rows = [row for row in exportmod.build_rows(store.runs()) if set(row.run_ids) & ids]
     if rows:

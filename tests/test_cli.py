@@ -1,0 +1,112 @@
+"""The headless CLI as a user types it: validate, dry runs, a real foreground run, the board."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.store import Store
+from kdtui.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+TINY = """
+name = "cli-tiny"
+seeds = [0]
+[data]
+dataset = "digits"
+[teacher]
+arch = "resnet8"
+train = true
+[teacher.optim]
+epochs = 1
+[student]
+arch = "resnet8"
+[distill]
+method = "kd"
+[optim]
+lr = 0.05
+epochs = 1
+[run]
+max_steps = 4
+[sweep]
+"distill.method" = ["vanilla", "kd", "simkd"]
+"""
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_validate_reports_file_line_key_and_suggestion(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text(TINY.replace("epochs = 1\n[run]", "epocs = 1\n[run]"))
+    result = runner.invoke(app, ["validate", str(f)])
+    assert result.exit_code == 2
+    out = plain(result.output)
+    assert "bad.toml:" in out and "optim.epocs" in out and "[optim]" in out
+    assert "did you mean 'epochs'" in out
+
+
+def test_validate_names_a_bad_override():
+    result = runner.invoke(
+        app, ["validate", "experiments/quickstart.toml", "--set", "optim.epochz=1"]
+    )
+    assert result.exit_code == 2
+    assert "--set optim.epochz=1" in plain(result.output)
+
+
+def test_dry_run_lists_the_expanded_runs_and_trains_nothing(tmp_path, home):
+    f = tmp_path / "x.toml"
+    f.write_text(TINY)
+    result = runner.invoke(app, ["run", str(f), "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = plain(result.output)
+    roles = re.findall(r"│ (teacher|student) ", out)
+    assert roles == ["teacher", "student", "student", "student"]
+    assert Store(home).runs() == []
+
+
+@pytest.mark.slow
+def test_kdtui_run_trains_teacher_then_students_and_ends_with_a_leaderboard(tmp_path, home):
+    f = tmp_path / "x.toml"
+    f.write_text(TINY)
+    env = {"KDTUI_HOME": str(home), "COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-m", "kdtui.cli", "run", str(f)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = plain(out.stdout)
+    assert "leaderboard" in text or "accuracy of the head" in text
+    for method in ("vanilla", "kd", "simkd"):
+        assert method in text
+    # the same store answers the other commands
+    board = runner.invoke(app, ["leaderboard"], env={"COLUMNS": "200"})
+    assert "simkd" in plain(board.output) and "teacher" in plain(board.output)
+    md = tmp_path / "board.md"
+    result = runner.invoke(app, ["export", "--format", "md", "-o", str(md)])
+    assert result.exit_code == 0
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith("| # |") and len(lines) == 2 + 4  # header, rule, 4 rows
+    ls = runner.invoke(app, ["ls"], env={"COLUMNS": "200"})
+    assert plain(ls.output).count("done") == 4
+
+
+def test_models_lists_every_architecture_with_its_size():
+    result = runner.invoke(app, ["models", "--num-classes", "100"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    out = plain(result.output)
+    assert re.search(r"resnet8x4\s+│\s+1\.23M", out)
+    assert re.search(r"resnet32x4\s+│\s+7\.43M", out)
+    assert "256×8×8" in out
