@@ -143,6 +143,34 @@ SIMKD_OPTIONS = {
     "label_weight": Option(1.0, "weight of the CE term when labels = 'ce'", min=0.0),
 }
 
+
+def _check_stage(value: Any) -> str | None:
+    if value == "middle" or (isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    return "must be 'middle' or a stage index (negative counts from the end)"
+
+
+FITNET_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "hint_weight": Option(100.0, "weight of MSE(regressor(student map), teacher hint)", min=0.0),
+    "hint_stage": Option("middle", "teacher stage giving the hint", check=_check_stage),
+    "guided_stage": Option("middle", "student stage guided by the hint", check=_check_stage),
+}
+
+AT_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "at_weight": Option(1000.0, "weight of the attention loss summed over stage pairs", min=0.0),
+    "at_p": Option(2.0, "power p in at(F) = normalise(mean_c |F|^p)", min=1.0),
+}
+
+DKD_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "tckd_weight": Option(1.0, "alpha: weight of target-class KD (TCKD)", min=0.0),
+    "nckd_weight": Option(8.0, "beta: weight of non-target-class KD (NCKD)", min=0.0),
+    "temperature": Option(4.0, "softmax temperature T", min=1e-3),
+    "warmup": Option(20, "epochs over which the DKD term ramps up linearly", min=0),
+}
+
 METHODS: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(
         "vanilla",
@@ -161,6 +189,33 @@ METHODS: dict[str, MethodSpec] = {
         needs_teacher=True,
         teacher_outputs="logits",
         options=KD_OPTIONS,
+    ),
+    "fitnet": MethodSpec(
+        "fitnet",
+        "engine.distill.fitnet:FitNet",
+        "Romero et al. 2015: CE + MSE between a regressed student map and a teacher hint",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="features",
+        options=FITNET_OPTIONS,
+    ),
+    "at": MethodSpec(
+        "at",
+        "engine.distill.at:AT",
+        "Zagoruyko & Komodakis 2017: CE + attention-map transfer over stage pairs",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="features",
+        options=AT_OPTIONS,
+    ),
+    "dkd": MethodSpec(
+        "dkd",
+        "engine.distill.dkd:DKD",
+        "Zhao et al. CVPR 2022: CE + TCKD + NCKD (decoupled KD)",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="logits",
+        options=DKD_OPTIONS,
     ),
     "simkd": MethodSpec(
         "simkd",

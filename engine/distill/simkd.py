@@ -17,7 +17,6 @@ Variants (all in [distill]):
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from engine.distill.base import Distiller, stage_shapes
 from engine.distill.losses import kd_kl, masked_mean
+from engine.distill.stages import align_stages, pool_to
 
 
 def conv1x1(cin: int, cout: int) -> nn.Conv2d:
@@ -60,31 +60,6 @@ class Pair(NamedTuple):
     weight: float
 
 
-def align_stages(
-    t_shapes: list[tuple[int, ...]], s_shapes: list[tuple[int, ...]]
-) -> list[tuple[int, int]]:
-    """Pair stages by spatial resolution, deepest first, keeping depth order.
-
-    Equal stage counts pair index-wise. Otherwise every teacher stage gets the
-    deepest unused student stage whose resolution is closest to its own, and
-    pairs never cross (a shallower teacher stage never meets a deeper student
-    stage than a deeper teacher stage did).
-    """
-    if len(t_shapes) == len(s_shapes):
-        return [(i, i) for i in range(len(t_shapes))]
-    pairs = []
-    j_max = len(s_shapes) - 1
-    for i in range(len(t_shapes) - 1, -1, -1):
-        if j_max < 0:
-            break
-        th = t_shapes[i][1]
-        # closest resolution; ties go to the deeper stage
-        j = min(range(j_max + 1), key=lambda k: (abs(math.log2(s_shapes[k][1] / th)), -k))
-        pairs.append((i, j))
-        j_max = j - 1
-    return sorted(pairs)
-
-
 def resolve_pairs(option, t_shapes, s_shapes) -> list[Pair]:
     nt, ns = len(t_shapes), len(s_shapes)
     if option == "last":
@@ -109,10 +84,6 @@ def resolve_pairs(option, t_shapes, s_shapes) -> list[Pair]:
             "projection feeds the reused classifier"
         )
     return pairs
-
-
-def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
 
 
 class SimKD(Distiller):

@@ -1,0 +1,47 @@
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017).
+
+at(F) = L2-normalise(flatten(mean over channels of |F|^p)); the loss is
+CE + w * sum over aligned stage pairs of mean((at(Fs) - at(Ft))^2), with
+p = 2 and w = 1000 as in RepDistiller/mdistiller. Maps of different sizes
+are average-pooled to the smaller one; stages are paired by resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.distill.base import Distiller, stage_shapes
+from engine.distill.stages import align_stages, common_size, pool_to
+
+
+def attention_map(feat: torch.Tensor, p: float) -> torch.Tensor:
+    return F.normalize(feat.float().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def at_pair_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float) -> torch.Tensor:
+    return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+
+
+class AT(Distiller):
+    def __init__(self, student, teacher, options, *, num_classes, input_shape=(1, 3, 32, 32)):
+        super().__init__(
+            student, teacher, options, num_classes=num_classes, input_shape=input_shape
+        )
+        t_shapes = stage_shapes(teacher, input_shape)
+        s_shapes = stage_shapes(student, input_shape)
+        self.pairs = align_stages(t_shapes, s_shapes)
+        self.sizes = [common_size(t_shapes[t], s_shapes[s]) for t, s in self.pairs]
+
+    def forward_train(self, x, y, teacher, epoch):
+        o = self.options
+        feats = self.student.forward_features(x)
+        logits = self.student.forward_head(feats[-1])
+        at = sum(
+            at_pair_loss(pool_to(feats[s], size), pool_to(teacher.feats[t], size), o["at_p"])
+            for (t, s), size in zip(self.pairs, self.sizes)
+        )
+        return logits, {
+            "ce": o["ce_weight"] * F.cross_entropy(logits, y),
+            "at": o["at_weight"] * at,
+        }
