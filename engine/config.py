@@ -146,6 +146,17 @@ class RunConfig:
         choices=("auto", "on", "off"),
     )
     compile: bool = _f(False, "torch.compile the training step")
+    compile_mode: str = _f(
+        "auto",
+        "torch.compile mode: auto (reduce-overhead = CUDA graphs on CUDA, default on CPU), "
+        "default, reduce-overhead, max-autotune",
+        choices=("auto", "default", "reduce-overhead", "max-autotune"),
+    )
+    threads: int = _f(
+        0,
+        "CPU threads for torch (0: torch's default, or the engine's share of the cores)",
+        min=0,
+    )
     eval_every: int = _f(1, "evaluate every N epochs (and always at the end)", min=1)
     log_every: int = _f(20, "record training loss every N steps", min=1)
     checkpoint_every: int = _f(1, "save the `last` checkpoint every N epochs", min=1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import Experiment, OptimConfig, RunConfig
-from engine.distill.base import Distiller, TeacherOut, build_distiller, teacher_forward
+from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.models import build_model, load_checkpoint_file
 from engine.models.base import FeatureModel, count_params
 
@@ -66,12 +66,21 @@ def pick_runtime(run: RunConfig) -> Runtime:
         "off": None,
     }[run.amp]
     channels_last = run.channels_last == "on" or (run.channels_last == "auto" and cuda)
+    if run.threads:
+        torch.set_num_threads(run.threads)
     if cuda:
         torch.backends.cudnn.benchmark = not run.deterministic
         torch.backends.cudnn.deterministic = run.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Runtime(device, amp, channels_last)
+
+
+def compile_mode(run: RunConfig, runtime: Runtime) -> str | None:
+    """torch.compile mode: CUDA graphs (reduce-overhead) on CUDA unless told otherwise."""
+    if run.compile_mode == "auto":
+        return "reduce-overhead" if runtime.device.type == "cuda" else None
+    return None if run.compile_mode == "default" else run.compile_mode
 
 
 # ---------------------------------------------------------------- schedule
@@ -124,6 +133,7 @@ class Member:
     status: str = "running"  # running | done | failed | cancelled
     error: str | None = None
     train_fn: Callable | None = None
+    compiled: bool = False  # train_fn is torch.compile'd: partial batches run eagerly
 
     @property
     def head(self) -> str:
@@ -244,7 +254,10 @@ def build_member(
     member = Member(name, cfg, distiller, optimizer, Path(run_dir), scaler=scaler)
     member.train_fn = distiller.forward_train
     if cfg.run.compile:
-        member.train_fn = torch.compile(distiller.forward_train)
+        member.train_fn = torch.compile(
+            distiller.forward_train, mode=compile_mode(cfg.run, runtime)
+        )
+        member.compiled = True
     return member
 
 
@@ -270,8 +283,15 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, runtime: R
 
 # ---------------------------------------------------------------- the loop
 def train_step(m: Member, batch, t_out: TeacherOut | None, epoch: int, runtime: Runtime):
+    fn = m.train_fn
+    if m.compiled:
+        if batch.x.shape[0] != m.cfg.data.batch_size:
+            # the last, partial batch: eager, rather than a recompile and a second CUDA graph
+            fn = m.distiller.forward_train
+        elif runtime.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
     with runtime.autocast():
-        logits, losses = m.train_fn(batch.x, batch.y, t_out, epoch)
+        logits, losses = fn(batch.x, batch.y, t_out, epoch)
     loss = sum(losses.values())
     m.optimizer.zero_grad(set_to_none=True)
     if m.scaler is not None:
@@ -364,6 +384,8 @@ def fit(
                     if cb.should_stop(m):
                         _stop(m, cb, "cancelled", f"cancelled during epoch {epoch + 1}")
         train_time = time.perf_counter() - t0
+        source_metrics = getattr(teacher_source, "epoch_metrics", None) if needs_teacher else None
+        extra = source_metrics() if source_metrics else {}
 
         for m in running:
             if not m.active:
@@ -375,6 +397,7 @@ def fit(
                 "lr": lr_at(m.cfg.optim, epoch),
                 "images_per_s": seen / max(train_time, 1e-9),
                 "epoch_time": train_time,
+                **extra,
             }
             last_epoch = m.epoch == m.cfg.optim.epochs
             if m.epoch % m.cfg.run.eval_every == 0 or last_epoch:
@@ -420,15 +443,83 @@ def _epoch_line(m: Member, metrics: dict) -> str:
         if "test/top1" in metrics
         else ""
     )
+    cache = (
+        f" teacher cache {100 * metrics['teacher_cache/hit_rate']:.0f}% hits"
+        if "teacher_cache/hit_rate" in metrics
+        else ""
+    )
     return (
         f"epoch {m.epoch}/{m.cfg.optim.epochs} train top1 {metrics['train/top1']:.2f} "
-        f"lr {metrics['lr']:.4g} {metrics['images_per_s']:.0f} img/s{test}"
+        f"lr {metrics['lr']:.4g} {metrics['images_per_s']:.0f} img/s{cache}{test}"
     )
 
 
-def plain_teacher_source(teacher: FeatureModel, runtime: Runtime) -> Callable:
-    def source(batch) -> TeacherOut:
-        with runtime.autocast():
-            return teacher_forward(teacher, batch.x)
+def plain_teacher_source(
+    teacher: FeatureModel,
+    runtime: Runtime,
+    *,
+    compile: bool = False,
+    logits_only: bool = False,
+    batch_size: int = 0,
+) -> Callable:
+    """The teacher's forward pass for every batch (under no_grad, autocast on CUDA).
 
+    logits_only: the group holds only logit methods, so no stage maps are kept.
+    compile: torch.compile the forward for batches of `batch_size` (no CUDA
+    graphs: several students read its outputs); other sizes run eagerly.
+    """
+    forward = teacher.forward if logits_only else teacher.forward_all
+    fast = torch.compile(forward) if compile else forward
+
+    @torch.no_grad()
+    def run(x: torch.Tensor):
+        fn = fast if x.shape[0] == batch_size else forward
+        with runtime.autocast():
+            return fn(x)
+
+    def source(batch) -> TeacherOut:
+        out = run(batch.x)
+        return TeacherOut(None, out) if logits_only else TeacherOut(*out)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return run(x) if logits_only else run(x)[1]
+
+    source.logits = logits  # type: ignore[attr-defined]
     return source
+
+
+class CachedTeacherSource:
+    """Teacher logits through the exact cache (engine.cache): only misses run the teacher."""
+
+    def __init__(
+        self,
+        teacher: FeatureModel,
+        runtime: Runtime,
+        cache,
+        *,
+        compile: bool = False,
+        batch_size: int = 0,
+    ):
+        self.cache = cache
+        self.plain = plain_teacher_source(
+            teacher, runtime, compile=compile, logits_only=True, batch_size=batch_size
+        )
+
+    def __call__(self, batch) -> TeacherOut:
+        from engine.cache import cached_logits
+
+        if batch.view is None:  # a loader without view ids (DataLoader path): no caching
+            return self.plain(batch)
+        logits = cached_logits(self.cache, self.plain.logits, batch.x, batch.index, batch.view)
+        return TeacherOut(None, logits)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        st = self.cache.stats
+        out = {
+            "teacher_cache/hit_rate": st.hit_rate,
+            "teacher_cache/fill": self.cache.fill,
+            "teacher_cache/teacher_rows": float(st.teacher_rows),
+        }
+        st.history.append(st.hit_rate)
+        st.reset()
+        return out

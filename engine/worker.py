@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from engine.config import Experiment
-from engine.data import build_data
+from engine.data import DeviceLoader, build_data
 from engine.registry import METHODS
 from engine.store import Run, Store, StoreError
 from engine.train import (
+    CachedTeacherSource,
     Member,
     Runtime,
     build_member,
@@ -248,7 +249,7 @@ def prepare(
             append_log(
                 Path(r.dir), f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
             )
-        teacher_source = plain_teacher_source(teacher, runtime)
+        teacher_source = make_teacher_source(store, runs, cfgs, teacher, path, data, runtime)
     members = []
     for r, cfg in zip(runs, cfgs):
         m = build_member(
@@ -270,6 +271,70 @@ def prepare(
             "runs of a fused group resume from different epochs; resume them one at a time"
         )
     return members, data, teacher_source
+
+
+def make_teacher_source(
+    store: Store, runs: list[Run], cfgs: list[Experiment], teacher, path: Path, data, runtime
+):
+    """One teacher pass per batch for the whole group; through the exact logit cache when
+    `[run] teacher_cache` is on and every member reads only the teacher's logits."""
+    run = cfgs[0].run
+    compile_teacher = run.compile
+    batch_size = cfgs[0].data.batch_size
+    logit_only = all(METHODS[c.distill.method].teacher_outputs == "logits" for c in cfgs)
+    if run.teacher_cache == "off":
+        return plain_teacher_source(
+            teacher, runtime, compile=compile_teacher, logits_only=logit_only, batch_size=batch_size
+        )
+
+    def note(message: str) -> None:
+        for r in runs:
+            append_log(Path(r.dir), message)
+
+    train = data.train
+    if not logit_only:
+        feats = sorted({c.distill.method for c in cfgs} - {"kd", "dkd"})
+        note(f"teacher cache off: {', '.join(feats)} read the teacher's feature maps")
+    elif not isinstance(train, DeviceLoader) or not train.augment:
+        note("teacher cache off: it needs the device loader with crop/flip views")
+    else:
+        from engine import cache as cachemod
+
+        dtype = cachemod.DTYPES[run.teacher_cache_dtype]
+        key = cachemod.cache_key(
+            cachemod.file_digest(path),
+            cfgs[0].teacher.arch,
+            cachemod.tensor_digest(train.images),
+            train._mean.flatten().tolist(),
+            train._std.flatten().tolist(),
+            train.hflip,
+            runtime.device.type,
+            runtime.amp_dtype,
+            runtime.channels_last,
+            run.teacher_cache_dtype,
+        )
+        cache = cachemod.open_cache(
+            run.teacher_cache,
+            key=key,
+            num_samples=train.num_samples,
+            num_classes=data.info.num_classes,
+            dtype=dtype,
+            limit_bytes=run.teacher_cache_mb * 2**20,
+            device=runtime.device,
+            home=store.home,
+        )
+        where = str(cache.path) if cache.path else f"memory on {cache.device}"
+        note(
+            f"teacher cache ({run.teacher_cache}, {run.teacher_cache_dtype}, key {key}): "
+            f"{cache.capacity:,} rows, {cache.nbytes / 2**20:.1f} MiB in {where}, "
+            f"{100 * cache.fill:.1f}% of the views already stored"
+        )
+        return CachedTeacherSource(
+            teacher, runtime, cache, compile=compile_teacher, batch_size=batch_size
+        )
+    return plain_teacher_source(
+        teacher, runtime, compile=compile_teacher, logits_only=logit_only, batch_size=batch_size
+    )
 
 
 def _archive(run_dir: Path) -> None:

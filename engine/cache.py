@@ -1,0 +1,337 @@
+"""Exact teacher-logit cache for logit methods (kd, dkd).
+
+With the CIFAR recipe (zero-pad 4, random crop, flip) every training image
+has 162 views, and an eval-mode teacher is a pure function of the view. So
+the teacher's logits are cached under (sample index, view id), one cache
+per (teacher checkpoint, data set, precision): a later epoch, or a later run
+with the same teacher, skips the teacher's forward pass for every sample
+whose view it has seen. Only the samples that miss go through the teacher.
+
+Layout: a dense slot table of `num_samples * 162` int32 (0 = absent, else
+row + 1) and a value table of `capacity` rows of `num_classes` logits in
+fp32, fp16 or bf16. The byte limit covers both; once the value table is
+full, new views are simply not stored (with uniformly drawn views every
+replacement policy gives the same hit rate, and first-come keeps the cache
+deterministic). In memory the tables live on the training device; on disk
+they are shared memory-mapped files under `$KDTUI_HOME/cache/`, so runs in
+other processes reuse them (rows are allocated under a file lock; values are
+written before the slot that points at them).
+
+Exactness: the returned logits are always the *stored* precision converted
+back (a miss returns the same rounded values a later hit will), so a run's
+targets do not depend on what the cache held. With fp32 storage they equal
+the uncached teacher's logits; misses are computed in batches of at least
+`MIN_TEACHER_BATCH` rows (padded with other rows of the batch) because
+oneDNN picks other kernels for 1-11 rows, which changes the last bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.data import NUM_VIEWS
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIN_TEACHER_BATCH = 16  # also the bucket size of miss batches (few distinct shapes on CUDA)
+SLOT_BYTES = 4
+FORMAT = 1  # on-disk layout version
+
+
+class CacheError(RuntimeError):
+    """The cache cannot be set up (limit too small, incompatible file)."""
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    stored: int = 0
+    dropped: int = 0  # misses not stored because the cache was full
+    teacher_rows: int = 0  # rows sent through the teacher (misses + bucket padding)
+    history: list[float] = field(default_factory=list)  # hit rate per window
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    def reset(self) -> None:
+        self.hits = self.misses = self.stored = self.dropped = self.teacher_rows = 0
+
+
+def capacity_for(limit_bytes: int, num_samples: int, num_classes: int, dtype: torch.dtype) -> int:
+    """Value rows that fit in `limit_bytes` next to the slot table (never more than all views)."""
+    slot_bytes = num_samples * NUM_VIEWS * SLOT_BYTES
+    row_bytes = num_classes * torch.empty((), dtype=dtype).element_size()
+    rows = (limit_bytes - slot_bytes) // row_bytes
+    if rows < 1:
+        need = math.ceil((slot_bytes + row_bytes) / 2**20)
+        raise CacheError(
+            f"teacher_cache_mb is too small for this data set: the slot table alone needs "
+            f"{slot_bytes / 2**20:.1f} MiB ({num_samples} samples x {NUM_VIEWS} views); "
+            f"use at least {need}"
+        )
+    return int(min(rows, num_samples * NUM_VIEWS))
+
+
+class TeacherCache:
+    """(sample index, view id) -> teacher logits, bounded, in memory or on disk."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        *,
+        dtype: torch.dtype = torch.float16,
+        limit_bytes: int = 2048 * 2**20,
+        device: torch.device | str = "cpu",
+        path: Path | str | None = None,
+        key: str = "",
+    ):
+        self.num_samples, self.num_classes = int(num_samples), int(num_classes)
+        self.dtype = dtype
+        self.key = key
+        self.path = Path(path) if path is not None else None
+        self.stats = CacheStats()
+        n_slots = self.num_samples * NUM_VIEWS
+        if self.path is None:
+            self.device = torch.device(device)
+            self.capacity = capacity_for(limit_bytes, num_samples, num_classes, dtype)
+            self.slots = torch.zeros(n_slots, dtype=torch.int32, device=self.device)
+            self.values = torch.empty(
+                self.capacity, self.num_classes, dtype=dtype, device=self.device
+            )
+            self._count = 0
+            self._header = None
+        else:
+            self.device = torch.device("cpu")  # memory-mapped files live in host memory
+            self._open_disk(limit_bytes, n_slots)
+
+    # ---------------------------------------------------------------- disk layout
+    def _open_disk(self, limit_bytes: int, n_slots: int) -> None:
+        assert self.path is not None
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta_path = self.path / "meta.json"
+        meta = {
+            "format": FORMAT,
+            "key": self.key,
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        with self._locked():
+            if meta_path.exists():
+                old = json.loads(meta_path.read_text())
+                capacity = int(old.get("capacity", 0))
+                if {k: old.get(k) for k in meta} != meta or capacity < 1:
+                    raise CacheError(
+                        f"teacher cache at {self.path} was written for another teacher, data "
+                        f"set or precision; delete that folder to start it afresh"
+                    )
+            else:
+                capacity = capacity_for(limit_bytes, self.num_samples, self.num_classes, self.dtype)
+                tmp = meta_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({**meta, "capacity": capacity}, indent=1))
+                os.replace(tmp, meta_path)
+            # the size is fixed when the cache is created; a smaller limit later does not shrink it
+            self.capacity = capacity
+            self.slots = torch.from_file(
+                str(self.path / "slots.i32"), shared=True, size=n_slots, dtype=torch.int32
+            )
+            self.values = torch.from_file(
+                str(self.path / "values.bin"),
+                shared=True,
+                size=capacity * self.num_classes,
+                dtype=self.dtype,
+            ).view(capacity, self.num_classes)
+            self._header = torch.from_file(
+                str(self.path / "count.i64"), shared=True, size=1, dtype=torch.int64
+            )
+
+    @contextlib.contextmanager
+    def _locked(self):
+        if self.path is None:
+            yield
+            return
+        with open(self.path / "lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ---------------------------------------------------------------- size
+    @property
+    def count(self) -> int:
+        """Value rows in use."""
+        return int(self._header[0]) if self._header is not None else self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tables (what the limit bounds)."""
+        return self.slots.numel() * SLOT_BYTES + self.values.numel() * self.values.element_size()
+
+    @property
+    def fill(self) -> float:
+        """Fraction of all (sample, view) pairs stored."""
+        return self.count / (self.num_samples * NUM_VIEWS)
+
+    # ---------------------------------------------------------------- lookup / insert
+    def _keys(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        return index.to(self.device, torch.int64) * NUM_VIEWS + view.to(self.device, torch.int64)
+
+    def lookup(self, index: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hit mask, stored logits) for a batch; rows of misses are garbage."""
+        slot = self.slots.index_select(0, self._keys(index, view))
+        hit = slot > 0
+        rows = (slot.long() - 1).clamp_min(0)
+        values = self.values.index_select(0, rows) if self.capacity else None
+        return hit, values
+
+    def insert(self, index: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> None:
+        """Store logits for the given (index, view) pairs, as many as fit."""
+        n = int(index.shape[0])
+        if n == 0:
+            return
+        keys = self._keys(index, view)
+        with self._locked():
+            start = self.count
+            k = max(0, min(n, self.capacity - start))
+            if k:
+                self.values[start : start + k] = logits[:k].to(self.device, self.dtype)
+                rows = torch.arange(start + 1, start + k + 1, dtype=torch.int32, device=self.device)
+                self.slots.index_copy_(0, keys[:k], rows)  # after the values: readers never
+                # see a slot that points at an unwritten row
+                if self._header is not None:
+                    self._header[0] = start + k
+                else:
+                    self._count = start + k
+        self.stats.stored += k
+        self.stats.dropped += n - k
+
+    def clear(self) -> None:
+        with self._locked():
+            self.slots.zero_()
+            if self._header is not None:
+                self._header[0] = 0
+            self._count = 0
+
+
+# ---------------------------------------------------------------- keys and reuse
+def file_digest(path: Path | str, chunk: int = 1 << 20) -> str:
+    """sha256 of a file (the teacher checkpoint), hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (the training images: the index space of the cache)."""
+    h = hashlib.sha256()
+    h.update(str(tuple(t.shape)).encode())
+    h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(*parts: object) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:24]
+
+
+_MEMORY: dict[str, TeacherCache] = {}  # at most one live in-memory cache per process
+
+
+def open_cache(
+    mode: str,
+    *,
+    key: str,
+    num_samples: int,
+    num_classes: int,
+    dtype: torch.dtype,
+    limit_bytes: int,
+    device: torch.device,
+    home: Path | None = None,
+) -> TeacherCache:
+    """A cache for `key`: reused from earlier runs in this process (memory) or on disk."""
+    if mode == "disk":
+        if home is None:
+            raise CacheError("a disk teacher cache needs the store directory")
+        return TeacherCache(
+            num_samples,
+            num_classes,
+            dtype=dtype,
+            limit_bytes=limit_bytes,
+            path=Path(home) / "cache" / f"teacher-{key}",
+            key=key,
+        )
+    cached = _MEMORY.get(key)
+    if cached is not None and cached.device == torch.device(device):
+        cached.stats = CacheStats()
+        return cached
+    _MEMORY.clear()  # bounded: never two in-memory caches at once
+    cache = TeacherCache(
+        num_samples, num_classes, dtype=dtype, limit_bytes=limit_bytes, device=device, key=key
+    )
+    _MEMORY[key] = cache
+    return cache
+
+
+def forget_memory_caches() -> None:
+    _MEMORY.clear()
+
+
+# ---------------------------------------------------------------- the teacher source
+def miss_bucket(misses: int, batch: int) -> int:
+    """Rows to run through the teacher for `misses` misses in a batch of `batch`."""
+    if batch <= MIN_TEACHER_BATCH:
+        return batch
+    return min(batch, max(MIN_TEACHER_BATCH, -(-misses // MIN_TEACHER_BATCH) * MIN_TEACHER_BATCH))
+
+
+def cached_logits(
+    cache: TeacherCache,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    index: torch.Tensor,
+    view: torch.Tensor,
+) -> torch.Tensor:
+    """Teacher logits for a batch, computing only the misses (plus bucket padding)."""
+    b = int(x.shape[0])
+    hit, stored = cache.lookup(index, view)
+    hit_dev = hit.to(x.device)
+    n_hit = int(hit_dev.sum())
+    cache.stats.hits += n_hit
+    cache.stats.misses += b - n_hit
+    out = stored.to(x.device) if stored is not None else None
+    if n_hit == b:
+        return out.float()
+    miss = torch.nonzero(~hit_dev).flatten()
+    k = int(miss.shape[0])
+    rows = miss_bucket(k, b)
+    if rows == b:
+        fresh = logits_fn(x).index_select(0, miss)
+    else:  # the misses first, padded with hits up to the bucket size
+        order = torch.cat([miss, torch.nonzero(hit_dev).flatten()[: rows - k]])
+        fresh = logits_fn(x.index_select(0, order))[:k]
+    cache.stats.teacher_rows += rows
+    rounded = fresh.detach().to(cache.dtype)
+    cache.insert(index.index_select(0, miss), view.index_select(0, miss), rounded)
+    if out is None:
+        out = torch.empty(b, cache.num_classes, dtype=cache.dtype, device=x.device)
+    out = out.to(cache.dtype)
+    out.index_copy_(0, miss, rounded)
+    return out.float()
