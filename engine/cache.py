@@ -295,11 +295,17 @@ def forget_memory_caches() -> None:
 
 
 # ---------------------------------------------------------------- the teacher source
-def miss_bucket(misses: int, batch: int) -> int:
-    """Rows to run through the teacher for `misses` misses in a batch of `batch`."""
+def miss_bucket(misses: int, batch: int, *, round_up: bool = False) -> int:
+    """Rows to run through the teacher for `misses` misses in a batch of `batch`.
+
+    At least MIN_TEACHER_BATCH rows (exact CPU kernels, see the module note); with
+    `round_up` (CUDA) a multiple of it, so that only batch/16 shapes ever occur.
+    """
     if batch <= MIN_TEACHER_BATCH:
         return batch
-    return min(batch, max(MIN_TEACHER_BATCH, -(-misses // MIN_TEACHER_BATCH) * MIN_TEACHER_BATCH))
+    if round_up:
+        misses = -(-misses // MIN_TEACHER_BATCH) * MIN_TEACHER_BATCH
+    return min(batch, max(MIN_TEACHER_BATCH, misses))
 
 
 def cached_logits(
@@ -321,7 +327,7 @@ def cached_logits(
         return out.float()
     miss = torch.nonzero(~hit_dev).flatten()
     k = int(miss.shape[0])
-    rows = miss_bucket(k, b)
+    rows = miss_bucket(k, b, round_up=x.device.type == "cuda")
     if rows == b:
         fresh = logits_fn(x).index_select(0, miss)
     else:  # the misses first, padded with hits up to the bucket size

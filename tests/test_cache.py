@@ -206,7 +206,8 @@ def test_a_limit_below_the_slot_table_is_a_clear_error():
         capacity_for(1000, 50_000, 100, torch.float16)
 
 
-def test_miss_buckets_keep_small_batches_whole_and_round_up_to_16():
-    assert miss_bucket(3, 64) == 16 and miss_bucket(17, 64) == 32 and miss_bucket(63, 64) == 64
+def test_miss_buckets_keep_small_batches_whole_and_round_up_on_cuda():
+    assert miss_bucket(3, 64) == 16 and miss_bucket(17, 64) == 17 and miss_bucket(64, 64) == 64
+    assert miss_bucket(17, 64, round_up=True) == 32 and miss_bucket(63, 64, round_up=True) == 64
     assert miss_bucket(3, 10) == 10  # a small batch is computed whole, as uncached
     assert miss_bucket(60, 50) == 50

@@ -1,0 +1,70 @@
+"""`kdtui bench --quick --json` runs end to end and reports every part (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.core import expected_hit_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_bench_emits_every_part_as_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "kdtui.cli", "bench", "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert {"device", "torch", "quick", "config", "seconds"} <= r.keys() and r["quick"] is True
+    assert r["config"]["teacher"] == "resnet20" and r["config"]["student"] == "resnet8"
+    assert {"chosen", "ratio_1_vs_default"} <= r["threads"].keys() or "skipped" in r["threads"]
+    assert {"reference_images_per_s", "engine_images_per_s", "speedup"} <= r["loader"].keys()
+    step = r["step"]
+    assert {"reference_images_per_s", "engine_images_per_s", "speedup", "teacher_share"} <= (
+        step.keys()
+    )
+    assert step["reference_images_per_s"]["median"] > 0 and 0 < step["teacher_share"] < 2
+    fused = r["fused"]
+    assert fused["students"] == 5 and {"separate_images_per_s", "fused_images_per_s"} <= (
+        fused.keys()
+    )
+    cache = r["cache"]
+    for key in ("uncached", "cold", "run240", "second_run", "warm"):
+        assert cache[f"{key}_images_per_s"]["median"] > 0
+    for key in ("cold", "run240", "second_run", "warm"):
+        assert f"speedup_{key}" in cache
+    assert cache["cold_hit_rate"] == 0.0 and cache["warm_hit_rate"] == 1.0
+    assert abs(cache["run240_hit_rate"] - cache["expected_hit_rate_240"]) < 0.02
+
+
+def test_a_240_epoch_run_revisits_about_half_of_its_views():
+    assert expected_hit_rate(240) == pytest.approx(0.478, abs=1e-3)
+    assert expected_hit_rate(240, before=240) == pytest.approx(0.882, abs=1e-3)
+    assert expected_hit_rate(1) == 0.0
+
+
+def test_bench_help_and_bad_part_are_clear():
+    ok = subprocess.run(
+        [sys.executable, "-m", "kdtui.cli", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "--quick" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "kdtui.cli", "bench", "--only", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "unknown part" in bad.stderr
