@@ -148,6 +148,7 @@ def test_fitnet_hint_loss_by_hand_with_a_constant_regressor():
     ).train()
     assert (d.t_stage, d.s_stage) == (1, 1)  # the middle stage by default
     conv, bn, _ = d.regressor
+    assert conv.kernel_size == (1, 1)  # ConvReg's kernel 1 + s_H - t_H for equal sizes
     torch.nn.init.zeros_(conv.weight)
     torch.nn.init.constant_(bn.bias, 0.3)  # zero input -> BN output = bias -> ReLU(0.3)
     x = torch.randn(2, 3, 32, 32)
@@ -320,6 +321,23 @@ def test_the_reused_classifier_gets_no_gradient_in_any_mode(projectors):
     _, losses = d.forward_train(x, torch.tensor([0, 1, 2, 3]), t, 0)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("projectors", PROJECTOR_MODES[1:], ids=["all", "list"])
+def test_kl_alone_with_several_projectors_is_refused_not_silently_left_untrained(projectors):
+    """Only the projection feeding the reused classifier has a kl term; the others never train."""
+    teacher, student = (
+        build_model("resnet14", num_classes=10),
+        build_model("resnet8", num_classes=10),
+    )
+    with pytest.raises(ValueError, match=r"never train.*l2\+kl"):
+        build_distiller(
+            "simkd", student, teacher, {"projectors": projectors, "loss": "kl"}, num_classes=10
+        )
+    d = build_distiller(
+        "simkd", student, teacher, {"projectors": projectors, "loss": "l2+kl"}, num_classes=10
+    )
+    assert len(d.projectors) > 1
 
 
 def test_a_projector_list_must_include_the_teachers_last_stage():

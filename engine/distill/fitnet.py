@@ -1,9 +1,11 @@
 """FitNets (Romero et al., ICLR 2015): CE + w * MSE(regressor(student guided map), teacher hint map).
 
-The regressor is conv3x3 + BN + ReLU (as in mdistiller's ConvReg for equal
-sizes); when the maps' spatial sizes differ the larger is average-pooled to
-the smaller, so any teacher/student pair works. Trained in one stage with
-the CE term, as in the CRD/mdistiller CIFAR benchmarks.
+The regressor is conv1x1 + BN + ReLU: mdistiller's and RepDistiller's
+ConvReg use a kernel of 1 + s_H - t_H, i.e. 1x1, for maps of equal size.
+When the sizes differ the larger map is average-pooled to the smaller
+(instead of ConvReg's strided or transposed convs), so any teacher/student
+pair works. Trained in one stage with the CE term, as in the CRD/mdistiller
+CIFAR benchmarks.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class FitNet(Distiller):
         t, s = t_shapes[self.t_stage], s_shapes[self.s_stage]
         self.size = common_size(t, s)
         self.regressor = nn.Sequential(
-            nn.Conv2d(s[0], t[0], kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(s[0], t[0], kernel_size=1, bias=False),
             nn.BatchNorm2d(t[0]),
             nn.ReLU(inplace=True),
         )

@@ -94,6 +94,14 @@ class SimKD(Distiller):
         t_shapes = stage_shapes(teacher, input_shape)
         s_shapes = stage_shapes(student, input_shape)
         self.pairs = resolve_pairs(options["projectors"], t_shapes, s_shapes)
+        if options["loss"] == "kl" and len(self.pairs) > 1:
+            # only the projection that feeds the reused classifier has a kl term; the
+            # others would be built, counted and never trained (silently ignored)
+            raise ValueError(
+                f"projectors: with loss = 'kl' only the projector feeding the reused "
+                f"classifier has a loss, so {len(self.pairs) - 1} of the {len(self.pairs)} "
+                "projectors would never train; use loss = 'l2+kl' or projectors = 'last'"
+            )
         # the logits come from the last teacher stage's pair
         self.logit_pair = max(
             range(len(self.pairs)), key=lambda k: (self.pairs[k].teacher, self.pairs[k].student)
