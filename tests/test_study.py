@@ -102,3 +102,94 @@ def test_a_two_lr_two_seed_sweep_trains_four_runs_and_ranks_them_as_mean_and_std
     assert len(re.findall(r"\d+\.\d\d ± \d+\.\d\d", board.output)) >= 2
     md = runner.invoke(app, ["export", "--format", "md"]).output
     assert "lr=0.01" in md and "lr=0.05" in md and "±" in md
+
+
+# ---------------------------------------------------------------- the files users are told to run
+def test_the_files_the_readme_and_the_issue_name_exist():
+    for name in (
+        "cifar100/teacher_resnet32x4.toml",
+        "cifar100/vanilla_resnet8x4.toml",
+        "cifar100/vanilla_mobilenetv2.toml",
+        "cifar100/kd_r32x4_r8x4.toml",
+        "cifar100/simkd_r32x4_r8x4.toml",
+        "digits/teacher_resnet20.toml",
+    ):
+        assert (ROOT / "experiments" / name).exists(), name
+    readme = (ROOT / "README.md").read_text()
+    for path in re.findall(r"experiments/(?:cifar100|digits)/\w+\.toml", readme):
+        assert (ROOT / path).exists(), f"README names {path}"
+
+
+def test_students_take_the_teacher_experiment_of_their_own_directory():
+    for path in EXPERIMENTS:
+        exp = c.load(path)
+        if exp.method.needs_teacher and path.parent.name in ("cifar100", "digits"):
+            teacher = c.load(path.parent / f"teacher_{exp.teacher.arch}.toml")
+            assert exp.teacher.from_run == teacher.name, path.name
+
+
+def test_dry_run_lists_the_lr_sweep_times_seeds_without_training(home):
+    path = ROOT / "experiments/cifar100/simkd_lr_sweep_r32x4_r8x4.toml"
+    result = runner.invoke(app, ["run", str(path), "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    points = re.findall(r"lr=([\d.]+) seed=(\d)", result.output)
+    lrs = ["0.001", "0.005", "0.01", "0.05", "0.1"]
+    assert points == [(lr, s) for lr in lrs for s in "012"]
+    assert Store(home).runs() == []
+
+
+# ---------------------------------------------------------------- every method, for real
+METHOD_RUNS = {
+    "fitnet": "",
+    "at": "",
+    "dkd": "warmup = 1",
+    "simkd-kl-all": 'loss = "l2+kl"\nprojectors = "all"\nlabels = "ce"',
+    "simkd-mask-list": (
+        "projectors = [{ stage = -1, weight = 0.6667 }, { stage = -2, weight = 0.3333 }]\n"
+        'labels = "mask-wrong-teacher"'
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    import torch
+
+    from engine.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
+    torch.save({"model": build_model("resnet14", num_classes=10).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(METHOD_RUNS))
+def test_each_method_trains_a_few_steps_on_digits_through_the_worker(case, store, teacher_file):
+    from engine.worker import execute
+
+    method = case.split("-")[0]
+    text = f"""
+name = "{case}"
+[data]
+dataset = "digits"
+batch_size = 32
+[teacher]
+arch = "resnet14"
+checkpoint = "{teacher_file}"
+[student]
+arch = "resnet8"
+[distill]
+method = "{method}"
+{METHOD_RUNS[case]}
+[optim]
+epochs = 1
+[run]
+max_steps = 3
+log_every = 1
+"""
+    (run,) = store.submit(c.loads(text))
+    result = execute(store, [run.id])[0]
+    assert result.status == "done", result.error
+    assert result.best_top1 is not None and result.head == c.loads(text).method.head
+    names = {m.name for m in store.metrics(run.id)}
+    assert "train/loss" in names and "test/top1" in names
