@@ -617,5 +617,13 @@ def fuse_key(cfg: cfgmod.Experiment) -> str | None:
         cfg.run.device,
         cfg.run.amp,
         str(cfg.run.max_steps),
+        # process-wide settings: a group takes them from its first run, so they must agree
+        cfg.run.channels_last,
+        str(cfg.run.compile),
+        getattr(cfg.run, "compile_mode", ""),
+        str(getattr(cfg.run, "threads", "")),
+        cfg.run.teacher_cache,
+        cfg.run.teacher_cache_dtype,
+        str(cfg.run.teacher_cache_mb),
     ]
     return "|".join(parts)
