@@ -125,6 +125,14 @@ def test_attention_map_and_loss_by_hand():
     assert losses["at"].item() == pytest.approx(10.0 * 3 * per_pair, rel=1e-6)
 
 
+def test_attention_map_uses_the_magnitude_for_odd_powers():
+    """at(F) uses |F|^p (Zagoruyko & Komodakis): pre-activation nets give signed maps."""
+    f = torch.tensor([[[[-1.0, 2.0]], [[1.0, 0.0]]]])  # |F|^3 mean over channels: [1, 4]
+    assert attention_map(f, 3).flatten().tolist() == pytest.approx(
+        [1 / math.hypot(1, 4), 4 / math.hypot(1, 4)]
+    )
+
+
 def test_at_pools_the_larger_map_when_sizes_differ():
     student, teacher = build_model("resnet8", num_classes=10), build_model("vgg8", num_classes=10)
     d = build_distiller("at", student, teacher, {}, num_classes=10)

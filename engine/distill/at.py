@@ -16,7 +16,7 @@ from engine.distill.stages import align_stages, common_size, pool_to
 
 
 def attention_map(feat: torch.Tensor, p: float) -> torch.Tensor:
-    return F.normalize(feat.float().pow(p).mean(dim=1).flatten(1), dim=1)
+    return F.normalize(feat.float().abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
 def at_pair_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float) -> torch.Tensor:
