@@ -42,8 +42,9 @@ class DKD(Distiller):
     def __init__(self, student, teacher, options, *, num_classes, input_shape=(1, 3, 32, 32)):
         if num_classes < 3:
             raise ValueError(
-                f"dkd needs at least 3 classes: with {num_classes}, NCKD (KL over "
-                "the non-target classes) is undefined; use kd instead"
+                f"dkd needs at least 3 classes but the data set has {num_classes}: NCKD "
+                "(KL over the non-target classes) is undefined with fewer than two "
+                "non-target classes; use kd instead"
             )
         super().__init__(
             student, teacher, options, num_classes=num_classes, input_shape=input_shape
