@@ -165,10 +165,10 @@ def render(r: dict) -> Table:
                 )
         t.add_row(
             "",
-            f"chosen for the rest: {th['chosen']}",
+            f"used below: {th['chosen']} (engine default here: {th['engine_default']})",
             "",
             "",
-            f"1 vs default ×{th['ratio_1_vs_default']:.2f}",
+            f"1 vs all ×{th['ratio_1_vs_all']:.2f}",
         )
     if "loader" in r:
         lo = r["loader"]

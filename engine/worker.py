@@ -189,7 +189,8 @@ def execute(
             append_log(
                 Path(r.dir),
                 f"worker pid {os.getpid()} on {socket.gethostname()}, "
-                f"{_device_name(runtime)}, torch {torch.__version__}",
+                f"{_device_name(runtime)}, torch {torch.__version__}, "
+                f"{torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() != 1)}",
             )
         members, data, teacher_source = prepare(store, runs, cfgs, runtime, cb, resume)
     except Exception as e:  # setup failures fail every run of the group, with the reason
