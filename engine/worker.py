@@ -294,10 +294,16 @@ def make_teacher_source(
 
     train = data.train
     if not logit_only:
-        feats = sorted({c.distill.method for c in cfgs} - {"kd", "dkd"})
+        feats = sorted(
+            {
+                c.distill.method
+                for c in cfgs
+                if METHODS[c.distill.method].teacher_outputs != "logits"
+            }
+        )
         note(f"teacher cache off: {', '.join(feats)} read the teacher's feature maps")
-    elif not isinstance(train, DeviceLoader) or not train.augment:
-        note("teacher cache off: it needs the device loader with crop/flip views")
+    elif not isinstance(train, DeviceLoader):
+        note("teacher cache off: it needs the device loader (sample index and view of each image)")
     else:
         from engine import cache as cachemod
 
