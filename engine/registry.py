@@ -130,8 +130,10 @@ SIMKD_OPTIONS = {
     ),
     "projectors": Option(
         "last",
-        "'last' (SimKD), 'all' (one projector per aligned stage pair, equal weights) or a list "
-        "of {stage|teacher+student, weight} tables; logits always come from the last stage",
+        "'last' (SimKD: each model's last pre-pool map), 'all' (one projector per aligned "
+        "stage pair, equal weights) or a list of {stage|teacher+student, weight} tables; "
+        "logits come from the teacher's last stage. SimKD's code projects MobileNetV2/"
+        "ShuffleNetV2 students from stage -2: [{teacher = -1, student = -2}]",
         check=_check_projectors,
     ),
     "labels": Option(
