@@ -155,8 +155,7 @@ class RunConfig:
     threads: int = _f(
         0,
         "CPU threads for torch (0: auto = $OMP_NUM_THREADS when set, e.g. the engine's "
-        "share of the cores, else half the cores: OpenMP teams that share cores with other "
-        "work slow down many times)",
+        "share of the cores, else every core)",
         min=0,
     )
     eval_every: int = _f(1, "evaluate every N epochs (and always at the end)", min=1)

@@ -620,8 +620,8 @@ def fuse_key(cfg: cfgmod.Experiment) -> str | None:
         # process-wide settings: a group takes them from its first run, so they must agree
         cfg.run.channels_last,
         str(cfg.run.compile),
-        getattr(cfg.run, "compile_mode", ""),
-        str(getattr(cfg.run, "threads", "")),
+        cfg.run.compile_mode,
+        str(cfg.run.threads),
         cfg.run.teacher_cache,
         cfg.run.teacher_cache_dtype,
         str(cfg.run.teacher_cache_mb),

@@ -76,18 +76,20 @@ def pick_runtime(run: RunConfig) -> Runtime:
 
 
 def auto_threads() -> int:
-    """CPU threads when `[run] threads = 0`: $OMP_NUM_THREADS if set, else half the cores.
+    """CPU threads when `[run] threads = 0`: $OMP_NUM_THREADS if set (the engine sets cores /
+    slots per worker), else every core.
 
-    Measured on a 2-core VM (`kdtui bench --only threads`): with the other core idle, 2
-    threads run a step up to 1.8x faster than 1; with another process on it, 2 threads
-    are 2-13x *slower* (every OpenMP barrier waits for the descheduled thread). Half the
-    cores bounds the loss in the good case and avoids the cliff. Fixed per machine (not
-    probed per run), because the thread count changes the last bits of CPU gradients.
+    On a shared 2-core VM, 2 threads were 2-13x *slower* than 1 while another process held
+    a core, because GNU OpenMP threads spin at every barrier. With OMP_WAIT_POLICY=PASSIVE
+    (set in engine/__init__.py before torch loads) 2 threads are never slower than 1 under
+    load (resnet8 step: 261-276 ms vs 304-308 ms beside a training process) and up to 1.8x
+    faster when idle. Fixed per machine, not probed per run: the thread count changes the
+    last bits of CPU gradients.
     """
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, os.cpu_count() or 1)
 
 
 def compile_mode(run: RunConfig, runtime: Runtime) -> str | None:
