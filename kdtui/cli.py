@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from engine import config as cfgmod
 from engine import export as exportmod
@@ -58,15 +59,21 @@ def validate(
         raise typer.Exit(2)
 
 
+def add_text_row(t: Table, *cells: str | Text) -> None:
+    """Cells as plain text: a sweep label like "[lr=0.1]" is data, not Rich markup."""
+    t.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
+
+
 def plan_table(exp: cfgmod.Experiment) -> Table:
-    t = Table(title=f"{exp.name}: runs", title_justify="left")
+    t = Table(title=Text(f"{exp.name}: runs"), title_justify="left")
     for col in ("#", "role", "method", "teacher→student", "data", "lr", "epochs", "point"):
         t.add_column(col)
     for i, p in enumerate(cfgmod.expand(exp), 1):
         c = p.config
         teacher = c.teacher.arch if c.method.needs_teacher else ""
         pair = f"{teacher}→{c.student.arch}" if teacher else c.student.arch
-        t.add_row(
+        add_text_row(
+            t,
             str(i),
             p.role,
             c.distill.method,
@@ -164,10 +171,10 @@ def list_runs(
     for r in runs:
         best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
         speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
-        style = STATUS_STYLE.get(r.status, "")
-        t.add_row(
+        add_text_row(
+            t,
             str(r.id),
-            f"[{style}]{r.status}[/]",
+            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
             r.experiment,
             r.label,
             r.method,
@@ -206,18 +213,43 @@ def leaderboard_rows(store: Store, experiment: str | None, status: str | None):
     return rows
 
 
-def leaderboard_table(rows) -> Table:
+NUMERIC = ("#", "best top-1", "last top-1", "n", "gap closed", "params")
+# Dropped first when the terminal is too narrow: the rank, names, head and best top-1 stay.
+DROP_ORDER = ("params", "epochs", "last top-1", "status", "n", "gap closed", "#")
+
+
+def fit_columns(head, body, width: int) -> list[int]:
+    """Indices of the columns that fit in `width`, so an 80-column SSH terminal
+    shows whole names and figures instead of every cell cut to "qui…"."""
+
+    def need(i: int) -> int:  # longest header word or cell, plus padding and border
+        words = max(len(w) for w in head[i].split())
+        return max([words] + [len(c[i]) for c in body]) + 3
+
+    keep = list(range(len(head)))
+    for name in DROP_ORDER:
+        if sum(need(i) for i in keep) + 1 <= width:
+            break
+        keep.remove(head.index(name))
+    return keep
+
+
+def leaderboard_table(rows, width: int | None = None) -> Table:
     head, body = exportmod.table(rows)
-    t = Table(title="leaderboard (accuracy of the head used at test time)", title_justify="left")
-    for col in head:
-        t.add_column(
-            col,
-            justify="right"
-            if col in ("#", "best top-1", "last top-1", "n", "gap closed", "params")
-            else "left",
-        )
+    keep = fit_columns(head, body, width or console.width)
+    hidden = [head[i] for i in range(len(head)) if i not in keep]
+    t = Table(
+        title="leaderboard (accuracy of the head used at test time)",
+        title_justify="left",
+        caption=f"too narrow to show: {', '.join(hidden)} (widen it or use kdtui export)"
+        if hidden
+        else None,
+        caption_justify="left",
+    )
+    for i in keep:
+        t.add_column(head[i], justify="right" if head[i] in NUMERIC else "left")
     for cells in body:
-        t.add_row(*cells)
+        add_text_row(t, *(cells[i] for i in keep))
     return t
 
 

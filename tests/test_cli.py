@@ -110,3 +110,21 @@ def test_models_lists_every_architecture_with_its_size():
     assert re.search(r"resnet8x4\s+│\s+1\.23M", out)
     assert re.search(r"resnet32x4\s+│\s+7\.43M", out)
     assert "256×8×8" in out
+
+
+def test_leaderboard_in_an_80_column_terminal_shows_whole_names_and_says_what_it_hid(store):
+    from tests.test_export import finished_study
+
+    finished_study(store)
+    result = runner.invoke(app, ["leaderboard"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = plain(result.output).splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    board = "\n".join(lines)
+    assert "…" not in board  # no cell cut short
+    assert "85.50 ± 0.71" in board and "resnet20→resnet8" in board
+    # a sweep label is data, not Rich markup: "[method=kd]" used to vanish
+    assert "[method=kd]" in board
+    assert "too narrow to show:" in board and "params" in board.split("too narrow")[1]
+    wide = plain(runner.invoke(app, ["leaderboard"], env={"COLUMNS": "200"}).output)
+    assert "too narrow" not in wide and "params" in wide
