@@ -10,7 +10,8 @@ from rich.table import Table
 
 from kdtui.options import console, err, fail
 
-PART_NAMES = ("threads", "loader", "step", "fused", "cache")
+PART_NAMES = ("threads", "loader", "step", "fused", "cache", "app")
+APP_ONLY = ("app",)
 
 
 def _parts(value: str | None) -> tuple[str, ...]:
@@ -91,36 +92,55 @@ def register(app: typer.Typer) -> None:
             if arch and arch not in ARCHS:
                 raise fail(f"{name}: unknown architecture {arch!r}; see `kdtui models`")
         parts = _parts(only)
-        from bench.core import BenchConfig, run_bench  # torch from here on
-
-        cfg = BenchConfig(
-            quick=quick,
-            device=device,
-            teacher=teacher or "",
-            student=student or "",
-            batch=batch,
-            images=images,
-            steps=steps,
-            repeats=repeats,
-            sweep=sweep,
-            workers=workers,
-            compile=compile_,
-            threads=threads,
-            parts=parts,
-        )
 
         def log(line: str) -> None:
             if not json_out:
                 err.print(f"[dim]{line}[/]", highlight=False)
 
-        try:
-            result = run_bench(cfg, log)
-        except RuntimeError as e:
-            raise fail(str(e)) from None
+        result: dict = {"quick": quick}
+        engine_parts = tuple(p for p in parts if p not in APP_ONLY)
+        if engine_parts:
+            result = _engine_bench(
+                {
+                    "quick": quick,
+                    "device": device,
+                    "teacher": teacher or "",
+                    "student": student or "",
+                    "batch": batch,
+                    "images": images,
+                    "steps": steps,
+                    "repeats": repeats,
+                    "sweep": sweep,
+                    "workers": workers,
+                    "compile": compile_,
+                    "threads": threads,
+                    "parts": engine_parts,
+                },
+                log,
+            )
+        if "app" in parts:
+            from bench.app import run_app_bench  # torch-free, like the app
+
+            result["app"] = run_app_bench(
+                repeats=repeats or (3 if quick else 5), writes=5 if quick else 10, log=log
+            )
         if json_out:
             print(json.dumps(result, indent=1, default=str))
             return
-        console.print(render(result))
+        if engine_parts:
+            console.print(render(result))
+        if "app" in result:
+            console.print(render_app(result["app"]))
+
+
+def _engine_bench(options: dict, log) -> dict:
+    """The training-side parts (torch from here on)."""
+    from bench.core import BenchConfig, run_bench
+
+    try:
+        return run_bench(BenchConfig(**options), log)
+    except RuntimeError as e:
+        raise fail(str(e)) from None
 
 
 def _rate(d: dict | None) -> str:
@@ -253,5 +273,59 @@ def render(r: dict) -> Table:
             )
     t.caption = (
         f"{r['seconds']:.0f} s; medians of interleaved repeats; ratios against the row above"
+    )
+    return t
+
+
+def _seconds(d: dict) -> str:
+    return f"{d['median']:.2f} s"
+
+
+def _seconds_spread(d: dict) -> str:
+    return f"{d['min']:.2f}–{d['max']:.2f} (n={d['n']})"
+
+
+def render_app(a: dict) -> Table:
+    t = Table(title="kdtui bench: the app (torch-free)", title_justify="left")
+    t.add_column("part")
+    t.add_column("what")
+    t.add_column("median", justify="right")
+    t.add_column("spread (min–max)", justify="right")
+    t.add_column("vs", justify="right")
+    paint = a["first_paint_s"]
+    verdict = "under" if paint["median"] < a["first_paint_target_s"] else "OVER"
+    t.add_row(
+        "paint",
+        "bare Textual app, start to first paint",
+        _seconds(a["bare_textual_paint_s"]),
+        _seconds_spread(a["bare_textual_paint_s"]),
+        "",
+    )
+    t.add_row(
+        "",
+        f"kdtui, start to the runs table ({a['runs_in_store']} runs)",
+        _seconds(paint),
+        _seconds_spread(paint),
+        f"×{a['ratio_vs_bare']:.2f}",
+    )
+    t.add_row(
+        "",
+        "python -c 'import torch' (what the app never pays)",
+        _seconds(a["import_torch_s"]),
+        _seconds_spread(a["import_torch_s"]),
+        "",
+    )
+    live = a["live_latency_s"]
+    t.add_row(
+        "live",
+        f"store write → the run's panels (poll every {a['poll_s']:g} s)",
+        _seconds(live),
+        _seconds_spread(live),
+        "",
+    )
+    t.caption = (
+        f"targets: first paint {verdict} {a['first_paint_target_s']:g} s; "
+        f"metrics in view {'within' if live['max'] <= a['live_target_s'] else 'NOT within'} "
+        f"{a['live_target_s']:g} s (worst of {live['n']})"
     )
     return t

@@ -567,6 +567,11 @@ def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool) -> Da
     info = DatasetInfo(
         "folder", len(train.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, len(train), len(val)
     )
+    return _dataloader_data(info, cfg, (train, t_train), (val, t_test), seed, device, channels_last)
+
+
+def _dataloader_data(info, cfg: DataConfig, train, test, seed, device, channels_last) -> Data:
+    """The reference pipeline's train/test pair: (data set, transform) each, PIL per sample."""
     common = {
         "seed": seed,
         "num_workers": cfg.num_workers,
@@ -575,12 +580,8 @@ def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool) -> Da
     }
     return Data(
         info,
-        TorchDataLoader(
-            _Indexed(train, t_train), batch_size=cfg.batch_size, shuffle=True, **common
-        ),
-        TorchDataLoader(
-            _Indexed(val, t_test), batch_size=cfg.eval_batch_size, shuffle=False, **common
-        ),
+        TorchDataLoader(_Indexed(*train), batch_size=cfg.batch_size, shuffle=True, **common),
+        TorchDataLoader(_Indexed(*test), batch_size=cfg.eval_batch_size, shuffle=False, **common),
     )
 
 
@@ -641,20 +642,8 @@ def build_data(
     t_train, t_test = _cifar_transforms(
         info.image_size, info.mean, info.std, augment=cfg.augment, hflip=hflip
     )
-    common = {
-        "seed": data_seed,
-        "num_workers": cfg.num_workers,
-        "device": device,
-        "channels_last": channels_last,
-    }
-    return Data(
-        info,
-        TorchDataLoader(
-            _Indexed(pil_train, t_train), batch_size=cfg.batch_size, shuffle=True, **common
-        ),
-        TorchDataLoader(
-            _Indexed(pil_test, t_test), batch_size=cfg.eval_batch_size, shuffle=False, **common
-        ),
+    return _dataloader_data(
+        info, cfg, (pil_train, t_train), (pil_test, t_test), data_seed, device, channels_last
     )
 
 

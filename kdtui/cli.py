@@ -247,7 +247,10 @@ def leaderboard_table(rows, width: int | None = None) -> Table:
         caption_justify="left",
     )
     for i in keep:
-        t.add_column(head[i], justify="right" if head[i] in NUMERIC else "left")
+        # fold, not "…": what does not fit goes on the next line, nothing is cut
+        t.add_column(
+            head[i], justify="right" if head[i] in NUMERIC else "left", overflow="fold"
+        )
     for cells in body:
         add_text_row(t, *(cells[i] for i in keep))
     return t

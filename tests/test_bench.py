@@ -45,6 +45,26 @@ def test_quick_bench_emits_every_part_as_json():
         assert f"speedup_{key}" in cache
     assert cache["cold_hit_rate"] == 0.0 and cache["warm_hit_rate"] == 1.0
     assert abs(cache["run240_hit_rate"] - cache["expected_hit_rate_240"]) < 0.02
+    app = r["app"]
+    for key in ("first_paint_s", "bare_textual_paint_s", "import_torch_s", "live_latency_s"):
+        assert app[key]["median"] > 0 and app[key]["n"] >= 3
+    assert app["ratio_vs_bare"] > 0 and app["poll_s"] <= 0.5
+
+
+def test_the_app_part_runs_alone_without_torch():
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "kdtui.cli", "bench", "--only", "app"]
+        + ["--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    app = json.loads(out.stdout)["app"]
+    assert app["first_paint_s"]["n"] == 3 and app["live_latency_s"]["n"] == 5
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "kdtui.app" in imported
 
 
 def test_a_240_epoch_run_revisits_about_half_of_its_views():
