@@ -143,117 +143,71 @@ def _engine_bench(options: dict, log) -> dict:
         raise fail(str(e)) from None
 
 
-def _rate(d: dict | None) -> str:
-    if not d:
-        return ""
-    med = d["median"]
-    return f"{med:,.0f}" if med >= 100 else f"{med:,.1f}"
-
-
-def _spread(d: dict | None) -> str:
-    if not d:
-        return ""
+def _rate(d: dict) -> tuple[str, str]:
+    """Median and spread (min–max, n) of an images/s measurement."""
     fmt = "{:,.0f}" if d["median"] >= 100 else "{:,.1f}"
-    return f"{fmt.format(d['min'])}–{fmt.format(d['max'])} (n={d['n']})"
+    return fmt.format(d["median"]), f"{fmt.format(d['min'])}–{fmt.format(d['max'])} (n={d['n']})"
+
+
+def _seconds(d: dict) -> tuple[str, str]:
+    return f"{d['median']:.2f} s", f"{d['min']:.2f}–{d['max']:.2f} (n={d['n']})"
+
+
+def _table(title: str, figure: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("part")
+    t.add_column("what")
+    t.add_column(figure, justify="right")
+    t.add_column("spread (min–max)", justify="right")
+    t.add_column("vs", justify="right")
+    return t
+
+
+def _row(t: Table, part: str, what: str, figure: tuple[str, str], vs: str = "") -> None:
+    t.add_row(part, what, *figure, vs)
 
 
 def render(r: dict) -> Table:
     c = r["config"]
-    title = (
+    t = _table(
         f"kdtui bench{' --quick' if r['quick'] else ''}: {r['device']}, torch {r['torch']}, "
         f"{c['teacher']}→{c['student']}, batch {c['batch']}, {c['amp']}"
-        f"{', channels_last' if c['channels_last'] else ''}, {c['cpu_threads']} CPU threads"
+        f"{', channels_last' if c['channels_last'] else ''}, {c['cpu_threads']} CPU threads",
+        "images/s",
     )
-    t = Table(title=title, title_justify="left")
-    t.add_column("part")
-    t.add_column("what")
-    t.add_column("images/s", justify="right")
-    t.add_column("spread (min–max)", justify="right")
-    t.add_column("vs", justify="right")
-
     if "threads" in r and "chosen" in r["threads"]:
         th = r["threads"]
         for k, v in th.items():
             if k.startswith("threads_"):
                 n = k.removeprefix("threads_")
-                t.add_row(
-                    "threads",
-                    f"engine SimKD step, {n} thread{'s' * (n != '1')}",
-                    _rate(v["images_per_s"]),
-                    _spread(v["images_per_s"]),
-                    "",
-                )
-        t.add_row(
-            "",
-            f"used below: {th['chosen']} (engine default here: {th['engine_default']})",
-            "",
-            "",
-            f"1 vs all ×{th['ratio_1_vs_all']:.2f}",
-        )
+                what = f"engine SimKD step, {n} thread{'s' * (n != '1')}"
+                _row(t, "threads", what, _rate(v["images_per_s"]))
+        what = f"used below: {th['chosen']} (engine default here: {th['engine_default']})"
+        _row(t, "", what, ("", ""), f"1 vs all ×{th['ratio_1_vs_all']:.2f}")
     if "loader" in r:
         lo = r["loader"]
-        t.add_row(
-            "loader",
-            f"DataLoader + PIL ({lo['reference_workers']} workers)",
-            _rate(lo["reference_images_per_s"]),
-            _spread(lo["reference_images_per_s"]),
-            "",
-        )
-        t.add_row(
-            "",
-            "device-resident (uint8, batched crop/flip)",
-            _rate(lo["engine_images_per_s"]),
-            _spread(lo["engine_images_per_s"]),
-            f"×{lo['speedup']:.1f}",
-        )
+        what = f"DataLoader + PIL ({lo['reference_workers']} workers)"
+        _row(t, "loader", what, _rate(lo["reference_images_per_s"]))
+        what = "device-resident (uint8, batched crop/flip)"
+        _row(t, "", what, _rate(lo["engine_images_per_s"]), f"×{lo['speedup']:.1f}")
     if "step" in r:
         s = r["step"]
-        t.add_row(
-            "step",
-            "reference (DataLoader, fp32, eager, teacher each step)",
-            _rate(s["reference_images_per_s"]),
-            _spread(s["reference_images_per_s"]),
-            "",
-        )
-        t.add_row(
-            "",
-            f"engine (device loader{', compiled' if s['compile'] else ''})",
-            _rate(s["engine_images_per_s"]),
-            _spread(s["engine_images_per_s"]),
-            f"×{s['speedup']:.2f}",
-        )
-        t.add_row(
-            "",
-            f"teacher forward alone: {100 * s['teacher_share']:.0f}% of the engine step",
-            _rate(s["teacher_forward_images_per_s"]),
-            _spread(s["teacher_forward_images_per_s"]),
-            f"epoch {s['cifar_epoch_s']:.0f} s",
-        )
+        what = "reference (DataLoader, fp32, eager, teacher each step)"
+        _row(t, "step", what, _rate(s["reference_images_per_s"]))
+        what = f"engine (device loader{', compiled' if s['compile'] else ''})"
+        _row(t, "", what, _rate(s["engine_images_per_s"]), f"×{s['speedup']:.2f}")
+        what = f"teacher forward alone: {100 * s['teacher_share']:.0f}% of the engine step"
+        epoch = f"epoch {s['cifar_epoch_s']:.0f} s"
+        _row(t, "", what, _rate(s["teacher_forward_images_per_s"]), epoch)
     if "fused" in r:
         f = r["fused"]
-        t.add_row(
-            "fused",
-            f"{f['students']} separate runs (student images/s)",
-            _rate(f["separate_images_per_s"]),
-            _spread(f["separate_images_per_s"]),
-            "",
-        )
-        t.add_row(
-            "",
-            f"{f['students']} students, one teacher pass",
-            _rate(f["fused_images_per_s"]),
-            _spread(f["fused_images_per_s"]),
-            f"×{f['speedup']:.2f}",
-        )
+        what = f"{f['students']} separate runs (student images/s)"
+        _row(t, "fused", what, _rate(f["separate_images_per_s"]))
+        what = f"{f['students']} students, one teacher pass"
+        _row(t, "", what, _rate(f["fused_images_per_s"]), f"×{f['speedup']:.2f}")
     if "cache" in r:
         k = r["cache"]
-        t.add_row(
-            "cache",
-            "KD, no cache",
-            _rate(k["uncached_images_per_s"]),
-            _spread(k["uncached_images_per_s"]),
-            "",
-        )
+        _row(t, "cache", "KD, no cache", _rate(k["uncached_images_per_s"]))
         rows = (
             ("cold", "cold cache (all misses)"),
             ("run240", f"240-epoch run average (hit rate {100 * k['run240_hit_rate']:.0f}%)"),
@@ -264,68 +218,28 @@ def render(r: dict) -> Table:
             ("warm", f"warm: same teacher and data order ({100 * k['warm_hit_rate']:.0f}%)"),
         )
         for key, what in rows:
-            t.add_row(
-                "",
-                what,
-                _rate(k[f"{key}_images_per_s"]),
-                _spread(k[f"{key}_images_per_s"]),
-                f"×{k[f'speedup_{key}']:.2f}",
-            )
+            vs = f"×{k[f'speedup_{key}']:.2f}"
+            _row(t, "", what, _rate(k[f"{key}_images_per_s"]), vs)
     t.caption = (
         f"{r['seconds']:.0f} s; medians of interleaved repeats; ratios against the row above"
     )
     return t
 
 
-def _seconds(d: dict) -> str:
-    return f"{d['median']:.2f} s"
-
-
-def _seconds_spread(d: dict) -> str:
-    return f"{d['min']:.2f}–{d['max']:.2f} (n={d['n']})"
-
-
 def render_app(a: dict) -> Table:
-    t = Table(title="kdtui bench: the app (torch-free)", title_justify="left")
-    t.add_column("part")
-    t.add_column("what")
-    t.add_column("median", justify="right")
-    t.add_column("spread (min–max)", justify="right")
-    t.add_column("vs", justify="right")
-    paint = a["first_paint_s"]
-    verdict = "under" if paint["median"] < a["first_paint_target_s"] else "OVER"
-    t.add_row(
-        "paint",
-        "bare Textual app, start to first paint",
-        _seconds(a["bare_textual_paint_s"]),
-        _seconds_spread(a["bare_textual_paint_s"]),
-        "",
-    )
-    t.add_row(
-        "",
-        f"kdtui, start to the runs table ({a['runs_in_store']} runs)",
-        _seconds(paint),
-        _seconds_spread(paint),
-        f"×{a['ratio_vs_bare']:.2f}",
-    )
-    t.add_row(
-        "",
-        "python -c 'import torch' (what the app never pays)",
-        _seconds(a["import_torch_s"]),
-        _seconds_spread(a["import_torch_s"]),
-        "",
-    )
-    live = a["live_latency_s"]
-    t.add_row(
-        "live",
-        f"store write → the run's panels (poll every {a['poll_s']:g} s)",
-        _seconds(live),
-        _seconds_spread(live),
-        "",
-    )
+    t = _table("kdtui bench: the app (torch-free)", "median")
+    paint, live = a["first_paint_s"], a["live_latency_s"]
+    what = "bare Textual app, start to first paint"
+    _row(t, "paint", what, _seconds(a["bare_textual_paint_s"]))
+    what = f"kdtui, start to the runs table ({a['runs_in_store']} runs)"
+    _row(t, "", what, _seconds(paint), f"×{a['ratio_vs_bare']:.2f}")
+    _row(t, "", "python -c 'import torch' (what the app never pays)", _seconds(a["import_torch_s"]))
+    what = f"store write → the run's panels (poll every {a['poll_s']:g} s)"
+    _row(t, "live", what, _seconds(live))
+    paint_ok = "under" if paint["median"] < a["first_paint_target_s"] else "OVER"
+    live_ok = "within" if live["max"] <= a["live_target_s"] else "NOT within"
     t.caption = (
-        f"targets: first paint {verdict} {a['first_paint_target_s']:g} s; "
-        f"metrics in view {'within' if live['max'] <= a['live_target_s'] else 'NOT within'} "
-        f"{a['live_target_s']:g} s (worst of {live['n']})"
+        f"targets: first paint {paint_ok} {a['first_paint_target_s']:g} s; "
+        f"metrics in view {live_ok} {a['live_target_s']:g} s (worst of {live['n']})"
     )
     return t

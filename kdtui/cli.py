@@ -248,9 +248,7 @@ def leaderboard_table(rows, width: int | None = None) -> Table:
     )
     for i in keep:
         # fold, not "…": what does not fit goes on the next line, nothing is cut
-        t.add_column(
-            head[i], justify="right" if head[i] in NUMERIC else "left", overflow="fold"
-        )
+        t.add_column(head[i], justify="right" if head[i] in NUMERIC else "left", overflow="fold")
     for cells in body:
         add_text_row(t, *(cells[i] for i in keep))
     return t

@@ -88,3 +88,29 @@ def test_bench_help_and_bad_part_are_clear():
         text=True,
     )
     assert bad.returncode == 2 and "unknown part" in bad.stderr
+
+
+def test_the_app_table_says_when_a_target_is_missed():
+    from rich.console import Console
+
+    from bench.cli import render_app
+
+    def spread(median, worst):
+        return {"median": median, "min": median, "max": worst, "n": 5}
+
+    result = {
+        "runs_in_store": 40,
+        "first_paint_s": spread(1.4, 1.6),
+        "bare_textual_paint_s": spread(0.2, 0.2),
+        "import_torch_s": spread(1.9, 2.0),
+        "ratio_vs_bare": 7.0,
+        "first_paint_target_s": 1.0,
+        "live_latency_s": spread(0.3, 0.6),
+        "poll_s": 0.5,
+        "live_target_s": 1.0,
+    }
+    console = Console(width=140, record=True)
+    console.print(render_app(result))
+    text = console.export_text()
+    assert "1.40 s" in text and "×7.00" in text
+    assert "first paint OVER 1 s" in text and "metrics in view within 1 s" in text
