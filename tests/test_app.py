@@ -343,7 +343,9 @@ async def test_open_an_experiment_file_edit_and_save_it_back(project):
     from kdtui.screens.compose import ComposerScreen
 
     path = project / "experiments" / "simkd.toml"
-    path.write_text(STUDY["simkd-wrn"].replace("[optim]", "[run]\nmax_steps = 3\n\n[optim]"))
+    header = "# SimKD wrn_40_2 -> wrn_16_2, f = 4\n#\n# published: 75.42 (SimKD, Table 2)\n"
+    body = STUDY["simkd-wrn"].replace("[optim]", "[run]\nmax_steps = 3\n\n[optim]")
+    path.write_text(header + body)
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("o")
@@ -357,6 +359,7 @@ async def test_open_an_experiment_file_edit_and_save_it_back(project):
         await type_into(pilot, "f-optim-epochs", "30")
         await pilot.press("ctrl+s")
         await pilot.pause()
+    assert path.read_text().startswith(header)  # the file's own header survives the save
     exp = c.load(path)
     assert exp.name == "simkd-wrn" and exp.optim.epochs == 30
     assert exp.option("factor") == 4 and exp.run.max_steps == 3  # kept from the file

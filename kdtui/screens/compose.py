@@ -50,6 +50,17 @@ check: kdtui validate {path}
 train: kdtui run {path}   (queue: kdtui submit {path})"""
 
 
+def leading_comment(text: str) -> str | None:
+    """The comment block at the top of a TOML file, without its `#` marks."""
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            break
+        lines.append(stripped[1:].removeprefix(" "))
+    return "\n".join(lines).strip("\n") or None
+
+
 @dataclass(frozen=True)
 class Field:
     key: str  # dotted TOML key ("optim.lr"); "teacher.source" is the form's own
@@ -301,9 +312,12 @@ class ComposerScreen(Screen):
         self.path = Path(path) if path else None
         self.base: dict = {}
         self.load_error: str | None = None
+        self.file_header: str | None = None  # the opened file's own top comment
         if self.path is not None:
             try:
-                self.base = tomllib.loads(self.path.read_text())
+                text = self.path.read_text()
+                self.base = tomllib.loads(text)
+                self.file_header = leading_comment(text)
             except (OSError, tomllib.TOMLDecodeError) as e:
                 self.load_error = f"{short_path(self.path)}: {e}"
                 self.base = {"name": self.path.stem}
@@ -568,6 +582,10 @@ class ComposerScreen(Screen):
     def file_text(self) -> str:
         exp = self.experiment
         assert exp is not None
+        if self.file_header and self.target == self.path:
+            # saving back: the header a person wrote (what it reproduces, the published
+            # number) stays; comments inside the tables do not survive a rewrite
+            return cfgmod.dumps(exp, header=self.file_header)
         header = HEADER.format(
             name=exp.name,
             description=exp.description or "a knowledge-distillation experiment",
