@@ -28,6 +28,7 @@ from engine.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = b"bench-app-run"
+RUNS = 40  # a study's worth: 8 submissions of a 5-point sweep
 BARE_APP = (
     "from textual.app import App\n"
     "from textual.widgets import Static\n"
@@ -63,7 +64,7 @@ def _spread(values: list[float]) -> dict:
     }
 
 
-def seed_store(home: Path, runs: int = 40) -> int:
+def seed_store(home: Path, runs: int = RUNS) -> int:
     """A store of `runs` runs (a sweep repeated), one running with a curve; its id."""
     store = Store(home)
     exp = cfgmod.loads(EXPERIMENT)
@@ -169,7 +170,7 @@ def run_app_bench(repeats: int = 5, writes: int = 10, log=lambda s: None) -> dic
 
     first = statistics.median(kdtui_s)
     return {
-        "runs_in_store": 40,
+        "runs_in_store": RUNS,
         "first_paint_s": _spread(kdtui_s),
         "bare_textual_paint_s": _spread(bare_s),
         "import_torch_s": _spread(torch_s),

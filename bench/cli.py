@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--threads", min=0, help="CPU threads (0: measure 1 vs the default)."),
         ] = 0,
     ) -> None:
-        """Speed of our engine against a reference-style KD loop, on this device."""
+        """Speed of our engine against a reference-style KD loop on this device, and of the app."""
         from engine.registry import ARCHS
 
         for name, arch in (("--teacher", teacher), ("--student", student)):
