@@ -318,10 +318,12 @@ def models(
 
 def _register_commands() -> None:
     from bench.cli import register as register_bench
+    from kdtui.cachecmd import cache_app
     from kdtui.commands import register as register_engine
 
     register_engine(app)
     register_bench(app)
+    app.add_typer(cache_app, name="cache")
 
 
 _register_commands()

@@ -211,3 +211,29 @@ def test_miss_buckets_keep_small_batches_whole_and_round_up_on_cuda():
     assert miss_bucket(17, 64, round_up=True) == 32 and miss_bucket(63, 64, round_up=True) == 64
     assert miss_bucket(3, 10) == 10  # a small batch is computed whole, as uncached
     assert miss_bucket(60, 50) == 50
+
+
+def test_kdtui_cache_ls_shows_fill_and_clear_removes_the_files(store):
+    from typer.testing import CliRunner
+
+    from kdtui.cli import app
+
+    folder = store.home / "cache" / "teacher-0123abcd"
+    cache = TeacherCache(10, 5, dtype=torch.float16, limit_bytes=1 << 20, path=folder, key="k")
+    index = torch.arange(4)
+    cache.insert(index, torch.zeros(4, dtype=torch.long), torch.randn(4, 5).half())
+    del cache
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "ls"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if "0123abcd" in line)
+    # 4 of 10 samples x 162 views stored; all 1,620 views fit in 1 MiB at fp16
+    assert "fp16" in row and "4 / 1,620" in row and "0.2%" in row
+    unknown = runner.invoke(app, ["cache", "clear", "nope", "--yes"])
+    assert unknown.exit_code == 2 and "0123abcd" in unknown.output
+    asked = runner.invoke(app, ["cache", "clear"], input="n\n")
+    assert asked.exit_code == 1 and folder.exists()  # declined: nothing removed
+    cleared = runner.invoke(app, ["cache", "clear", "0123", "--yes"])
+    assert cleared.exit_code == 0 and "removed 1 cache" in cleared.output
+    assert not folder.exists()
+    assert "no teacher caches" in runner.invoke(app, ["cache", "ls"]).output
