@@ -158,6 +158,7 @@ COLUMNS = (
     "epochs",
     "status",
 )
+NUMERIC = ("#", "best top-1", "last top-1", "n", "gap closed", "params")  # right-aligned
 
 
 def fmt_acc(mean: float | None, std: float | None) -> str:

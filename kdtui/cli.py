@@ -213,7 +213,6 @@ def leaderboard_rows(store: Store, experiment: str | None, status: str | None):
     return rows
 
 
-NUMERIC = ("#", "best top-1", "last top-1", "n", "gap closed", "params")
 # Dropped first when the terminal is too narrow: the rank, names, head and best top-1 stay.
 DROP_ORDER = ("params", "epochs", "last top-1", "status", "n", "gap closed", "#")
 
@@ -234,9 +233,9 @@ def fit_columns(head, body, width: int) -> list[int]:
     return keep
 
 
-def leaderboard_table(rows, width: int | None = None) -> Table:
+def leaderboard_table(rows) -> Table:
     head, body = exportmod.table(rows)
-    keep = fit_columns(head, body, width or console.width)
+    keep = fit_columns(head, body, console.width)
     hidden = [head[i] for i in range(len(head)) if i not in keep]
     t = Table(
         title="leaderboard (accuracy of the head used at test time)",
@@ -248,7 +247,9 @@ def leaderboard_table(rows, width: int | None = None) -> Table:
     )
     for i in keep:
         # fold, not "…": what does not fit goes on the next line, nothing is cut
-        t.add_column(head[i], justify="right" if head[i] in NUMERIC else "left", overflow="fold")
+        t.add_column(
+            head[i], justify="right" if head[i] in exportmod.NUMERIC else "left", overflow="fold"
+        )
     for cells in body:
         add_text_row(t, *(cells[i] for i in keep))
     return t

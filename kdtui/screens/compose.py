@@ -51,13 +51,13 @@ train: kdtui run {path}   (queue: kdtui submit {path})"""
 
 
 def leading_comment(text: str) -> str | None:
-    """The comment block at the top of a TOML file, without its `#` marks."""
+    """The comments (and blank lines) before a TOML file's first key, without `#` marks."""
     lines = []
     for line in text.splitlines():
         stripped = line.strip()
-        if not stripped.startswith("#"):
+        if stripped and not stripped.startswith("#"):
             break
-        lines.append(stripped[1:].removeprefix(" "))
+        lines.append(stripped[1:].removeprefix(" ") if stripped else "")
     return "\n".join(lines).strip("\n") or None
 
 

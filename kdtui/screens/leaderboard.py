@@ -42,7 +42,7 @@ COLUMNS = (
     "status",
 )
 _EXPORT_INDEX = {name: i for i, name in enumerate(exportmod.COLUMNS)}
-NUMERIC = {"#", "best top-1", "last top-1", "n", "gap closed", "params", "epochs", PIN_COLUMN}
+NUMERIC = {*exportmod.NUMERIC, "epochs", PIN_COLUMN}  # right-aligned, sorted high first
 STATUS_FILTERS = ("all", "running", "queued", "done", "failed", "cancelled")
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
 FORMAT_NAMES = {"md": "Markdown", "csv": "CSV", "latex": "LaTeX"}
