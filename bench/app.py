@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.stats import median_spread
 from engine import config as cfgmod
 from engine.store import Store
 
@@ -53,15 +54,6 @@ epochs = 240
 [sweep]
 "optim.lr" = [0.001, 0.005, 0.01, 0.05, 0.1]
 """
-
-
-def _spread(values: list[float]) -> dict:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
 
 
 def seed_store(home: Path, runs: int = RUNS) -> int:
@@ -171,12 +163,12 @@ def run_app_bench(repeats: int = 5, writes: int = 10, log=lambda s: None) -> dic
     first = statistics.median(kdtui_s)
     return {
         "runs_in_store": RUNS,
-        "first_paint_s": _spread(kdtui_s),
-        "bare_textual_paint_s": _spread(bare_s),
-        "import_torch_s": _spread(torch_s),
+        "first_paint_s": median_spread(kdtui_s),
+        "bare_textual_paint_s": median_spread(bare_s),
+        "import_torch_s": median_spread(torch_s),
         "ratio_vs_bare": first / statistics.median(bare_s),
         "first_paint_target_s": 1.0,
-        "live_latency_s": _spread(latency),
+        "live_latency_s": median_spread(latency),
         "poll_s": POLL_S,
         "live_target_s": 1.0,
     }

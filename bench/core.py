@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from bench.stats import median_spread
 from engine import config as cfgmod
 from engine.cache import TeacherCache, cached_logits
 from engine.data import NUM_VIEWS, Batch, DeviceLoader, time_loader
@@ -107,15 +108,6 @@ class BenchConfig:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _median_spread(values: list[float]) -> dict:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
 
 
 # ---------------------------------------------------------------- data
@@ -298,7 +290,7 @@ class Bench:
                 warm = self.c.warmup if r == 0 else min(1, self.c.warmup)
                 out[name].append(self.timer.images_per_s(step, steps, warm))
                 self.log(f"  {name}: {out[name][-1]:.1f} images/s")
-        return {k: _median_spread(v) for k, v in out.items()}
+        return {k: median_spread(v) for k, v in out.items()}
 
     # ---- parts
     def part_threads(self) -> dict:
@@ -318,7 +310,7 @@ class Bench:
                 res[n].append(self.timer.images_per_s(step, steps, 1))
         best = max(res, key=lambda n: statistics.median(res[n]))
         torch.set_num_threads(best)
-        return {f"threads_{n}": {"images_per_s": _median_spread(v)} for n, v in res.items()} | {
+        return {f"threads_{n}": {"images_per_s": median_spread(v)} for n, v in res.items()} | {
             "chosen": best,
             "engine_default": auto_threads(),
             "ratio_1_vs_all": statistics.median(res[1]) / statistics.median(res[most]),
@@ -342,8 +334,8 @@ class Bench:
             dev_rates.append(time_loader(dev, 1))
         r, d = statistics.median(ref_rates), statistics.median(dev_rates)
         return {
-            "reference_images_per_s": _median_spread(ref_rates),
-            "engine_images_per_s": _median_spread(dev_rates),
+            "reference_images_per_s": median_spread(ref_rates),
+            "engine_images_per_s": median_spread(dev_rates),
             "speedup": d / r,
             "reference_us_per_image": 1e6 / r,
             "reference_workers": self.c.workers,
@@ -537,7 +529,7 @@ class Bench:
         return {
             "dtype": "fp16",
             "method": "kd",
-            **{f"{k}_images_per_s": _median_spread(v) for k, v in results.items()},
+            **{f"{k}_images_per_s": median_spread(v) for k, v in results.items()},
             **{f"{k}_hit_rate": statistics.median(v) for k, v in hits.items() if k != "uncached"},
             "expected_hit_rate_240": h240,
             "expected_hit_rate_second_run": h_second,
