@@ -133,6 +133,14 @@ def test_attention_map_uses_the_magnitude_for_odd_powers():
     )
 
 
+def resnet14_resnet8(num_classes: int = 10):
+    """The small teacher/student pair of these tests: (teacher, student)."""
+    return (
+        build_model("resnet14", num_classes=num_classes),
+        build_model("resnet8", num_classes=num_classes),
+    )
+
+
 def test_at_pools_the_larger_map_when_sizes_differ():
     student, teacher = build_model("resnet8", num_classes=10), build_model("vgg8", num_classes=10)
     d = build_distiller("at", student, teacher, {}, num_classes=10)
@@ -147,10 +155,7 @@ def test_at_pools_the_larger_map_when_sizes_differ():
 # ---------------------------------------------------------------- FitNet
 def test_fitnet_hint_loss_by_hand_with_a_constant_regressor():
     torch.manual_seed(0)
-    student, teacher = (
-        build_model("resnet8", num_classes=10),
-        build_model("resnet14", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     d = build_distiller(
         "fitnet", student, teacher, {"hint_weight": 100.0, "ce_weight": 1.0}, num_classes=10
     ).train()
@@ -171,10 +176,7 @@ def test_fitnet_hint_loss_by_hand_with_a_constant_regressor():
 
 
 def test_fitnet_hint_stage_is_configurable_and_checked():
-    student, teacher = (
-        build_model("resnet8", num_classes=10),
-        build_model("resnet14", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     d = build_distiller(
         "fitnet", student, teacher, {"hint_stage": -1, "guided_stage": 0}, num_classes=10
     )
@@ -231,10 +233,7 @@ def test_align_stages_never_crosses_and_pairs_the_last_stages():
 
 def _simkd_losses(projectors, labels, loss="l2"):
     torch.manual_seed(0)
-    teacher, student = (
-        build_model("resnet14", num_classes=10),
-        build_model("resnet8", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     d = build_distiller(
         "simkd",
         student,
@@ -268,10 +267,7 @@ def test_labels_change_the_loss_in_every_projector_mode(projectors):
 
 def test_mask_wrong_teacher_averages_the_feature_loss_over_correct_samples_only():
     torch.manual_seed(0)
-    teacher, student = (
-        build_model("resnet14", num_classes=10),
-        build_model("resnet8", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     d = build_distiller(
         "simkd", student, teacher, {"labels": "mask-wrong-teacher"}, num_classes=10
     ).train()
@@ -288,7 +284,7 @@ def test_mask_wrong_teacher_averages_the_feature_loss_over_correct_samples_only(
 
 def test_simkd_kl_goes_through_the_reused_classifier_by_hand():
     torch.manual_seed(0)
-    teacher, student = build_model("resnet14", num_classes=3), build_model("resnet8", num_classes=3)
+    teacher, student = resnet14_resnet8(num_classes=3)
     d = build_distiller(
         "simkd", student, teacher, {"loss": "kl", "temperature": 2.0}, num_classes=3
     ).train()
@@ -311,10 +307,7 @@ def test_simkd_kl_goes_through_the_reused_classifier_by_hand():
 
 @pytest.mark.parametrize("projectors", PROJECTOR_MODES, ids=["last", "all", "list"])
 def test_the_reused_classifier_gets_no_gradient_in_any_mode(projectors):
-    teacher, student = (
-        build_model("resnet14", num_classes=10),
-        build_model("resnet8", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     d = build_distiller(
         "simkd",
         student,
@@ -334,10 +327,7 @@ def test_the_reused_classifier_gets_no_gradient_in_any_mode(projectors):
 @pytest.mark.parametrize("projectors", PROJECTOR_MODES[1:], ids=["all", "list"])
 def test_kl_alone_with_several_projectors_is_refused_not_silently_left_untrained(projectors):
     """Only the projection feeding the reused classifier has a kl term; the others never train."""
-    teacher, student = (
-        build_model("resnet14", num_classes=10),
-        build_model("resnet8", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     with pytest.raises(ValueError, match=r"never train.*l2\+kl"):
         build_distiller(
             "simkd", student, teacher, {"projectors": projectors, "loss": "kl"}, num_classes=10
@@ -349,10 +339,7 @@ def test_kl_alone_with_several_projectors_is_refused_not_silently_left_untrained
 
 
 def test_a_projector_list_must_include_the_teachers_last_stage():
-    teacher, student = (
-        build_model("resnet14", num_classes=10),
-        build_model("resnet8", num_classes=10),
-    )
+    teacher, student = resnet14_resnet8()
     with pytest.raises(ValueError, match="last stage"):
         build_distiller("simkd", student, teacher, {"projectors": [{"stage": 0}]}, num_classes=10)
 
