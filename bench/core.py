@@ -362,7 +362,7 @@ class Bench:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with torch.no_grad():
                 feats, logits_t = teacher.forward_all(x)
-            logits, losses = distiller.forward_train(x, y, TeacherOut(feats, logits_t), 0)
+            logits, losses = distiller.forward_train(Batch.of(x, y), TeacherOut(feats, logits_t))
             loss = sum(losses.values())
             opt.zero_grad()
             loss.backward()

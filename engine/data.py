@@ -76,6 +76,13 @@ class Batch(NamedTuple):
     index: Tensor  # int64 sample indices into the split, on the device
     view: Tensor | None  # int64 view ids (see encode_view); None when unknown
 
+    @classmethod
+    def of(cls, x: Tensor, y: Tensor, index: Tensor | None = None) -> Batch:
+        """A batch from bare tensors (tests, benchmarks): indices 0..B-1, views unknown."""
+        if index is None:
+            index = torch.arange(y.shape[0], device=y.device)
+        return cls(x, y, index, None)
+
 
 class Loader(Protocol):
     num_samples: int

@@ -307,7 +307,10 @@ def train_step(m: Member, batch, t_out: TeacherOut | None, epoch: int, runtime: 
         elif runtime.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
     with runtime.autocast():
-        logits, losses = fn(batch.x, batch.y, t_out, epoch)
+        logits, losses = fn(batch, t_out)
+    scales = m.distiller.loss_scales(epoch)  # epoch-dependent factors stay out of the graph
+    if scales:
+        losses = {k: v * scales[k] if k in scales else v for k, v in losses.items()}
     loss = sum(losses.values())
     m.optimizer.zero_grad(set_to_none=True)
     if m.scaler is not None:

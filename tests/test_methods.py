@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from engine.data import Batch
 from engine.distill.at import attention_map
 from engine.distill.base import TeacherOut, build_distiller, stage_shapes
 from engine.distill.dkd import dkd_parts
@@ -86,8 +87,9 @@ def test_dkd_loss_weights_and_warm_up():
     dkd_full = 0.5 * sum(h[0] for h in hand) / 2 + 3.0 * sum(h[1] for h in hand) / 2
     ce = -sum(math.log(softmax(S[k])[Y[k]]) for k in range(2)) / 2
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
-        _, losses = d.forward_train(None, torch.tensor(Y), t_out, epoch)
-        assert losses["dkd"].item() == pytest.approx(factor * dkd_full, rel=1e-5)
+        _, losses = d.forward_train(Batch.of(None, torch.tensor(Y)), t_out)
+        assert d.loss_scales(epoch) == {"dkd": factor}
+        assert losses["dkd"].item() == pytest.approx(dkd_full, rel=1e-5)
         assert losses["ce"].item() == pytest.approx(0.7 * ce, rel=1e-5)
 
 
@@ -120,7 +122,7 @@ def test_attention_map_and_loss_by_hand():
     d.sizes = [(1, 2)] * 3  # the probe saw 32x32 inputs; these maps are 1x2
     d.student.forward_features = lambda x: feats
     d.student.forward_head = lambda f: torch.zeros(1, 10)
-    _, losses = d.forward_train(None, torch.tensor([0]), TeacherOut([ft, ft, ft], None), 0)
+    _, losses = d.forward_train(Batch.of(None, torch.tensor([0])), TeacherOut([ft, ft, ft], None))
     per_pair = ((s[0] - t[0]) ** 2 + (s[1] - t[1]) ** 2) / 2
     assert losses["at"].item() == pytest.approx(10.0 * 3 * per_pair, rel=1e-6)
 
@@ -147,7 +149,7 @@ def test_at_pools_the_larger_map_when_sizes_differ():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         t = TeacherOut(*teacher.forward_all(x))
-    _, losses = d.forward_train(x, torch.tensor([0, 1]), t, 0)
+    _, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1])), t)
     assert torch.isfinite(losses["at"])
     assert d.pairs == [(0, 0), (1, 1), (4, 2)]  # vgg8's 4x4 last stage meets resnet8's 8x8
 
@@ -167,7 +169,7 @@ def test_fitnet_hint_loss_by_hand_with_a_constant_regressor():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         t = TeacherOut(*teacher.forward_all(x))
-    logits, losses = d.forward_train(x, torch.tensor([3, 4]), t, 0)
+    logits, losses = d.forward_train(Batch.of(x, torch.tensor([3, 4])), t)
     hint = t.feats[1]  # 32 x 16 x 16
     assert losses["hint"].item() == pytest.approx(
         100.0 * ((0.3 - hint) ** 2).mean().item(), rel=1e-5
@@ -221,7 +223,7 @@ def test_all_layer_projectors_one_per_aligned_stage(teacher, student, pairs):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out = TeacherOut(*t.forward_all(x))
-    logits, losses = d.forward_train(x, torch.tensor([0, 1]), out, 0)
+    logits, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1])), out)
     assert logits.shape == (2, 100) and torch.isfinite(losses["feat"])
 
 
@@ -248,7 +250,7 @@ def _simkd_losses(projectors, labels, loss="l2"):
         t = TeacherOut(*teacher.forward_all(x))
     y = t.logits.argmax(1).clone()
     y[:4] = (y[:4] + 1) % 10  # the teacher is wrong on half the batch
-    _, losses = d.forward_train(x, y, t, 0)
+    _, losses = d.forward_train(Batch.of(x, y), t)
     return {k: v.item() for k, v in losses.items()}
 
 
@@ -276,7 +278,7 @@ def test_mask_wrong_teacher_averages_the_feature_loss_over_correct_samples_only(
         t = TeacherOut(*teacher.forward_all(x))
     y = t.logits.argmax(1).clone()
     y[0] = (y[0] + 1) % 10
-    _, losses = d.forward_train(x, y, t, 0)
+    _, losses = d.forward_train(Batch.of(x, y), t)
     projected = d.project(0, student.forward_features(x))
     per_sample = ((projected - t.feats[-1]) ** 2).flatten(1).mean(1)
     assert losses["feat"].item() == pytest.approx(per_sample[1:].mean().item(), rel=1e-5)
@@ -297,7 +299,9 @@ def test_simkd_kl_goes_through_the_reused_classifier_by_hand():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         feats = teacher.forward_features(x)
-    _, losses = d.forward_train(x, torch.tensor([0]), TeacherOut(feats, torch.tensor(t_logits)), 0)
+    _, losses = d.forward_train(
+        Batch.of(x, torch.tensor([0])), TeacherOut(feats, torch.tensor(t_logits))
+    )
     W, b = teacher.head.weight.tolist(), teacher.head.bias.tolist()
     s_logits = [0.5 * sum(W[k]) + b[k] for k in range(3)]  # fc(GAP(0.5))
     expected = kl(softmax([v / 2 for v in t_logits[0]]), softmax([v / 2 for v in s_logits])) * 4
@@ -319,7 +323,7 @@ def test_the_reused_classifier_gets_no_gradient_in_any_mode(projectors):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         t = TeacherOut(*teacher.forward_all(x))
-    _, losses = d.forward_train(x, torch.tensor([0, 1, 2, 3]), t, 0)
+    _, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1, 2, 3])), t)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
 
@@ -359,7 +363,7 @@ def test_every_method_takes_optimiser_steps_that_lower_its_loss(method):
         t = TeacherOut(*teacher.forward_all(x))
     totals = []
     for _ in range(8):
-        _, losses = d.forward_train(x, y, t, 30)
+        _, losses = d.forward_train(Batch.of(x, y), t)
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()

@@ -145,7 +145,8 @@ def test_compiled_members_run_partial_batches_eagerly(store, teacher_ckpt, monke
 
     def fake_compile(fn, mode=None):
         def compiled(*args, **kwargs):
-            calls.append(("compiled", args[0].shape[0]))
+            first = args[0]  # the student's step gets a Batch, the teacher's forward a tensor
+            calls.append(("compiled", (first.x if hasattr(first, "x") else first).shape[0]))
             return fn(*args, **kwargs)
 
         return compiled

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine import config as c
+from engine.data import Batch
 from engine.distill.base import TeacherOut, build_distiller
 from engine.models import build_model
 from engine.store import Store
@@ -61,7 +62,8 @@ def test_kd_loss_equals_the_formula_computed_by_hand():
     )
     d.student.forward = lambda x: torch.tensor(s, requires_grad=True)  # fixed logits
     _, losses = d.forward_train(
-        torch.zeros(1, 3, 32, 32), torch.tensor([label]), TeacherOut(None, torch.tensor(t)), epoch=0
+        Batch.of(torch.zeros(1, 3, 32, 32), torch.tensor([label])),
+        TeacherOut(None, torch.tensor(t)),
     )
     for k, v in expected.items():
         assert losses[k].item() == pytest.approx(v, rel=1e-6)
@@ -87,7 +89,9 @@ def test_simkd_l2_loss_and_reused_classifier_by_hand():
     x = torch.randn(2, 3, 32, 32)
     t_feats, t_logits = teacher.forward_all(x)
     target = t_feats[-1]  # 64 x 8 x 8 for both resnet8 and resnet14
-    logits, losses = d.forward_train(x, torch.tensor([0, 1]), TeacherOut(t_feats, t_logits), 0)
+    logits, losses = d.forward_train(
+        Batch.of(x, torch.tensor([0, 1])), TeacherOut(t_feats, t_logits)
+    )
     # l2: mean over all elements of (0.5 - target)^2
     expected = ((0.5 - target) ** 2).mean().item()
     assert losses["feat"].item() == pytest.approx(expected, rel=1e-5)
@@ -109,7 +113,7 @@ def test_simkd_reused_classifier_gets_no_gradient_and_stays_frozen():
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         t = TeacherOut(*teacher.forward_all(x))
-    _, losses = d.forward_train(x, torch.tensor([0, 1, 2, 3]), t, 0)
+    _, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1, 2, 3])), t)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(not p.requires_grad for p in teacher.head.parameters())

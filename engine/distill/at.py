@@ -33,7 +33,8 @@ class AT(Distiller):
         self.pairs = align_stages(t_shapes, s_shapes)
         self.sizes = [common_size(t_shapes[t], s_shapes[s]) for t, s in self.pairs]
 
-    def forward_train(self, x, y, teacher, epoch):
+    def forward_train(self, batch, teacher):
+        x, y = batch.x, batch.y
         o = self.options
         feats = self.student.forward_features(x)
         logits = self.student.forward_head(feats[-1])

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from engine.data import Batch
 from engine.models.base import FeatureModel
 
 
@@ -44,9 +45,19 @@ class Distiller(nn.Module):
 
     # ---- what the trainer calls
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, teacher: TeacherOut | None, epoch: int
+        self, batch: Batch, teacher: TeacherOut | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training logits and named losses, each already multiplied by its constant weight.
+
+        This is what `torch.compile` captures, so it reads nothing that changes from step to
+        step but tensors: epoch-dependent factors belong in `loss_scales`.
+        """
         raise NotImplementedError
+
+    def loss_scales(self, epoch: int) -> dict[str, float]:
+        """Epoch-dependent multipliers of named losses (e.g. a warm-up), applied by the
+        trainer outside the compiled step so that no Python number becomes a graph input."""
+        return {}
 
     def forward_test(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the head this method uses at test time (the student's own by default)."""

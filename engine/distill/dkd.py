@@ -1,5 +1,7 @@
 """Decoupled KD (Zhao et al., CVPR 2022): CE + warm-up * (a * TCKD + b * NCKD).
 
+The warm-up factor is applied by the trainer (`loss_scales`), outside the compiled step.
+
 TCKD: T^2 KL between the binary (target, rest) distributions of teacher
 and student. NCKD: T^2 KL between their distributions over the non-target
 classes only. Per sample, KD = TCKD + (1 - teacher's target prob) * NCKD.
@@ -55,12 +57,16 @@ class DKD(Distiller):
         w = self.options["warmup"]
         return 1.0 if w <= 0 else min((epoch + 1) / w, 1.0)
 
-    def forward_train(self, x, y, teacher, epoch):
+    def loss_scales(self, epoch: int) -> dict[str, float]:
+        return {"dkd": self.warmup_factor(epoch)}
+
+    def forward_train(self, batch, teacher):
+        x, y = batch.x, batch.y
         o = self.options
         logits = self.student(x)
         tckd, nckd = dkd_parts(logits, teacher.logits, y, o["temperature"])
         dkd = o["tckd_weight"] * tckd.mean() + o["nckd_weight"] * nckd.mean()
         return logits, {
             "ce": o["ce_weight"] * F.cross_entropy(logits, y),
-            "dkd": self.warmup_factor(epoch) * dkd,
+            "dkd": dkd,
         }

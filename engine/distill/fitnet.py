@@ -42,7 +42,8 @@ class FitNet(Distiller):
             nn.ReLU(inplace=True),
         )
 
-    def forward_train(self, x, y, teacher, epoch):
+    def forward_train(self, batch, teacher):
+        x, y = batch.x, batch.y
         o = self.options
         feats = self.student.forward_features(x)
         logits = self.student.forward_head(feats[-1])

@@ -9,7 +9,8 @@ from engine.distill.losses import kd_kl
 
 
 class KD(Distiller):
-    def forward_train(self, x, y, teacher, epoch):
+    def forward_train(self, batch, teacher):
+        x, y = batch.x, batch.y
         logits = self.student(x)
         o = self.options
         return logits, {

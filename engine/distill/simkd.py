@@ -121,7 +121,8 @@ class SimKD(Distiller):
     def reused_head(self, projected: torch.Tensor) -> torch.Tensor:
         return self.teacher.forward_head(projected)
 
-    def forward_train(self, x, y, teacher, epoch):
+    def forward_train(self, batch, teacher):
+        x, y = batch.x, batch.y
         o = self.options
         s_feats = self.student.forward_features(x)
         mask = None

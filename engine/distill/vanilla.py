@@ -8,6 +8,7 @@ from engine.distill.base import Distiller
 
 
 class Vanilla(Distiller):
-    def forward_train(self, x, y, teacher, epoch):
+    def forward_train(self, batch, teacher):
+        x, y = batch.x, batch.y
         logits = self.student(x)
         return logits, {"ce": F.cross_entropy(logits, y)}
