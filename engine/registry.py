@@ -25,6 +25,8 @@ ARCHS: dict[str, str] = {
     "resnet110": "engine.models.resnet:resnet110",
     "resnet8x4": "engine.models.resnet:resnet8x4",
     "resnet32x4": "engine.models.resnet:resnet32x4",
+    # RepDistiller's CIFAR ResNet50 (bottleneck; `ResNet50` in its resnetv2.py, not 6n+2)
+    "ResNet50": "engine.models.resnetv2:resnet50_cifar",
     # Wide ResNets
     "wrn_16_2": "engine.models.wrn:wrn_16_2",
     "wrn_40_1": "engine.models.wrn:wrn_40_1",
@@ -130,10 +132,13 @@ SIMKD_OPTIONS = {
     ),
     "projectors": Option(
         "last",
-        "'last' (SimKD: each model's last pre-pool map), 'all' (one projector per aligned "
-        "stage pair, equal weights) or a list of {stage|teacher+student, weight} tables; "
-        "logits come from the teacher's last stage. SimKD's code projects MobileNetV2/"
-        "ShuffleNetV2 students from stage -2: [{teacher = -1, student = -2}]",
+        "'last' (SimKD: the student's last stage, SimKD's feat_s[-2], into the map the "
+        "teacher's classifier pools), 'all' (one projector per aligned stage pair, equal "
+        "weights) or a list of {stage|teacher+student, weight} tables; logits come from the "
+        "teacher's last stage. Stages are those `kdtui models` lists (the references' "
+        "feature maps without stem and pooled vector: MobileNetV2/ShuffleNetV2 end at their "
+        "last block, 160/464 channels). Teacher stage -1 is the map its classifier pools: "
+        "for WRN teachers the last stage after the final BN-ReLU (SimKD's code has no WRN)",
         check=_check_projectors,
     ),
     "labels": Option(
@@ -149,26 +154,57 @@ SIMKD_OPTIONS = {
 def _check_stage(value: Any) -> str | None:
     if value == "middle" or (isinstance(value, int) and not isinstance(value, bool)):
         return None
-    return "must be 'middle' or a stage index (negative counts from the end)"
+    return "must be a stage index (negative counts from the end) or 'middle'"
 
+
+_STAGE_HELP = (
+    "stage index into the stages `kdtui models` lists (0 = first stage after the stem; "
+    "negative counts from the end; 'middle' = (n-1)//2). The default 1 is RepDistiller/"
+    "mdistiller's hint_layer = 2, whose feature lists start with the stem map"
+)
 
 FITNET_OPTIONS = {
     "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
     "hint_weight": Option(100.0, "weight of MSE(regressor(student map), teacher hint)", min=0.0),
-    "hint_stage": Option("middle", "teacher stage giving the hint", check=_check_stage),
-    "guided_stage": Option("middle", "student stage guided by the hint", check=_check_stage),
+    "hint_stage": Option(1, "teacher stage giving the hint: " + _STAGE_HELP, check=_check_stage),
+    "guided_stage": Option(
+        1, "student stage guided by the hint: " + _STAGE_HELP, check=_check_stage
+    ),
+    "regressor": Option(
+        "convreg",
+        "convreg: the references' ConvReg (3x3 stride-2 conv when the student map is twice the "
+        "teacher's size, 4x4 stride-2 transposed conv when half, else a conv of kernel "
+        "1+s-t) + BN + ReLU; pool: average-pool the larger map to the smaller, then conv1x1 + "
+        "BN + ReLU (any pair of stages, also where ConvReg has no conv)",
+        choices=("convreg", "pool"),
+    ),
 }
 
 AT_OPTIONS = {
     "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
     "at_weight": Option(1000.0, "weight of the attention loss summed over stage pairs", min=0.0),
     "at_p": Option(2.0, "power p in at(F) = normalise(mean_c |F|^p)", min=1.0),
+    "pairs": Option(
+        "aligned",
+        "which stages meet (stages as `kdtui models` lists them: the references' feat[1:-1]). "
+        "aligned: the last stages, the rest by resolution, never crossing; with equal stage "
+        "counts (every published CIFAR-100 pair) this is the references' stage k with stage k. "
+        "index: RepDistiller/mdistiller's zip, stage k with stage k, the longer list cut short "
+        "(the reference behaviour for nets with unequal stage counts)",
+        choices=("aligned", "index"),
+    ),
 }
 
 DKD_OPTIONS = {
     "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
     "tckd_weight": Option(1.0, "alpha: weight of target-class KD (TCKD)", min=0.0),
-    "nckd_weight": Option(8.0, "beta: weight of non-target-class KD (NCKD)", min=0.0),
+    "nckd_weight": Option(
+        8.0,
+        "beta: weight of non-target-class KD (NCKD). mdistiller tunes it per CIFAR-100 pair "
+        "(2: resnet56/110 -> resnet20/32; 6: vgg13 -> vgg8/MobileNetV2, wrn_40_2 -> "
+        "wrn_16_2/wrn_40_1; else 8); experiments/cifar100/dkd_*.toml carry its values",
+        min=0.0,
+    ),
     "temperature": Option(4.0, "softmax temperature T", min=1e-3),
     "warmup": Option(20, "epochs over which the DKD term ramps up linearly", min=0),
 }

@@ -298,22 +298,38 @@ def models(
         int, typer.Option(help="Input side for feature shapes (CIFAR: 32).")
     ] = 32,
 ) -> None:
-    """Every architecture with its parameter count and stage feature shapes."""
+    """Every architecture with its parameter count, its stages and the map its head pools.
+
+    Stages are what feature methods pair and what stage indices count (0 = first stage after
+    the stem): the reference code's feature maps without the stem and the pooled vector.
+    """
     from engine.models import describe  # torch
 
     t = Table(
         title=f"architectures ({num_classes} classes, {input_size}×{input_size} input)",
         title_justify="left",
+        caption="stages: what AT, FitNet (hint_stage) and SimKD (projectors) index, "
+        "0 = first after the stem; pooled: the map the classifier pools",
+        caption_justify="left",
     )
-    for col in ("arch", "params", "stage feature maps (C×H×W)", "head"):
+    for col in ("arch", "params", "stages (C×H×W)", "pooled", "head"):
         t.add_column(col)
     from engine.registry import ARCHS
+
+    def shape(s) -> str:
+        return "×".join(map(str, s))
 
     for name in ARCHS:
         size = max(input_size, 64) if name.startswith("tv_") else input_size
         d = describe(name, num_classes=num_classes, input_size=size)
-        shapes = "  ".join("×".join(map(str, s)) for s in d["features"])
-        t.add_row(name, f"{d['params'] / 1e6:.2f}M", shapes, d.get("head", ""))
+        stages = "  ".join(shape(s) for s in d["stages"])
+        if d["final_is_last_stage"]:
+            pooled = "last stage"
+        elif d["final"] == d["stages"][-1]:
+            pooled = "last stage, activated"  # WRN: its final BN-ReLU
+        else:
+            pooled = shape(d["final"])
+        t.add_row(name, f"{d['params'] / 1e6:.2f}M", stages, pooled, d.get("head", ""))
     console.print(t)
 
 

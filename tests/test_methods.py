@@ -13,7 +13,7 @@ from engine.distill.base import TeacherOut, build_distiller, stage_shapes
 from engine.distill.dkd import dkd_parts
 from engine.distill.simkd import Projector
 from engine.distill.stages import align_stages
-from engine.models import build_model
+from engine.models import Features, build_model
 
 
 def softmax(v):
@@ -118,11 +118,11 @@ def test_attention_map_and_loss_by_hand():
     d = build_distiller(
         "at", student, teacher, {"at_weight": 10.0, "ce_weight": 0.0}, num_classes=10
     )
-    feats = [fs, fs, fs]
     d.sizes = [(1, 2)] * 3  # the probe saw 32x32 inputs; these maps are 1x2
-    d.student.forward_features = lambda x: feats
+    d.student.forward_features = lambda x: Features([fs, fs, fs], fs)
     d.student.forward_head = lambda f: torch.zeros(1, 10)
-    _, losses = d.forward_train(Batch.of(None, torch.tensor([0])), TeacherOut([ft, ft, ft], None))
+    t_out = TeacherOut(Features([ft, ft, ft], ft), None)
+    _, losses = d.forward_train(Batch.of(None, torch.tensor([0])), t_out)
     per_pair = ((s[0] - t[0]) ** 2 + (s[1] - t[1]) ** 2) / 2
     assert losses["at"].item() == pytest.approx(10.0 * 3 * per_pair, rel=1e-6)
 
@@ -151,7 +151,10 @@ def test_at_pools_the_larger_map_when_sizes_differ():
         t = TeacherOut(*teacher.forward_all(x))
     _, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1])), t)
     assert torch.isfinite(losses["at"])
-    assert d.pairs == [(0, 0), (1, 1), (4, 2)]  # vgg8's 4x4 last stage meets resnet8's 8x8
+    assert d.pairs == [(0, 0), (1, 1), (3, 2)]  # vgg8's 4x4 last stage meets resnet8's 8x8
+    # the references' zip: stage k with stage k, vgg8's last stage left out
+    d = build_distiller("at", student, teacher, {"pairs": "index"}, num_classes=10)
+    assert d.pairs == [(0, 0), (1, 1), (2, 2)]
 
 
 # ---------------------------------------------------------------- FitNet
@@ -161,7 +164,7 @@ def test_fitnet_hint_loss_by_hand_with_a_constant_regressor():
     d = build_distiller(
         "fitnet", student, teacher, {"hint_weight": 100.0, "ce_weight": 1.0}, num_classes=10
     ).train()
-    assert (d.t_stage, d.s_stage) == (1, 1)  # the middle stage by default
+    assert (d.t_stage, d.s_stage) == (1, 1)  # RepDistiller/mdistiller's hint_layer = 2
     conv, bn, _ = d.regressor
     assert conv.kernel_size == (1, 1)  # ConvReg's kernel 1 + s_H - t_H for equal sizes
     torch.nn.init.zeros_(conv.weight)
@@ -170,7 +173,7 @@ def test_fitnet_hint_loss_by_hand_with_a_constant_regressor():
     with torch.no_grad():
         t = TeacherOut(*teacher.forward_all(x))
     logits, losses = d.forward_train(Batch.of(x, torch.tensor([3, 4])), t)
-    hint = t.feats[1]  # 32 x 16 x 16
+    hint = t.feats.stages[1]  # 32 x 16 x 16
     assert losses["hint"].item() == pytest.approx(
         100.0 * ((0.3 - hint) ** 2).mean().item(), rel=1e-5
     )
@@ -207,7 +210,7 @@ def test_projector_has_no_conv_bias_and_the_published_layout():
     "teacher, student, pairs",
     [
         ("resnet32x4", "resnet8x4", [(0, 0), (1, 1), (2, 2)]),
-        ("resnet32x4", "mobilenetv2", [(0, 0), (1, 1), (2, 4)]),
+        ("resnet32x4", "mobilenetv2", [(0, 0), (1, 1), (2, 3)]),
         ("wrn_40_2", "wrn_16_2", [(0, 0), (1, 1), (2, 2)]),
     ],
 )
@@ -279,8 +282,8 @@ def test_mask_wrong_teacher_averages_the_feature_loss_over_correct_samples_only(
     y = t.logits.argmax(1).clone()
     y[0] = (y[0] + 1) % 10
     _, losses = d.forward_train(Batch.of(x, y), t)
-    projected = d.project(0, student.forward_features(x))
-    per_sample = ((projected - t.feats[-1]) ** 2).flatten(1).mean(1)
+    projected = d.project(0, student.forward_features(x).stages)
+    per_sample = ((projected - t.feats.final) ** 2).flatten(1).mean(1)
     assert losses["feat"].item() == pytest.approx(per_sample[1:].mean().item(), rel=1e-5)
 
 

@@ -17,6 +17,7 @@ from engine.models import (
     ARCHS,
     CheckpointMismatchError,
     FeatureModel,
+    Features,
     build_model,
     count_params,
     describe,
@@ -24,52 +25,80 @@ from engine.models import (
     feature_shapes,
     load_checkpoint_file,
     load_state_dict_report,
+    stage_shapes,
 )
+from engine.models._common import channel_shuffle
 
 NUM_CLASSES = 100
 
-# Measured at num_classes=100; (C, H, W) per stage for a 32x32 input
-# (64x64 for the tv_ models). The CIFAR counts equal those of
-# RepDistiller's definitions, whose state dicts these models load.
-EXPECTED: dict[str, tuple[int, list[tuple[int, int, int]]]] = {
-    "resnet8": (83_892, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet14": (181_108, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet20": (278_324, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet32": (472_756, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet44": (667_188, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet56": (861_620, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet110": (1_736_564, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "resnet8x4": (1_233_540, [(64, 32, 32), (128, 16, 16), (256, 8, 8)]),
-    "resnet32x4": (7_433_860, [(64, 32, 32), (128, 16, 16), (256, 8, 8)]),
-    "wrn_16_2": (703_284, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
-    "wrn_40_1": (569_780, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    "wrn_40_2": (2_255_156, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
-    "vgg8": (3_965_028, [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]),
-    "vgg11": (9_277_284, [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]),
-    "vgg13": (9_462_180, [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]),
+# Measured at num_classes=100: parameters, then (C, H, W) of each stage and of the map the
+# classifier pools, for a 32x32 input (64x64 for the tv_ models). The CIFAR counts equal those
+# of RepDistiller's definitions, whose state dicts these models load; the stages are its
+# `feat[1:-1]` (no stem map, no pooled vector), checked against its code's layout.
+EXPECTED: dict[str, tuple[int, list[tuple[int, int, int]], tuple[int, int, int]]] = {
+    "resnet8": (83_892, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet14": (181_108, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet20": (278_324, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet32": (472_756, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet44": (667_188, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet56": (861_620, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet110": (1_736_564, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "resnet8x4": (1_233_540, [(64, 32, 32), (128, 16, 16), (256, 8, 8)], (256, 8, 8)),
+    "resnet32x4": (7_433_860, [(64, 32, 32), (128, 16, 16), (256, 8, 8)], (256, 8, 8)),
+    "ResNet50": (
+        23_705_252,
+        [(256, 32, 32), (512, 16, 16), (1024, 8, 8), (2048, 4, 4)],
+        (2048, 4, 4),
+    ),
+    # WRN: raw block outputs; the pooled map is the last one after bn1 + ReLU
+    "wrn_16_2": (703_284, [(32, 32, 32), (64, 16, 16), (128, 8, 8)], (128, 8, 8)),
+    "wrn_40_1": (569_780, [(16, 32, 32), (32, 16, 16), (64, 8, 8)], (64, 8, 8)),
+    "wrn_40_2": (2_255_156, [(32, 32, 32), (64, 16, 16), (128, 8, 8)], (128, 8, 8)),
+    # VGG: block 0 (64x32x32) is the stem, not a stage
+    "vgg8": (3_965_028, [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)], (512, 4, 4)),
+    "vgg11": (9_277_284, [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)], (512, 4, 4)),
+    "vgg13": (9_462_180, [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)], (512, 4, 4)),
+    # MobileNetV2 / ShuffleNetV2: stages end at the last block; the 1x1 conv map is pooled
     "mobilenetv2": (
         2_353_060,
-        [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2), (1280, 2, 2)],
+        [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)],
+        (1280, 2, 2),
     ),
     "mobilenetv2_0_5": (
         812_836,
-        [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2), (1280, 2, 2)],
+        [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)],
+        (1280, 2, 2),
     ),
-    "shufflenetv1": (949_258, [(240, 16, 16), (480, 8, 8), (960, 4, 4)]),
-    "shufflenetv2": (1_355_528, [(116, 16, 16), (232, 8, 8), (464, 4, 4), (1024, 4, 4)]),
-    "shufflenetv2_1_5": (2_580_548, [(176, 16, 16), (352, 8, 8), (704, 4, 4), (1024, 4, 4)]),
-    "tv_resnet18": (11_227_812, [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]),
-    "tv_resnet34": (21_335_972, [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]),
-    "tv_resnet50": (23_712_932, [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]),
+    "shufflenetv1": (949_258, [(240, 16, 16), (480, 8, 8), (960, 4, 4)], (960, 4, 4)),
+    "shufflenetv2": (1_355_528, [(116, 16, 16), (232, 8, 8), (464, 4, 4)], (1024, 4, 4)),
+    "shufflenetv2_1_5": (2_580_548, [(176, 16, 16), (352, 8, 8), (704, 4, 4)], (1024, 4, 4)),
+    "tv_resnet18": (
+        11_227_812,
+        [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)],
+        (512, 2, 2),
+    ),
+    "tv_resnet34": (
+        21_335_972,
+        [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)],
+        (512, 2, 2),
+    ),
+    "tv_resnet50": (
+        23_712_932,
+        [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)],
+        (2048, 2, 2),
+    ),
+    # SimKD's ImageNet split: f1..f4 end at /4 .. /32 (24, 32, 96, 320 channels)
     "tv_mobilenet_v2": (
         2_351_972,
-        [(16, 32, 32), (24, 16, 16), (32, 8, 8), (96, 4, 4), (1280, 2, 2)],
+        [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)],
+        (1280, 2, 2),
     ),
 }
 
 # Sizes in millions as published for CIFAR-100 (CRD / SimKD tables; the
 # MobileNetV2 there is the width-0.5 net, ShuffleV2 is net_size 1).
 PUBLISHED_M = {
+    "ResNet50": 23.71,
     "resnet8x4": 1.23,
     "resnet32x4": 7.43,
     "resnet56": 0.86,
@@ -154,12 +183,13 @@ def test_forward_contract(arch, model):
         logits = model(x)
         feats, logits_all = model.forward_all(x)
         feats2 = model.forward_features(x)
-        via_head = model.forward_head(feats2[-1])
+        via_head = model.forward_head(feats2.final)
+    assert isinstance(feats, Features)
     assert logits.shape == (2, NUM_CLASSES)
     assert isinstance(model.head, nn.Linear)
     assert model.head.out_features == NUM_CLASSES
-    assert all(f.dim() == 4 and f.shape[0] == 2 for f in feats)
-    assert feats[-1].shape[1] == model.head.in_features
+    assert all(f.dim() == 4 and f.shape[0] == 2 for f in [*feats.stages, feats.final])
+    assert feats.final.shape[1] == model.head.in_features
     torch.testing.assert_close(logits, via_head, rtol=0, atol=0)
     torch.testing.assert_close(logits_all, logits, rtol=0, atol=0)
     # the forward stays a pure function of its input (no in-place damage)
@@ -168,9 +198,10 @@ def test_forward_contract(arch, model):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_feature_shapes_and_params(arch, model):
-    params, shapes = EXPECTED[arch]
+    params, stages, final = EXPECTED[arch]
     s = input_size(arch)
-    assert feature_shapes(model, (1, 3, s, s)) == shapes
+    assert feature_shapes(model, (1, 3, s, s)) == Features(stages, final)
+    assert stage_shapes(model, (1, 3, s, s)) == stages
     assert count_params(model) == params
     if arch in PUBLISHED_M:
         published = PUBLISHED_M[arch] * 1e6
@@ -181,12 +212,77 @@ def test_feature_shapes_and_params(arch, model):
         assert params + extra == TORCHVISION_1000[arch]
 
 
+# Where the references return pre-activation maps (RepDistiller's preact=True, mdistiller's
+# preact_feats), the stage is the ReLU of the pre-activation map; WRN's are BN outputs
+# before the next ReLU; the others return their ordinary stages.
+RELU_OF_PREACT = {"resnet8", "resnet32x4", "ResNet50", "vgg8", "vgg13", "shufflenetv1"}
+PREACT_IS_STAGE = {"mobilenetv2_0_5", "tv_resnet18", "tv_mobilenet_v2"}
+
+
+@pytest.mark.parametrize("arch", sorted(RELU_OF_PREACT | PREACT_IS_STAGE | {"wrn_16_2"}))
+def test_preact_stages(arch, model):
+    x = batch(arch)
+    with torch.no_grad():
+        post = model.forward_features(x)
+        pre = model.forward_features(x, preact=True)
+        logits = model(x)
+    assert [p.shape for p in pre.stages] == [p.shape for p in post.stages]
+    torch.testing.assert_close(pre.final, post.final, rtol=0, atol=0)
+    if arch in RELU_OF_PREACT:
+        assert all((p < 0).any() for p in pre.stages)  # really before the ReLU
+        for p, q in zip(pre.stages, post.stages):
+            torch.testing.assert_close(torch.relu(p), q, rtol=0, atol=0)
+    elif arch in PREACT_IS_STAGE:
+        for p, q in zip(pre.stages, post.stages):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    else:  # WRN: the BN that opens the next block group (the last: the final bn1)
+        with torch.no_grad():
+            expected = [
+                model.block2.layer[0].bn1(post.stages[0]),
+                model.block3.layer[0].bn1(post.stages[1]),
+                model.bn1(post.stages[2]),
+            ]
+        for p, q in zip(pre.stages, expected):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with torch.no_grad():  # asking for them changes nothing else
+        torch.testing.assert_close(model(x), logits, rtol=0, atol=0)
+
+
+def test_shufflenetv2_preact_is_the_references_unshuffled_concatenation():
+    m = _cached("shufflenetv2")
+    x = batch("shufflenetv2")
+    with torch.no_grad():
+        pre = m.forward_features(x, preact=True).stages[-1]
+        post = m.forward_features(x).stages[-1]
+        unit = m.layer3[-1]
+        inp = m.layer3[:-1](m.layer2(m.layer1(torch.relu(m.bn1(m.conv1(x))))))
+        half = inp.shape[1] // 2
+        branch = unit.bn3(
+            unit.conv3(unit.bn2(unit.conv2(torch.relu(unit.bn1(unit.conv1(inp[:, half:]))))))
+        )
+    torch.testing.assert_close(pre, torch.cat([inp[:, :half], branch], 1), rtol=0, atol=0)
+    torch.testing.assert_close(channel_shuffle(torch.relu(pre), 2), post, rtol=0, atol=0)
+
+
+def test_wrn_preact_runs_no_batchnorm_twice_in_training():
+    """The pre-activation maps are the BN outputs the forward uses anyway: running stats move
+    exactly as in an ordinary training step."""
+    torch.manual_seed(0)
+    a = build_model("wrn_16_2", 10).train()
+    b = copy.deepcopy(a)
+    x = batch("wrn_16_2", 4)
+    a.forward_features(x)
+    b.forward_features(x, preact=True)
+    for (name, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(u, v), name
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_backward_reaches_every_parameter(arch):
     torch.manual_seed(0)
     m = copy.deepcopy(_cached(arch)).train()
     feats, logits = m.forward_all(batch(arch))
-    (logits.square().mean() + sum(f.mean() for f in feats)).backward()
+    (logits.square().mean() + sum(f.mean() for f in feats.stages)).backward()
     assert [n for n, p in m.named_parameters() if p.grad is None] == []
 
 
@@ -340,6 +436,20 @@ NAMES = {
         "fc.bias",
     ],
     "resnet56": ["layer2.0.downsample.0.weight", "layer3.8.bn2.bias", "fc.weight"],
+    # RepDistiller's resnetv2.py: `shortcut` projections, `linear` head
+    "ResNet50": [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn3.weight",
+        "layer1.0.shortcut.0.weight",  # 64 -> 256 channels at stride 1
+        "layer1.0.shortcut.1.running_mean",
+        "layer2.0.shortcut.0.weight",
+        "layer3.5.conv3.weight",
+        "layer4.2.bn3.bias",
+        "linear.weight",
+        "linear.bias",
+    ],
     "wrn_40_2": [
         "conv1.weight",
         "block1.layer.0.bn1.weight",
@@ -395,6 +505,7 @@ NAMES = {
     "tv_mobilenet_v2": ["features.0.0.weight", "features.18.1.bias", "classifier.1.weight"],
 }
 ABSENT = {
+    "ResNet50": ["layer1.1.shortcut.0.weight", "fc.weight", "conv1.bias", "layer4.3.conv1.weight"],
     # RepDistiller's resnet convs have no bias; narrow nets keep layer1 unprojected
     "resnet56": ["conv1.bias", "layer1.0.conv1.bias", "layer1.0.downsample.0.weight"],
     # wrn_40_1's first block keeps its width: no shortcut conv there
@@ -426,6 +537,10 @@ def test_repdistiller_shapes_spot_checks():
     assert sd["classifier.0.weight"].shape == (100, 1280)
     sd = _cached("vgg8").state_dict()
     assert sd["block0.0.bias"].shape == (64,)  # VGG convs keep their bias
+    sd = _cached("ResNet50").state_dict()
+    assert sd["layer2.0.conv2.weight"].shape == (128, 128, 3, 3)  # bottleneck width 128
+    assert sd["layer2.0.shortcut.0.weight"].shape == (512, 256, 1, 1)
+    assert sd["linear.weight"].shape == (100, 2048)
 
 
 # ---------------------------------------------------------------- misc
@@ -449,11 +564,17 @@ def test_num_classes_is_honoured(arch):
 def test_describe():
     d = describe("resnet8x4")
     assert d["params"] == EXPECTED["resnet8x4"][0]
-    assert d["features"] == EXPECTED["resnet8x4"][1]
+    assert d["stages"] == EXPECTED["resnet8x4"][1] and d["final"] == (256, 8, 8)
     assert d["head"] == "fc" and d["head_in"] == 256
     d = describe("vgg8", num_classes=10, input_size=64)  # 64x64 adds RepDistiller's 4th pool
-    assert d["features"][-2:] == [(512, 8, 8), (512, 4, 4)]
+    assert d["stages"][-2:] == [(512, 8, 8), (512, 4, 4)]
     assert d["params"] == EXPECTED["vgg8"][0] - 90 * 513
+    assert d["final_is_last_stage"] is True
+    d = describe("mobilenetv2_0_5")
+    assert d["stages"][-1] == (160, 2, 2) and d["final"] == (1280, 2, 2) == (d["head_in"], 2, 2)
+    assert d["final_is_last_stage"] is False
+    d = describe("wrn_16_2")  # same shape, but after the final BN-ReLU
+    assert d["final"] == d["stages"][-1] and d["final_is_last_stage"] is False
 
 
 def test_channels_last_matches():

@@ -15,11 +15,19 @@ import torch
 from torch import nn
 
 from engine.data import Batch
-from engine.models.base import FeatureModel
+
+# One shape probe for models and distillers; re-exported here for the distillers.
+from engine.models.base import (  # noqa: F401
+    FeatureModel,
+    Features,
+    feature_shapes,
+    stage_shapes,
+)
 
 
 class TeacherOut(NamedTuple):
-    feats: list[torch.Tensor] | None  # stage maps (None when served from the logit cache)
+    # stages + pooled map (engine.models.base.Features); None when served from the logit cache
+    feats: Features | None
     logits: torch.Tensor
 
 
@@ -102,17 +110,6 @@ def teacher_forward(teacher: FeatureModel, x: torch.Tensor) -> TeacherOut:
     """no_grad rather than inference_mode: its outputs are loss targets saved for backward."""
     feats, logits = teacher.forward_all(x)
     return TeacherOut(feats, logits)
-
-
-@torch.no_grad()
-def stage_shapes(model: FeatureModel, input_shape=(1, 3, 32, 32)) -> list[tuple[int, ...]]:
-    """(C, H, W) of each stage map, probed on the model's own device."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    feats = model.forward_features(torch.zeros(input_shape, device=device))
-    model.train(was_training)
-    return [tuple(f.shape[1:]) for f in feats]
 
 
 def build_distiller(

@@ -10,6 +10,12 @@ Variants (all in [distill]):
   distribution loss), "l2+kl".
 - projectors: "last", "all" (one per aligned stage pair, equal weights) or
   a weighted list of stage pairs; logits always come from the last stage.
+  Stage indices count in the models' `stages` (engine/models/base.py), so "last" projects
+  the student's last stage, SimKD's `feat_s[-2]` (for MobileNetV2 / ShuffleNetV2 the last
+  block's output, not the appended 1x1-conv map). On the teacher side the last stage (-1)
+  means the map its classifier pools (`Features.final`), since the projection goes through
+  that classifier: for every teacher of SimKD's code (ResNets, VGG) this is its
+  `feat_t[-2]`; for WRN it is the last stage after the final BN-ReLU.
 - labels: "ce" adds CE through the reused classifier; "mask-wrong-teacher"
   drops the samples the teacher gets wrong from the distillation terms.
   Label handling is independent of the projector mode by construction.
@@ -23,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.distill.base import Distiller, stage_shapes
+from engine.distill.base import Distiller, Features, feature_shapes
 from engine.distill.losses import kd_kl, masked_mean
 from engine.distill.stages import align_stages, pool_to
 
@@ -52,6 +58,12 @@ class Projector(nn.Sequential):
             nn.BatchNorm2d(t_channels),
             nn.ReLU(inplace=True),
         )
+
+
+def teacher_maps(feats: Features) -> list:
+    """The teacher's stages with the last one replaced by the map its classifier pools
+    (maps, or shapes when `feats` comes from `feature_shapes`)."""
+    return [*feats.stages[:-1], feats.final]
 
 
 class Pair(NamedTuple):
@@ -91,8 +103,8 @@ class SimKD(Distiller):
         super().__init__(
             student, teacher, options, num_classes=num_classes, input_shape=input_shape
         )
-        t_shapes = stage_shapes(teacher, input_shape)
-        s_shapes = stage_shapes(student, input_shape)
+        t_shapes = teacher_maps(feature_shapes(teacher, input_shape))
+        s_shapes = feature_shapes(student, input_shape).stages
         self.pairs = resolve_pairs(options["projectors"], t_shapes, s_shapes)
         if options["loss"] == "kl" and len(self.pairs) > 1:
             # only the projection that feeds the reused classifier has a kl term; the
@@ -124,7 +136,8 @@ class SimKD(Distiller):
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
         o = self.options
-        s_feats = self.student.forward_features(x)
+        s_feats = self.student.forward_features(x).stages
+        t_feats = teacher_maps(teacher.feats)
         mask = None
         if o["labels"] == "mask-wrong-teacher":
             mask = teacher.logits.argmax(dim=1).eq(y)
@@ -136,7 +149,7 @@ class SimKD(Distiller):
             if k == self.logit_pair:
                 logits = self.reused_head(projected)
             if "l2" in o["loss"]:
-                target = pool_to(teacher.feats[p.teacher], self.sizes[k])
+                target = pool_to(t_feats[p.teacher], self.sizes[k])
                 per_sample = (projected.float() - target.float()).pow(2).flatten(1).mean(1)
                 feat_loss = feat_loss + p.weight * masked_mean(per_sample, mask)
         if "l2" in o["loss"]:
@@ -150,5 +163,5 @@ class SimKD(Distiller):
 
     def forward_test(self, x):
         """Student body -> last projector -> the teacher's frozen classifier."""
-        s_feats = self.student.forward_features(x)
+        s_feats = self.student.forward_features(x).stages
         return self.reused_head(self.project(self.logit_pair, s_feats))

@@ -1,4 +1,8 @@
-"""Pairing teacher and student stages, shared by methods that match several of them."""
+"""Pairing teacher and student stages, shared by methods that match several of them.
+
+Stages are the models' `Features.stages` (engine/models/base.py explains what a stage is);
+indices here count in that list.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,13 @@ def align_stages(
     if nt > ns:
         pairs = [(j, i) for i, j in pairs]
     return sorted(pairs)
+
+
+def index_pairs(
+    t_shapes: list[tuple[int, ...]], s_shapes: list[tuple[int, ...]]
+) -> list[tuple[int, int]]:
+    """Stage k with stage k, the longer list cut short: the references' `zip(g_s, g_t)`."""
+    return [(k, k) for k in range(min(len(t_shapes), len(s_shapes)))]
 
 
 def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

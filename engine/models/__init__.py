@@ -19,12 +19,13 @@ import torch
 
 from engine.registry import ARCHS, resolve
 
-from .base import FeatureModel, count_params, feature_shapes
+from .base import FeatureModel, Features, count_params, feature_shapes, stage_shapes
 
 __all__ = [
     "ARCHS",
     "CheckpointMismatchError",
     "FeatureModel",
+    "Features",
     "build_model",
     "count_params",
     "describe",
@@ -32,6 +33,7 @@ __all__ = [
     "feature_shapes",
     "load_checkpoint_file",
     "load_state_dict_report",
+    "stage_shapes",
 ]
 
 # Where a state dict sits inside a checkpoint dict: ours and RepDistiller/SimKD
@@ -161,8 +163,11 @@ def load_checkpoint_file(path: str | os.PathLike, model: FeatureModel) -> Featur
 
 
 def describe(arch: str, num_classes: int = 100, input_size: int = 32) -> dict[str, Any]:
-    """Size and stage shapes of one arch, for listings (`kdtui models`)."""
-    model = build_model(arch, num_classes)
+    """Size, stage shapes and pooled-map shape of one arch, for listings (`kdtui models`)."""
+    model = build_model(arch, num_classes).eval()
+    shapes = feature_shapes(model, (1, 3, input_size, input_size))
+    with torch.no_grad():
+        feats = model.forward_features(torch.zeros(1, 3, input_size, input_size))
     return {
         "arch": arch,
         "num_classes": num_classes,
@@ -170,5 +175,8 @@ def describe(arch: str, num_classes: int = 100, input_size: int = 32) -> dict[st
         "head": model.head_path,
         "head_in": model.head.in_features,
         "input_size": input_size,
-        "features": feature_shapes(model, (1, 3, input_size, input_size)),
+        "stages": shapes.stages,
+        "final": shapes.final,
+        # False where the net appends layers after its last stage (a 1x1 conv, WRN's BN-ReLU)
+        "final_is_last_stage": feats.final is feats.stages[-1],
     }

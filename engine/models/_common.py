@@ -25,3 +25,25 @@ def init_convs_bns(model: nn.Module) -> None:
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """[N, g*c, H, W] -> interleave the g groups; no sizes read in Python."""
     return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+
+
+def run_stages(
+    layers: list[nn.Sequential], x: torch.Tensor, preact: bool
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run stages of blocks: each stage's output map and the last output.
+
+    With `preact`, a stage's map is its last block's output before the final ReLU (the
+    references' `is_last` blocks return it); blocks provide `forward_preact(x) -> (pre, out)`.
+    The next stage always reads the activated output, so preact changes no computation.
+    """
+    maps = []
+    for layer in layers:
+        if preact:
+            for block in layer[:-1]:
+                x = block(x)
+            pre, x = layer[-1].forward_preact(x)
+            maps.append(pre)
+        else:
+            x = layer(x)
+            maps.append(x)
+    return maps, x

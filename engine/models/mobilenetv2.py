@@ -3,6 +3,7 @@
 `mobilenetv2_0_5` is RepDistiller's `mobile_half` (the "MobileNetV2" of the
 CRD/SimKD tables); `mobilenetv2` is width 1.0 (SimKD's `mobile_half_double`).
 The stem has stride 2, so a 32x32 input ends at 2x2 before pooling.
+`mobilenetv2_0_5` stages: 12x16x16, 16x8x8, 48x4x4, 160x2x2; pooled map 1280x2x2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from ._common import init_convs_bns
-from .base import FeatureModel
+from .base import FeatureModel, Features
 
 # t (expansion, None = T), c (channels at width 1), n (blocks), s (first stride)
 _SETTING = [
@@ -76,17 +77,18 @@ class MobileNetV2(FeatureModel):
         nn.init.normal_(self.classifier[0].weight, 0, 0.01)
         nn.init.zeros_(self.classifier[0].bias)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        # Stages are RepDistiller's f1..f4 (ends of blocks 1, 2, 4, 6) plus the
-        # 1x1-conv map that is pooled. SimKD's "penultimate" feature for this
-        # net is f4 (stage -2), not the pooled 1280-channel map.
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # Stages are RepDistiller's/SimKD's f1..f4: the ends of blocks 1, 2, 4 and 6 (the
+        # conv1 map is the stem f0). The last stage is the 160-channel (width 0.5) block
+        # output SimKD projects (feat_s[-2]); the 1x1 conv2 map that is pooled is `final`.
+        # Block outputs are linear (no ReLU), and the references define no pre-activation
+        # maps for this net, so preact returns the same stages.
         b = self.blocks
-        out = b[1](b[0](self.conv1(x)))
-        f1 = out
+        f1 = b[1](b[0](self.conv1(x)))
         f2 = b[2](f1)
         f3 = b[4](b[3](f2))
         f4 = b[6](b[5](f3))
-        return [f1, f2, f3, f4, self.conv2(f4)]
+        return Features([f1, f2, f3, f4], self.conv2(f4))
 
 
 def mobilenetv2(*, num_classes: int = 100) -> MobileNetV2:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import init_convs_bns
-from .base import FeatureModel
+from ._common import init_convs_bns, run_stages
+from .base import FeatureModel, Features
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -34,11 +34,16 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual sum before the ReLU, block output)."""
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        pre = out + shortcut
+        return pre, F.relu(pre)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_preact(x)[1]
 
 
 def _stage(cin: int, cout: int, n: int, stride: int) -> nn.Sequential:
@@ -64,12 +69,11 @@ class CifarResNet(FeatureModel):
         self.fc = nn.Linear(widths[3], num_classes)
         init_convs_bns(self)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # stages = RepDistiller's f1..f3 (layer outputs); the stem map f0 is not a stage
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        f1 = self.layer1(x)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        return [f1, f2, f3]
+        stages, out = run_stages([self.layer1, self.layer2, self.layer3], x, preact)
+        return Features(stages, out)
 
 
 _NARROW = [16, 16, 32, 64]

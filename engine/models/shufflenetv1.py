@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import channel_shuffle
-from .base import FeatureModel
+from ._common import channel_shuffle, run_stages
+from .base import FeatureModel, Features
 
 
 class ShuffleUnit(nn.Module):
@@ -34,14 +34,17 @@ class ShuffleUnit(nn.Module):
         self.conv3 = nn.Conv2d(mid, cout, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(concatenation or sum before the ReLU, unit output)."""
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = channel_shuffle(out, self.g1)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
-        if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1))
-        return F.relu(out + x)
+        pre = torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1) if self.stride == 2 else out + x
+        return pre, F.relu(pre)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_preact(x)[1]
 
 
 class ShuffleNetV1(FeatureModel):
@@ -67,12 +70,11 @@ class ShuffleNetV1(FeatureModel):
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(out_planes[2], num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # stages = RepDistiller's f1..f3 (the stem map f0 is not a stage); layer3 is pooled
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        f1 = self.layer1(x)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        return [f1, f2, f3]
+        stages, out = run_stages([self.layer1, self.layer2, self.layer3], x, preact)
+        return Features(stages, out)
 
 
 def shufflenetv1(*, num_classes: int = 100) -> ShuffleNetV1:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import channel_shuffle
-from .base import FeatureModel
+from ._common import channel_shuffle, run_stages
+from .base import FeatureModel, Features
 
 # net_size -> (stage widths + final 1x1 conv width, blocks per stage)
 _CONFIGS = {
@@ -35,11 +35,21 @@ class BasicUnit(nn.Module):
         self.conv3 = nn.Conv2d(c, c, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
 
+    def _branch(self, x2: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x2)), inplace=True)
+        return self.bn3(self.conv3(self.bn2(self.conv2(out))))
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the references' pre-activation map: the kept half and the branch before its ReLU,
+        concatenated and not shuffled; unit output)."""
+        x1, x2 = x[:, : self.half], x[:, self.half :]
+        pre = self._branch(x2)
+        out = channel_shuffle(torch.cat([x1, F.relu(pre)], 1), 2)
+        return torch.cat([x1, pre], 1), out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x[:, : self.half], x[:, self.half :]
-        out = F.relu(self.bn1(self.conv1(x2)), inplace=True)
-        out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)), inplace=True)
+        out = F.relu(self._branch(x2), inplace=True)
         return channel_shuffle(torch.cat([x1, out], 1), 2)
 
 
@@ -87,15 +97,13 @@ class ShuffleNetV2(FeatureModel):
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.linear = nn.Linear(widths[3], num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        # The pooled map is the 1x1 conv2 output; SimKD's "penultimate"
-        # feature for this net is layer3's output (stage -2).
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # Stages are RepDistiller's/SimKD's f1..f3, the outputs of layer1..3 (the stem map
+        # f0 is not a stage): the last is the 464-channel map SimKD projects (feat_s[-2]).
+        # The 1x1 conv2 map that is pooled is `final`.
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        f1 = self.layer1(x)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = F.relu(self.bn2(self.conv2(f3)))
-        return [f1, f2, f3, f4]
+        stages, out = run_stages([self.layer1, self.layer2, self.layer3], x, preact)
+        return Features(stages, F.relu(self.bn2(self.conv2(out))))
 
 
 def shufflenetv2(*, num_classes: int = 100) -> ShuffleNetV2:

@@ -14,19 +14,21 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .base import FeatureModel
+from .base import FeatureModel, Features
 
 
 class TVResNet(FeatureModel, tvm.ResNet):
     head_path = "fc"
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # stages = layer1..layer4 (SimKD's ImageNet feature list without the stem); torchvision's
+        # blocks give no pre-activation maps, so preact returns the same stages
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         f1 = self.layer1(x)
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
-        return [f1, f2, f3, f4]
+        return Features([f1, f2, f3, f4], f4)
 
 
 def _stride(m: nn.Module) -> int:
@@ -37,25 +39,27 @@ def _stride(m: nn.Module) -> int:
 
 
 class TVMobileNetV2(FeatureModel, tvm.MobileNetV2):
-    """Stages are the runs of `features` that share a resolution (/2 ../32);
-    the last one ends with the 1280-channel 1x1 conv that is pooled."""
+    """Stages end where the next block halves the resolution (/4 ../32), as SimKD's ImageNet
+    MobileNetV2 splits `features` (its f1..f4: 24, 32, 96, 320 channels); the stem (and the
+    first block, still at /2) come before them, and the 1280-channel 1x1 conv that is pooled
+    is `final`. No pre-activation maps: preact returns the same stages."""
 
     head_path = "classifier.1"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        n = len(self.features)
+        last = len(self.features) - 1  # the final 1x1 ConvBNReLU
         self.stage_ends = tuple(
-            i for i in range(n) if i == n - 1 or _stride(self.features[i + 1]) == 2
+            i for i in range(2, last) if i == last - 1 or _stride(self.features[i + 1]) == 2
         )
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        stages = []
         for i, m in enumerate(self.features):
             x = m(x)
             if i in self.stage_ends:
-                feats.append(x)
-        return feats
+                stages.append(x)
+        return Features(stages, x)
 
     def forward_head(self, feat: torch.Tensor) -> torch.Tensor:
         # Keep torchvision's dropout before the Linear (inactive in eval).

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import init_convs_bns
-from .base import FeatureModel
+from .base import FeatureModel, Features
 
 _CFG = {
     "S": [[64], [128], [256], [512], [512]],  # vgg8
@@ -45,16 +45,21 @@ class VGG(FeatureModel):
         nn.init.normal_(self.classifier.weight, 0, 0.01)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        # RepDistiller pools only three times at 32x32 (block3 and block4 both
-        # run at 4x4) and adds the fourth pool only for 64x64 inputs.
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # Stages are RepDistiller's f1..f4 (blocks 1-4 after their ReLU; preact: before it);
+        # block 0's map is its f0, the stem, which AT and the hint index skip.
+        # RepDistiller pools only three times at 32x32 (block3 and block4 both run at 4x4)
+        # and adds the fourth pool only for 64x64 inputs.
         pool_before_block4 = x.shape[-2] == 64
-        f0 = F.relu(self.block0(x))
-        f1 = F.relu(self.block1(F.max_pool2d(f0, 2)))
-        f2 = F.relu(self.block2(F.max_pool2d(f1, 2)))
-        f3 = F.relu(self.block3(F.max_pool2d(f2, 2)))
-        f4 = F.relu(self.block4(F.max_pool2d(f3, 2) if pool_before_block4 else f3))
-        return [f0, f1, f2, f3, f4]
+        x = F.relu(self.block0(x))
+        stages = []
+        for k, block in enumerate((self.block1, self.block2, self.block3, self.block4)):
+            if k < 3 or pool_before_block4:
+                x = F.max_pool2d(x, 2)
+            pre = block(x)
+            x = F.relu(pre)
+            stages.append(pre if preact else x)
+        return Features(stages, x)
 
 
 def vgg8(*, num_classes: int = 100) -> VGG:

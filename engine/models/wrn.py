@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import init_convs_bns
-from .base import FeatureModel
+from .base import FeatureModel, Features
 
 
 class WideBasic(nn.Module):
@@ -29,8 +29,9 @@ class WideBasic(nn.Module):
             None if self.equal_in_out else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = F.relu(self.bn1(x), inplace=True)
+    def forward(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor:
+        """pre: bn1(x), when the caller keeps it as a pre-activation stage map."""
+        act = F.relu(self.bn1(x), inplace=True) if pre is None else F.relu(pre)
         out = F.relu(self.bn2(self.conv1(act)), inplace=True)
         out = self.conv2(out)
         shortcut = x if self.convShortcut is None else self.convShortcut(act)
@@ -46,8 +47,11 @@ class NetworkBlock(nn.Module):
             *[WideBasic(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)]
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+    def forward(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.layer[0](x, pre)
+        for block in self.layer[1:]:
+            x = block(x)
+        return x
 
 
 class WideResNet(FeatureModel):
@@ -68,13 +72,20 @@ class WideResNet(FeatureModel):
         init_convs_bns(self)
         nn.init.zeros_(self.fc.bias)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> Features:
+        # Stages are RepDistiller's f1..f3: the raw output of each block group. This net is
+        # pre-activation, so the map the classifier pools is the last one after bn1 + ReLU
+        # (`final`). The pre-activation maps (references' preact=True) are the next BN's
+        # outputs: block2's and block3's first bn1, then bn1; each is computed once and
+        # handed on, so asking for them runs no BN twice.
         f1 = self.block1(self.conv1(x))
-        f2 = self.block2(f1)
-        # Pre-activation net: the last map is only "final" after bn1 + ReLU.
-        # (RepDistiller's feature list holds block3's raw output instead.)
-        f3 = F.relu(self.bn1(self.block3(f2)))
-        return [f1, f2, f3]
+        p1 = self.block2.layer[0].bn1(f1) if preact else None
+        f2 = self.block2(f1, p1)
+        p2 = self.block3.layer[0].bn1(f2) if preact else None
+        f3 = self.block3(f2, p2)
+        p3 = self.bn1(f3)
+        final = F.relu(p3)
+        return Features([p1, p2, p3] if preact else [f1, f2, f3], final)
 
 
 def wrn_16_2(*, num_classes: int = 100) -> WideResNet:
