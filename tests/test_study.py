@@ -193,3 +193,36 @@ log_every = 1
     assert result.best_top1 is not None and result.head == c.loads(text).method.head
     names = {m.name for m in store.metrics(run.id)}
     assert "train/loss" in names and "test/top1" in names
+
+
+# mdistiller's configs/cifar100/dkd/*.yaml: (teacher, student) -> BETA (absent: its default 8)
+MDISTILLER_DKD_BETA = {
+    ("resnet56", "resnet20"): 2.0,
+    ("resnet110", "resnet32"): 2.0,
+    ("resnet32x4", "resnet8x4"): 8.0,
+    ("resnet32x4", "shufflenetv1"): 8.0,
+    ("resnet32x4", "shufflenetv2"): 8.0,
+    ("ResNet50", "mobilenetv2_0_5"): 8.0,
+    ("vgg13", "mobilenetv2_0_5"): 6.0,
+    ("vgg13", "vgg8"): 6.0,
+    ("wrn_40_2", "shufflenetv1"): 8.0,
+    ("wrn_40_2", "wrn_16_2"): 6.0,
+    ("wrn_40_2", "wrn_40_1"): 6.0,
+}
+
+
+def test_dkd_files_carry_mdistillers_beta_for_every_pair_it_tunes():
+    files = {}
+    for path in EXPERIMENTS:
+        if path.name.startswith("dkd_") and "cifar100" in path.parts:
+            exp = c.load(path)
+            files[(exp.teacher.arch, exp.student.arch)] = (exp, path.read_text())
+    assert set(MDISTILLER_DKD_BETA) <= set(files)
+    for pair, (exp, text) in files.items():
+        beta = exp.distill.options.get("nckd_weight")
+        if pair in MDISTILLER_DKD_BETA:
+            assert beta == MDISTILLER_DKD_BETA[pair], pair
+            header = text.split("\nname =")[0]
+            assert "mdistiller" in header and ".yaml" in header, pair  # says where beta is from
+        else:  # pairs mdistiller does not tune keep the default
+            assert beta == 8.0, pair
