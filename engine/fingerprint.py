@@ -204,11 +204,38 @@ def diff_labels(idents: dict[str, dict]) -> dict[str, str]:
         values = {json.dumps(f[key], sort_keys=True) for f in flat.values() if key in f}
         if len(values) > 1:
             shown.append(key)
+    labels = _render(flat, shown, order)
+    # identities can still read alike when they differ only by a key that some lack (a
+    # student checkpoint): those show the key too, "none" where it is absent
+    for label in set(labels.values()):
+        alike = [k for k, text in labels.items() if text == label]
+        if len(alike) < 2:
+            continue
+        extra = [
+            key
+            for key in order
+            if key not in shown
+            and len({json.dumps(flat[k].get(key), sort_keys=True) for k in alike}) > 1
+        ]
+        labels.update(_render({k: flat[k] for k in alike}, shown + extra, order, absent="none"))
+    return labels
+
+
+def _render(
+    flat: dict[str, dict], shown: list[str], order: list[str], absent: str | None = None
+) -> dict[str, str]:
+    shown = [k for k in order if k in shown]
     tails = [k.split(".")[-1] for k in shown]
     names = {k: (t if tails.count(t) == 1 else k) for k, t in zip(shown, tails)}
     if "teacher.source" in names:
         names["teacher.source"] = "teacher"
-    return {
-        key: " ".join(f"{names[k]}={short_value(k, f[k])}" for k in shown if k in f)
-        for key, f in flat.items()
-    }
+    out = {}
+    for key, f in flat.items():
+        parts = []
+        for k in shown:
+            if k in f:
+                parts.append(f"{names[k]}={short_value(k, f[k])}")
+            elif absent is not None:
+                parts.append(f"{names[k]}={absent}")
+        out[key] = " ".join(parts)
+    return out

@@ -161,3 +161,11 @@ def test_diff_labels_show_only_the_keys_that_differ_with_short_names():
     assert fp.diff_labels({"t": teacher, "s": student})["s"] == (
         "teacher.arch=resnet56 student.arch=resnet14"
     )
+
+
+def test_labels_stay_distinct_when_configs_differ_only_by_a_key_one_lacks():
+    plain = {"student": {"arch": "resnet8"}, "optim": {"lr": 0.05}}
+    warm = {"student": {"arch": "resnet8", "init": "sha256:abcdef0123"}, "optim": {"lr": 0.05}}
+    other = {"student": {"arch": "resnet8"}, "optim": {"lr": 0.1}}
+    labels = fp.diff_labels({"p": plain, "w": warm, "o": other})
+    assert labels == {"p": "lr=0.05 init=none", "w": "lr=0.05 init=sha256:abcdef01", "o": "lr=0.1"}
