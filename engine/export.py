@@ -411,8 +411,10 @@ COLUMNS = (
     "trained params",
     "epochs",
     "status",
+    "fingerprint",
 )
 NUMERIC = ("#", "best top-1", "last top-1", "n", "gap closed", "trained params")  # right-aligned
+FP_SHOWN = 12  # fingerprint digits shown in tables (the store and CSV keep all 16)
 MEMBER_COLUMNS = (
     "#",
     "experiment",
@@ -473,6 +475,7 @@ def cells(row: Row, rank: int) -> list[str]:
         fmt_params(row.trained_params),
         f"{row.epoch}/{row.epochs}",
         row.status,
+        (row.fingerprint or "–")[:FP_SHOWN],
     ]
 
 
@@ -721,6 +724,12 @@ def to_latex(rows: Sequence[Row], *, runs: bool = False) -> str:
             f"{_tex(label)}: {value:.2f}}} \\\\"
         )
     lines.append("\\end{tabular}")
+    # which runs each row is, out of the PDF but in the source that goes with the paper
+    lines += [
+        f"% {_tex(r.name)}: fingerprint {r.fingerprint or 'none'}, runs "
+        + " ".join(map(str, r.run_ids))
+        for r in rows
+    ]
     if runs:
         lines += ["", *_latex_members(rows)]
     return "\n".join(lines) + "\n"

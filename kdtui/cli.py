@@ -185,7 +185,7 @@ def list_runs(
             r.head,
             speed,
             r.device or "–",
-            (r.fingerprint or "–")[:FP_SHOWN],
+            (r.fingerprint or "–")[: exportmod.FP_SHOWN],
         )
     if not runs:
         console.print(f"no runs in {store.home}")
@@ -202,9 +202,6 @@ def progress_text(r) -> str:
     elif r.status == "queued" and r.depends_on:
         text += f" after #{r.depends_on}"
     return text
-
-
-FP_SHOWN = 12  # fingerprint digits shown in tables (the store keeps 16)
 
 
 def pinned_baseline(store: Store, ref: str) -> exportmod.Baseline:
@@ -255,6 +252,7 @@ def leaderboard_rows(
 
 # Dropped first when the terminal is too narrow: the rank, names, head and best top-1 stay.
 DROP_ORDER = (
+    "fingerprint",
     "baseline",
     "trained params",
     "epochs",

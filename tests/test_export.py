@@ -295,3 +295,14 @@ def test_member_runs_are_listed_in_every_format(store):
     assert sorted(int(m["run_id"]) for m in members) == sorted(r.id for r in runs.values())
     assert {m["counted"] for m in members} == {"1"}
     assert x.export(rows, "latex", runs=True).count("\\begin{tabular}") == 2
+
+
+def test_every_export_names_each_rows_fingerprint(store):
+    gap_study(store)
+    rows = x.build_rows(store.runs())
+    md, tex = x.to_markdown(rows), x.to_latex(rows)
+    lines = list(csv.DictReader(io.StringIO(x.to_csv(rows))))
+    for row, line in zip(rows, lines):
+        assert len(row.fingerprint) == 16 and line["fingerprint"] == row.fingerprint
+        assert f"| {row.fingerprint[:12]} |" in md
+        assert f"fingerprint {row.fingerprint}, runs {row.run_ids[0]}" in tex

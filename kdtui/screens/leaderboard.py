@@ -41,6 +41,7 @@ COLUMNS = (
     "trained params",
     "epochs",
     "status",
+    "fingerprint",
 )
 _EXPORT_INDEX = {name: i for i, name in enumerate(exportmod.COLUMNS)}
 NUMERIC = {*exportmod.NUMERIC, "epochs", PIN_COLUMN}  # right-aligned, sorted high first
@@ -108,6 +109,7 @@ class Board:
             "trained params": lambda r: r.trained_params,
             "epochs": lambda r: (r.epoch / r.epochs) if r.epochs else None,
             "status": lambda r: r.status,
+            "fingerprint": lambda r: r.fingerprint,
             PIN_COLUMN: self.delta,
         }
         return getters[column](row)
