@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import config as cfgmod
+from engine import fingerprint as fpmod
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS runs (
     last_top5 REAL,
     teacher_top1 REAL,
     params INTEGER,
+    trained_params INTEGER,
+    fingerprint TEXT,
+    identity TEXT,
     images_per_s REAL,
     eta_s REAL,
     host TEXT,
@@ -80,6 +84,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
+CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs(fingerprint);
 CREATE TABLE IF NOT EXISTS metrics (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -100,7 +105,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 """
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
+ADDED_COLUMNS = (
+    ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
+    ("fingerprint", "TEXT"),  # engine.fingerprint: equal = same experiment up to the seed
+    ("identity", "TEXT"),  # the JSON the fingerprint hashes
+)
 
 
 class StoreError(Exception):
@@ -152,6 +163,9 @@ class Run:
     started: float | None
     ended: float | None
     heartbeat: float | None
+    trained_params: int | None = None
+    fingerprint: str | None = None
+    identity: str | None = None
 
     @property
     def path(self) -> Path:
@@ -226,8 +240,62 @@ class Store:
         con = self.conn
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
-            con.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older store's up to date (columns added, then the
+        fingerprints of its runs computed from their stored configs). One transaction: a
+        second process opening the store at the same time waits and then finds it done."""
+        with self._tx() as con:
+            if con.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            if have:
+                for name, sql_type in ADDED_COLUMNS:
+                    if name not in have:
+                        con.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            self._backfill_fingerprints(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _backfill_fingerprints(self, con) -> None:
+        """Fingerprints of runs stored before they existed; a config that no longer parses
+        keeps none (the leaderboard then shows that run alone)."""
+        files: dict[str, str] = {}
+        rows = con.execute(
+            "SELECT id, config_toml FROM runs WHERE fingerprint IS NULL ORDER BY id"
+        ).fetchall()
+        for row in rows:  # in id order: a teacher run gets its fingerprint before its students
+            try:
+                cfg = cfgmod.loads(row["config_toml"], file=f"run {row['id']} config")
+                ident = fpmod.identity(cfg, teacher=self._teacher_source(con, cfg, files))
+            except (ValueError, KeyError, TypeError, StoreError):
+                continue
+            con.execute(
+                "UPDATE runs SET fingerprint=?, identity=? WHERE id=?",
+                (fpmod.digest(ident), fpmod.dumps(ident), row["id"]),
+            )
+
+    def _teacher_source(
+        self, con, cfg: cfgmod.Experiment, files: dict[str, str], teacher_run: int | None = None
+    ) -> str | None:
+        """The teacher as a recipe: the fingerprint of the run that trains it, or the sha256
+        of its checkpoint file (hashed once per submit)."""
+        t = cfg.teacher
+        if not cfg.method.needs_teacher:
+            return None
+        if teacher_run is None and t.from_run:
+            teacher_run = self._resolve_from_run(con, t.from_run, t.arch)
+        if teacher_run is not None:
+            row = con.execute("SELECT fingerprint FROM runs WHERE id=?", (teacher_run,)).fetchone()
+            return fpmod.run_source(row["fingerprint"] if row else None)
+        if t.checkpoint:
+            if t.checkpoint not in files:
+                files[t.checkpoint] = fpmod.file_source(t.checkpoint)
+            return files[t.checkpoint]
+        return fpmod.run_source(None)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -275,6 +343,7 @@ class Store:
                 (exp.name, source, cfgmod.dumps(exp, full=False), now),
             ).lastrowid
             teacher_run: int | None = None
+            files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
             for plan in plans:
                 cfg = plan.config
                 depends_on = None
@@ -290,7 +359,9 @@ class Store:
                             con, cfg.teacher.from_run, cfg.teacher.arch
                         )
                         cfg.teacher.from_run = str(depends_on)
-                run_id = self._insert_run(con, exp_id, plan, cfg, depends_on, status, now)
+                teacher = self._teacher_source(con, cfg, files, depends_on)
+                ident = fpmod.identity(cfg, teacher=teacher)
+                run_id = self._insert_run(con, exp_id, plan, cfg, depends_on, status, now, ident)
                 if holder is not None:
                     con.execute("UPDATE runs SET pid=? WHERE id=?", (holder, run_id))
                 if plan.role == "teacher":
@@ -307,6 +378,7 @@ class Store:
         depends_on: int | None,
         status: str,
         now: float,
+        ident: dict,
     ) -> int:
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
@@ -314,8 +386,8 @@ class Store:
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
-               priority, fuse_key, epochs, created)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               priority, fuse_key, epochs, created, fingerprint, identity)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
@@ -336,6 +408,8 @@ class Store:
                 fuse_key(cfg),
                 cfg.optim.epochs,
                 now,
+                fpmod.digest(ident),
+                fpmod.dumps(ident),
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)

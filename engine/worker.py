@@ -57,6 +57,7 @@ class StoreCallbacks:
             self._id(m),
             epochs=info["epochs"],
             params=info["params"],
+            trained_params=info["trainable_params"],
             steps_per_epoch=info["steps_per_epoch"],
             epoch=m.epoch,
             heartbeat=time.time(),

@@ -166,8 +166,9 @@ def list_runs(
         "head",
         "img/s",
         "device",
+        "fingerprint",
     ):
-        t.add_column(col, no_wrap=col in ("id", "status"))
+        t.add_column(col, no_wrap=col in ("id", "status", "fingerprint"))
     for r in runs:
         best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
         speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
@@ -184,6 +185,7 @@ def list_runs(
             r.head,
             speed,
             r.device or "–",
+            (r.fingerprint or "–")[: exportmod.FP_SHOWN],
         )
     if not runs:
         console.print(f"no runs in {store.home}")
@@ -202,9 +204,44 @@ def progress_text(r) -> str:
     return text
 
 
-def leaderboard_rows(store: Store, experiment: str | None, status: str | None):
+def pinned_baseline(store: Store, ref: str) -> exportmod.Baseline:
+    """`--baseline RUN|EXPERIMENT`: the leaderboard row holding that run, or the experiment's
+    one vanilla row (else its one row); its done seeds' mean is the baseline."""
+    try:
+        named = store.find(ref)
+    except StoreError as e:
+        raise fail(f"--baseline {ref}: {e}") from None
+    rows = exportmod.build_rows(store.runs())
+    ids = {r.id for r in named}
+    mine = [row for row in rows if set(row.run_ids) & ids]
+    if len(mine) > 1:
+        vanilla = [row for row in mine if row.method == "vanilla" and row.role == "student"]
+        mine = vanilla if len(vanilla) == 1 else mine
+    if len(mine) != 1:
+        listed = "; ".join(f"{row.name} (runs {row.run_ids[0]}…)" for row in mine)
+        raise fail(
+            f"--baseline {ref}: experiment {ref!r} has {len(mine)} leaderboard rows ({listed}); "
+            "give a run id of the one to use"
+        )
+    pin = exportmod.pin_of(mine[0])
+    if pin is None:
+        raise fail(f"--baseline {ref}: {mine[0].name} has no done run yet")
+    return pin
+
+
+def leaderboard_rows(
+    store: Store, experiment: str | None, status: str | None, baseline: str | None = None
+):
     runs = store.runs(experiment=experiment)
-    rows = exportmod.build_rows(store.runs())  # baselines may come from other experiments
+    pin = pinned_baseline(store, baseline) if baseline else None
+    # baselines and teachers may come from other experiments: rows are built from every run
+    rows = exportmod.build_rows(store.runs(), pin=pin)
+    if pin is not None and not any(row.baseline_label.startswith("pinned") for row in rows):
+        err.print(
+            f"note: --baseline {baseline} ({pin.label}) trained {pin.student} on {pin.dataset}; "
+            "no distilled row has that student and data set, so it is the baseline of none",
+            highlight=False,
+        )
     keep = {r.id for r in runs} if experiment else None
     if keep is not None:
         rows = [row for row in rows if set(row.run_ids) & keep]
@@ -214,7 +251,17 @@ def leaderboard_rows(store: Store, experiment: str | None, status: str | None):
 
 
 # Dropped first when the terminal is too narrow: the rank, names, head and best top-1 stay.
-DROP_ORDER = ("params", "epochs", "last top-1", "status", "n", "gap closed", "#")
+DROP_ORDER = (
+    "fingerprint",
+    "baseline",
+    "trained params",
+    "epochs",
+    "last top-1",
+    "status",
+    "n",
+    "gap closed",
+    "#",
+)
 
 
 def fit_columns(head, body, width: int) -> list[int]:
@@ -237,12 +284,15 @@ def leaderboard_table(rows) -> Table:
     head, body = exportmod.table(rows)
     keep = fit_columns(head, body, console.width)
     hidden = [head[i] for i in range(len(head)) if i not in keep]
+    notes = []
+    if any(row.best_mean is None and row.provisional for row in rows):
+        notes.append("best top-1 in parentheses: runs still running, not in any mean")
+    if hidden:
+        notes.append(f"too narrow to show: {', '.join(hidden)} (widen it or use kdtui export)")
     t = Table(
         title="leaderboard (accuracy of the head used at test time)",
         title_justify="left",
-        caption=f"too narrow to show: {', '.join(hidden)} (widen it or use kdtui export)"
-        if hidden
-        else None,
+        caption="\n".join(notes) or None,
         caption_justify="left",
     )
     for i in keep:
@@ -255,18 +305,49 @@ def leaderboard_table(rows) -> Table:
     return t
 
 
+def members_table(rows) -> Table:
+    """`--runs`: every run behind each row, and whether it is in the row's mean."""
+    head, body = exportmod.member_table(rows)
+    t = Table(title="runs of each row (# = the row's rank)", title_justify="left")
+    numeric = {"#", "run", "seed", "best top-1", "last top-1", "teacher top-1"}
+    for h in head:
+        t.add_column(h, justify="right" if h in numeric else "left", overflow="fold")
+    for cells in body:
+        add_text_row(t, *cells)
+    return t
+
+
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--baseline",
+        metavar="RUN|EXPERIMENT",
+        help="Measure gap closed against this run's row (or the experiment's vanilla row) "
+        "for rows of its student and data set, instead of the matching vanilla runs.",
+    ),
+]
+RunsOpt = Annotated[
+    bool, typer.Option("--runs", help="Also list every row's member runs (seed, status, note).")
+]
+
+
 @app.command()
 def leaderboard(
     experiment: ExperimentOpt = None,
     status: Annotated[str | None, typer.Option(help="Only rows with a run in this status.")] = None,
+    baseline: BaselineOpt = None,
+    runs: RunsOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Rank runs by best top-1; seeds grouped as mean ± std."""
-    rows = leaderboard_rows(open_store(home), experiment, status)
+    """Rank experiments by best top-1: runs with equal config fingerprints form a row, one run
+    per seed as mean ± std (done runs only); gap closed against a matching vanilla baseline."""
+    rows = leaderboard_rows(open_store(home), experiment, status, baseline)
     if not rows:
         console.print("no runs yet")
         return
     console.print(leaderboard_table(rows))
+    if runs:
+        console.print(members_table(rows))
 
 
 @app.command()
@@ -276,13 +357,21 @@ def export(
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
     experiment: ExperimentOpt = None,
+    baseline: BaselineOpt = None,
+    runs: Annotated[
+        bool,
+        typer.Option(
+            "--runs",
+            help="List member runs too (Markdown, LaTeX: a second table; CSV: one line per run).",
+        ),
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
     """Export the leaderboard as Markdown, CSV or LaTeX."""
     if format not in exportmod.FORMATS:
         raise fail(f"unknown format {format!r}; use one of {', '.join(exportmod.FORMATS)}")
-    rows = leaderboard_rows(open_store(home), experiment, None)
-    text = exportmod.export(rows, format)
+    rows = leaderboard_rows(open_store(home), experiment, None, baseline)
+    text = exportmod.export(rows, format, runs=runs)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

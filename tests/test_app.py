@@ -498,6 +498,8 @@ async def test_run_config_view_and_a_teacher_from_an_earlier_run(seeded):
         await pilot.press("v")
         await until(pilot, lambda: isinstance(app.screen, ConfigScreen))
         assert 'method = "simkd"' in app.screen.text and "lr = 0.05" in app.screen.text
+        fingerprint = Store(home).run(ids["simkd-r32x4-r8x4"][0]).fingerprint
+        assert app.screen.title_text.endswith(f"· fingerprint {fingerprint}")
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
         await pilot.press("n")
@@ -532,7 +534,14 @@ async def test_leaderboard_sorts_by_the_chosen_column(seeded):
         board = app.screen
         await until(pilot, lambda: len(board.shown) == 5)
         names = lambda: [r.name for r in board.shown]  # noqa: E731
-        assert names()[0] == "simkd-r32x4-r8x4 [lr=0.05]"  # ranked by best top-1
+        # finished rows by mean best top-1, then the running row, then queued / failed ones
+        assert names() == [
+            "kd-r32x4-r8x4",
+            "baseline-r8x4",
+            "simkd-r32x4-r8x4 [lr=0.05]",
+            "simkd-r32x4-r8x4 [lr=0.01]",
+            "simkd-wrn",
+        ]
         await pilot.press("s")
         await pilot.press(*["down"] * COLUMNS.index("experiment"), "enter")
         await until(pilot, lambda: board.board.sort_column == "experiment")
@@ -544,7 +553,42 @@ async def test_leaderboard_sorts_by_the_chosen_column(seeded):
         await pilot.press("s")
         await pilot.press(*["down"] * (COLUMNS.index("n") - COLUMNS.index("experiment")), "enter")
         await until(pilot, lambda: board.board.sort_column == "n")
-        assert [r.n for r in board.shown] == [3, 2, 1, 0, 0]
+        assert [r.n for r in board.shown] == [3, 2, 0, 0, 0]  # running runs are not in n
+
+
+async def test_enter_on_a_grouped_row_shows_its_member_runs(seeded):
+    from kdtui.screens.leaderboard import LeaderboardScreen
+    from kdtui.screens.members import MembersScreen
+
+    home, ids = seeded
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        board = app.screen
+        await until(pilot, lambda: len(board.shown) == 5)
+        assert board.selected.name == "kd-r32x4-r8x4"  # two seeds: one row
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MembersScreen))
+        table = app.screen.query_one("#members")
+        shown = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        kd = ids["kd-r32x4-r8x4"]
+        assert [row[:4] for row in shown] == [
+            [str(kd[0]), "0", "done", "73.81"],
+            [str(kd[1]), "1", "done", "74.27"],
+        ]
+        assert all(row[-1] == "counted" for row in shown)
+        detail = str(app.screen.query_one("#members-detail").render())
+        # gap closed against the vanilla runs of the same recipe, by the formula
+        assert "gap closed 18% = (74.04 − 72.84) / (79.42 − 72.84)" in detail
+        assert f"baseline-r8x4 (#{',#'.join(map(str, ids['baseline-r8x4']))})" in detail
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        await pilot.press("down", "down", "down", "down", "enter")  # the failed row
+        await until(pilot, lambda: isinstance(app.screen, MembersScreen))
+        (cells,) = [app.screen.query_one("#members").get_row_at(0)]
+        assert str(cells[2]) == "failed" and "out of memory" in str(cells[-1])
 
 
 async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
@@ -562,6 +606,7 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
         await until(pilot, lambda: len(board.shown) == 5)
         await pilot.press("slash", *"74.04", "enter")  # text in any column
         assert [r.name for r in board.shown] == ["kd-r32x4-r8x4"]
+        assert app.screen is board and board.table.has_focus  # enter left the box, opened nothing
         assert board.table.row_count == 1
         await pilot.press("slash", "escape")  # escape clears the filter
         await pilot.press("f", "f", "f")  # all -> running -> queued -> done
@@ -570,7 +615,7 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
         await pilot.press("f", "f", "f")  # failed, cancelled, back to all
         assert board.board.status == "all"
         # pin the vanilla baseline: the kd row is measured against it
-        await pilot.press("down", "down", "p")
+        await pilot.press("down", "p")
         assert board.board.pinned.name == "baseline-r8x4"
         kd = next(r for r in board.shown if r.name == "kd-r32x4-r8x4")
         delta = board.board.cells(kd)[COLUMNS.index("Δ pin")]
@@ -620,7 +665,7 @@ async def test_compare_shows_only_config_differences_and_overlaid_curves(seeded)
         await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
         board = app.screen
         await until(pilot, lambda: len(board.shown) == 5)
-        await pilot.press("space", "space", "m")  # simkd lr=0.05 and kd (2 seeds)
+        await pilot.press("space", "down", "space", "m")  # kd (2 seeds) and simkd lr=0.05
         await until(pilot, lambda: isinstance(app.screen, CompareScreen))
         compare = app.screen
         await until(pilot, lambda: compare.diff, what="the differences")
@@ -628,7 +673,7 @@ async def test_compare_shows_only_config_differences_and_overlaid_curves(seeded)
         assert "distill.method" in keys and "distill.loss" in keys
         assert "optim.lr" not in keys and "data.dataset" not in keys  # equal: not shown
         method = dict(compare.diff)["distill.method"]
-        assert method == ["simkd", "kd"]
+        assert method == ["kd", "simkd"]
         await until(pilot, lambda: compare.query_one("#cmp-top1", CurvePlot).points > 0)
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))

@@ -128,3 +128,33 @@ def test_leaderboard_in_an_80_column_terminal_shows_whole_names_and_says_what_it
     assert "too narrow to show:" in board and "params" in board.split("too narrow")[1]
     wide = plain(runner.invoke(app, ["leaderboard"], env={"COLUMNS": "200"}).output)
     assert "too narrow" not in wide and "params" in wide
+
+
+def test_leaderboard_and_export_list_member_runs_and_ls_shows_fingerprints(store):
+    from tests.test_export import finished_study
+
+    runs = finished_study(store)
+    wide = {"COLUMNS": "250"}
+    board = plain(runner.invoke(app, ["leaderboard", "--runs"], env=wide).output)
+    members = board.split("runs of each row")[1]
+    for r in runs:
+        assert re.search(rf"│\s+{r.id} │\s+{r.seed} │ done\s+│", members), r.id
+    md = runner.invoke(app, ["export", "--format", "md", "--runs"]).output
+    assert md.count("| counted |") == len(runs)
+    ls = plain(runner.invoke(app, ["ls"], env=wide).output)
+    for r in runs:
+        assert store.run(r.id).fingerprint[:12] in ls
+
+
+def test_a_pinned_baseline_on_the_command_line(store):
+    from tests.test_export import finished_study
+
+    runs = finished_study(store)
+    vanilla = [r for r in runs if r.method == "vanilla"]
+    store.update(vanilla[0].id, best_top1=86.0)  # baseline mean 84.0 instead of 81.0
+    result = runner.invoke(app, ["export", "--format", "csv", "--baseline", "study"])
+    assert result.exit_code == 0, result.output
+    kd = next(line for line in result.output.splitlines() if ",kd," in line)
+    assert ",0.2500," in kd and "pinned: study [method=vanilla]" in kd  # (85.5-84)/(90-84)
+    bad = runner.invoke(app, ["leaderboard", "--baseline", "nope"])
+    assert bad.exit_code != 0 and "no run or experiment 'nope'" in plain(bad.output)

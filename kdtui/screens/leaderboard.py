@@ -35,11 +35,13 @@ COLUMNS = (
     "last top-1",
     "gap closed",
     PIN_COLUMN,
+    "baseline",
     "method",
     "teacher→student",
-    "params",
+    "trained params",
     "epochs",
     "status",
+    "fingerprint",
 )
 _EXPORT_INDEX = {name: i for i, name in enumerate(exportmod.COLUMNS)}
 NUMERIC = {*exportmod.NUMERIC, "epochs", PIN_COLUMN}  # right-aligned, sorted high first
@@ -49,7 +51,8 @@ FORMAT_NAMES = {"md": "Markdown", "csv": "CSV", "latex": "LaTeX"}
 
 
 def row_key(row: Row) -> str:
-    return "|".join((row.experiment, row.label, row.role, row.method, row.teacher, row.student))
+    """Fingerprint and role: stays the same when rows are added and labels change."""
+    return row.key
 
 
 class Board:
@@ -65,12 +68,12 @@ class Board:
         self.status = "all"
 
     def build(self, runs: list, pin_key: str | None) -> None:
+        """Rows from the runs; a pinned row is the baseline of its student and data set."""
         rows = exportmod.build_rows(runs)
         pinned = next((r for r in rows if row_key(r) == pin_key), None) if pin_key else None
-        if pinned is not None and pinned.best_mean is not None:
-            rows = exportmod.build_rows(
-                runs, baseline={(pinned.student, pinned.dataset): pinned.best_mean}
-            )
+        pin = exportmod.pin_of(pinned) if pinned is not None else None
+        if pin is not None:
+            rows = exportmod.build_rows(runs, pin=pin)
             pinned = next((r for r in rows if row_key(r) == pin_key), None)
         self.rows = rows
         self.rank = {row_key(r): i for i, r in enumerate(rows, 1)}
@@ -98,13 +101,15 @@ class Board:
             "method": lambda r: r.method,
             "teacher→student": lambda r: r.pair,
             "head": lambda r: r.head,
-            "best top-1": lambda r: r.best_mean,
+            "best top-1": lambda r: r.best_mean,  # finished rows only: running ones go last
             "last top-1": lambda r: r.last_mean,
             "n": lambda r: r.n,
             "gap closed": lambda r: r.gap,
-            "params": lambda r: r.params,
+            "baseline": lambda r: r.baseline_label or None,
+            "trained params": lambda r: r.trained_params,
             "epochs": lambda r: (r.epoch / r.epochs) if r.epochs else None,
             "status": lambda r: r.status,
+            "fingerprint": lambda r: r.fingerprint,
             PIN_COLUMN: self.delta,
         }
         return getters[column](row)
@@ -236,14 +241,14 @@ class LeaderboardScreen(Screen):
             f"leaderboard · {len(self.shown)} of {total} rows"
             if len(self.shown) != total
             else f"leaderboard · {total} rows"
-        )
-        table.border_subtitle = "accuracy of the head used at test time · seeds as mean ± std"
+        ) + " · ⏎ a row's runs"  # the table's own enter (RowSelected); the footer is full at 80
+        table.border_subtitle = "test-time head accuracy · done seeds: mean ± std · (…) running"
         self.query_one("#status-filter", Label).update(f"status: {self.board.status} (f)")
         pin = self.board.pinned
         self.query_one("#pin", Label).update(
             Content(f"baseline: {pin.name} {pin.best_mean:.2f} (p)")
             if pin is not None and pin.best_mean is not None
-            else "baseline: vanilla rows (p pins)"
+            else "baseline: matched vanilla (p pins)"
         )
         self.refresh_bindings()
 
@@ -253,7 +258,7 @@ class LeaderboardScreen(Screen):
             return True
         if action == "compare":
             return len(self.marked) >= 2 or None
-        if action in ("mark", "pin"):
+        if action in ("mark", "pin", "open"):
             return self.selected is not None or None
         return True
 
@@ -317,6 +322,18 @@ class LeaderboardScreen(Screen):
         self.redraw()
         self.table.move_cursor(row=min(cursor + 1, len(self.shown) - 1), animate=False)
 
+    @on(DataTable.RowSelected, "#board")
+    def _selected(self) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        """The selected row's member runs, and how its figures were computed."""
+        from kdtui.screens.members import MembersScreen
+
+        row = self.selected
+        if row is not None:
+            self.app.push_screen(MembersScreen(row))
+
     def action_compare(self) -> None:
         groups = [(r.name, list(r.run_ids)) for r in self.board.rows if row_key(r) in self.marked]
         self.app.compare(groups)
@@ -329,7 +346,9 @@ class LeaderboardScreen(Screen):
         settings = self.app.settings
         if settings.get("pin") == key:
             settings.pop("pin")
-            self.notify("baseline unpinned: vanilla rows are the baselines again")
+            self.notify(
+                "baseline unpinned: vanilla runs of the same recipe are the baselines again"
+            )
         elif row.best_mean is None:
             self.notify("this row has no accuracy yet to compare against", severity="warning")
             return
@@ -371,7 +390,12 @@ class LeaderboardScreen(Screen):
         self.app.show_runs()
 
     def palette_commands(self):
-        """Each export format directly, besides the `E` chooser."""
+        """Each export format directly, besides the `E` chooser; enter's row view."""
+        yield (
+            "Open the row",
+            "its member runs (seed, status, best/last top-1) and how gap closed was computed",
+            self.action_open,
+        )
         for fmt in exportmod.FORMATS:
             yield (
                 f"Export {FORMAT_NAMES[fmt]}",

@@ -308,6 +308,7 @@ class RunsScreen(Screen):
             app.call_from_thread(self.notify, str(e), severity="error")
             return
         title = f"run #{run.id} · {run.experiment} {run.label}".rstrip()
+        title += f" · fingerprint {run.fingerprint or 'none'}"
         app.call_from_thread(
             app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
         )
