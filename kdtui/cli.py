@@ -14,6 +14,7 @@ from rich.text import Text
 
 from engine import config as cfgmod
 from engine import export as exportmod
+from engine import liveness
 from engine.store import STATUSES, Store, StoreError
 from kdtui.options import ExperimentOpt, HomeOpt, SetOpt, console, err, fail, load_config
 
@@ -114,6 +115,8 @@ def run(
             ok = resume_foreground(store, resume, console)
         except StoreError as e:
             raise fail(str(e)) from None
+        except KeyboardInterrupt as e:  # ctrl+c, SIGTERM, SIGHUP: the runs are closed already
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
         raise typer.Exit(0 if ok else 1)
     if file is None:
         raise fail("give an experiment file (or --resume RUN_ID)")
@@ -130,6 +133,8 @@ def run(
         ok = run_foreground(store, exp, str(file), console)
     except StoreError as e:
         raise fail(str(e)) from None
+    except KeyboardInterrupt as e:  # ctrl+c, SIGTERM, SIGHUP: the runs are closed already
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     raise typer.Exit(0 if ok else 1)
 
 
@@ -139,6 +144,7 @@ STATUS_STYLE = {
     "done": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "dead": "bold red",
 }
 
 
@@ -169,13 +175,17 @@ def list_runs(
         "fingerprint",
     ):
         t.add_column(col, no_wrap=col in ("id", "status", "fingerprint"))
+    dead = []
     for r in runs:
         best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
         speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
+        shown = liveness.shown_status(r)
+        if shown == liveness.DEAD:
+            dead.append(r.id)
         add_text_row(
             t,
             str(r.id),
-            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+            Text(shown, style=STATUS_STYLE.get(shown, "")),
             r.experiment,
             r.label,
             r.method,
@@ -191,6 +201,13 @@ def list_runs(
         console.print(f"no runs in {store.home}")
         return
     console.print(t)
+    if dead:
+        ids = " ".join(map(str, dead))
+        console.print(
+            f"dead: run {ids} is marked running but its process is gone; "
+            f"`kdtui resume {ids}` continues, `kdtui cancel {ids}` ends it",
+            highlight=False,
+        )
 
 
 def progress_text(r) -> str:
@@ -437,7 +454,10 @@ _register_commands()
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except StoreError as e:  # an untrusted store, refused before anything is read or written
+        raise SystemExit(fail(str(e)).exit_code) from None
 
 
 if __name__ == "__main__":
