@@ -326,14 +326,46 @@ class Store:
     @property
     def conn(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
+        frozen = getattr(self._local, "frozen_until", None)
+        if con is not None and frozen is not None and time.monotonic() > frozen:
+            with contextlib.suppress(sqlite3.OperationalError):  # space back? writable again
+                fresh = self._connect()
+                con.close()
+                con, self._local.con, self._local.frozen_until = fresh, fresh, None
+            if self._local.frozen_until is not None:
+                self._local.frozen_until = time.monotonic() + 5.0
         if con is None:
-            con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            try:
+                con = self._connect()
+            except sqlite3.OperationalError:
+                if not safefs.low_on_space(self.home):
+                    raise
+                # a full disk: SQLite cannot even size its shared-memory file, so read the
+                # database file as it is (no locks, no writes) until space is freed
+                con = sqlite3.connect(
+                    f"file:{self.db_path}?mode=ro&immutable=1", uri=True, isolation_level=None
+                )
+                con.row_factory = sqlite3.Row
+                self._local.frozen_until = time.monotonic() + 5.0
+            self._local.con = con
+        return con
+
+    @property
+    def read_only(self) -> bool:
+        """True while a full disk keeps this store read-only (see `conn`)."""
+        return getattr(self._local, "frozen_until", None) is not None
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
             con.row_factory = sqlite3.Row
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
             con.execute("PRAGMA busy_timeout=60000")
-            self._local.con = con
+        except BaseException:
+            con.close()
+            raise
         return con
 
     def close(self) -> None:
@@ -341,6 +373,7 @@ class Store:
         if con is not None:
             con.close()
             self._local.con = None
+            self._local.frozen_until = None
 
     def _tx(self):
         return _Transaction(self.conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,8 +15,8 @@ from rich.text import Text
 
 from engine import config as cfgmod
 from engine import export as exportmod
-from engine import liveness
-from engine.store import STATUSES, Store, StoreError
+from engine import liveness, safefs
+from engine.store import STATUSES, Store, StoreError, default_home
 from kdtui.options import ExperimentOpt, HomeOpt, SetOpt, console, err, fail, load_config
 
 app = typer.Typer(
@@ -458,6 +459,15 @@ def main() -> None:
         app()
     except StoreError as e:  # an untrusted store, refused before anything is read or written
         raise SystemExit(fail(str(e)).exit_code) from None
+    except (OSError, sqlite3.OperationalError) as e:  # a full disk, wherever it surfaced
+        home = default_home()
+        frozen = isinstance(e, sqlite3.OperationalError) and safefs.low_on_space(home)
+        if not (safefs.is_disk_full(e) or frozen):
+            raise
+        why = str(e) if isinstance(e, safefs.DiskFull) else f"no space left on device: {home}"
+        if frozen:
+            why += " (the store can be read but not changed)"
+        raise SystemExit(fail(f"{why}; free some space and try again").exit_code) from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import config as cfgmod
 from engine import daemon, safefs
 from engine.store import Store
 from tests import test_engine
@@ -74,6 +75,21 @@ def test_state_writes_on_a_full_disk_leave_no_temp_file_and_never_raise(small_di
     filler.unlink()
     engine.write_state()
     assert json.loads((store.home / daemon.STATE_NAME).read_text())["started"] == engine.started
+
+
+def test_a_store_on_a_full_disk_can_still_be_read_and_says_why_it_cannot_change(small_disk):
+    box = Box(small_disk)
+    (run,) = box.store.submit(cfgmod.loads(tiny("full"), file="full.toml"))
+    box.store.close()  # no connection holds SQLite's shared memory: it cannot be sized now
+    filler = fill(small_disk)
+    env = {"KDTUI_HOME": str(box.home), "PYTHONPATH": str(test_engine.ROOT), "COLUMNS": "300"}
+    listed = box.cli("ls", env={**os.environ, **env})
+    assert f"{run.id}" in listed.stdout and "queued" in listed.stdout
+    refused = box.cli("cancel", str(run.id), check=False, env={**os.environ, **env})
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"no space left on device: {box.home}" in " ".join(refused.stderr.split())
+    filler.unlink()
+    assert "cancelled" in box.cli("cancel", str(run.id), env={**os.environ, **env}).stdout
 
 
 @pytest.mark.slow
