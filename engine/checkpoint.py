@@ -1,13 +1,18 @@
-"""Checkpoint files on disk: sealed with a checksum, replaced atomically, one generation kept.
+"""Checkpoint files on disk: checksummed, sealed, replaced atomically, one generation kept.
 
 Torch-free: the CLI checks a run's checkpoints before it re-queues a resume,
 and the worker uses the same ranking before loading one with torch.
 
 - A checkpoint is what `torch.save` writes (a zip archive), so plain
-  `torch.load` and RepDistiller-style loaders read it unchanged. The seal is
-  the zip's archive comment, `kdtui-checkpoint epoch=N sha256=HEX`, where
-  HEX is the SHA-256 of every byte before the zip's end record. Any flipped
-  or missing byte is caught here, before torch reads the file.
+  `torch.load` and RepDistiller-style loaders read it unchanged. Its
+  checksums are the zip's own: torch.save stores a CRC-32 of every record
+  (the pickle and each tensor's bytes), and `inspect` recomputes them all
+  before torch reads the file, so a flipped byte or a torn write is named
+  here. That costs nothing when saving; a SHA-256 of the file, tried first,
+  doubled the time to save a 57 MiB resnet32x4 checkpoint (172 -> 348 ms).
+  The seal is the zip's archive comment, `kdtui-checkpoint epoch=N`: it
+  marks a file this code wrote whole and says which epoch it holds without
+  loading it.
 - `write` saves to `NAME.tmp` (created exclusively, never through a
   symlink), seals and fsyncs it, then for `last.pth` hard-links the current
   file to `prev.pth` before `os.replace` puts the new one in place: at any
@@ -21,11 +26,12 @@ and the worker uses the same ranking before loading one with torch.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import stat
 import struct
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +43,7 @@ NAMES = ("last.pth", "prev.pth", "best.pth")  # preference order on equal epochs
 MAGIC = "kdtui-checkpoint"
 EOCD = b"PK\x05\x06"  # zip end-of-central-directory signature
 EOCD_SIZE = 22
-_SEAL = re.compile(rf"^{MAGIC} epoch=(\d+) sha256=([0-9a-f]{{64}})$")
+_SEAL = re.compile(rf"^{MAGIC} epoch=(\d+)$")
 _CHUNK = 1 << 20
 
 
@@ -53,7 +59,7 @@ class Info:
     exists: bool
     epoch: int | None = None  # completed epochs, from the seal
     sealed: bool = False
-    problem: str | None = None  # None: usable (sealed and intact, or unsealed and unverified)
+    problem: str | None = None  # None: usable (every record passes its CRC-32)
 
     @property
     def name(self) -> str:
@@ -72,33 +78,21 @@ class Info:
 # ---------------------------------------------------------------- sealing and checking
 
 
-def _sha256(fd: int, end: int) -> str:
-    h = hashlib.sha256()
-    pos = 0
-    while pos < end:
-        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
-        if not chunk:
-            break
-        h.update(chunk)
-        pos += len(chunk)
-    return h.hexdigest()
-
-
 def seal(f: BinaryIO, epoch: int) -> None:
-    """Turn the zip just written to `f` into a sealed checkpoint (comment = epoch + checksum)."""
+    """Mark the zip just written to `f` as a whole kdtui checkpoint of `epoch` epochs."""
     f.flush()
     fd = f.fileno()
     size = os.fstat(fd).st_size
     tail = os.pread(fd, EOCD_SIZE, size - EOCD_SIZE) if size >= EOCD_SIZE else b""
     if len(tail) != EOCD_SIZE or tail[:4] != EOCD or tail[20:22] != b"\0\0":
         raise CheckpointError(f"{f.name}: not a zip archive as torch.save writes it")
-    digest = _sha256(fd, size - EOCD_SIZE)
-    comment = f"{MAGIC} epoch={int(epoch)} sha256={digest}".encode()
+    comment = f"{MAGIC} epoch={int(epoch)}".encode()
     os.pwrite(fd, struct.pack("<H", len(comment)) + comment, size - 2)
 
 
 def inspect(path: Path) -> Info:
-    """Check one checkpoint file without loading it (reads it once, never through a symlink)."""
+    """Check one checkpoint without loading it: its seal and every record's CRC-32 (reads it
+    once, never through a symlink)."""
     path = Path(path)
     try:
         fd = safefs.open_fd(path, os.O_RDONLY)
@@ -108,32 +102,29 @@ def inspect(path: Path) -> Info:
         return Info(path, True, problem="is a symbolic link (not used)")
     except OSError as e:
         return Info(path, True, problem=f"cannot be read ({e.strerror})")
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return Info(path, True, problem="is not a regular file")
-        size = st.st_size
-        span = min(size, EOCD_SIZE + 0xFFFF)
-        tail = os.pread(fd, span, size - span) if span else b""
-        at = tail.rfind(EOCD)
-        if at < 0 or len(tail) - at < EOCD_SIZE:
-            return Info(path, True, problem="is truncated or corrupted (no zip end record)")
-        length = struct.unpack("<H", tail[at + 20 : at + 22])[0]
-        if at + EOCD_SIZE + length != len(tail):
-            return Info(path, True, problem="is truncated or corrupted (bad zip end record)")
-        comment = tail[at + EOCD_SIZE :].decode(errors="replace")
-        if not comment:
-            return Info(path, True)  # written before checksums: torch checks what it can
-        m = _SEAL.match(comment)
-        if m is None:
-            return Info(path, True, problem="has an unknown seal (not a kdtui checkpoint)")
-        if _sha256(fd, size - len(tail) + at) != m.group(2):
-            return Info(path, True, int(m.group(1)), True, "fails its checksum (corrupted)")
-        return Info(path, True, int(m.group(1)), True)
-    except OSError as e:
-        return Info(path, True, problem=f"cannot be read ({e.strerror})")
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            size = os.fstat(fd).st_size
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return Info(path, True, problem="is not a regular file")
+            span = min(size, EOCD_SIZE + 0xFFFF)
+            tail = os.pread(fd, span, size - span) if span else b""
+            at = tail.rfind(EOCD)
+            if at < 0 or len(tail) - at < EOCD_SIZE:
+                return Info(path, True, problem="is damaged (truncated: no zip end record)")
+            length = struct.unpack("<H", tail[at + 20 : at + 22])[0]
+            if at + EOCD_SIZE + length != len(tail):
+                return Info(path, True, problem="is damaged (truncated: bad zip end record)")
+            m = _SEAL.match(tail[at + EOCD_SIZE :].decode(errors="replace"))
+            epoch = int(m.group(1)) if m else None  # unsealed: written before seals, or elsewhere
+            bad = zipfile.ZipFile(f).testzip()
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as e:
+            return Info(path, True, problem=f"is damaged ({e})")
+        except OSError as e:
+            return Info(path, True, problem=f"cannot be read ({e.strerror or e})")
+    if bad is not None:
+        return Info(path, True, epoch, m is not None, f"is damaged (checksum of {bad} fails)")
+    return Info(path, True, epoch, m is not None)
 
 
 def verify(path: Path) -> Info:

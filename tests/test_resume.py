@@ -134,11 +134,11 @@ def test_one_flipped_byte_is_caught_and_the_file_named(store):
     path = run.path / "last.pth"
     flip_byte(path)
     info = ckptmod.inspect(path)
-    assert not info.ok and info.problem == "fails its checksum (corrupted)"
-    with pytest.raises(ckptmod.CheckpointError, match=f"{path} fails its checksum"):
+    assert not info.ok and info.problem.startswith("is damaged (checksum of archive/data/")
+    with pytest.raises(ckptmod.CheckpointError, match=f"{path} is damaged"):
         ckptmod.verify(path)
     path.write_bytes(path.read_bytes()[:1000])  # truncated: no zip end record
-    assert "truncated or corrupted" in ckptmod.inspect(path).problem
+    assert ckptmod.inspect(path).problem == "is damaged (truncated: no zip end record)"
 
 
 # ---------------------------------------------------------------- falling back
@@ -170,12 +170,12 @@ def test_a_corrupted_last_pth_is_named_set_aside_and_an_older_one_used(store):
     flip_byte(run.path / "last.pth")
     out = kdtui(store, "resume", str(run.id), "--no-start")
     assert out.returncode == 0, out.stderr
-    assert "last.pth fails its checksum (corrupted)" in " ".join(out.stderr.split())
+    assert "last.pth is damaged (checksum of" in " ".join(out.stderr.split())
 
     done = continue_(store, run.id)
     assert done.status == "done", done.error
     log = (run.path / "log.txt").read_text()
-    assert "last.pth fails its checksum (corrupted); resuming from" in log
+    assert "last.pth is damaged (checksum of" in log and "; resuming from" in log
     kept = list(run.path.glob("last.corrupt-*.pth"))
     assert len(kept) == 1  # kept for inspection, out of the next resume's way
     assert_every_epoch_once(store, run.id)
@@ -191,7 +191,7 @@ def test_no_valid_checkpoint_is_refused_with_the_restart_command_and_nothing_que
     assert out.returncode == 2
     text = " ".join(out.stderr.split())
     assert f"run {run.id} cannot resume: no valid checkpoint in {run.path}" in text
-    assert "last.pth fails its checksum (corrupted)" in text and "best.pth missing" in text
+    assert "last.pth is damaged (checksum of" in text and "best.pth missing" in text
     assert f"`kdtui resume {run.id} --restart` starts it over" in text
     assert store.run(run.id).status == "failed"  # nothing queued
     before = epoch_counts(store, run.id)
