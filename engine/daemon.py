@@ -31,6 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine import safefs
+from engine.liveness import (  # noqa: F401  (re-exported: the engine's API before liveness.py)
+    PID_SLACK_S,
+    is_worker_process,
+    pid_alive,
+    process_gone,
+    row_time,
+    run_process_alive,
+)
 from engine.store import Run, Store, StoreError, default_home
 
 LOCK_NAME = "engine.lock"
@@ -38,7 +47,6 @@ STATE_NAME = "engine.json"
 LOG_NAME = "engine.log"
 OPTIONS_NAME = "engine-options.json"
 LOG_ROTATE_BYTES = 10 * 2**20
-PID_SLACK_S = 120.0  # a live pid whose process started later than this after its row is a reuse
 EXIT_RUNNING = 3  # `python -m engine.daemon` when another engine holds the lock
 
 log = logging.getLogger("kdtui.engine")
@@ -94,7 +102,7 @@ def make_options(home: Path, options: dict[str, Any]) -> Options:
     path = home / OPTIONS_NAME
     if path.exists():
         try:
-            saved = json.loads(path.read_text())
+            saved = json.loads(safefs.read_text(path))
         except (OSError, ValueError):
             saved = {}
     known = set(Options.__dataclass_fields__)
@@ -234,71 +242,6 @@ def dependency(run: Run, teacher: Run | None) -> tuple[str, str]:
 # ---------------------------------------------------------------- processes
 
 
-def _proc_stat(pid: int) -> tuple[str, float] | None:
-    """(state letter, start time as epoch seconds) from /proc, or None off Linux."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        fields_ = text[text.rindex(")") + 2 :].split()
-        ticks = int(fields_[19])
-        btime = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        return fields_[0], btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def pid_alive(pid: int | None, not_after: float | None = None) -> bool:
-    """A live, non-zombie process; with `not_after`, one that existed by then (no pid reuse)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    stat = _proc_stat(pid)
-    if stat is not None:
-        state, started = stat
-        if state in ("Z", "X"):
-            return False
-        if not_after is not None and started > not_after + PID_SLACK_S:
-            return False
-    return True
-
-
-def _cmdline(pid: int) -> bytes | None:
-    """The process's command line, or None where it cannot be read (no /proc)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-
-
-def is_worker_process(pid: int) -> bool:
-    cmd = _cmdline(pid)
-    return cmd is not None and b"engine.worker" in cmd
-
-
-def run_process_alive(pid: int | None, since: float) -> bool:
-    """The process recorded for a run still runs it: alive, old enough, and a kdtui process.
-
-    A bare pid check would trust whatever reused the number after a reboot.
-    """
-    if not pid_alive(pid, since):
-        return False
-    cmd = _cmdline(pid)
-    return cmd is None or b"engine.worker" in cmd or b"kdtui" in cmd
-
-
-def row_time(run: Run) -> float:
-    """The latest time the row's pid was known to be set: its process started before this."""
-    return max(t for t in (run.created, run.started, run.heartbeat) if t is not None)
-
-
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # workers lead their own session: pgid == pid
@@ -322,7 +265,7 @@ def last_log_line(
     paths = [run_dir / "log.txt", output or run_dir / "worker.log"]
     for path in reversed(paths) if output_first else paths:
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(safefs.open_fd(path, os.O_RDONLY), "rb") as f:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
                 lines = f.read().decode(errors="replace").splitlines()
         except OSError:
@@ -335,17 +278,14 @@ def last_log_line(
 
 
 def _append(path: Path, message: str) -> None:
+    """A line in a run's log; never through a symlink, and a full disk never stops the engine."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with contextlib.suppress(OSError), open(path, "a") as f:
-        f.write(f"{stamp} {message}\n")
+    with contextlib.suppress(OSError):
+        safefs.append_text(path, f"{stamp} {message}\n")
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    safefs.write_private(path, text)
 
 
 def _source_root() -> str:
@@ -376,9 +316,11 @@ def lock_holder(home: Path) -> int | None:
     path = _lock_path(home)
     for _ in range(20):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = safefs.open_fd(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        except safefs.UnsafePath as e:
+            raise EngineError(str(e)) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -398,7 +340,10 @@ def lock_holder(home: Path) -> int | None:
 
 def acquire_lock(home: Path) -> int:
     """Hold the store's engine lock for this process's life; EngineRunning if taken."""
-    fd = os.open(_lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = safefs.open_fd(_lock_path(home), os.O_RDWR | os.O_CREAT)
+    except safefs.UnsafePath as e:
+        raise EngineError(str(e)) from None
     deadline = time.monotonic() + 2.0  # clients take it shared for an instant to probe
     while True:
         try:
@@ -448,6 +393,7 @@ class Engine:
     workers: dict[int, Worker] = field(default_factory=dict)
     stopping: bool = False
     _last_state: str = ""
+    _state_failing: bool = False
     _waiting: dict[int, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------ lifecycle
@@ -474,10 +420,16 @@ class Engine:
         """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
         groups: dict[int, list[Run]] = {}
         for run in self.store.runs(status="running"):
-            if run_process_alive(run.pid, row_time(run)):
+            if run.pid and run_process_alive(run.pid, row_time(run)):
                 if is_worker_process(run.pid):
                     groups.setdefault(run.pid, []).append(run)
                 continue  # a foreground `kdtui run`: watched, not ours
+            if run.cancel_requested:  # cancelled while nobody watched: what was asked, not a retry
+                how = f"worker {run.pid} gone" if run.pid else "no worker"
+                if self.store.settle_gone(run, "cancelled", f"cancelled ({how})"):
+                    _append(run.path / "log.txt", f"engine: cancelled ({how})")
+                    log.info("run %d: cancel requested and its worker is gone: cancelled", run.id)
+                continue
             if self.options.recover:
                 self.store.requeue(run.id, resume=True)
                 _append(run.path / "log.txt", "engine: worker gone after a restart; re-queued")
@@ -520,16 +472,22 @@ class Engine:
                 continue
             del self.workers[pid]
             how = _exit_text(code)
-            for run in self.store.runs(ids=w.run_ids):
-                if run.status == "running" and run.pid in (pid, None):
-                    self._worker_gone(run, how, output=w.output, crashed=code > 0)
+            left = [
+                run
+                for run in self.store.runs(ids=w.run_ids)
+                if run.status == "running" and run.pid in (pid, None)
+            ]
+            if w.proc is None and not left:
+                how = "exited"  # adopted: no exit status to read, but every run ended itself
+            for run in left:
+                self._worker_gone(run, how, output=w.output, crashed=code > 0)
             log.info("worker %d (runs %s) %s", pid, w.run_ids, how)
 
     def find_dead(self, running: list[Run]) -> None:
         """Running rows whose process is gone and is not a worker we are watching."""
         ours = {rid for w in self.workers.values() for rid in w.run_ids}
         for run in running:
-            if run.id in ours or run_process_alive(run.pid, row_time(run)):
+            if run.id in ours or not process_gone(run):
                 continue
             self._worker_gone(run, "died" if run.pid else "never started")
 
@@ -544,6 +502,9 @@ class Engine:
             _append(run.path / "log.txt", f"engine: cancelled (worker {how})")
             return
         line = last_log_line(run.dir, output_first=crashed, output=output)
+        if crashed and safefs.low_on_space(run.dir) and "no space left" not in line:
+            line = f"{line}; " if line else ""
+            line += str(safefs.DiskFull(run.dir))  # the worker could not even say so itself
         self._fail(
             run,
             f"worker {how}" + (f"; last log line: {line}" if line else ""),
@@ -636,7 +597,8 @@ class Engine:
             str(self.store.home),
         ]
         try:
-            with open(out_path, "a") as out:
+            out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with os.fdopen(out_fd, "a") as out:
                 out.write(
                     f"{time.strftime('%Y-%m-%d %H:%M:%S')} engine: {' '.join(cmd)} "
                     f"(CUDA_VISIBLE_DEVICES={extra['CUDA_VISIBLE_DEVICES']!r})\n"
@@ -652,8 +614,9 @@ class Engine:
                     close_fds=True,
                 )
         except OSError as e:
+            why = str(safefs.DiskFull(out_path)) if safefs.is_disk_full(e) else str(e)
             for r in runs:
-                self._fail(r, f"could not start a worker: {e}")
+                self._fail(r, f"could not start a worker: {why}")
             return
         for i in claimed:
             self.store.update(i, pid=proc.pid)
@@ -694,7 +657,16 @@ class Engine:
     def write_state(self) -> None:
         text = json.dumps(self.state(), indent=1)
         if text != self._last_state:
-            _write_private(self.store.home / STATE_NAME, text)
+            try:
+                _write_private(self.store.home / STATE_NAME, text)
+            except OSError as e:  # a full disk: clients read a stale snapshot until space is back
+                if not self._state_failing:
+                    log.warning("could not write %s: %s", STATE_NAME, e)
+                self._state_failing = True
+                return
+            if self._state_failing:
+                log.info("%s written again", STATE_NAME)
+            self._state_failing = False
             self._last_state = text
 
 
@@ -718,7 +690,7 @@ def _home(home: str | Path | None) -> Path:
 
 def read_state(home: str | Path | None = None) -> dict[str, Any] | None:
     try:
-        return json.loads((_home(home) / STATE_NAME).read_text())
+        return json.loads(safefs.read_text(_home(home) / STATE_NAME))
     except (OSError, ValueError):
         return None
 
@@ -753,7 +725,7 @@ def start(
     build_slots(parse_gpus(opts.gpus, discover_gpus()), opts.slots_per_gpu, opts.cpu_slots)
     log_path = home / LOG_NAME
     with contextlib.suppress(OSError):
-        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+        if log_path.lstat().st_size > LOG_ROTATE_BYTES:
             os.replace(log_path, log_path.with_suffix(".log.1"))
     cmd = [sys.executable, "-m", "engine.daemon", "--home", str(home), "--detach", *opts.argv()]
     proc = subprocess.Popen(
@@ -895,7 +867,7 @@ def _detach(home: Path) -> int | None:
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    logfd = os.open(home / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    logfd = safefs.open_fd(home / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.dup2(logfd, 1)
     os.dup2(logfd, 2)
     os.close(null)
@@ -958,8 +930,9 @@ def run_foreground(home: str | Path | None, options: Options) -> int:
     Store(home).close()
     _setup_logging(sys.stderr)
     log_path = home / LOG_NAME
-    os.close(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-    logfile = logging.FileHandler(log_path)
+    logfile = logging.StreamHandler(
+        os.fdopen(safefs.open_fd(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
+    )
     logfile.setFormatter(log.handlers[0].formatter)
     log.addHandler(logfile)
     return serve(home, options)

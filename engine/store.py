@@ -8,6 +8,7 @@ reused or overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from typing import Any
 
 from engine import config as cfgmod
 from engine import fingerprint as fpmod
+from engine import liveness, safefs
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -111,6 +113,17 @@ ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
+)
+# every file of the store itself (the engine's names are engine.daemon's *_NAME): none may be a
+# symlink, so nothing kdtui writes lands in someone else's file
+STORE_FILES = (
+    "kdtui.db",
+    "kdtui.db-wal",
+    "kdtui.db-shm",
+    "engine.lock",
+    "engine.log",
+    "engine.json",
+    "engine-options.json",
 )
 
 
@@ -229,14 +242,19 @@ class Store:
 
     # ------------------------------------------------------------ plumbing
     def _init(self) -> None:
-        fresh = not self.home.exists()
+        fresh = not os.path.lexists(self.home)
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if fresh:
             os.chmod(self.home, 0o700)
-        self.runs_dir.mkdir(exist_ok=True, mode=0o700)
-        if not self.db_path.exists():
-            fd = os.open(self.db_path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+        try:
+            self._check_trust()
+            if not os.path.lexists(self.runs_dir):
+                with contextlib.suppress(FileExistsError):
+                    self.runs_dir.mkdir(mode=0o700)
+            if not self.db_path.exists():
+                os.close(safefs.open_fd(self.db_path, os.O_CREAT | os.O_WRONLY))
+        except safefs.UnsafePath as e:
+            raise StoreError(str(e)) from None
         con = self.conn
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
@@ -297,17 +315,57 @@ class Store:
             return files[t.checkpoint]
         return fpmod.run_source(None)
 
+    def _check_trust(self) -> None:
+        """Only a store that is ours alone: see engine.safefs (UnsafePath says why and the fix)."""
+        safefs.check_private_dir(self.home)
+        for name in STORE_FILES:
+            safefs.refuse_link(self.home / name)
+        if self.runs_dir.is_symlink():  # allowed (runs on a bigger disk), if ours alone too
+            safefs.check_private_dir(self.runs_dir, "runs folder")
+
     @property
     def conn(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
+        frozen = getattr(self._local, "frozen_until", None)
+        if con is not None and frozen is not None and time.monotonic() > frozen:
+            with contextlib.suppress(sqlite3.OperationalError):  # space back? writable again
+                fresh = self._connect()
+                con.close()
+                con, self._local.con, self._local.frozen_until = fresh, fresh, None
+            if self._local.frozen_until is not None:
+                self._local.frozen_until = time.monotonic() + 5.0
         if con is None:
-            con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            try:
+                con = self._connect()
+            except sqlite3.OperationalError:
+                if not safefs.low_on_space(self.home):
+                    raise
+                # a full disk: SQLite cannot even size its shared-memory file, so read the
+                # database file as it is (no locks, no writes) until space is freed
+                con = sqlite3.connect(
+                    f"file:{self.db_path}?mode=ro&immutable=1", uri=True, isolation_level=None
+                )
+                con.row_factory = sqlite3.Row
+                self._local.frozen_until = time.monotonic() + 5.0
+            self._local.con = con
+        return con
+
+    @property
+    def read_only(self) -> bool:
+        """True while a full disk keeps this store read-only (see `conn`)."""
+        return getattr(self._local, "frozen_until", None) is not None
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
             con.row_factory = sqlite3.Row
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
             con.execute("PRAGMA busy_timeout=60000")
-            self._local.con = con
+        except BaseException:
+            con.close()
+            raise
         return con
 
     def close(self) -> None:
@@ -315,6 +373,7 @@ class Store:
         if con is not None:
             con.close()
             self._local.con = None
+            self._local.frozen_until = None
 
     def _tx(self):
         return _Transaction(self.conn)
@@ -413,7 +472,7 @@ class Store:
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
-        (run_dir / "config.toml").write_text(toml_text)
+        safefs.write_new(run_dir / "config.toml", toml_text)
         con.execute("UPDATE runs SET dir=? WHERE id=?", (str(run_dir), run_id))
         return run_id
 
@@ -562,11 +621,16 @@ class Store:
         return self.run(run_id)
 
     def request_cancel(self, run_id: int) -> str:
-        """Queued runs are cancelled now; running ones are asked to stop."""
+        """Queued runs are cancelled now; running ones are asked to stop; dead ones end now."""
         run = self.run(run_id)
         if run.status == "queued":
             self.finish(run_id, "cancelled", "cancelled before start")
             return "cancelled"
+        if liveness.process_gone(run):
+            how = f"process {run.pid} was gone" if run.pid else "its worker never started"
+            if self.settle_gone(run, "cancelled", f"cancelled ({how})"):
+                return "cancelled"
+            return self.request_cancel(run_id)  # it changed meanwhile: ask again
         if run.status == "running":
             self.update(run_id, cancel_requested=1)
             self.event(run_id, "cancel", "cancel requested")
@@ -636,6 +700,117 @@ class Store:
         self.conn.execute(
             "DELETE FROM metrics WHERE run_id=? AND epoch>?", (int(run_id), int(after_epoch))
         )
+
+    # ------------------------------------------------------------ crash safety
+    def settle_gone(self, run: Run, status: str, error: str) -> bool:
+        """End a running row whose process is gone, unless it changed since `run` was read."""
+        assert status in FINISHED, status
+        now = time.time()
+        cur = self.conn.execute(
+            "UPDATE runs SET status=?, error=?, ended=?, pid=NULL, heartbeat=? "
+            "WHERE id=? AND status='running' AND pid IS ?",
+            (status, error, now, now, int(run.id), run.pid),
+        )
+        if cur.rowcount == 1:
+            self.event(run.id, status, error)
+        return cur.rowcount == 1
+
+    def commit_epoch(
+        self,
+        run_id: int,
+        rows: Iterable[tuple[int, int, str, float]],
+        values: dict[str, Any],
+        *,
+        before_commit=None,
+    ) -> None:
+        """An epoch's metrics and the run row's progress/accuracy, in one transaction.
+
+        So a kill leaves either both or neither; what a kill after the
+        checkpoint but before this loses is replayed from the checkpoint
+        on resume (`rewind`).
+        """
+        bad = set(values) - set(RUN_COLUMNS)
+        if bad:
+            raise KeyError(f"unknown run columns {bad}")
+        when = time.time()
+        data = [(int(run_id), int(e), int(s), n, float(v), when) for e, s, n, v in rows]
+        cols = ", ".join(f"{k}=?" for k in values)
+        with self._tx() as con:
+            con.executemany(
+                "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)",
+                data,
+            )
+            con.execute(
+                f"UPDATE runs SET {cols}, heartbeat=? WHERE id=?",
+                (*values.values(), when, int(run_id)),
+            )
+            if before_commit is not None:
+                before_commit()
+
+    def rewind(self, run_id: int, epochs: int, commit: dict | None = None) -> dict[str, int]:
+        """Make the store agree with a checkpoint of `epochs` finished epochs.
+
+        Drops metrics of later epochs (and the unfinished one), records the
+        checkpoint's own epoch metrics when the kill came before they were
+        committed (`commit`: {"epoch", "step", "time", "metrics"}), and
+        recomputes epoch, best and last accuracy from what remains.
+        Returns {"dropped": rows deleted, "replayed": rows added}.
+        """
+        replayed = 0
+        with self._tx() as con:
+            dropped = con.execute(
+                "DELETE FROM metrics WHERE run_id=? AND epoch>=?", (int(run_id), int(epochs))
+            ).rowcount
+            if commit and int(commit.get("epoch", -1)) == epochs - 1:
+                for name, value in commit.get("metrics", {}).items():
+                    have = con.execute(
+                        "SELECT 1 FROM metrics WHERE run_id=? AND name=? AND epoch=? LIMIT 1",
+                        (int(run_id), name, epochs - 1),
+                    ).fetchone()
+                    if have is None:
+                        con.execute(
+                            "INSERT INTO metrics(run_id, epoch, step, name, value, time) "
+                            "VALUES (?,?,?,?,?,?)",
+                            (
+                                int(run_id),
+                                epochs - 1,
+                                int(commit.get("step", 0)),
+                                name,
+                                float(value),
+                                float(commit.get("time", time.time())),
+                            ),
+                        )
+                        replayed += 1
+            top1 = con.execute(
+                "SELECT epoch, value FROM metrics WHERE run_id=? AND name='test/top1' "
+                "ORDER BY epoch, id",
+                (int(run_id),),
+            ).fetchall()
+            top5 = con.execute(
+                "SELECT value FROM metrics WHERE run_id=? AND name='test/top5' "
+                "ORDER BY epoch DESC, id DESC LIMIT 1",
+                (int(run_id),),
+            ).fetchone()
+            best = max(top1, key=lambda r: r[1]) if top1 else None
+            con.execute(
+                "UPDATE runs SET epoch=?, step=0, best_top1=?, best_epoch=?, last_top1=?, "
+                "last_top5=? WHERE id=?",
+                (
+                    int(epochs),
+                    best[1] if best else None,
+                    best[0] + 1 if best else None,
+                    top1[-1][1] if top1 else None,
+                    top5[0] if top5 else None,
+                    int(run_id),
+                ),
+            )
+        return {"dropped": dropped, "replayed": replayed}
+
+    def remove_run_dir(self, run: Run) -> str | None:
+        """Delete a run's folder only as a real directory inside the real runs/ (else why not)."""
+        if not run.dir:
+            return None
+        return safefs.remove_run_dir(self.runs_dir, Path(run.dir))
 
     # ------------------------------------------------------------ events
     def event(self, run_id: int | None, kind: str, message: str = "") -> None:

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from engine import checkpoint as ckptmod
+from engine import faults, safefs
 from engine.config import Experiment, OptimConfig, RunConfig
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.models import build_model, load_checkpoint_file
@@ -150,6 +152,7 @@ class Member:
     error: str | None = None
     train_fn: Callable | None = None
     compiled: bool = False  # train_fn is torch.compile'd: partial batches run eagerly
+    pending_commit: dict | None = None  # the finished epoch's metrics, saved with checkpoints
 
     @property
     def head(self) -> str:
@@ -179,14 +182,21 @@ class Member:
         }
 
     def save(self, tag: str) -> Path:
-        path = self.dir / f"{tag}.pth"
-        tmp = path.with_suffix(".pth.tmp")
-        torch.save(self.checkpoint_state(), tmp)
-        os.replace(tmp, path)  # never a half-written checkpoint
-        return path
+        """Sealed, atomic, never through a symlink; `last` keeps the one before as prev.pth
+        (engine.checkpoint). Carries the epoch's metrics (`commit_state`)."""
+        state = {**self.checkpoint_state(), **commit_state(self)}
+        return ckptmod.write(
+            self.dir / f"{tag}.pth",
+            lambda f: torch.save(state, f),
+            epoch=self.epoch,
+            keep_prev=tag == "last",
+        )
 
-    def restore(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def restore(self, path: Path) -> dict:
+        """Load a checkpoint into this member; returns the whole saved state."""
+        ckptmod.verify(path)  # a damaged file is named before torch reads it
+        with os.fdopen(safefs.open_fd(path, os.O_RDONLY), "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
         d = self.distiller
         trainable = {f"student.{k}": v for k, v in state["model"].items()}
         trainable.update(state.get("distiller", {}))
@@ -197,6 +207,24 @@ class Member:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         torch.set_rng_state(state["rng"])
+        return state
+
+
+# ---------------------------------------------------------------- the epoch commit
+# An epoch commits in this order (fit): best.pth, last.pth (each carrying the epoch's metrics),
+# then the metrics and run row in one store transaction, then the log line. A kill anywhere
+# leaves a checkpoint that either predates the epoch (which is then trained again) or holds
+# its metrics, which a resume records when the store lacks them (engine.worker.resume_member).
+
+
+def commit_state(m: Member) -> dict:
+    """The part of a checkpoint that lets a resume record its epoch's metrics."""
+    return {"commit": m.pending_commit} if m.pending_commit else {}
+
+
+def commit_of(state: dict | None) -> dict | None:
+    """The epoch metrics a checkpoint carries ({"epoch", "step", "time", "metrics"}), if any."""
+    return (state or {}).get("commit") or None
 
 
 class Callbacks(Protocol):
@@ -419,6 +447,7 @@ def fit(
                 **extra,
             }
             last_epoch = m.epoch == m.cfg.optim.epochs
+            improved = False
             if m.epoch % m.cfg.run.eval_every == 0 or last_epoch:
                 m.distiller.eval()
                 ev = evaluate(m.distiller.forward_test, data.test, runtime)
@@ -426,11 +455,23 @@ def fit(
                 m.last = ev
                 if ev["top1"] > m.best_top1:
                     m.best_top1, m.best_epoch = ev["top1"], epoch
-                    m.save("best")
+                    improved = True
+            # the epoch's commit, in order: see commit_state
+            m.pending_commit = {
+                "epoch": epoch,
+                "step": m.step,
+                "time": time.time(),
+                "metrics": {k: float(v) for k, v in metrics.items()},
+            }
+            if improved:
+                m.save("best")
+                faults.point("best", m.epoch)
             if m.epoch % m.cfg.run.checkpoint_every == 0 or last_epoch:
                 m.save("last")
+                faults.point("checkpoint", m.epoch)
             cb.on_epoch(m, epoch, metrics)
             cb.log(m, _epoch_line(m, metrics))
+            faults.point("log", m.epoch)
             if last_epoch:
                 m.status = "done"
                 cb.on_end(m)

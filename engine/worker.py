@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from engine import checkpoint as ckptmod
+from engine import faults, safefs
 from engine.config import Experiment
 from engine.data import DeviceLoader, build_data
 from engine.registry import METHODS
@@ -26,6 +28,7 @@ from engine.train import (
     Member,
     Runtime,
     build_member,
+    commit_of,
     evaluate,
     fit,
     load_teacher,
@@ -80,6 +83,7 @@ class StoreCallbacks:
         rows.append((epoch, m.step, "train/lr", lr))
         self.store.add_metrics(self._id(m), rows)
         self.store.update(self._id(m), step=step, epoch=epoch)
+        faults.point("step", epoch + 1)
         if self.extra:
             self.extra.on_step(m, epoch, step, losses, lr)
 
@@ -90,7 +94,6 @@ class StoreCallbacks:
         self.epoch_started[m.name] = now
         recent = times[-3:]
         eta = (m.cfg.optim.epochs - m.epoch) * sum(recent) / len(recent)
-        self.store.add_metrics(self._id(m), [(epoch, m.step, k, v) for k, v in metrics.items()])
         values = dict(epoch=m.epoch, step=0, images_per_s=metrics["images_per_s"], eta_s=eta)
         if "test/top1" in metrics:
             values.update(
@@ -99,7 +102,15 @@ class StoreCallbacks:
                 best_top1=m.best_top1,
                 best_epoch=m.best_epoch + 1,
             )
-        self.store.update(self._id(m), **values)
+        # metrics and row in one transaction, after the checkpoint that carries them: a kill
+        # before the commit is replayed from last.pth on resume (resume_member)
+        self.store.commit_epoch(
+            self._id(m),
+            [(epoch, m.step, k, v) for k, v in metrics.items()],
+            values,
+            before_commit=lambda: faults.point("metrics-open", m.epoch),
+        )
+        faults.point("metrics", m.epoch)
         if self.extra:
             self.extra.on_epoch(m, epoch, metrics)
 
@@ -126,10 +137,18 @@ class StoreCallbacks:
 
 
 def append_log(run_dir: Path, message: str) -> None:
+    """Lines in the run's log.txt (never through a symlink; DiskFull when the disk is full)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with open(run_dir / "log.txt", "a") as f:
-        for line in message.rstrip().splitlines():
-            f.write(f"{stamp} {line}\n")
+    lines = "".join(f"{stamp} {line}\n" for line in message.rstrip().splitlines())
+    safefs.append_text(Path(run_dir) / "log.txt", lines)
+
+
+def _try_log(run_dir: Path, message: str) -> None:
+    """append_log on a failure path: a full disk must not hide the failure itself."""
+    try:
+        append_log(run_dir, message)
+    except OSError:
+        print(message, file=sys.stderr, flush=True)  # worker.log, if it has room
 
 
 def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
@@ -159,6 +178,9 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
         path = Path(dep.dir) / "best.pth"
         if not path.exists():
             raise SetupError(f"teacher run {dep.id} has no best checkpoint at {path}")
+        info = ckptmod.inspect(path)
+        if info.problem:
+            raise SetupError(f"teacher run {dep.id}: {path} {info.problem}")
         return path
     raise SetupError("no teacher source (checkpoint, from_run) in the resolved config")
 
@@ -195,9 +217,10 @@ def execute(
             )
         members, data, teacher_source = prepare(store, runs, cfgs, runtime, cb, resume)
     except Exception as e:  # setup failures fail every run of the group, with the reason
+        why = _reason(e, store, Path(runs[0].dir))
         for r in runs:
-            append_log(Path(r.dir), traceback.format_exc())
-            store.finish(r.id, "failed", _one_line(e))
+            _try_log(Path(r.dir), traceback.format_exc())
+            _try_finish(store, r.id, "failed", why)
         if callbacks is not None and hasattr(callbacks, "on_setup_error"):
             callbacks.on_setup_error(e)
         return [store.run(r.id) for r in runs]
@@ -206,13 +229,16 @@ def execute(
     except Exception as e:
         for m in members:
             if m.active:
-                m.status, m.error = "failed", _one_line(e)
-                append_log(m.dir, traceback.format_exc())
-    except KeyboardInterrupt:
+                m.status, m.error = "failed", _reason(e, store, m.dir)
+                if safefs.is_disk_full(e):
+                    m.error += f"; free some space, then `kdtui resume {m.name}`"
+                _try_log(m.dir, traceback.format_exc())
+    except KeyboardInterrupt as e:
+        why = getattr(e, "reason", "interrupted (Ctrl-C)")
         for m in members:
             if m.active:
-                m.status, m.error = "cancelled", "interrupted (Ctrl-C); resume with kdtui resume"
-                append_log(m.dir, m.error)
+                m.status, m.error = "cancelled", f"{why}; `kdtui resume {m.name}` continues it"
+                _try_log(m.dir, m.error)
         _finish(store, [m for m in members if m.name not in cb.finished])
         raise
     _finish(store, [m for m in members if m.name not in cb.finished])
@@ -223,7 +249,28 @@ def _finish(store: Store, members: list[Member]) -> None:
     for m in members:
         status = m.status if m.status != "running" else "failed"
         error = m.error if status != "done" else None
-        store.finish(int(m.name), status, error)
+        _try_finish(store, int(m.name), status, error)
+
+
+def _try_finish(store: Store, run_id: int, status: str, error: str | None) -> None:
+    """The final status; when even that cannot be written (a full disk), say why on stderr
+    (worker.log) and leave the row to the engine, which sees the process gone."""
+    try:
+        store.finish(run_id, status, error)
+    except Exception as e:
+        print(f"run {run_id}: could not record {status} ({error}): {_one_line(e)}", file=sys.stderr)
+
+
+def _reason(e: BaseException, store: Store, run_dir: Path) -> str:
+    """One line for the run's error: "no space left on device: PATH" for a full disk."""
+    if safefs.is_disk_full(e):
+        chain, x = [], e
+        while x is not None and len(chain) < 8:
+            chain.append(x)
+            x = x.__cause__ or x.__context__
+        sqlite = any(type(x).__module__ == "sqlite3" for x in chain)
+        return str(safefs.DiskFull(safefs.full_path(e, store.db_path if sqlite else run_dir)))
+    return _one_line(e)
 
 
 def prepare(
@@ -258,21 +305,76 @@ def prepare(
             str(r.id), cfg, teacher, info.num_classes, runtime, Path(r.dir), input_shape=input_shape
         )
         want_resume = r.resume if resume is None else resume
-        last = Path(r.dir) / "last.pth"
-        if want_resume and last.exists():
-            m.restore(last)
-            store.truncate_metrics(r.id, m.epoch - 1)
-            append_log(Path(r.dir), f"resumed from {last} at epoch {m.epoch}")
-        elif last.exists() or store.metrics(r.id)[:1]:
+        ckptmod.clean_temp(Path(r.dir))  # half-written by a killed process
+        if want_resume:
+            resume_member(store, r, m)
+        elif any(i.exists for i in ckptmod.survey(Path(r.dir))) or store.metrics(r.id)[:1]:
             # a restart from scratch: nothing is overwritten, old files move aside
             _archive(Path(r.dir))
-            store.truncate_metrics(r.id, -1)
+            store.rewind(r.id, 0)
         members.append(m)
     if len({m.epoch for m in members}) > 1:
         raise SetupError(
             "runs of a fused group resume from different epochs; resume them one at a time"
         )
     return members, data, teacher_source
+
+
+def resume_member(store: Store, r: Run, m: Member) -> None:
+    """Continue `m` from its newest valid checkpoint; never start over silently.
+
+    last.pth missing or damaged: the newest valid of prev.pth and best.pth,
+    said in the log and as a `fallback` event, and only the metrics after it
+    are dropped. No valid checkpoint after finished epochs: SetupError
+    (`kdtui resume --restart` starts over). The checkpoint's own epoch
+    metrics are recorded if the process died before committing them.
+    """
+    run_dir = Path(r.dir)
+    infos = ckptmod.survey(run_dir)
+    failed: dict[str, str] = {}
+    used = state = None
+    for info in ckptmod.ranked(infos):
+        try:
+            state = m.restore(info.path)
+        except Exception as e:
+            failed[info.name] = f"{info.name} cannot be loaded ({_one_line(e)})"
+            continue
+        used = info
+        break
+    if used is None:
+        if r.epoch == 0 and not any(i.exists for i in infos):
+            store.rewind(r.id, 0)  # the unfinished first epoch's step metrics
+            append_log(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
+            return
+        found = [failed.get(i.name) or i.describe() for i in infos]
+        raise SetupError(ckptmod.refusal(r.id, run_dir, found))
+    last = infos[0]
+    note = None
+    if used is not last and not (last.ok and last.name not in failed):
+        why = "is missing" if not last.exists else (last.problem or "cannot be loaded")
+        note = f"last.pth {why}; resuming from {used.name} at epoch {m.epoch}"
+        if r.epoch > m.epoch:
+            which = (
+                f"epoch {r.epoch}" if r.epoch == m.epoch + 1 else f"epochs {m.epoch + 1}-{r.epoch}"
+            )
+            note += f"; the metrics of {which} are dropped (trained again)"
+    moved = ckptmod.set_aside_bad(infos)  # kept for inspection, out of the next resume's way
+    if note and moved:
+        note += f"; damaged file kept as {', '.join(p.name for p in moved)}"
+    replayed = store.rewind(r.id, m.epoch, commit_of(state))["replayed"]
+    if note:
+        append_log(run_dir, note)
+        store.event(r.id, "fallback", note)
+    append_log(
+        run_dir,
+        f"resumed from {used.path} at epoch {m.epoch}"
+        + (
+            f"; epoch {m.epoch}'s metrics recorded from the checkpoint (the process had died "
+            "before committing them)"
+            if replayed
+            else ""
+        ),
+    )
 
 
 def make_teacher_source(
@@ -347,7 +449,7 @@ def make_teacher_source(
 
 def _archive(run_dir: Path) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("last.pth", "best.pth"):
+    for name in ("last.pth", "prev.pth", "best.pth"):
         p = run_dir / name
         if p.exists():
             p.rename(run_dir / f"{p.stem}.{stamp}.pth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,8 @@ from rich.text import Text
 
 from engine import config as cfgmod
 from engine import export as exportmod
-from engine.store import STATUSES, Store, StoreError
+from engine import liveness, safefs
+from engine.store import STATUSES, Store, StoreError, default_home
 from kdtui.options import ExperimentOpt, HomeOpt, SetOpt, console, err, fail, load_config
 
 app = typer.Typer(
@@ -114,6 +116,8 @@ def run(
             ok = resume_foreground(store, resume, console)
         except StoreError as e:
             raise fail(str(e)) from None
+        except KeyboardInterrupt as e:  # ctrl+c, SIGTERM, SIGHUP: the runs are closed already
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
         raise typer.Exit(0 if ok else 1)
     if file is None:
         raise fail("give an experiment file (or --resume RUN_ID)")
@@ -130,6 +134,8 @@ def run(
         ok = run_foreground(store, exp, str(file), console)
     except StoreError as e:
         raise fail(str(e)) from None
+    except KeyboardInterrupt as e:  # ctrl+c, SIGTERM, SIGHUP: the runs are closed already
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     raise typer.Exit(0 if ok else 1)
 
 
@@ -139,6 +145,7 @@ STATUS_STYLE = {
     "done": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "dead": "bold red",
 }
 
 
@@ -169,13 +176,17 @@ def list_runs(
         "fingerprint",
     ):
         t.add_column(col, no_wrap=col in ("id", "status", "fingerprint"))
+    dead = []
     for r in runs:
         best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
         speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
+        shown = liveness.shown_status(r)
+        if shown == liveness.DEAD:
+            dead.append(r.id)
         add_text_row(
             t,
             str(r.id),
-            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+            Text(shown, style=STATUS_STYLE.get(shown, "")),
             r.experiment,
             r.label,
             r.method,
@@ -191,6 +202,13 @@ def list_runs(
         console.print(f"no runs in {store.home}")
         return
     console.print(t)
+    if dead:
+        ids = " ".join(map(str, dead))
+        console.print(
+            f"dead: run {ids} is marked running but its process is gone; "
+            f"`kdtui resume {ids}` continues, `kdtui cancel {ids}` ends it",
+            highlight=False,
+        )
 
 
 def progress_text(r) -> str:
@@ -437,7 +455,19 @@ _register_commands()
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except StoreError as e:  # an untrusted store, refused before anything is read or written
+        raise SystemExit(fail(str(e)).exit_code) from None
+    except (OSError, sqlite3.OperationalError) as e:  # a full disk, wherever it surfaced
+        home = default_home()
+        frozen = isinstance(e, sqlite3.OperationalError) and safefs.low_on_space(home)
+        if not (safefs.is_disk_full(e) or frozen):
+            raise
+        why = str(e) if isinstance(e, safefs.DiskFull) else f"no space left on device: {home}"
+        if frozen:
+            why += " (the store can be read but not changed)"
+        raise SystemExit(fail(f"{why}; free some space and try again").exit_code) from None
 
 
 if __name__ == "__main__":

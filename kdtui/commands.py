@@ -8,7 +8,7 @@ while it is still being built).
 from __future__ import annotations
 
 import collections
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine import checkpoint as ckptmod
 from engine import config as cfgmod
-from engine import daemon
+from engine import daemon, liveness, safefs
 from engine.store import Run, Store, StoreError
 from kdtui.options import HomeOpt, SetOpt, console, err, fail, load_config
 
@@ -305,7 +306,9 @@ def cancel(refs: RefsArg, home: HomeOpt = None) -> None:
             continue
         outcome = store.request_cancel(r.id)
         acted += 1
-        if outcome == "cancelled":
+        if outcome == "cancelled" and r.status == "running":
+            console.print(f"run {r.id} cancelled (its process was gone)")
+        elif outcome == "cancelled":
             console.print(f"run {r.id} cancelled (it was queued)")
         elif outcome == "cancelling":
             console.print(f"run {r.id} cancelling: its worker stops at the next log step")
@@ -315,24 +318,65 @@ def cancel(refs: RefsArg, home: HomeOpt = None) -> None:
         console.print("nothing to cancel: every run named is finished")
 
 
+def resume_check(r: Run, restart: bool = False) -> tuple[str | None, str | None]:
+    """(why it cannot resume, what to tell the user first) for one run; torch-free.
+
+    Failed, cancelled and dead (running, process gone) runs resume. Without
+    --restart a run that finished epochs needs a valid checkpoint (last.pth,
+    else prev.pth or best.pth, whichever is newest): the worker never starts
+    over silently.
+    """
+    if r.status not in ("failed", "cancelled") and not liveness.process_gone(r):
+        return f"run {r.id} is {r.status}; only failed, cancelled or dead runs resume", None
+    if restart:
+        return None, None
+    infos = ckptmod.survey(r.path)
+    usable = ckptmod.ranked(infos)
+    if not usable:
+        if r.epoch == 0 and not any(i.exists for i in infos):
+            return None, None  # it never finished an epoch: nothing to lose
+        return ckptmod.refusal(r.id, r.path, [i.describe() for i in infos]), None
+    last, use = infos[0], usable[0]
+    if last.ok:
+        return None, None
+    at = f" at epoch {use.epoch}" if use.epoch is not None else ""
+    why = "is missing" if not last.exists else last.problem
+    return None, f"run {r.id}: last.pth {why}; it resumes from {use.path}{at}"
+
+
 def resume(
     refs: RefsArg,
     restart: Annotated[
-        bool, typer.Option("--restart", help="Start over instead of from the last checkpoint.")
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start over from epoch 0 (old checkpoints are kept aside, metrics dropped).",
+        ),
     ] = False,
     no_start: NoStartOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Re-queue failed or cancelled runs to continue from their last checkpoint."""
+    """Re-queue failed, cancelled or dead runs to continue from their last checkpoint."""
     store = Store(home)
     runs = _find(store, refs)
     named = {int(x) for x in refs if x.isdigit()}
+    checked = [(r, *resume_check(r, restart)) for r in runs]
+    # nothing is queued while one named run cannot resume: each refusal says why and the fix
+    refusals = [
+        why
+        for r, why, _ in checked
+        if why and (r.id in named or r.status in ("failed", "cancelled"))
+    ]
+    if refusals:
+        for why in refusals[:-1]:
+            fail(why)
+        raise fail(refusals[-1])
     done = []
-    for r in runs:
-        if r.status not in ("failed", "cancelled"):
-            if r.id in named:
-                raise fail(f"run {r.id} is {r.status}; only failed or cancelled runs resume")
+    for r, why, note in checked:
+        if why:
             continue
+        if note:
+            err.print(note, highlight=False)
         store.requeue(r.id, resume=not restart)
         done.append(r.id)
         what = "from scratch" if restart else "from its last checkpoint"
@@ -348,8 +392,7 @@ def resume(
 
 def _tail(path: Path, lines: int) -> tuple[list[str], int]:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = safefs.read_bytes(path)
     except FileNotFoundError:
         return [], 0
     text = data.decode(errors="replace")
@@ -390,7 +433,7 @@ def logs(
         while True:
             status = store.run(run).status
             try:
-                with open(path, "rb") as f:
+                with os.fdopen(safefs.open_fd(path, os.O_RDONLY), "rb") as f:
                     f.seek(pos)
                     chunk = f.read()
             except FileNotFoundError:
@@ -421,7 +464,7 @@ def rm(
     """Remove finished runs: their rows, metrics and folders. Asks first."""
     store = Store(home)
     runs = _find(store, refs)
-    busy = [r for r in runs if not r.finished]
+    busy = [r for r in runs if not r.finished and not liveness.process_gone(r)]
     if busy:
         raise fail(
             f"run {', '.join(str(r.id) for r in busy)} is still {busy[0].status}; "
@@ -435,14 +478,16 @@ def rm(
         raise typer.Exit(1)
     removed = 0
     for r in runs:
+        if not r.finished:  # dead: its process is gone
+            store.settle_gone(r, "failed", f"process {r.pid} gone; removed")
         try:
             store.delete(r.id)
         except StoreError as e:
             err.print(f"[red]kept run {r.id}:[/] {escape(str(e))}", highlight=False)
             continue
-        folder = r.path.resolve()
-        if folder.is_dir() and folder.parent == store.runs_dir.resolve():
-            shutil.rmtree(folder, ignore_errors=True)
+        kept = store.remove_run_dir(r)  # only a real folder inside the real runs/
+        if kept:
+            err.print(f"[red]kept the folder of run {r.id}:[/] {escape(kept)}", highlight=False)
         removed += 1
     console.print(f"removed {removed} run{'s' * (removed != 1)}")
 

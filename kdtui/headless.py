@@ -3,14 +3,18 @@
 The runs are written to the same store as the engine's, held by this
 process's pid so the engine leaves them alone; if this process dies, the
 engine adopts what is still queued. Torch is imported only when training
-starts.
+starts. SIGTERM and SIGHUP (a dropped SSH session) stop it as ctrl+c does:
+its runs end cancelled and resumable, and it says which to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,7 +29,7 @@ from rich.progress import (
 
 from engine import config as cfgmod
 from engine import export as exportmod
-from engine.store import Run, Store
+from engine.store import Run, Store, StoreError
 
 
 def groups_in_order(runs: Iterable[Run]) -> list[list[Run]]:
@@ -133,33 +137,97 @@ def _label(r: Run) -> str:
     return f"#{r.id} {who} {r.pair}{point}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like ctrl+c; `reason` goes into the runs' error."""
+
+    REASONS = {
+        signal.SIGTERM: "stopped by SIGTERM",
+        signal.SIGHUP: "its terminal closed (SIGHUP)",
+    }
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.reason = self.REASONS.get(signum, f"stopped by signal {signum}")
+        self.exit_code = 128 + signum
+        super().__init__(self.reason)
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Interrupted in the main thread, once (later ones are ignored
+    while the runs are being closed)."""
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and receives the signals)
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _say(console: Console, text: str) -> None:
+    """Print, unless the terminal is gone (after SIGHUP a write fails with EIO)."""
+    with contextlib.suppress(OSError, ValueError):
+        console.print(text, highlight=False)
+
+
 def train_groups(store: Store, groups: list[list[Run]], console: Console) -> list[Run]:
     from engine.worker import execute  # torch: only now
 
     finished: list[Run] = []
-    with make_progress(console) as progress:
+    with signals_as_interrupt():
         try:
-            for group in groups:
-                ids = [r.id for r in group]
-                for r in group:
-                    if not store.claim(r.id, pid=os.getpid()):
-                        console.print(f"run {r.id} was taken by another process; skipping it")
-                        ids.remove(r.id)
-                if not ids:
-                    continue
-                labels = {str(r.id): _label(r) for r in group}
-                finished += execute(store, ids, callbacks=ProgressCallbacks(progress, labels))
-        except KeyboardInterrupt:
-            for group in groups:
-                for r in group:
-                    if store.run(r.id).status == "queued":
-                        store.finish(r.id, "cancelled", "interrupted before start")
-            console.print(
-                "[magenta]interrupted[/]: finished epochs are kept; "
-                "`kdtui resume RUN` or `kdtui run --resume RUN` continues"
-            )
-            raise
+            with make_progress(console) as progress:
+                for group in groups:
+                    ids = [r.id for r in group]
+                    for r in group:
+                        if not store.claim(r.id, pid=os.getpid()):
+                            console.print(f"run {r.id} was taken by another process; skipping it")
+                            ids.remove(r.id)
+                    if not ids:
+                        continue
+                    labels = {str(r.id): _label(r) for r in group}
+                    finished += execute(store, ids, callbacks=ProgressCallbacks(progress, labels))
+        except BaseException as e:
+            stop = e if isinstance(e, KeyboardInterrupt) else e.__context__
+            if not isinstance(stop, KeyboardInterrupt):
+                raise  # a real error (a closing progress bar's EIO after SIGHUP is not one)
+            _close_interrupted(store, groups, stop, console)
+            raise stop from None
     return finished
+
+
+def _close_interrupted(
+    store: Store, groups: list[list[Run]], stop: KeyboardInterrupt, console: Console
+) -> None:
+    """Every run of ours that did not finish ends cancelled (resumable); say which to resume."""
+    why = getattr(stop, "reason", "interrupted (Ctrl-C)")
+    again: list[int] = []
+    for group in groups:
+        for r in group:
+            r = store.run(r.id)
+            if r.status == "queued":
+                store.finish(r.id, "cancelled", f"{why} before it started")
+            elif r.status == "running" and r.pid == os.getpid():  # stopped before its first step
+                store.finish(r.id, "cancelled", f"{why}; `kdtui resume {r.id}` continues it")
+            if store.run(r.id).status in ("cancelled", "failed"):
+                again.append(r.id)
+    ids = " ".join(map(str, again))
+    _say(
+        console,
+        f"[magenta]{escape(why)}[/]: finished epochs are kept"
+        + (f"; `kdtui resume {ids}` continues" if again else ""),
+    )
 
 
 def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool:
@@ -197,6 +265,13 @@ def run_foreground(store: Store, exp: cfgmod.Experiment, source: str, console: C
 
 
 def resume_foreground(store: Store, run_id: int, console: Console) -> bool:
+    from kdtui.commands import resume_check
+
+    why, note = resume_check(store.run(run_id))
+    if why:
+        raise StoreError(why)
+    if note:
+        console.print(note, highlight=False)
     run = store.requeue(run_id, resume=True, holder=os.getpid())
     finished = train_groups(store, [[store.run(run.id)]], console)
     return summary(store, finished, console, f"run {run_id}")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -435,6 +436,14 @@ async def test_cancel_and_resume_act_on_the_selected_run(seeded):
         await until(pilot, lambda: screen.table.selected_id != queued or True)
         assert screen.table.select_run(failed)
         await pilot.pause()
+        # it finished 3 epochs and has no checkpoint: resuming would silently start over
+        await pilot.press("r")
+        await until(pilot, lambda: any("--restart" in n for n in notifications(app)))
+        assert app.runs_by_id[failed].status == "failed"
+        # with a checkpoint (a stand-in zip sealed at epoch 3) it is queued to resume
+        with zipfile.ZipFile(Store(home).run(failed).path / "last.pth", "w") as z:
+            z.writestr("archive/data.pkl", b"stand-in")
+            z.comment = b"kdtui-checkpoint epoch=3"
         await pilot.press("r")
         await until(pilot, lambda: app.runs_by_id[failed].status == "queued", what="resume")
     run = Store(home).run(failed)

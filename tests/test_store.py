@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -86,12 +88,23 @@ def test_claim_is_atomic(store, home):
 
 
 def test_cancel_a_queued_run_and_ask_a_running_one_to_stop(store):
-    a, b = submit(store)[:2]
+    a, b, dead = submit(store)[:3]
     assert store.request_cancel(a.id) == "cancelled"
     assert store.run(a.id).status == "cancelled"
-    store.claim(b.id, pid=1)
-    assert store.request_cancel(b.id) == "cancelling"
-    assert store.run(b.id).cancel_requested == 1
+    # a live kdtui process trains b: it is asked to stop at its next log step
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "kdtui"])
+    try:
+        store.claim(b.id, pid=holder.pid)
+        assert store.request_cancel(b.id) == "cancelling"
+        assert store.run(b.id).cancel_requested == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    # pid 1 is no kdtui process: nobody would ever see the request, so it takes effect now
+    store.claim(dead.id, pid=1)
+    assert store.request_cancel(dead.id) == "cancelled"
+    assert store.run(dead.id).status == "cancelled"
+    assert "process 1 was gone" in store.run(dead.id).error
 
 
 def test_metrics_are_read_incrementally(store):

@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from engine import liveness
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
@@ -148,7 +149,7 @@ class RunsScreen(Screen):
         detail.border_title = Content(f"#{run.id} {run.experiment}{label}")
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
         detail.border_subtitle = (
-            f"{run.status} · epoch {run.epoch}/{run.epochs} · {top}head {run.head}"
+            f"{liveness.shown_status(run)} · epoch {run.epoch}/{run.epochs} · {top}head {run.head}"
         )
 
     def refresh_watch(self) -> None:
@@ -213,7 +214,8 @@ class RunsScreen(Screen):
         if action == "cancel":
             return run is not None and run.status in ("queued", "running") or None
         if action == "resume":
-            return run is not None and run.status in ("failed", "cancelled") or None
+            dead = run is not None and liveness.process_gone(run)
+            return run is not None and (run.status in ("failed", "cancelled") or dead) or None
         if action in ("clone", "config", "mark"):
             return run is not None or None
         if action == "compare":
@@ -263,8 +265,13 @@ class RunsScreen(Screen):
 
     @work(thread=True, group="action", exit_on_error=False)
     def _resume(self, run_id: int) -> None:
+        from kdtui.commands import resume_check  # the CLI's rule: never restart silently
+
         app = self.app
         try:
+            why, _ = resume_check(app.store.run(run_id))
+            if why:
+                raise ValueError(why)
             app.store.requeue(run_id, resume=True)
         except Exception as e:
             app.call_from_thread(self.notify, str(e), severity="error")

@@ -13,6 +13,7 @@ STATUS_STYLE = {
     "done": "green",
     "failed": "bold red",
     "cancelled": "magenta",
+    "dead": "bold red reverse",  # marked running, its process gone (engine.liveness)
 }
 STATUS_ICON = {
     "queued": "◌",
@@ -20,6 +21,7 @@ STATUS_ICON = {
     "done": "✓",
     "failed": "✗",
     "cancelled": "■",
+    "dead": "†",
 }
 
 

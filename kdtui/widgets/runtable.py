@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widgets import DataTable
 
+from engine import liveness
 from kdtui.widgets import cells
 from kdtui.widgets.tables import content_widths, set_widths
 
@@ -42,7 +43,7 @@ def row_cells(run, marked: bool) -> list:
     best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
     return [
         ident,
-        cells.status(run.status),
+        cells.status(liveness.shown_status(run)),
         name,
         cells.progress(run.epoch, run.epochs, run.progress, run.status),
         best,

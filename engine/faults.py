@@ -1,0 +1,30 @@
+"""Test-only crash points: `KDTUI_FAULT=POINT@EPOCH` makes the process SIGKILL itself there.
+
+The fault-injection tests name each point of an epoch's commit (checkpoint
+written, metrics committed, ...) and check that a resume afterwards records
+every epoch exactly once. Unset (always, outside those tests) this costs
+one dictionary lookup per point.
+
+Points, in the order an epoch commits (EPOCH counts finished epochs, from 1):
+  step          a training step's metrics are committed (mid-epoch)
+  best          best.pth written (only in an epoch that improved)
+  prev          prev.pth linked to the old last.pth, the new one not yet in place
+  checkpoint    last.pth replaced
+  metrics-open  the epoch's metrics and run row written, transaction not committed
+  metrics       that transaction committed (metrics and run row at once)
+  log           the epoch's line appended to log.txt
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "KDTUI_FAULT"
+POINTS = ("step", "best", "prev", "checkpoint", "metrics-open", "metrics", "log")
+
+
+def point(name: str, epoch: int) -> None:
+    spec = os.environ.get(ENV)
+    if spec and spec == f"{name}@{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
