@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine import config as c
-from engine.data import Batch, DeviceLoader, build_data
+from engine.data import Batch, build_data
 from engine.distill.base import TeacherOut, build_distiller
 from engine.distill.crd import draw_negatives, mix32, nce_loss
 from engine.distill.losses import standardize
@@ -345,7 +345,7 @@ def test_crd_loss_and_memory_update_by_hand():
         return [[math.exp(dot(anchor[i], bank[j]) / 0.5) for j in r] for i, r in enumerate(rows)]
 
     def nce(h):
-        k, noise = 3, 3 / 6
+        noise = 3 / 6  # K / N
         out = 0.0
         for row in h:
             out += math.log(row[0] / (row[0] + noise + 1e-7))
@@ -578,3 +578,101 @@ def test_every_method_names_its_reference_and_test_time_head():
     for name, spec in METHODS.items():
         assert spec.head in ("student", "teacher")
         assert name == "vanilla" or spec.reference, name
+
+
+# ---------------------------------------------------------------- for real, through the worker
+NEW_METHOD_RUNS = {
+    "crd": "nce_k = 256",
+    "crd-kd": "nce_k = 64\nkd_weight = 1.0",
+    "dist": "",
+    "dist-ls": "logit_stand = true",
+    "mlkd": "",
+    "mlkd-ls": "logit_stand = true\ntemperatures = [2.0, 3.0, 5.0, 2.0, 6.0]\nkd_weight = 9.0",
+    "kd-ls": "logit_stand = true\ntemperature = 2.0\nkd_weight = 9.0",
+    "dkd-ls": "logit_stand = true\ntemperature = 2.0\ntckd_weight = 9.0\nnckd_weight = 72.0",
+}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
+    torch.save({"model": build_model("resnet14", num_classes=10).state_dict()}, path)
+    return path
+
+
+def _method_toml(case: str, teacher_file, *, epochs: int = 1, extra: str = "") -> str:
+    method = case.split("-")[0]
+    return f"""
+name = "{case}"
+[data]
+dataset = "digits"
+batch_size = 32
+[teacher]
+arch = "resnet14"
+checkpoint = "{teacher_file}"
+[student]
+arch = "resnet8"
+[distill]
+method = "{method}"
+{NEW_METHOD_RUNS.get(case, "")}
+[optim]
+epochs = {epochs}
+[run]
+device = "cpu"
+max_steps = 3
+log_every = 1
+{extra}
+"""
+
+
+@pytest.mark.parametrize("case", list(NEW_METHOD_RUNS))
+def test_each_new_method_trains_a_few_steps_on_digits_through_the_worker(case, store, teacher_file):
+    from engine.worker import execute
+
+    exp = c.loads(_method_toml(case, teacher_file))
+    (run,) = store.submit(exp)
+    result = execute(store, [run.id])[0]
+    assert result.status == "done", result.error
+    assert result.best_top1 is not None and result.head == exp.method.head == "student"
+    assert result.method == method_label(exp.distill.method, exp.distill.options)
+    names = {m.name for m in store.metrics(run.id)}
+    assert "train/loss" in names and "test/top1" in names
+    if exp.distill.method == "mlkd":
+        assert {"train/loss_instance", "train/loss_batch", "train/loss_class"} <= names
+
+
+def test_mlkd_through_the_teacher_cache_takes_weak_views_from_it(store, teacher_file):
+    from engine.worker import execute
+
+    exp = c.loads(_method_toml("mlkd", teacher_file, extra='teacher_cache = "memory"'))
+    (run,) = store.submit(exp)
+    assert execute(store, [run.id])[0].status == "done"
+    log = (store.run(run.id).path / "log.txt").read_text()
+    assert "teacher cache (memory" in log and "every (fresh) strong view" in log
+
+
+def test_a_resumed_crd_run_restores_its_memory_banks_and_ends_like_an_uninterrupted_one(
+    store, teacher_file
+):
+    from engine.worker import execute
+    from tests.test_train import CrashAfterEpoch
+
+    exp = c.loads(_method_toml("crd", teacher_file, epochs=2))
+    (a,) = store.submit(exp)
+    (b,) = store.submit(exp)
+    assert execute(store, [a.id])[0].status == "done"
+    assert execute(store, [b.id], callbacks=CrashAfterEpoch(0))[0].status == "failed"
+    saved = torch.load(store.run(b.id).path / "last.pth", weights_only=True)["distiller"]
+    assert saved["step"].item() == 3  # 3 steps in epoch 1, banks and Z are in the checkpoint
+    assert {"memory.student_bank", "memory.teacher_bank", "memory.z_student", "seed"} <= set(saved)
+    assert "order" not in saved  # derived from the labels at construction
+    store.requeue(b.id, resume=True)
+    assert execute(store, [b.id])[0].status == "done"
+    da = torch.load(store.run(a.id).path / "last.pth", weights_only=True)["distiller"]
+    db = torch.load(store.run(b.id).path / "last.pth", weights_only=True)["distiller"]
+    assert db["step"].item() == 6
+    for key in ("memory.student_bank", "memory.teacher_bank", "memory.z_student", "seed"):
+        assert torch.allclose(da[key], db[key], atol=1e-6), key
+    assert not torch.allclose(saved["memory.student_bank"], db["memory.student_bank"])
+    assert store.run(a.id).best_top1 == store.run(b.id).best_top1
