@@ -80,7 +80,8 @@ class MethodSpec:
     head: str  # which classifier produces test-time logits: "student" | "teacher"
     needs_teacher: bool
     # what the loss reads from the teacher: "logits" methods can use the
-    # exact teacher cache, "features" methods need the full forward pass
+    # exact teacher cache, "features" methods need the full forward pass, "preact"
+    # methods its pre-activation stage maps (`forward_features(x, preact=True)`)
     teacher_outputs: str = "features"
     options: dict[str, Option] = field(default_factory=dict)
     reference: str = ""  # the paper, in one line: authors, title, venue
@@ -258,6 +259,21 @@ CRD_OPTIONS = {
     ),
 }
 
+REVIEWKD_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "review_weight": Option(
+        5.0,
+        "weight of the hierarchical context loss summed over levels: 5.0 in ReviewKD's and "
+        "mdistiller's CIFAR-100 runs (resnet32x4 -> resnet8x4 and most pairs; ReviewKD's script: "
+        "0.6 for resnet56 -> resnet20, 1.0 for resnet110 -> resnet32, 8.0 for ShuffleNetV2)",
+        min=0.0,
+    ),
+    "warmup": Option(20, "epochs over which the review term ramps up linearly", min=0),
+    "max_mid_channels": Option(
+        512, "fusion width: min(this, channels of the student's deepest level)", min=1
+    ),
+}
+
 DIST_OPTIONS = {
     "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
     "kd_weight": Option(
@@ -377,6 +393,17 @@ METHODS: dict[str, MethodSpec] = {
         teacher_outputs="features",
         options=CRD_OPTIONS,
         reference="Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020",
+    ),
+    "reviewkd": MethodSpec(
+        "reviewkd",
+        "engine.distill.reviewkd:ReviewKD",
+        "Chen et al. 2021: CE + attention-fused student stages (deep to shallow) against the "
+        "teacher's pre-activation stages, hierarchical context loss",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="preact",
+        options=REVIEWKD_OPTIONS,
+        reference="Chen, Liu, Zhao & Jia, Distilling Knowledge via Knowledge Review, CVPR 2021",
     ),
     "dist": MethodSpec(
         "dist",

@@ -527,16 +527,31 @@ def plain_teacher_source(
     logits_only: bool = False,
     batch_size: int = 0,
     strong: bool = False,
+    preact: bool = False,
 ) -> Callable:
     """The teacher's forward pass for every batch (under no_grad, autocast on CUDA).
 
-    logits_only: the group holds only logit methods, so no stage maps are kept.
+    logits_only: no member reads the ordinary stage maps, so none are kept.
     compile: torch.compile the forward for batches of `batch_size` (no CUDA
     graphs: several students read its outputs); other sizes run eagerly.
     strong: a member reads the teacher's logits on the batch's strong view (MLKD):
     a second pass over `Batch.strong` fills `TeacherOut.strong_logits`.
+    preact: a member reads pre-activation stage maps (ReviewKD's teacher side):
+    `TeacherOut.preact_feats`. Without ordinary-map readers one pass gives them; a group
+    that reads both kinds pays a second pass for the pre-activation maps.
     """
-    forward = teacher.forward if logits_only else teacher.forward_all
+
+    def forward(x: torch.Tensor):
+        """(ordinary Features or None, pre-activation Features or None, logits)."""
+        if logits_only and not preact:
+            return None, None, teacher.forward(x)
+        if logits_only:
+            pre, out = teacher.forward_all(x, preact=True)
+            return None, pre, out
+        feats, out = teacher.forward_all(x)
+        pre = teacher.forward_features(x, preact=True) if preact else None
+        return feats, pre, out
+
     fast = torch.compile(forward) if compile else forward
 
     @torch.no_grad()
@@ -546,7 +561,7 @@ def plain_teacher_source(
             return fn(x)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        return run(x) if logits_only else run(x)[1]
+        return run(x)[2]
 
     def strong_logits(batch) -> torch.Tensor | None:
         if not strong or batch.strong is None:
@@ -555,9 +570,8 @@ def plain_teacher_source(
             return teacher.forward(batch.strong)
 
     def source(batch) -> TeacherOut:
-        out = run(batch.x)
-        feats, out = (None, out) if logits_only else out
-        return TeacherOut(feats, out, strong_logits(batch))
+        feats, pre, out = run(batch.x)
+        return TeacherOut(feats, out, strong_logits(batch), pre)
 
     source.logits = logits  # type: ignore[attr-defined]
     source.strong_logits = strong_logits  # type: ignore[attr-defined]

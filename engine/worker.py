@@ -404,11 +404,18 @@ def make_teacher_source(
     run = cfgs[0].run
     compile_teacher = run.compile
     batch_size = cfgs[0].data.batch_size
-    logit_only = all(METHODS[c.distill.method].teacher_outputs == "logits" for c in cfgs)
+    outputs = {METHODS[c.distill.method].teacher_outputs for c in cfgs}
+    logit_only = outputs <= {"logits", "none"}
     strong = any(METHODS[c.distill.method].strong_view for c in cfgs)  # MLKD's second view
-    common = {"compile": compile_teacher, "batch_size": batch_size, "strong": strong}
+    common = {
+        "compile": compile_teacher,
+        "batch_size": batch_size,
+        "strong": strong,
+        "preact": "preact" in outputs,  # ReviewKD's teacher side
+        "logits_only": "features" not in outputs,
+    }
     if run.teacher_cache == "off":
-        return plain_teacher_source(teacher, runtime, logits_only=logit_only, **common)
+        return plain_teacher_source(teacher, runtime, **common)
 
     def note(message: str) -> None:
         for r in runs:
@@ -460,8 +467,10 @@ def make_teacher_source(
         )
         if strong:
             note("teacher cache: weak views only; the teacher sees every (fresh) strong view")
-        return CachedTeacherSource(teacher, runtime, cache, **common)
-    return plain_teacher_source(teacher, runtime, logits_only=logit_only, **common)
+        return CachedTeacherSource(
+            teacher, runtime, cache, compile=compile_teacher, batch_size=batch_size, strong=strong
+        )
+    return plain_teacher_source(teacher, runtime, **common)
 
 
 def _archive(run_dir: Path) -> None:

@@ -410,6 +410,140 @@ def test_crd_needs_the_training_labels():
         build_distiller("crd", student, teacher, {}, num_classes=3)
 
 
+# ---------------------------------------------------------------- ReviewKD
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def avg_pool(m, size):
+    """Adaptive average pooling of an (H, W) nested list whose sides size divides."""
+    k = len(m) // size
+    return [
+        [
+            mean(m[r][c] for r in range(i * k, i * k + k) for c in range(j * k, j * k + k))
+            for j in range(size)
+        ]
+        for i in range(size)
+    ]
+
+
+def mse(a, b):
+    return mean((x - y) ** 2 for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+def test_hierarchical_context_loss_by_hand():
+    from engine.distill.reviewkd import hcl_level
+
+    fs = [[float((3 * r + 5 * c) % 7) for c in range(4)] for r in range(4)]
+    ft = [[float((r * c) % 5) - 1 for c in range(4)] for r in range(4)]
+    # 4x4 maps: the full MSE, then pyramids 2x2 (weight 1/2) and 1x1 (1/4); 4x4 is not smaller
+    expected = (
+        mse(fs, ft)
+        + mse(avg_pool(fs, 2), avg_pool(ft, 2)) / 2
+        + mse(avg_pool(fs, 1), avg_pool(ft, 1)) / 4
+    ) / 1.75
+    got = hcl_level(torch.tensor(fs)[None, None], torch.tensor(ft)[None, None])
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    one = hcl_level(torch.tensor([[[[2.0]]]]), torch.tensor([[[[0.5]]]]))  # the pooled level
+    assert one.item() == pytest.approx(2.25)
+
+
+def test_attention_based_fusion_by_hand():
+    """1-channel maps: conv1 = w1 * x (BN at init is x / sqrt(1 + eps)), attention
+    a = sigmoid(att(x, up(y))), fused = x a0 + y a1, conv2 = centre tap 3 (then BN)."""
+    from engine.distill.reviewkd import ABF
+
+    abf = ABF(1, 1, 1, fuse=True).eval()
+    bn = 1 / math.sqrt(1 + 1e-5)
+    with torch.no_grad():
+        abf.conv1[0].weight.fill_(2.0)
+        att = abf.att_conv[0]
+        att.weight.copy_(torch.tensor([[0.5, -1.0], [1.0, 0.25]]).view(2, 2, 1, 1))
+        att.bias.copy_(torch.tensor([0.1, -0.2]))
+        abf.conv2[0].weight.zero_()
+        abf.conv2[0].weight[0, 0, 1, 1] = 3.0
+    x = [[1.0, -2.0], [0.5, 3.0]]
+    y = 0.7  # the deeper level's fused 1x1 map, upsampled (nearest) to 2x2
+    out, fused = abf(torch.tensor(x)[None, None], torch.tensor([[[[y]]]]), (2, 2))
+
+    def sig(v):
+        return 1 / (1 + math.exp(-v))
+
+    for r in range(2):
+        for col in range(2):
+            xv = 2.0 * x[r][col] * bn
+            a0 = sig(0.5 * xv - 1.0 * y + 0.1)
+            a1 = sig(1.0 * xv + 0.25 * y - 0.2)
+            f = xv * a0 + y * a1
+            assert fused[0, 0, r, col].item() == pytest.approx(f, rel=1e-5)
+            assert out[0, 0, r, col].item() == pytest.approx(3 * f * bn, rel=1e-5)
+
+
+def test_reviewkd_levels_are_mdistillers_for_resnet32x4_to_resnet8x4():
+    """mdistiller's CIFAR config: in/out channels [64, 128, 256, 256], shapes [32, 16, 8, 1],
+    mid = min(512, 256); the student's activated maps, the teacher's pre-activation ones."""
+    teacher = build_model("resnet32x4", num_classes=100).eval()
+    student = build_model("resnet8x4", num_classes=100)
+    d = build_distiller("reviewkd", student, teacher, {}, num_classes=100)
+    convs = [
+        (a.conv1[0].in_channels, a.conv1[0].out_channels, a.conv2[0].out_channels) for a in d.abfs
+    ]
+    assert convs == [(64, 256, 64), (128, 256, 128), (256, 256, 256), (256, 256, 256)]
+    assert [a.att_conv is not None for a in d.abfs] == [True, True, True, False]
+    assert d.out_sizes == [(32, 32), (16, 16), (8, 8), (1, 1)]
+    assert d.loss_scales(0) == {"review": pytest.approx(1 / 20)}
+    assert d.loss_scales(19) == {"review": 1.0}
+    assert METHODS["reviewkd"].options["review_weight"].default == 5.0
+
+
+def test_reviewkd_loss_against_the_teachers_preactivation_maps():
+    torch.manual_seed(0)
+    teacher, student = pair(10)
+    d = build_distiller(
+        "reviewkd", student, teacher, {"review_weight": 2.0}, num_classes=10
+    ).train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        feats, logits = teacher.forward_all(x)
+        pre = teacher.forward_features(x, preact=True)
+    assert not torch.equal(pre.stages[-1], feats.stages[-1])  # ResNet: before the last ReLU
+    t_out = TeacherOut(feats, logits, None, pre)
+    _, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1, 2, 3])), t_out)
+    from engine.distill.reviewkd import hcl_level
+
+    outs = d.review(student.forward_features(x))
+    targets = list(pre.stages) + [teacher.pool(pre.final)[:, :, None, None]]
+    expected = 2.0 * sum(hcl_level(o, t) for o, t in zip(outs, targets))
+    assert losses["review"].item() == pytest.approx(expected.item(), rel=1e-5)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in d.abfs.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    with pytest.raises(RuntimeError, match="pre-activation"):
+        d.forward_train(Batch.of(x, torch.tensor([0, 1, 2, 3])), TeacherOut(feats, logits))
+
+
+def test_the_teacher_source_gives_preactivation_maps_to_the_methods_that_read_them():
+    from engine.config import RunConfig
+    from engine.train import pick_runtime, plain_teacher_source
+
+    runtime = pick_runtime(RunConfig(device="cpu", threads=1))
+    teacher = build_model("resnet8", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    batch = Batch.of(x, torch.tensor([0, 1]))
+    with torch.no_grad():
+        pre = teacher.forward_features(x, preact=True)
+        feats = teacher.forward_features(x)
+    only = plain_teacher_source(teacher, runtime, logits_only=True, preact=True)(batch)
+    both = plain_teacher_source(teacher, runtime, preact=True)(batch)
+    assert only.feats is None and both.feats is not None
+    for out in (only, both):
+        assert all(torch.equal(a, b) for a, b in zip(out.preact_feats.stages, pre.stages))
+    assert all(torch.equal(a, b) for a, b in zip(both.feats.stages, feats.stages))
+    assert plain_teacher_source(teacher, runtime)(batch).preact_feats is None
+
+
 # ---------------------------------------------------------------- every new method's gradients
 @pytest.mark.parametrize("method", ["dist", "mlkd", "kd", "dkd"])
 def test_logit_methods_train_the_student_only(method):
@@ -582,6 +716,7 @@ def test_every_method_names_its_reference_and_test_time_head():
 
 # ---------------------------------------------------------------- for real, through the worker
 NEW_METHOD_RUNS = {
+    "reviewkd": "warmup = 1",
     "crd": "nce_k = 256",
     "crd-kd": "nce_k = 64\nkd_weight = 1.0",
     "dist": "",
@@ -635,6 +770,8 @@ def test_each_new_method_trains_a_few_steps_on_digits_through_the_worker(case, s
     result = execute(store, [run.id])[0]
     assert result.status == "done", result.error
     assert result.best_top1 is not None and result.head == exp.method.head == "student"
+    if exp.distill.method == "reviewkd":
+        assert "train/loss_review" in {m.name for m in store.metrics(run.id)}
     assert result.method == method_label(exp.distill.method, exp.distill.options)
     names = {m.name for m in store.metrics(run.id)}
     assert "train/loss" in names and "test/top1" in names

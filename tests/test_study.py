@@ -42,6 +42,7 @@ def test_the_study_files_are_there():
             "kd_ls_",
             "dkd_ls_",
             "mlkd_ls_",
+            "reviewkd_",
         ):
             assert any(method in n for n in files), (kind, method)
 

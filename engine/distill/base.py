@@ -30,6 +30,8 @@ class TeacherOut(NamedTuple):
     feats: Features | None
     logits: torch.Tensor
     strong_logits: torch.Tensor | None = None  # on `Batch.strong`, for methods that read it
+    # pre-activation stage maps (`forward_features(x, preact=True)`), for methods that read them
+    preact_feats: Features | None = None
 
 
 class Distiller(nn.Module):

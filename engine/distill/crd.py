@@ -1,6 +1,6 @@
 """Contrastive representation distillation (Tian, Krishnan & Isola, ICLR 2020).
 
-Both networks' penultimate features (the pooled last stage map, the classifier's input)
+Both networks' penultimate features (the pooled `final` map, the classifier's input)
 pass through a linear head to `feat_dim` (128) and are L2-normalised: v_s, v_t. Two memory
 banks hold one such vector per training sample: M_s (student side) and M_t (teacher side).
 For a batch sample i with dataset index n_i, the positive is bank row n_i ("exact" mode) and
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.distill.base import Distiller, stage_shapes
+from engine.distill.base import Distiller, feature_shapes
 from engine.distill.losses import kd_kl
 
 EPS = 1e-7
@@ -175,8 +175,8 @@ class CRD(Distiller):
         order, start, count = class_tables(labels, num_classes)
         if int((count > 0).sum()) < 2:
             raise ValueError("crd needs training samples of at least 2 classes (negatives)")
-        s_dim = stage_shapes(student, input_shape)[-1][0]
-        t_dim = stage_shapes(teacher, input_shape)[-1][0]
+        s_dim = feature_shapes(student, input_shape).final[0]  # the classifier's input width
+        t_dim = feature_shapes(teacher, input_shape).final[0]
         self.embed_s = Embed(s_dim, o["feat_dim"])
         self.embed_t = Embed(t_dim, o["feat_dim"])
         self.memory = ContrastMemory(o["feat_dim"], self.num_samples)
@@ -204,10 +204,10 @@ class CRD(Distiller):
     def forward_train(self, batch, teacher):
         o = self.options
         x, y, index = batch.x, batch.y, batch.index
-        feats = self.student.forward_features(x)
-        logits = self.student.forward_head(feats[-1])
-        f_s = self.student.pool(feats[-1])
-        f_t = F.adaptive_avg_pool2d(teacher.feats[-1], 1).flatten(1)
+        final = self.student.forward_features(x).final
+        logits = self.student.forward_head(final)
+        f_s = self.student.pool(final)  # penultimate features: what each classifier reads
+        f_t = self.teacher.pool(teacher.feats.final)
         with torch.autocast(x.device.type, enabled=False):  # exp(<., .> / 0.07) wants fp32
             v_s = self.embed_s(f_s)
             v_t = self.embed_t(f_t)
