@@ -70,6 +70,9 @@ class Option:
     max: float | None = None
     # extra check for structured values; returns an error message or None
     check: Callable[[Any], str | None] | None = None
+    # added to an existing method with a default that is its behaviour from before: run
+    # fingerprints leave the option out at that default, so older runs still group with new
+    neutral: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ def logit_stand_option(published: str) -> Option:
         "student's logits per sample before the softened terms, so the temperature becomes "
         f"the base temperature; shown as '+ls' after the method. {published}",
         choices=(False, True),
+        neutral=True,
     )
 
 

@@ -813,3 +813,27 @@ def test_a_resumed_crd_run_restores_its_memory_banks_and_ends_like_an_uninterrup
         assert torch.allclose(da[key], db[key], atol=1e-6), key
     assert not torch.allclose(saved["memory.student_bank"], db["memory.student_bank"])
     assert store.run(a.id).best_top1 == store.run(b.id).best_top1
+
+
+def test_the_new_options_leave_the_fingerprints_of_existing_experiments_alone():
+    """kd runs submitted before logit_stand and the strong view existed keep grouping with
+    new ones: neither key enters the identity at its default; kd+ls is another experiment."""
+    from engine import fingerprint as fp
+
+    text = """
+name = "kd"
+[data]
+dataset = "digits"
+[teacher]
+arch = "resnet8"
+checkpoint = "t.pth"
+[student]
+arch = "resnet8"
+[distill]
+method = "kd"
+"""
+    ident = fp.identity(c.loads(text))
+    assert "logit_stand" not in ident["distill"] and "strong_view" not in ident["data"]
+    ls = fp.identity(c.loads(text + "logit_stand = true\n"))
+    assert ls["distill"]["logit_stand"] is True
+    assert fp.digest(ls) != fp.digest(ident)
