@@ -497,6 +497,54 @@ def test_reviewkd_levels_are_mdistillers_for_resnet32x4_to_resnet8x4():
     assert METHODS["reviewkd"].options["review_weight"].default == 5.0
 
 
+# ReviewKD's build_review_kd (CIFAR-100): student in_channels, teacher out_channels and
+# out_shapes of each level, listed shallow to deep (it lists them deep to shallow)
+REVIEWKD_LEVELS = [
+    ("resnet32x4", "resnet8x4", [64, 128, 256, 256], [64, 128, 256, 256], [32, 16, 8, 1]),
+    ("resnet56", "resnet20", [16, 32, 64, 64], [16, 32, 64, 64], [32, 16, 8, 1]),
+    ("resnet110", "resnet32", [16, 32, 64, 64], [16, 32, 64, 64], [32, 16, 8, 1]),
+    ("wrn_40_2", "wrn_16_2", [32, 64, 128, 128], [32, 64, 128, 128], [32, 16, 8, 1]),
+    ("wrn_40_2", "wrn_40_1", [16, 32, 64, 64], [32, 64, 128, 128], [32, 16, 8, 1]),
+    (
+        "vgg13",
+        "mobilenetv2_0_5",
+        [12, 16, 48, 160, 1280],
+        [128, 256, 512, 512, 512],
+        [16, 8, 4, 4, 1],
+    ),
+    (
+        "ResNet50",
+        "mobilenetv2_0_5",
+        [12, 16, 48, 160, 1280],
+        [256, 512, 1024, 2048, 2048],
+        [32, 16, 8, 4, 1],
+    ),
+    (
+        "ResNet50",
+        "vgg8",
+        [128, 256, 512, 512, 512],
+        [256, 512, 1024, 2048, 2048],
+        [32, 16, 8, 4, 1],
+    ),
+    ("resnet32x4", "shufflenetv1", [240, 480, 960, 960], [64, 128, 256, 256], [32, 16, 8, 1]),
+    ("resnet32x4", "shufflenetv2", [116, 232, 464, 1024], [64, 128, 256, 256], [32, 16, 8, 1]),
+    ("wrn_40_2", "shufflenetv1", [240, 480, 960, 960], [32, 64, 128, 128], [32, 16, 8, 1]),
+]
+
+
+@pytest.mark.parametrize(
+    "t, s, ins, outs, sizes", REVIEWKD_LEVELS, ids=[f"{r[0]}-{r[1]}" for r in REVIEWKD_LEVELS]
+)
+def test_reviewkd_levels_are_the_references_for_every_published_pair(t, s, ins, outs, sizes):
+    teacher = build_model(t, num_classes=100).eval()
+    student = build_model(s, num_classes=100)
+    d = build_distiller("reviewkd", student, teacher, {}, num_classes=100)
+    assert [a.conv1[0].in_channels for a in d.abfs] == ins
+    assert [a.conv2[0].out_channels for a in d.abfs] == outs
+    assert [h for h, _ in d.out_sizes] == sizes
+    assert {a.conv1[0].out_channels for a in d.abfs} == {min(512, ins[-1])}
+
+
 def test_reviewkd_loss_against_the_teachers_preactivation_maps():
     torch.manual_seed(0)
     teacher, student = pair(10)
