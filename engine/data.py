@@ -306,7 +306,8 @@ class DeviceLoader:
                 su8 = _crop_padded(padded, sp.dy[s:e], sp.dx[s:e], sp.flip[s:e], h, w)
                 strong = self._normalise(rand_augment_u8(su8, sp.ops.slice(s, e)))
             x = self._normalise(u8)
-            yield Batch(x, self.labels.index_select(0, idx), idx, view[s:e], strong)
+            labels = self.labels.index_select(0, idx)
+            yield Batch(x, labels, idx, view[s:e], strong=strong)
 
 
 # ------------------------------------------------------------------ DataLoader path
@@ -433,7 +434,7 @@ class TorchDataLoader:
                 y.to(dev, non_blocking=True),
                 idx.to(dev, non_blocking=True),
                 None,
-                strong,
+                strong=strong,
             )
 
 

@@ -571,7 +571,7 @@ def plain_teacher_source(
 
     def source(batch) -> TeacherOut:
         feats, pre, out = run(batch.x)
-        return TeacherOut(feats, out, strong_logits(batch), pre)
+        return TeacherOut(feats, out, strong_logits=strong_logits(batch), preact_feats=pre)
 
     source.logits = logits  # type: ignore[attr-defined]
     source.strong_logits = strong_logits  # type: ignore[attr-defined]
@@ -608,7 +608,7 @@ class CachedTeacherSource:
             return self.plain(batch)
         logits = cached_logits(self.cache, self.plain.logits, batch.x, batch.index, batch.view)
         # a strong view is a fresh RandAugment draw, never seen again: always the teacher
-        return TeacherOut(None, logits, self.plain.strong_logits(batch))
+        return TeacherOut(None, logits, strong_logits=self.plain.strong_logits(batch))
 
     def epoch_metrics(self) -> dict[str, float]:
         st = self.cache.stats

@@ -215,8 +215,8 @@ def test_mlkd_loss_by_hand(reference_strong_terms, logit_stand):
     d = build_distiller("mlkd", student, teacher, options, num_classes=4)
     xw, xs = torch.zeros(3, 3, 32, 32), torch.ones(3, 3, 32, 32)
     fixed_student(d, {id(xw): torch.tensor(S), id(xs): torch.tensor(S2)})
-    t_out = TeacherOut(None, torch.tensor(T), torch.tensor(T2))
-    batch = Batch(xw, torch.tensor(Y), torch.arange(3), None, xs)
+    t_out = TeacherOut(None, torch.tensor(T), strong_logits=torch.tensor(T2))
+    batch = Batch(xw, torch.tensor(Y), torch.arange(3), None, strong=xs)
     logits, losses = d.forward_train(batch, t_out)
     assert torch.equal(logits, torch.tensor(S))  # the weak view's logits train
 
@@ -556,7 +556,7 @@ def test_reviewkd_loss_against_the_teachers_preactivation_maps():
         feats, logits = teacher.forward_all(x)
         pre = teacher.forward_features(x, preact=True)
     assert not torch.equal(pre.stages[-1], feats.stages[-1])  # ResNet: before the last ReLU
-    t_out = TeacherOut(feats, logits, None, pre)
+    t_out = TeacherOut(feats, logits, preact_feats=pre)
     _, losses = d.forward_train(Batch.of(x, torch.tensor([0, 1, 2, 3])), t_out)
     from engine.distill.reviewkd import hcl_level
 
@@ -599,9 +599,9 @@ def test_logit_methods_train_the_student_only(method):
     d = build_distiller(method, student, teacher, {"logit_stand": True}, num_classes=4).train()
     x, xs = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        t_out = TeacherOut(*teacher.forward_all(x), teacher(xs))
+        t_out = TeacherOut(*teacher.forward_all(x), strong_logits=teacher(xs))
     _, losses = d.forward_train(
-        Batch(x, torch.tensor([0, 1, 2, 3]), torch.arange(4), None, xs), t_out
+        Batch(x, torch.tensor([0, 1, 2, 3]), torch.arange(4), None, strong=xs), t_out
     )
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in student.parameters())
