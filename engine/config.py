@@ -80,6 +80,13 @@ class DataConfig:
         "DataLoader for folders; device; dataloader (PIL, reference style)",
         choices=("auto", "device", "dataloader"),
     )
+    strong_view: str = _f(
+        "auto",
+        "a second, strongly augmented view of every training image (own crop + flip, "
+        "RandAugment n=2 with random magnitudes, Cutout; what MLKD trains on): auto (on when "
+        "the method reads it), on, off",
+        choices=("auto", "on", "off"),
+    )
     num_workers: int = _f(2, "DataLoader workers (dataloader path only)", min=0)
     data_seed: int = _f(-1, "seed of shuffling and augmentation; -1 uses the run's seed")
     # synthetic / folder only
@@ -590,12 +597,24 @@ def check_point(exp: Experiment, parser: _Parser) -> None:
     for key in exp.distill.options:
         if key not in spec.options:
             raise parser.error(f"distill.{key}", f"not an option of method '{spec.name}'")
+    if spec.strong_view and exp.data.strong_view == "off":
+        raise parser.error(
+            "data.strong_view",
+            f"method '{spec.name}' trains on a weak and a strong view of every image; "
+            'use strong_view = "auto" (or "on")',
+        )
     if exp.optim.schedule == "multistep":
         ms = exp.optim.milestones
         if ms != sorted(ms):
             raise parser.error("optim.milestones", "must be increasing")
     if exp.optim.warmup_epochs >= exp.optim.epochs and exp.optim.warmup_epochs:
         raise parser.error("optim.warmup_epochs", "must be shorter than optim.epochs")
+
+
+def strong_view(exp: Experiment) -> bool:
+    """Whether this run's training batches carry the strong view (`[data] strong_view`)."""
+    mode = exp.data.strong_view
+    return mode == "on" or (mode == "auto" and exp.method.strong_view)
 
 
 def grid(sweep: dict) -> list[dict]:

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.strong_aug import StrongParams, StrongTransform, draw_params, rand_augment_u8
+
 if TYPE_CHECKING:  # pragma: no cover
     from engine.config import DataConfig
 
@@ -42,6 +44,7 @@ PAD = 4  # zero padding of the random crop (the CIFAR recipe)
 CROPS = 2 * PAD + 1  # offsets per axis: 0..8
 NUM_VIEWS = CROPS * CROPS * 2  # 162
 NO_AUG_VIEW = (PAD * CROPS + PAD) * 2  # centre crop, no flip: the un-augmented image
+STRONG_STREAM = 2  # epoch_seed stream of the strong view's draws (0: order/weak view)
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -75,6 +78,7 @@ class Batch(NamedTuple):
     y: Tensor  # int64 labels on the device
     index: Tensor  # int64 sample indices into the split, on the device
     view: Tensor | None  # int64 view ids (see encode_view); None when unknown
+    strong: Tensor | None = None  # the strong view of the same images (MLKD), when asked for
 
     @classmethod
     def of(cls, x: Tensor, y: Tensor, index: Tensor | None = None) -> Batch:
@@ -197,8 +201,22 @@ class EpochPlan(NamedTuple):
     view: Tensor  # encode_view(dy, dx, flip)
 
 
+class StrongPlan(NamedTuple):
+    """The strong view's draws for one epoch, per position of the epoch's order (CPU)."""
+
+    dy: Tensor  # its own crop offsets and flips, independent of the weak view's
+    dx: Tensor
+    flip: Tensor
+    ops: StrongParams  # RandAugment ops, magnitudes and cutout
+
+
 class DeviceLoader:
-    """A whole split as uint8 on the device; augmentation as batched tensor ops."""
+    """A whole split as uint8 on the device; augmentation as batched tensor ops.
+
+    strong: also yield MLKD's strong view (`Batch.strong`): its own crop + flip, then the
+    RandAugment + Cutout ops of engine.strong_aug, drawn from a separate stream of the same
+    (seed, epoch), so turning it on changes nothing in the weak view.
+    """
 
     def __init__(
         self,
@@ -214,6 +232,7 @@ class DeviceLoader:
         hflip: bool = True,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        strong: bool = False,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be uint8 (N, C, H, W)")
@@ -224,6 +243,7 @@ class DeviceLoader:
         self.batch_size = int(batch_size)
         self.seed, self.shuffle, self.augment, self.hflip = seed, shuffle, augment, hflip
         self.channels_last = channels_last
+        self.strong = strong
         self._mean = _stats(mean, self.device)
         self._std = _stats(std, self.device)
 
@@ -247,37 +267,75 @@ class DeviceLoader:
             flip = torch.zeros(n, dtype=torch.int64)
         return EpochPlan(index, dy, dx, flip, encode_view(dy, dx, flip))
 
+    def strong_plan(self, epoch: int) -> StrongPlan:
+        """The strong view's draws: a pure function of (seed, epoch), on its own stream."""
+        n = self.num_samples
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, STRONG_STREAM))
+        dy = torch.randint(0, CROPS, (n,), generator=g)
+        dx = torch.randint(0, CROPS, (n,), generator=g)
+        flip = torch.randint(0, 2, (n,), generator=g)
+        if not self.hflip:
+            flip.zero_()
+        return StrongPlan(dy, dx, flip, draw_params(n, g))
+
+    def _normalise(self, u8: Tensor) -> Tensor:
+        if self.channels_last:
+            u8 = u8.contiguous(memory_format=torch.channels_last)  # float ops keep it
+        return u8.float().div_(255).sub_(self._mean).div_(self._std)
+
     def batches(self, epoch: int) -> Iterator[Batch]:
         p = self.plan(epoch)
         dev = self.device
         index, dy, dx, flip, view = (t.to(dev, non_blocking=True) for t in p)
+        sp = None
+        if self.strong:
+            q = self.strong_plan(epoch)
+            sp = StrongPlan(*(t.to(dev, non_blocking=True) for t in q[:3]), q.ops.to(dev))
         _, _, h, w = self.images.shape
         for s in range(0, self.num_samples, self.batch_size):
-            idx = index[s : s + self.batch_size]
-            u8 = self.images.index_select(0, idx)
+            e = s + self.batch_size
+            idx = index[s:e]
+            raw = self.images.index_select(0, idx)
+            u8 = raw
             if self.augment:
-                e = s + self.batch_size
-                padded = F.pad(u8, (PAD, PAD, PAD, PAD))
+                padded = F.pad(raw, (PAD, PAD, PAD, PAD))
                 u8 = _crop_padded(padded, dy[s:e], dx[s:e], flip[s:e], h, w)
-            if self.channels_last:
-                u8 = u8.contiguous(memory_format=torch.channels_last)  # float ops keep it
-            x = u8.float().div_(255).sub_(self._mean).div_(self._std)
-            yield Batch(x, self.labels.index_select(0, idx), idx, view[s : s + self.batch_size])
+            strong = None
+            if sp is not None:
+                padded = F.pad(raw, (PAD, PAD, PAD, PAD))
+                su8 = _crop_padded(padded, sp.dy[s:e], sp.dx[s:e], sp.flip[s:e], h, w)
+                strong = self._normalise(rand_augment_u8(su8, sp.ops.slice(s, e)))
+            x = self._normalise(u8)
+            labels = self.labels.index_select(0, idx)
+            yield Batch(x, labels, idx, view[s:e], strong=strong)
 
 
 # ------------------------------------------------------------------ DataLoader path
 class _Indexed(torch.utils.data.Dataset):
-    """Applies a transform to a PIL-yielding data set and returns the index too."""
+    """Applies a transform to a PIL-yielding data set and returns the index too.
 
-    def __init__(self, base: Any, transform: Any):
-        self.base, self.transform = base, transform
+    With a `strong` transform it also returns the image's strong view (MLKD), drawn after
+    the weak one from the same RNG.
+    """
+
+    def __init__(self, base: Any, transform: Any, strong: Any = None):
+        self.base, self.transform, self.strong = base, transform, strong
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+    def __getitem__(self, i: int) -> tuple:
         img, y = self.base[i]
-        return self.transform(img), int(y), i
+        if self.strong is None:
+            return self.transform(img), int(y), i
+        return self.transform(img), int(y), i, self.strong(img)
+
+    def targets(self) -> Tensor:
+        """Every sample's label, without loading images where the base data set lists them."""
+        labels = getattr(self.base, "targets", None)
+        if labels is None:
+            labels = [self.base[i][1] for i in range(len(self.base))]
+        return torch.as_tensor(list(labels), dtype=torch.int64)
 
 
 class _PILArrays(torch.utils.data.Dataset):
@@ -355,13 +413,29 @@ class TorchDataLoader:
                 state = torch.get_rng_state()
             yield item
 
+    @property
+    def labels(self) -> Tensor:
+        """Every training sample's label (CPU), e.g. for CRD's negatives of other classes."""
+        return self.dataset.targets()  # type: ignore[attr-defined]
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def batches(self, epoch: int) -> Iterator[Batch]:
         dev = self.device
-        for x, y, idx in self._raw(epoch):
-            x = x.to(dev, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, y.to(dev, non_blocking=True), idx.to(dev, non_blocking=True), None)
+        for item in self._raw(epoch):
+            x, y, idx = item[:3]
+            strong = self._to_device(item[3]) if len(item) > 3 else None
+            yield Batch(
+                self._to_device(x),
+                y.to(dev, non_blocking=True),
+                idx.to(dev, non_blocking=True),
+                None,
+                strong=strong,
+            )
 
 
 def _cifar_transforms(size: int, mean, std, *, augment: bool, hflip: bool):
@@ -374,6 +448,16 @@ def _cifar_transforms(size: int, mean, std, *, augment: bool, hflip: bool):
     if hflip:
         aug.append(T.RandomHorizontalFlip())
     return T.Compose(aug + tail), T.Compose(tail)
+
+
+def _strong_transform(crop: Any, mean, std, *, hflip: bool):
+    """MLKD's strong view on the DataLoader path: crop (+ flip), the same uint8 ops as the
+    device loader (engine.strong_aug), then ToTensor's and Normalize's arithmetic."""
+    from torchvision import transforms as T
+
+    ops = [crop] + ([T.RandomHorizontalFlip()] if hflip else [])
+    ops += [T.PILToTensor(), StrongTransform(), T.ConvertImageDtype(torch.float32)]
+    return T.Compose(ops + [T.Normalize(mean, std)])
 
 
 def _folder_transforms(size: int, *, augment: bool, hflip: bool):
@@ -548,8 +632,9 @@ def _hflip(cfg: DataConfig) -> bool:
     return cfg.hflip == "on"
 
 
-def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool) -> Data:
+def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool, strong: bool) -> Data:
     from torchvision import datasets
+    from torchvision import transforms as T
 
     root = _root(cfg)
     dirs = {split: root / split for split in ("train", "val")}
@@ -574,11 +659,17 @@ def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool) -> Da
     info = DatasetInfo(
         "folder", len(train.classes), 3, size, IMAGENET_MEAN, IMAGENET_STD, len(train), len(val)
     )
-    return _dataloader_data(info, cfg, (train, t_train), (val, t_test), seed, device, channels_last)
+    t_strong = None
+    if strong:
+        crop = T.RandomResizedCrop(size)
+        t_strong = _strong_transform(crop, IMAGENET_MEAN, IMAGENET_STD, hflip=_hflip(cfg))
+    return _dataloader_data(
+        info, cfg, (train, t_train, t_strong), (val, t_test), seed, device, channels_last
+    )
 
 
 def _dataloader_data(info, cfg: DataConfig, train, test, seed, device, channels_last) -> Data:
-    """The reference pipeline's train/test pair: (data set, transform) each, PIL per sample."""
+    """The reference pipeline's train/test pair: (data set, transform[, strong]) each."""
     common = {
         "seed": seed,
         "num_workers": cfg.num_workers,
@@ -598,18 +689,20 @@ def build_data(
     seed: int,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
+    strong: bool = False,
 ) -> Data:
     """Data set + train/test loaders for a run.
 
     `seed` is the run's seed; `cfg.data_seed` (when >= 0) overrides it so
     runs with different model seeds can still share batches. `loader =
     "device"` on a folder falls back to the DataLoader path (folders do not
-    fit in memory in general).
+    fit in memory in general). `strong`: training batches also carry MLKD's
+    strong view (`Batch.strong`; see `engine.config.strong_view`).
     """
     data_seed = cfg.data_seed if cfg.data_seed >= 0 else seed
     device = torch.device(device)
     if cfg.dataset == "folder":
-        return _build_folder(cfg, data_seed, device, channels_last)
+        return _build_folder(cfg, data_seed, device, channels_last, strong)
     d = _load(cfg)
     info, hflip = d.info, _hflip(cfg)
     if cfg.loader in ("auto", "device"):
@@ -627,6 +720,7 @@ def build_data(
             shuffle=True,
             augment=cfg.augment,
             hflip=hflip,
+            strong=strong,
             **common,
         )
         test = DeviceLoader(
@@ -649,8 +743,20 @@ def build_data(
     t_train, t_test = _cifar_transforms(
         info.image_size, info.mean, info.std, augment=cfg.augment, hflip=hflip
     )
+    t_strong = None
+    if strong:
+        from torchvision import transforms as T
+
+        crop = T.RandomCrop(info.image_size, padding=PAD)
+        t_strong = _strong_transform(crop, info.mean, info.std, hflip=hflip)
     return _dataloader_data(
-        info, cfg, (pil_train, t_train), (pil_test, t_test), data_seed, device, channels_last
+        info,
+        cfg,
+        (pil_train, t_train, t_strong),
+        (pil_test, t_test),
+        data_seed,
+        device,
+        channels_last,
     )
 
 

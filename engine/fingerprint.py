@@ -18,10 +18,14 @@ them and nothing else. The rule, also in the README ("Run identity"):
   workers decide the augmentation there); `data.hflip` (auto: off for
   digits, on otherwise) only with augmentation; the synthetic data set's
   size keys only for `synthetic` (`image_size` also for `folder`).
+  `data.strong_view` is dropped: the methods that read a strong view
+  cannot run without it and the others never read it.
 - kept: every `optim` key that the schedule and optimiser read
   (`milestones`/`gamma` for multistep, `min_lr` for cosine,
   `momentum`/`nesterov` for SGD), `distill` (method and every option,
-  defaults filled in), `student.arch`, `run.amp`, `run.eval_every` (it
+  defaults filled in, except an option added later whose default is the
+  method's earlier behaviour, e.g. `logit_stand = false`, which is left
+  out at that default: `Option.neutral`), `student.arch`, `run.amp`, `run.eval_every` (it
   decides which epochs the best top-1 is taken from) and `run.max_steps`.
 - the teacher (methods that use one) enters as a recipe, never by a store
   run id: `from_run`/`train = true` by the teacher run's own fingerprint,
@@ -83,7 +87,7 @@ def run_source(teacher_fingerprint: str | None) -> str:
 def _data(d: dict) -> dict:
     d = dict(d)
     dataset = d["dataset"]
-    for key in ("download", "eval_batch_size"):
+    for key in ("download", "eval_batch_size", "strong_view"):
         d.pop(key, None)
     if dataset != "folder":
         d.pop("root", None)
@@ -98,6 +102,14 @@ def _data(d: dict) -> dict:
     for key in SYNTHETIC_KEYS:
         if dataset != "synthetic" and not (dataset == "folder" and key == "image_size"):
             d.pop(key, None)
+    return d
+
+
+def _distill(exp: cfgmod.Experiment, d: dict) -> dict:
+    d = copy.deepcopy(d)
+    for key, opt in exp.method.options.items():
+        if opt.neutral and d.get(key) == opt.default:
+            d.pop(key)
     return d
 
 
@@ -131,7 +143,7 @@ def identity(exp: cfgmod.Experiment, *, teacher: str | None = None) -> dict:
     if exp.student.checkpoint:
         student["init"] = file_source(exp.student.checkpoint)
     out["student"] = student
-    out["distill"] = copy.deepcopy(full["distill"])
+    out["distill"] = _distill(exp, full["distill"])
     out["optim"] = _optim(full["optim"])
     out["run"] = {k: v for k, v in full["run"].items() if k not in DROPPED_RUN}
     return out

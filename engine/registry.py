@@ -70,6 +70,9 @@ class Option:
     max: float | None = None
     # extra check for structured values; returns an error message or None
     check: Callable[[Any], str | None] | None = None
+    # added to an existing method with a default that is its behaviour from before: run
+    # fingerprints leave the option out at that default, so older runs still group with new
+    neutral: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,13 @@ class MethodSpec:
     head: str  # which classifier produces test-time logits: "student" | "teacher"
     needs_teacher: bool
     # what the loss reads from the teacher: "logits" methods can use the
-    # exact teacher cache, "features" methods need the full forward pass
+    # exact teacher cache, "features" methods need the full forward pass, "preact"
+    # methods its pre-activation stage maps (`forward_features(x, preact=True)`)
     teacher_outputs: str = "features"
     options: dict[str, Option] = field(default_factory=dict)
+    reference: str = ""  # the paper, in one line: authors, title, venue
+    # trains on a second, strongly augmented view of each image (`[data] strong_view`)
+    strong_view: bool = False
 
 
 def _check_projectors(value: Any) -> str | None:
@@ -111,10 +118,25 @@ def _check_projectors(value: Any) -> str | None:
     return None
 
 
+def logit_stand_option(published: str) -> Option:
+    """Logit standardization (Sun et al., CVPR 2024), an option of every logit method."""
+    return Option(
+        False,
+        "logit standardization (Sun et al., CVPR 2024): z-score the teacher's and the "
+        "student's logits per sample before the softened terms, so the temperature becomes "
+        f"the base temperature; shown as '+ls' after the method. {published}",
+        choices=(False, True),
+        neutral=True,
+    )
+
+
 KD_OPTIONS = {
     "ce_weight": Option(0.1, "weight of cross-entropy with the labels", min=0.0),
     "kd_weight": Option(0.9, "weight of T^2 * KL(teacher || student)", min=0.0),
     "temperature": Option(4.0, "softmax temperature T", min=1e-3),
+    "logit_stand": logit_stand_option(
+        "Published CIFAR-100 setting: temperature = 2, kd_weight = 9 (ce_weight 0.1)."
+    ),
 }
 
 SIMKD_OPTIONS = {
@@ -207,6 +229,100 @@ DKD_OPTIONS = {
     ),
     "temperature": Option(4.0, "softmax temperature T", min=1e-3),
     "warmup": Option(20, "epochs over which the DKD term ramps up linearly", min=0),
+    "logit_stand": logit_stand_option(
+        "Published CIFAR-100 setting: temperature = 2, tckd_weight and nckd_weight x9 "
+        "(9 and 72 for resnet32x4 -> resnet8x4)."
+    ),
+}
+
+CRD_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "crd_weight": Option(
+        0.8, "weight of the contrastive (NCE) loss, both directions (RepDistiller's -b)", min=0.0
+    ),
+    "kd_weight": Option(
+        0.0,
+        "weight of T^2 * KL(teacher || student): 0 for CRD, 1 for the paper's CRD+KD "
+        "(RepDistiller's -a)",
+        min=0.0,
+    ),
+    "temperature": Option(4.0, "softmax temperature of the kd term", min=1e-3),
+    "feat_dim": Option(128, "embedding dimension of both linear heads", min=1),
+    "nce_k": Option(
+        16384,
+        "negatives per sample, drawn uniformly (with replacement) among the training "
+        "samples of the other classes",
+        min=1,
+    ),
+    "nce_t": Option(0.07, "temperature of the contrastive scores exp(<v, m> / t)", min=1e-4),
+    "nce_momentum": Option(
+        0.5,
+        "momentum of the memory banks: m <- normalise(mom * m + (1 - mom) * v)",
+        min=0.0,
+        max=1.0,
+    ),
+}
+
+REVIEWKD_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "review_weight": Option(
+        5.0,
+        "weight of the hierarchical context loss summed over levels: 5.0 in ReviewKD's and "
+        "mdistiller's CIFAR-100 runs (resnet32x4 -> resnet8x4 and most pairs; ReviewKD's script: "
+        "0.6 for resnet56 -> resnet20, 1.0 for resnet110 -> resnet32, 8.0 for ShuffleNetV2)",
+        min=0.0,
+    ),
+    "warmup": Option(20, "epochs over which the review term ramps up linearly", min=0),
+    "max_mid_channels": Option(
+        512, "fusion width: min(this, channels of the student's deepest level)", min=1
+    ),
+}
+
+DIST_OPTIONS = {
+    "ce_weight": Option(1.0, "weight of cross-entropy with the labels", min=0.0),
+    "kd_weight": Option(
+        2.0, "weight of the DIST term (the reference CIFAR-100 recipe's kd_loss_weight)", min=0.0
+    ),
+    "inter_weight": Option(1.0, "beta: weight of the inter-class relation", min=0.0),
+    "intra_weight": Option(1.0, "gamma: weight of the intra-class relation", min=0.0),
+    "temperature": Option(4.0, "tau: softmax temperature (CIFAR-100: dist_t4)", min=1e-3),
+    "logit_stand": logit_stand_option("The LS paper publishes no DIST+LS figure."),
+}
+
+
+def _check_temperatures(value: Any) -> str | None:
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+    )
+    return None if ok else "must be a non-empty list of positive temperatures, e.g. [4, 3, 5, 2, 6]"
+
+
+MLKD_OPTIONS = {
+    "ce_weight": Option(
+        0.1, "weight of cross-entropy with the labels, on each of the two views", min=0.0
+    ),
+    "kd_weight": Option(
+        0.9, "weight of every alignment term (instance, batch, class; each temperature)", min=0.0
+    ),
+    "temperatures": Option(
+        [4.0, 3.0, 5.0, 2.0, 6.0],
+        "prediction augmentation: every term is summed over these temperatures; the first "
+        "is the base temperature (MLKD+LS: [2, 3, 5, 2, 6])",
+        check=_check_temperatures,
+    ),
+    "logit_stand": logit_stand_option(
+        "Applies to the instance-level terms, as in the LS code. Published CIFAR-100 setting: "
+        "base temperature 2 (temperatures = [2, 3, 5, 2, 6]), kd_weight = 9."
+    ),
+    "reference_strong_terms": Option(
+        True,
+        "true, as the reference code that produced the published figures: the strong view's "
+        "instance terms at the 4th and 5th temperatures read the weak view; false: every "
+        "temperature reads the strong view",
+        choices=(False, True),
+    ),
 }
 
 METHODS: dict[str, MethodSpec] = {
@@ -227,6 +343,8 @@ METHODS: dict[str, MethodSpec] = {
         needs_teacher=True,
         teacher_outputs="logits",
         options=KD_OPTIONS,
+        reference="Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, "
+        "NIPS 2014 Deep Learning Workshop",
     ),
     "fitnet": MethodSpec(
         "fitnet",
@@ -236,6 +354,7 @@ METHODS: dict[str, MethodSpec] = {
         needs_teacher=True,
         teacher_outputs="features",
         options=FITNET_OPTIONS,
+        reference="Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
     ),
     "at": MethodSpec(
         "at",
@@ -245,6 +364,7 @@ METHODS: dict[str, MethodSpec] = {
         needs_teacher=True,
         teacher_outputs="features",
         options=AT_OPTIONS,
+        reference="Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017",
     ),
     "dkd": MethodSpec(
         "dkd",
@@ -254,6 +374,7 @@ METHODS: dict[str, MethodSpec] = {
         needs_teacher=True,
         teacher_outputs="logits",
         options=DKD_OPTIONS,
+        reference="Zhao et al., Decoupled Knowledge Distillation, CVPR 2022",
     ),
     "simkd": MethodSpec(
         "simkd",
@@ -263,8 +384,59 @@ METHODS: dict[str, MethodSpec] = {
         needs_teacher=True,
         teacher_outputs="features",
         options=SIMKD_OPTIONS,
+        reference="Chen et al., Knowledge Distillation with the Reused Teacher Classifier, "
+        "CVPR 2022",
+    ),
+    "crd": MethodSpec(
+        "crd",
+        "engine.distill.crd:CRD",
+        "Tian et al. 2020: CE + contrastive loss between embedded penultimate features, "
+        "negatives from memory banks",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="features",
+        options=CRD_OPTIONS,
+        reference="Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020",
+    ),
+    "reviewkd": MethodSpec(
+        "reviewkd",
+        "engine.distill.reviewkd:ReviewKD",
+        "Chen et al. 2021: CE + attention-fused student stages (deep to shallow) against the "
+        "teacher's pre-activation stages, hierarchical context loss",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="preact",
+        options=REVIEWKD_OPTIONS,
+        reference="Chen, Liu, Zhao & Jia, Distilling Knowledge via Knowledge Review, CVPR 2021",
+    ),
+    "dist": MethodSpec(
+        "dist",
+        "engine.distill.dist:DIST",
+        "Huang et al. 2022: CE + inter- and intra-class Pearson relations of softened logits",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="logits",
+        options=DIST_OPTIONS,
+        reference="Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022",
+    ),
+    "mlkd": MethodSpec(
+        "mlkd",
+        "engine.distill.mlkd:MLKD",
+        "Jin et al. 2023: instance, batch and class-level logit alignment over several "
+        "temperatures, on a weak and a strong view",
+        head="student",
+        needs_teacher=True,
+        teacher_outputs="logits",
+        options=MLKD_OPTIONS,
+        reference="Jin, Wang & Lin, Multi-Level Logit Distillation, CVPR 2023",
+        strong_view=True,
     ),
 }
+
+
+def method_label(method: str, options: dict) -> str:
+    """The method as the leaderboard names it: `kd+ls` when logit standardization is on."""
+    return f"{method}+ls" if options.get("logit_stand") else method
 
 
 def resolve(path: str) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 from engine import config as cfgmod
 from engine import fingerprint as fpmod
 from engine import liveness, safefs
+from engine.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -455,7 +456,7 @@ class Store:
                 json.dumps(plan.point, sort_keys=True),
                 plan.seed,
                 status,
-                spec.name,
+                method_label(spec.name, cfg.distill.options),  # e.g. kd+ls
                 teacher_arch,
                 cfg.student.arch,
                 cfg.data.dataset,

@@ -275,8 +275,12 @@ def build_member(
     runtime: Runtime,
     run_dir: Path,
     input_shape=(1, 3, 32, 32),
+    train_labels: torch.Tensor | None = None,
 ) -> Member:
-    """Seeded exactly as a standalone run, whatever else shares the process."""
+    """Seeded exactly as a standalone run, whatever else shares the process.
+
+    train_labels: the training set's labels, for methods that keep a row per sample (CRD).
+    """
     torch.manual_seed(cfg.seeds[0])
     student = build_model(cfg.student.arch, num_classes=num_classes)
     if cfg.student.checkpoint:
@@ -288,6 +292,7 @@ def build_member(
         cfg.distill.options,
         num_classes=num_classes,
         input_shape=input_shape,
+        train_labels=train_labels,
     )
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     distiller.to(runtime.device, memory_format=memory_format)
@@ -521,14 +526,32 @@ def plain_teacher_source(
     compile: bool = False,
     logits_only: bool = False,
     batch_size: int = 0,
+    strong: bool = False,
+    preact: bool = False,
 ) -> Callable:
     """The teacher's forward pass for every batch (under no_grad, autocast on CUDA).
 
-    logits_only: the group holds only logit methods, so no stage maps are kept.
+    logits_only: no member reads the ordinary stage maps, so none are kept.
     compile: torch.compile the forward for batches of `batch_size` (no CUDA
     graphs: several students read its outputs); other sizes run eagerly.
+    strong: a member reads the teacher's logits on the batch's strong view (MLKD):
+    a second pass over `Batch.strong` fills `TeacherOut.strong_logits`.
+    preact: a member reads pre-activation stage maps (ReviewKD's teacher side):
+    `TeacherOut.preact_feats`. Without ordinary-map readers one pass gives them; a group
+    that reads both kinds pays a second pass for the pre-activation maps.
     """
-    forward = teacher.forward if logits_only else teacher.forward_all
+
+    def forward(x: torch.Tensor):
+        """(ordinary Features or None, pre-activation Features or None, logits)."""
+        if logits_only and not preact:
+            return None, None, teacher.forward(x)
+        if logits_only:
+            pre, out = teacher.forward_all(x, preact=True)
+            return None, pre, out
+        feats, out = teacher.forward_all(x)
+        pre = teacher.forward_features(x, preact=True) if preact else None
+        return feats, pre, out
+
     fast = torch.compile(forward) if compile else forward
 
     @torch.no_grad()
@@ -537,14 +560,21 @@ def plain_teacher_source(
         with runtime.autocast():
             return fn(x)
 
-    def source(batch) -> TeacherOut:
-        out = run(batch.x)
-        return TeacherOut(None, out) if logits_only else TeacherOut(*out)
-
     def logits(x: torch.Tensor) -> torch.Tensor:
-        return run(x) if logits_only else run(x)[1]
+        return run(x)[2]
+
+    def strong_logits(batch) -> torch.Tensor | None:
+        if not strong or batch.strong is None:
+            return None
+        with torch.no_grad(), runtime.autocast():
+            return teacher.forward(batch.strong)
+
+    def source(batch) -> TeacherOut:
+        feats, pre, out = run(batch.x)
+        return TeacherOut(feats, out, strong_logits=strong_logits(batch), preact_feats=pre)
 
     source.logits = logits  # type: ignore[attr-defined]
+    source.strong_logits = strong_logits  # type: ignore[attr-defined]
     return source
 
 
@@ -559,10 +589,16 @@ class CachedTeacherSource:
         *,
         compile: bool = False,
         batch_size: int = 0,
+        strong: bool = False,
     ):
         self.cache = cache
         self.plain = plain_teacher_source(
-            teacher, runtime, compile=compile, logits_only=True, batch_size=batch_size
+            teacher,
+            runtime,
+            compile=compile,
+            logits_only=True,
+            batch_size=batch_size,
+            strong=strong,
         )
 
     def __call__(self, batch) -> TeacherOut:
@@ -571,7 +607,8 @@ class CachedTeacherSource:
         if batch.view is None:  # a loader without view ids (DataLoader path): no caching
             return self.plain(batch)
         logits = cached_logits(self.cache, self.plain.logits, batch.x, batch.index, batch.view)
-        return TeacherOut(None, logits)
+        # a strong view is a fresh RandAugment draw, never seen again: always the teacher
+        return TeacherOut(None, logits, strong_logits=self.plain.strong_logits(batch))
 
     def epoch_metrics(self) -> dict[str, float]:
         st = self.cache.stats

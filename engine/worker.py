@@ -19,9 +19,9 @@ import torch
 
 from engine import checkpoint as ckptmod
 from engine import faults, safefs
-from engine.config import Experiment
+from engine.config import Experiment, strong_view
 from engine.data import DeviceLoader, build_data
-from engine.registry import METHODS
+from engine.registry import METHODS, resolve
 from engine.store import Run, Store, StoreError
 from engine.train import (
     CachedTeacherSource,
@@ -279,7 +279,11 @@ def prepare(
     cfg0 = cfgs[0]
     data_seed = cfg0.data.data_seed if cfg0.data.data_seed >= 0 else cfg0.seeds[0]
     data = build_data(
-        cfg0.data, seed=data_seed, device=runtime.device, channels_last=runtime.channels_last
+        cfg0.data,
+        seed=data_seed,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+        strong=any(strong_view(c) for c in cfgs),
     )
     info = data.info
     input_shape = (1, info.channels, info.image_size, info.image_size)
@@ -300,9 +304,17 @@ def prepare(
             )
         teacher_source = make_teacher_source(store, runs, cfgs, teacher, path, data, runtime)
     members = []
+    labels = data.train.labels.cpu() if _needs_train_labels(cfgs) else None
     for r, cfg in zip(runs, cfgs):
         m = build_member(
-            str(r.id), cfg, teacher, info.num_classes, runtime, Path(r.dir), input_shape=input_shape
+            str(r.id),
+            cfg,
+            teacher,
+            info.num_classes,
+            runtime,
+            Path(r.dir),
+            input_shape=input_shape,
+            train_labels=labels,
         )
         want_resume = r.resume if resume is None else resume
         ckptmod.clean_temp(Path(r.dir))  # half-written by a killed process
@@ -377,6 +389,13 @@ def resume_member(store: Store, r: Run, m: Member) -> None:
     )
 
 
+def _needs_train_labels(cfgs: list[Experiment]) -> bool:
+    """Does a member keep a row per training sample (CRD's memory banks)?"""
+    return any(
+        getattr(resolve(METHODS[c.distill.method].impl), "needs_train_labels", False) for c in cfgs
+    )
+
+
 def make_teacher_source(
     store: Store, runs: list[Run], cfgs: list[Experiment], teacher, path: Path, data, runtime
 ):
@@ -385,11 +404,18 @@ def make_teacher_source(
     run = cfgs[0].run
     compile_teacher = run.compile
     batch_size = cfgs[0].data.batch_size
-    logit_only = all(METHODS[c.distill.method].teacher_outputs == "logits" for c in cfgs)
+    outputs = {METHODS[c.distill.method].teacher_outputs for c in cfgs}
+    logit_only = outputs <= {"logits", "none"}
+    strong = any(METHODS[c.distill.method].strong_view for c in cfgs)  # MLKD's second view
+    common = {
+        "compile": compile_teacher,
+        "batch_size": batch_size,
+        "strong": strong,
+        "preact": "preact" in outputs,  # ReviewKD's teacher side
+        "logits_only": "features" not in outputs,
+    }
     if run.teacher_cache == "off":
-        return plain_teacher_source(
-            teacher, runtime, compile=compile_teacher, logits_only=logit_only, batch_size=batch_size
-        )
+        return plain_teacher_source(teacher, runtime, **common)
 
     def note(message: str) -> None:
         for r in runs:
@@ -439,12 +465,12 @@ def make_teacher_source(
             f"{cache.capacity:,} rows, {cache.nbytes / 2**20:.1f} MiB in {where}, "
             f"{100 * cache.fill:.1f}% of the views already stored"
         )
+        if strong:
+            note("teacher cache: weak views only; the teacher sees every (fresh) strong view")
         return CachedTeacherSource(
-            teacher, runtime, cache, compile=compile_teacher, batch_size=batch_size
+            teacher, runtime, cache, compile=compile_teacher, batch_size=batch_size, strong=strong
         )
-    return plain_teacher_source(
-        teacher, runtime, compile=compile_teacher, logits_only=logit_only, batch_size=batch_size
-    )
+    return plain_teacher_source(teacher, runtime, **common)
 
 
 def _archive(run_dir: Path) -> None:

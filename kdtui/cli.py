@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sqlite3
 import sys
@@ -438,6 +439,54 @@ def models(
             pooled = shape(d["final"])
         t.add_row(name, f"{d['params'] / 1e6:.2f}M", stages, pooled, d.get("head", ""))
     console.print(t)
+
+
+@app.command()
+def methods(
+    name: Annotated[
+        str | None, typer.Argument(help="Show only this method (default: every method).")
+    ] = None,
+) -> None:
+    """Every distillation method: its reference, test-time head and options with defaults."""
+    from engine.registry import METHODS
+
+    if name is not None and name not in METHODS:
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise fail(f"unknown method {name!r}{hint} (methods: {', '.join(METHODS)})")
+    for spec in [METHODS[name]] if name else METHODS.values():
+        head = "reused teacher classifier" if spec.head == "teacher" else "student's classifier"
+        lines = [
+            Text.assemble((spec.name, "bold"), f"  {spec.summary}"),
+            Text(f"  reference: {spec.reference or '–'}"),
+            Text(
+                f"  test-time head: {head}; reads the teacher's {spec.teacher_outputs}"
+                + (
+                    "; trains on a weak and a strong view ([data] strong_view)"
+                    if spec.strong_view
+                    else ""
+                )
+                if spec.needs_teacher
+                else f"  test-time head: {head}; no teacher"
+            ),
+        ]
+        for line in lines:
+            console.print(line, highlight=False)
+        if spec.options:
+            t = Table(show_header=True, box=None, padding=(0, 1, 0, 2))
+            for col in ("option", "default", "help"):
+                t.add_column(col, overflow="fold")
+            for key, opt in spec.options.items():
+                add_text_row(t, key, _toml_value(opt.default), opt.help)
+            console.print(t)
+        console.print()
+
+
+def _toml_value(value) -> str:
+    """A default as it is written in [distill]: true, 0.5, "l2", [4.0, 3.0]."""
+    import tomli_w
+
+    return cfgmod._compact(tomli_w.dumps({"v": value})).partition("=")[2].strip()
 
 
 def _register_commands() -> None:

@@ -29,6 +29,9 @@ class TeacherOut(NamedTuple):
     # stages + pooled map (engine.models.base.Features); None when served from the logit cache
     feats: Features | None
     logits: torch.Tensor
+    strong_logits: torch.Tensor | None = None  # on `Batch.strong`, for methods that read it
+    # pre-activation stage maps (`forward_features(x, preact=True)`), for methods that read them
+    preact_feats: Features | None = None
 
 
 class Distiller(nn.Module):
@@ -120,11 +123,26 @@ def build_distiller(
     *,
     num_classes: int,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    train_labels: torch.Tensor | None = None,
 ) -> Distiller:
+    """A method's distiller with its options' defaults filled in.
+
+    train_labels: every training sample's label, in data set order; methods that declare
+    `needs_train_labels` (CRD: a memory bank row per sample, negatives of other classes)
+    get them, the others never see them.
+    """
     from engine.registry import METHODS, resolve
 
     spec = METHODS[method]
     cls = resolve(spec.impl)
     full = {k: o.default for k, o in spec.options.items()}
     full.update(options)
-    return cls(student, teacher, full, num_classes=num_classes, input_shape=input_shape)
+    extra = {}
+    if getattr(cls, "needs_train_labels", False):
+        if train_labels is None:
+            raise ValueError(
+                f"method '{method}' needs the training set's labels (one memory row per "
+                "sample): pass train_labels"
+            )
+        extra["train_labels"] = train_labels
+    return cls(student, teacher, full, num_classes=num_classes, input_shape=input_shape, **extra)

@@ -7,6 +7,9 @@ and student. NCKD: T^2 KL between their distributions over the non-target
 classes only. Per sample, KD = TCKD + (1 - teacher's target prob) * NCKD.
 Log-probabilities come from log-sum-exp, never log(softmax), so nothing
 overflows to -inf; NCKD needs at least two non-target classes.
+
+With `logit_stand` (Sun et al., CVPR 2024) both logits are z-scored per sample before
+TCKD and NCKD (T is then the base temperature); CE keeps the raw logits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.distill.base import Distiller
+from engine.distill.losses import maybe_standardize
 
 
 def dkd_parts(
@@ -64,7 +68,8 @@ class DKD(Distiller):
         x, y = batch.x, batch.y
         o = self.options
         logits = self.student(x)
-        tckd, nckd = dkd_parts(logits, teacher.logits, y, o["temperature"])
+        s, t = maybe_standardize(logits, teacher.logits, o["logit_stand"])
+        tckd, nckd = dkd_parts(s, t, y, o["temperature"])
         dkd = o["tckd_weight"] * tckd.mean() + o["nckd_weight"] * nckd.mean()
         return logits, {
             "ce": o["ce_weight"] * F.cross_entropy(logits, y),

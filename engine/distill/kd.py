@@ -1,11 +1,15 @@
-"""Hinton KD: ce_weight * CE(y, s) + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+"""Hinton KD: ce_weight * CE(y, s) + kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T)).
+
+With `logit_stand` (Sun et al., CVPR 2024) both logits are z-scored per sample before the
+softened term (T is then the base temperature); the CE term keeps the raw logits.
+"""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
 from engine.distill.base import Distiller
-from engine.distill.losses import kd_kl
+from engine.distill.losses import kd_kl, maybe_standardize
 
 
 class KD(Distiller):
@@ -13,7 +17,8 @@ class KD(Distiller):
         x, y = batch.x, batch.y
         logits = self.student(x)
         o = self.options
+        s, t = maybe_standardize(logits, teacher.logits, o["logit_stand"])
         return logits, {
             "ce": o["ce_weight"] * F.cross_entropy(logits, y),
-            "kd": o["kd_weight"] * kd_kl(logits, teacher.logits, o["temperature"]),
+            "kd": o["kd_weight"] * kd_kl(s, t, o["temperature"]),
         }
