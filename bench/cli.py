@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from kdtui.inert import text
 from kdtui.options import console, err, fail
 
 PART_NAMES = ("threads", "loader", "step", "fused", "cache", "app")
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
 
         def log(line: str) -> None:
             if not json_out:
-                err.print(f"[dim]{line}[/]", highlight=False)
+                err.print(text(line, style="dim"))
 
         result: dict = {"quick": quick}
         engine_parts = tuple(p for p in parts if p not in APP_ONLY)

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import itertools
+import math
+import os
 import re
+import reprlib
+import stat
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -23,11 +28,29 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from engine.inert import printable, shorten
 from engine.registry import ARCHS, DATASETS, METHODS
+
+# Limits that keep a hostile or mistyped file from hanging, overflowing or flooding anything.
+FILE_MAX_BYTES = 1 << 20  # an experiment file is a few KB
+DEPTH_MAX = 8  # [teacher.optim], [[distill.projectors]] and [sweep.optim] need 3
+ERRORS_MAX = 20  # `kdtui validate` lists at most this many errors of one file
+RUNS_CONFIRM = 1_000  # `kdtui run`/`submit` of more runs needs --yes
+RUNS_MAX = 10_000  # sweep points x seeds in one experiment
+INT_MAX = 2**53  # integers without a stated range (exact as floats, fit SQLite)
+SEED_MAX = 2**32 - 1  # numpy's and most seeders' range
+EPOCHS_MAX = 100_000
+STEPS_MAX = 1_000_000_000
+NAME_MAX = 128
+TEXT_MAX = {"name": NAME_MAX, "description": 20_000}  # other strings (paths, refs): 4096
+DEVICE_RE = re.compile(r"auto|cpu|mps|xpu|cuda(:[0-9]{1,3})?")
 
 
 class ConfigError(ValueError):
-    """A bad experiment file: one message naming file, key and line."""
+    """A bad experiment file: one message naming file, key and line.
+
+    `errors` holds every problem found in the file (this one first), so
+    `kdtui validate` can list them all; str() is the first one's line."""
 
     def __init__(
         self,
@@ -38,10 +61,22 @@ class ConfigError(ValueError):
         line: int | None = None,
     ):
         self.file, self.key, self.line, self.reason = file, key, line, message
+        self.errors: list[ConfigError] = [self]
+        self.truncated = False  # more errors than ERRORS_MAX were found
         where = file or "<config>"
         if line:
             where += f":{line}"
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        message = shorten(message, 600)
+        super().__init__(
+            f"{where}: {shorten(key, 100)}: {message}" if key else f"{where}: {message}"
+        )
+
+    @classmethod
+    def several(cls, errors: list[ConfigError], truncated: bool = False) -> ConfigError:
+        first = errors[0]
+        out = cls(first.reason, file=first.file, key=first.key, line=first.line)
+        out.errors, out.truncated = list(errors), truncated
+        return out
 
 
 def meta(
@@ -66,8 +101,8 @@ class DataConfig:
     dataset: str = _f("digits", "data set", choices=tuple(DATASETS))
     root: str = _f("data", "where data sets live (cifar*, folder)")
     download: bool = _f(False, "download CIFAR through torchvision when missing")
-    batch_size: int = _f(64, "training batch size", min=1)
-    eval_batch_size: int = _f(512, "evaluation batch size", min=1)
+    batch_size: int = _f(64, "training batch size", min=1, max=65536)
+    eval_batch_size: int = _f(512, "evaluation batch size", min=1, max=65536)
     augment: bool = _f(True, "zero-pad 4 + random crop + flip on the training set")
     hflip: str = _f(
         "auto",
@@ -87,13 +122,15 @@ class DataConfig:
         "the method reads it), on, off",
         choices=("auto", "on", "off"),
     )
-    num_workers: int = _f(2, "DataLoader workers (dataloader path only)", min=0)
-    data_seed: int = _f(-1, "seed of shuffling and augmentation; -1 uses the run's seed")
+    num_workers: int = _f(2, "DataLoader workers (dataloader path only)", min=0, max=256)
+    data_seed: int = _f(
+        -1, "seed of shuffling and augmentation; -1 uses the run's seed", min=-1, max=SEED_MAX
+    )
     # synthetic / folder only
-    num_classes: int = _f(10, "classes of the synthetic data set", min=2)
-    train_size: int = _f(2048, "training images of the synthetic data set", min=1)
-    test_size: int = _f(512, "test images of the synthetic data set", min=1)
-    image_size: int = _f(32, "side of synthetic images; crop size for folders", min=8)
+    num_classes: int = _f(10, "classes of the synthetic data set", min=2, max=100_000)
+    train_size: int = _f(2048, "training images of the synthetic data set", min=1, max=10_000_000)
+    test_size: int = _f(512, "test images of the synthetic data set", min=1, max=10_000_000)
+    image_size: int = _f(32, "side of synthetic images; crop size for folders", min=8, max=1024)
 
 
 @dataclass
@@ -103,13 +140,17 @@ class OptimConfig:
     momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(5e-4, "weight decay", min=0.0)
-    epochs: int = _f(240, "training epochs", min=1)
+    epochs: int = _f(240, "training epochs", min=1, max=EPOCHS_MAX)
     schedule: str = _f("multistep", "lr schedule", choices=("multistep", "cosine", "constant"))
     milestones: list[int] = _f(
-        [150, 180, 210], "epochs where lr is multiplied by gamma", sweepable=False
+        [150, 180, 210],
+        "epochs where lr is multiplied by gamma",
+        min=0,
+        max=EPOCHS_MAX,
+        sweepable=False,
     )
     gamma: float = _f(0.1, "multistep decay factor", min=0.0, max=1.0)
-    warmup_epochs: int = _f(0, "linear lr warm-up epochs", min=0)
+    warmup_epochs: int = _f(0, "linear lr warm-up epochs", min=0, max=EPOCHS_MAX)
     min_lr: float = _f(0.0, "final lr of the cosine schedule", min=0.0)
 
 
@@ -141,7 +182,7 @@ class DistillConfig:
 
 @dataclass
 class RunConfig:
-    device: str = _f("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    device: str = _f("auto", "auto (CUDA when present), cpu, cuda, cuda:N, mps")
     amp: str = _f(
         "auto",
         "mixed precision: auto (bf16 on CUDA), bf16, fp16, off",
@@ -164,12 +205,17 @@ class RunConfig:
         "CPU threads for torch (0: auto = $OMP_NUM_THREADS when set, e.g. the engine's "
         "share of the cores, else every core)",
         min=0,
+        max=1024,
     )
-    eval_every: int = _f(1, "evaluate every N epochs (and always at the end)", min=1)
-    log_every: int = _f(20, "record training loss every N steps", min=1)
-    checkpoint_every: int = _f(1, "save the `last` checkpoint every N epochs", min=1)
+    eval_every: int = _f(
+        1, "evaluate every N epochs (and always at the end)", min=1, max=EPOCHS_MAX
+    )
+    log_every: int = _f(20, "record training loss every N steps", min=1, max=STEPS_MAX)
+    checkpoint_every: int = _f(
+        1, "save the `last` checkpoint every N epochs", min=1, max=EPOCHS_MAX
+    )
     deterministic: bool = _f(False, "cudnn deterministic algorithms (slower)")
-    priority: int = _f(0, "engine queue priority (higher first)")
+    priority: int = _f(0, "engine queue priority (higher first)", min=-1_000_000, max=1_000_000)
     fuse: bool = _f(
         True,
         "train sweep points that share teacher and data order in one process with one teacher pass",
@@ -180,15 +226,17 @@ class RunConfig:
         choices=("off", "memory", "disk"),
     )
     teacher_cache_dtype: str = _f("fp16", "cache precision", choices=("fp32", "fp16", "bf16"))
-    teacher_cache_mb: int = _f(2048, "cache size limit in MiB", min=1)
-    max_steps: int = _f(0, "stop each epoch after N steps (0: full epochs; for smoke tests)", min=0)
+    teacher_cache_mb: int = _f(2048, "cache size limit in MiB", min=1, max=1 << 20)
+    max_steps: int = _f(
+        0, "stop each epoch after N steps (0: full epochs; for smoke tests)", min=0, max=STEPS_MAX
+    )
 
 
 @dataclass
 class Experiment:
     name: str = _f("", "experiment name")
     description: str = _f("", "what this experiment reproduces", sweepable=False)
-    seeds: list[int] = _f([0], "one run per seed", sweepable=False)
+    seeds: list[int] = _f([0], "one run per seed", min=0, max=SEED_MAX, sweepable=False)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -217,11 +265,32 @@ SECTIONS = {
     "run": RunConfig,
 }
 TOP_LEVEL = ("name", "description", "seeds", *SECTIONS, "sweep")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/+]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/+]*")  # fullmatch: `$` would pass "x\n"
 
 
 # ---------------------------------------------------------------- helpers
-def _suggest(word: str, candidates) -> str:
+class _Repr(reprlib.Repr):
+    """Bounded repr for messages: a 100,000-character value or a 5,000-digit integer is
+    named by its size, never printed whole (nor converted: str(int) has a digit limit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring, self.maxother, self.maxlist, self.maxdict, self.maxlevel = 60, 60, 6, 6, 3
+
+    def repr_int(self, x: int, level: int) -> str:
+        return repr(x) if abs(x) < 10**30 else f"<an integer of {x.bit_length():,} bits>"
+
+    def repr_str(self, x: str, level: int) -> str:
+        shown = super().repr_str(x, level)
+        return shown if len(x) <= self.maxstring else f"{shown} ({len(x):,} characters)"
+
+
+_show = _Repr().repr
+
+
+def _suggest(word: Any, candidates) -> str:
+    if not isinstance(word, str) or len(word) > 100:  # difflib is quadratic in the length
+        return ""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -230,14 +299,22 @@ def _choices_text(choices) -> str:
     return ", ".join(repr(c) if not isinstance(c, str) else c for c in choices)
 
 
+@functools.cache
 def _hints(cls) -> dict[str, Any]:
     return get_type_hints(cls)
+
+
+@functools.cache
+def _metas(cls) -> dict[str, Any]:
+    return {f.name: f.metadata for f in fields(cls)}
 
 
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}s"
+        item = get_args(tp)[0]
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural.get(item, item)}"
     return {
         bool: "a boolean",
         int: "an integer",
@@ -248,7 +325,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any) -> Any:
-    """Return the value as type tp or raise TypeError."""
+    """Return the value as type tp or raise TypeError (OverflowError: an int too big for a float)."""
     origin = get_origin(tp)
     if origin is list:
         if not isinstance(value, list):
@@ -277,101 +354,213 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise TypeError
 
 
+def _number_problem(value: Any) -> str | None:
+    """NaN, infinities and integers beyond INT_MAX anywhere in a value (lists and tables too)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number, got {v}"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX:
+            return f"{_show(v)} is too large (at most {INT_MAX:,} in absolute value)"
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return None
+
+
 def _check_range(value: Any, md: dict) -> str | None:
+    if isinstance(value, list):  # seeds, milestones: the range applies to every item
+        for i, item in enumerate(value):
+            problem = _check_range(item, md)
+            if problem:
+                return f"item {i}: {problem}"
+        return None
+    problem = _number_problem(value)
+    if problem:
+        return problem
     choices = md.get("choices")
     if choices is not None and value not in choices:
-        return f"{value!r} is not one of: {_choices_text(choices)}{_suggest(str(value), map(str, choices))}"
+        return f"{_show(value)} is not one of: {_choices_text(choices)}{_suggest(value, map(str, choices))}"
     lo, hi = md.get("min"), md.get("max")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if lo is not None and value < lo:
             return f"{value!r} is below the minimum {lo}"
         if hi is not None and value > hi:
-            return f"{value!r} is above the maximum {hi}"
+            return f"{value!r} is above the maximum {hi:,}"
     return None
 
 
+def _text_problem(key: str, value: str) -> str | None:
+    limit = TEXT_MAX.get(key, 4096)
+    if len(value) > limit:
+        return f"is {len(value):,} characters long; at most {limit:,}"
+    allowed = "\n\t" if key == "description" else ""
+    shown = printable(value, keep=allowed)
+    if len(shown) != len(value):  # a control, C1 or bidi character was escaped
+        bad = next(c for c in value if printable(c, keep=allowed) != c)
+        return f"contains the control character {printable(bad)}; remove it"
+    if key == "device" and not DEVICE_RE.fullmatch(value):
+        return f"{_show(value)} is not a device: use auto, cpu, cuda, cuda:N or mps"
+    return None
+
+
+def _depth(raw: Any) -> int:
+    """How deeply tables and arrays nest (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(raw, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > DEPTH_MAX:
+            break
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+_TOO_DEEP = f"tables and arrays nest more than {DEPTH_MAX} levels deep; an experiment needs 3"
+
+
+def run_count(exp: Experiment) -> int:
+    """Student runs an experiment queues: sweep points x seeds (a trained teacher adds one)."""
+    return math.prod(len(v) for v in exp.sweep.values()) * len(exp.seeds)
+
+
+_HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY_RE = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-.]+)\s*=""")
+
+
 class _Locator:
-    """Finds the line of a dotted key in TOML text (tomllib gives none)."""
+    """Finds the line of a dotted key in TOML text (tomllib gives none).
+
+    One pass builds an index of table headers and `key =` lines, so a file
+    with many errors costs one scan, not one per error."""
 
     def __init__(self, text: str | None):
-        self.lines = text.splitlines() if text else []
+        self.text = text or ""
+        self._index: tuple[dict, dict] | None = None
+
+    def _build(self) -> tuple[dict, dict]:
+        headers: dict[tuple, int] = {}
+        keys: dict[tuple, int] = {}
+        current: tuple = ()
+        for i, raw in enumerate(self.text.splitlines(), 1):
+            m = _HEADER_RE.match(raw)
+            if m:
+                current = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+                headers.setdefault(current, i)
+                continue
+            m = _KEY_RE.match(raw)
+            if m:
+                token = m.group(1)
+                keys.setdefault((current, token.strip("\"'")), i)
+        return headers, keys
 
     def line(self, dotted: str) -> int | None:
-        if not self.lines:
+        if not self.text:
             return None
+        if self._index is None:
+            self._index = self._build()
+        headers, keys = self._index
         parts = dotted.split(".")
-        section, key = parts[:-1], parts[-1]
+        section, key = tuple(parts[:-1]), parts[-1]
         if parts[0] == "sweep" and len(parts) > 2:  # "section.key" quoted inside [sweep]
-            section, key = ["sweep"], ".".join(parts[1:])
-        current: list[str] = []
-        header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-        keyre = re.compile(r'^\s*("?)' + re.escape(key) + r"\1\s*=")
-        dotted_re = re.compile(r"^\s*" + re.escape(".".join(parts)) + r"\s*=")
-        quoted_re = re.compile(r'^\s*"' + re.escape(dotted) + r'"\s*=')
-        for i, raw in enumerate(self.lines, 1):
-            m = header.match(raw)
-            if m:
-                current = [p.strip().strip('"') for p in m.group(1).split(".")]
-                if current == parts:  # the key is itself a table
-                    return i
-                continue
-            if current == section and keyre.match(raw):
-                return i
-            if not current and (dotted_re.match(raw) or quoted_re.match(raw)):
-                return i
-            if current == ["sweep"] and quoted_re.match(raw):
-                return i
-        # fall back to the section header
-        for i, raw in enumerate(self.lines, 1):
-            m = header.match(raw)
-            if m and [p.strip() for p in m.group(1).split(".")] == section:
-                return i
-        return None
+            section, key = ("sweep",), ".".join(parts[1:])
+        found = [
+            headers.get(tuple(parts)),  # the key is itself a table
+            keys.get((section, key)),
+            keys.get(((), dotted)),  # optim.lr = ... at the top
+            keys.get((("sweep",), dotted)),
+        ]
+        if parts[0] == "sweep" and len(parts) > 2:  # optim.lr = [...] in [optim] is a sweep too
+            found.append(keys.get((tuple(parts[1:-1]), parts[-1])))
+        lines = [n for n in found if n]
+        return min(lines) if lines else headers.get(section)
 
 
 # ---------------------------------------------------------------- parsing
 class _Parser:
-    def __init__(self, file: str | None, text: str | None):
+    """Turns a TOML dict into an Experiment, collecting every error instead of stopping at the
+    first; `check_files` also checks that checkpoint paths name files (as `kdtui validate` does)."""
+
+    def __init__(self, file: str | None, text: str | None, *, check_files: bool = False):
         self.file = file
         self.loc = _Locator(text)
+        self.check_files = check_files
+        self.errors: list[ConfigError] = []
+        self.failed: set[str] = set()  # keys with an error (rules built on them are skipped)
+        self._seen: set[str] = set()
 
     def error(self, key: str | None, message: str) -> ConfigError:
         line = self.loc.line(key) if key else None
         return ConfigError(message, file=self.file, key=key, line=line)
 
+    def collect(self, e: ConfigError) -> None:
+        for one in e.errors:
+            self.failed.add(one.key or "")
+            if str(one) not in self._seen:
+                self._seen.add(str(one))
+                self.errors.append(one)
+        if len(self.errors) >= ERRORS_MAX:
+            raise ConfigError.several(self.errors, truncated=True)
+
+    def fail(self, key: str | None, message: str) -> None:
+        self.collect(self.error(key, message))
+
+    def ok(self, *prefixes: str) -> bool:
+        """No error yet in these keys (or their sweeps): rules on them will not cascade."""
+        heads = tuple(p for s in prefixes for p in (s, f"sweep.{s}"))
+        return not any(k == h or k.startswith(h + ".") for k in self.failed for h in heads)
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise ConfigError.several(self.errors)
+
     def section(self, cls, raw: Any, prefix: str):
         if not isinstance(raw, dict):
-            raise self.error(prefix, f"must be a table [{prefix}]")
+            self.fail(prefix, f"must be a table [{prefix}], got {_show(raw)}")
+            return cls()
         hints = _hints(cls)
         names = [f.name for f in fields(cls)]
         kwargs = {}
         for key, value in raw.items():
             dotted = f"{prefix}.{key}"
-            if cls is DistillConfig and key not in names:
-                continue  # method options, checked in _distill
-            if cls is TeacherConfig and key == "optim":
-                kwargs["optim"] = self.optim_overrides(value, dotted)
-                continue
-            if key not in names:
-                raise self.error(
-                    dotted,
-                    f"unknown key in [{prefix}]{_suggest(key, names)} (valid: {', '.join(names)})",
-                )
-            kwargs[key] = self.value(cls, key, value, hints[key], dotted)
+            try:
+                if cls is DistillConfig and key not in names:
+                    continue  # method options, checked in _distill
+                if cls is TeacherConfig and key == "optim":
+                    kwargs["optim"] = self.optim_overrides(value, dotted)
+                    continue
+                if key not in names:
+                    raise self.error(
+                        dotted,
+                        f"unknown key in [{prefix}]{_suggest(key, names)} (valid: {', '.join(names)})",
+                    )
+                kwargs[key] = self.value(cls, key, value, hints[key], dotted)
+            except ConfigError as e:
+                self.collect(e)
         obj = cls(**kwargs)
         if cls is DistillConfig:
+            if "method" in raw and "method" not in kwargs:
+                return obj  # an unknown method: its options cannot be checked
             obj.options = with_defaults([obj.method], self.distill_options(obj.method, raw, prefix))
         return obj
 
     def value(self, cls, key: str, value: Any, tp: Any, dotted: str) -> Any:
-        fmeta = {f.name: f.metadata for f in fields(cls)}[key]
+        fmeta = _metas(cls)[key]
         try:
             value = _coerce(value, tp)
         except TypeError:
-            raise self.error(dotted, f"must be {_type_name(tp)}, got {value!r}") from None
+            raise self.error(dotted, f"must be {_type_name(tp)}, got {_show(value)}") from None
+        except OverflowError:
+            raise self.error(dotted, f"{_show(value)} is too large for a number") from None
         if key in ("arch",) and value == "" and cls is TeacherConfig:
             return value
-        problem = _check_range(value, fmeta)
+        problem = _text_problem(key, value) if isinstance(value, str) else None
+        problem = problem or _check_range(value, fmeta)
         if problem:
             raise self.error(dotted, problem)
         return value
@@ -382,9 +571,14 @@ class _Parser:
         hints = _hints(OptimConfig)
         out = {}
         for key, value in raw.items():
-            if key not in hints:
-                raise self.error(f"{dotted}.{key}", f"unknown optimiser key{_suggest(key, hints)}")
-            out[key] = self.value(OptimConfig, key, value, hints[key], f"{dotted}.{key}")
+            try:
+                if key not in hints:
+                    raise self.error(
+                        f"{dotted}.{key}", f"unknown optimiser key{_suggest(key, hints)}"
+                    )
+                out[key] = self.value(OptimConfig, key, value, hints[key], f"{dotted}.{key}")
+            except ConfigError as e:
+                self.collect(e)
         return out
 
     def distill_options(self, method: str, raw: dict, prefix: str) -> dict:
@@ -406,30 +600,38 @@ class _Parser:
                 else:
                     valid = ["method", *spec.options]
                     msg = f"unknown key in [distill]{_suggest(key, valid)} (valid for {method}: {', '.join(valid)})"
-                raise self.error(dotted, msg)
-            out[key] = self.method_option(method, key, value, dotted)
+                self.fail(dotted, msg)
+                continue
+            try:
+                out[key] = self.method_option(method, key, value, dotted)
+            except ConfigError as e:
+                self.collect(e)
         return out
 
     def method_option(self, method: str, key: str, value: Any, dotted: str) -> Any:
         opt = METHODS[method].options[key]
         default = opt.default
         if opt.check is not None:
-            problem = opt.check(value)
+            problem = opt.check(value) or _number_problem(value)
         else:
             tp = type(default)
             try:
                 value = _coerce(value, tp)
             except TypeError:
-                raise self.error(dotted, f"must be {_type_name(tp)}, got {value!r}") from None
+                raise self.error(dotted, f"must be {_type_name(tp)}, got {_show(value)}") from None
+            except OverflowError:
+                raise self.error(dotted, f"{_show(value)} is too large for a number") from None
             problem = _check_range(value, {"choices": opt.choices, "min": opt.min, "max": opt.max})
         if problem:
             raise self.error(dotted, problem)
         return value
 
     def experiment(self, raw: dict) -> Experiment:
+        if _depth(raw) > DEPTH_MAX:
+            raise ConfigError(_TOO_DEEP, file=self.file)
         for key in raw:
             if key not in TOP_LEVEL:
-                raise self.error(
+                self.fail(
                     key,
                     f"unknown top-level key{_suggest(key, TOP_LEVEL)} "
                     f"(valid: {', '.join(TOP_LEVEL)})",
@@ -445,29 +647,42 @@ class _Parser:
             for key in list(table):
                 tp = hints.get(key)
                 if isinstance(table[key], list) and tp in (int, float, str, bool):
-                    if f"{sec}.{key}" in sweep:
-                        raise self.error(f"{sec}.{key}", "swept twice: as a list and in [sweep]")
-                    sweep[f"{sec}.{key}"] = self.sweep_values(f"{sec}.{key}", table[key])
-                    table[key] = table[key][0] if table[key] else None
+                    try:
+                        if f"{sec}.{key}" in sweep:
+                            raise self.error(
+                                f"{sec}.{key}", "swept twice: as a list and in [sweep]"
+                            )
+                        sweep[f"{sec}.{key}"] = self.sweep_key(f"{sec}.{key}", table[key])
+                    except ConfigError as e:
+                        self.collect(e)
+                        del table[key]
+                        continue
+                    table[key] = table[key][0]
             if sec == "distill" and isinstance(table.get("method"), str):
                 spec = METHODS.get(table["method"])
                 for key in list(table):
                     opt = spec.options.get(key) if spec else None
                     if opt is not None and opt.check is None and isinstance(table[key], list):
-                        sweep[f"distill.{key}"] = self.sweep_values(f"distill.{key}", table[key])
+                        try:
+                            sweep[f"distill.{key}"] = self.sweep_values(
+                                f"distill.{key}", table[key]
+                            )
+                        except ConfigError as e:
+                            self.collect(e)
+                            del table[key]
+                            continue
                         table[key] = table[key][0]
         exp = Experiment()
-        if "name" in raw:
-            exp.name = self.value(Experiment, "name", raw["name"], str, "name")
-        if "description" in raw:
-            exp.description = self.value(
-                Experiment, "description", raw["description"], str, "description"
-            )
-        if "seeds" in raw:
-            seeds = raw["seeds"]
-            if isinstance(seeds, int) and not isinstance(seeds, bool):
-                seeds = [seeds]
-            exp.seeds = self.value(Experiment, "seeds", seeds, list[int], "seeds")
+        for key, tp in (("name", str), ("description", str), ("seeds", list[int])):
+            if key not in raw:
+                continue
+            value = raw[key]
+            if key == "seeds" and isinstance(value, int) and not isinstance(value, bool):
+                value = [value]
+            try:
+                setattr(exp, key, self.value(Experiment, key, value, tp, key))
+            except ConfigError as e:
+                self.collect(e)
         # a method sweep validates options against each swept method
         methods = sweep.get("distill.method")
         for sec, cls in SECTIONS.items():
@@ -479,25 +694,41 @@ class _Parser:
                 setattr(exp, sec, self.section(cls, raw[sec], sec))
         exp.sweep = sweep
         self.check(exp)
-        for point in grid(sweep):  # every grid point must be a valid experiment
-            apply_point(exp, point, self)
+        runs = run_count(exp)
+        if runs > RUNS_MAX:
+            points = runs // max(len(exp.seeds), 1)
+            self.fail(
+                "sweep" if exp.sweep else "seeds",
+                f"{runs:,} runs ({points:,} sweep points x {len(exp.seeds):,} seeds); "
+                f"at most {RUNS_MAX:,} per experiment: split it into several files",
+            )
+        else:
+            for point in grid(sweep):  # every grid point must be a valid experiment
+                apply_point(exp, point, self)
+        self.raise_errors()
         return exp
 
-    def swept_distill(self, raw: dict, methods: list[str]) -> DistillConfig:
+    def swept_distill(self, raw: Any, methods: list[str]) -> DistillConfig:
+        if not isinstance(raw, dict):
+            self.fail("distill", f"must be a table [distill], got {_show(raw)}")
+            return DistillConfig(method=methods[0], options=with_defaults(methods, {}))
         own = {f.name for f in fields(DistillConfig)}
         out = {}
         for key, value in raw.items():
             if key in own:
                 continue
             owners = [m for m in methods if key in METHODS[m].options]
-            if not owners:
-                valid = sorted({k for m in methods for k in METHODS[m].options})
-                raise self.error(
-                    f"distill.{key}",
-                    f"not an option of any swept method "
-                    f"({', '.join(methods)}){_suggest(key, valid)}",
-                )
-            out[key] = self.method_option(owners[0], key, value, f"distill.{key}")
+            try:
+                if not owners:
+                    valid = sorted({k for m in methods for k in METHODS[m].options})
+                    raise self.error(
+                        f"distill.{key}",
+                        f"not an option of any swept method "
+                        f"({', '.join(methods)}){_suggest(key, valid)}",
+                    )
+                out[key] = self.method_option(owners[0], key, value, f"distill.{key}")
+            except ConfigError as e:
+                self.collect(e)
         return DistillConfig(method=methods[0], options=with_defaults(methods, out))
 
     def sweep_values(self, key: str, values: Any) -> list:
@@ -507,57 +738,75 @@ class _Parser:
 
     def sweep(self, raw: Any, full: dict) -> dict:
         if not isinstance(raw, dict):
-            raise self.error("sweep", 'must be a table [sweep] of "section.key" = [values]')
+            self.fail("sweep", 'must be a table [sweep] of "section.key" = [values]')
+            return {}
         flat: dict[str, Any] = {}
-
-        def walk(prefix: str, node: dict):  # accept both "optim.lr" and [sweep.optim] lr
+        stack = [("", raw)]  # accept both "optim.lr" and [sweep.optim] lr
+        while stack:
+            prefix, node = stack.pop(0)
             for k, v in node.items():
                 key = f"{prefix}.{k}" if prefix else k
                 if isinstance(v, dict):
-                    walk(key, v)
+                    stack.append((key, v))
                 else:
                     flat[key] = v
-
-        walk("", raw)
         out = {}
         for key, values in flat.items():
-            dotted = f"sweep.{key}"
-            sec, _, name = key.partition(".")
-            if sec not in SECTIONS or not name:
-                raise self.error(
-                    dotted,
-                    f'sweep keys look like "section.key" with section one '
-                    f"of {', '.join(SECTIONS)}{_suggest(key, _sweepable_keys())}",
-                )
-            if sec == "distill" and name != "method":
-                known = {k for s in METHODS.values() for k in s.options}
-                if name not in known:
-                    raise self.error(dotted, f"unknown method option{_suggest(name, known)}")
-            elif not (sec == "distill" and name == "method"):
-                names = {f.name: f for f in fields(SECTIONS[sec])}
-                if name not in names:
-                    raise self.error(dotted, f"unknown key{_suggest(key, _sweepable_keys())}")
-                if not names[name].metadata.get("sweepable", True):
-                    raise self.error(dotted, "cannot be swept")
-            out[key] = self.sweep_values(dotted, values)
-            if sec == "distill" and name == "method":
-                for m in out[key]:
-                    if m not in METHODS:
-                        raise self.error(
-                            dotted, f"unknown method {m!r}; valid: {', '.join(METHODS)}"
-                        )
+            try:
+                out[key] = self.sweep_key(key, values)
+            except ConfigError as e:
+                self.collect(e)
         return out
+
+    def sweep_key(self, key: str, values: Any) -> list:
+        dotted = f"sweep.{key}"
+        sec, _, name = key.partition(".")
+        if sec not in SECTIONS or not name:
+            raise self.error(
+                dotted,
+                f'sweep keys look like "section.key" with section one '
+                f"of {', '.join(SECTIONS)}{_suggest(key, _sweepable_keys())}",
+            )
+        if sec == "distill" and name != "method":
+            known = {k for s in METHODS.values() for k in s.options}
+            if name not in known:
+                raise self.error(dotted, f"unknown method option{_suggest(name, known)}")
+        elif not (sec == "distill" and name == "method"):
+            names = {f.name: f for f in fields(SECTIONS[sec])}
+            if name not in names:
+                raise self.error(dotted, f"unknown key{_suggest(key, _sweepable_keys())}")
+            if not names[name].metadata.get("sweepable", True):
+                raise self.error(dotted, "cannot be swept")
+        values = self.sweep_values(dotted, values)
+        if sec == "distill" and name == "method":
+            for m in values:
+                if not isinstance(m, str) or m not in METHODS:
+                    raise self.error(
+                        dotted, f"unknown method {_show(m)}; valid: {', '.join(METHODS)}"
+                    )
+        return values
 
     def check(self, exp: Experiment) -> None:
         """Cross-field rules that no single key can check."""
-        if not exp.name:
-            raise self.error("name", "every experiment needs a name")
-        if not NAME_RE.match(exp.name):
-            raise self.error("name", "use letters, digits and _ . - / + (no spaces)")
+        name = exp.name
+        if "name" in self.failed:
+            pass
+        elif not name:
+            self.fail("name", "every experiment needs a name")
+        elif len(name) > NAME_MAX:
+            self.fail("name", f"is {len(name):,} characters long; at most {NAME_MAX}")
+        elif not NAME_RE.fullmatch(name) or any(p in ("", ".", "..") for p in name.split("/")):
+            self.fail(
+                "name",
+                "use letters, digits and _ . - / + (no spaces), starting with a letter or "
+                "digit; / separates folders (no empty, . or .. parts)",
+            )
+        if "seeds" in self.failed:
+            return
         if not exp.seeds:
-            raise self.error("seeds", "needs at least one seed")
-        if len(set(exp.seeds)) != len(exp.seeds):
-            raise self.error("seeds", "repeats a seed")
+            self.fail("seeds", "needs at least one seed")
+        elif len(set(exp.seeds)) != len(exp.seeds):
+            self.fail("seeds", "repeats a seed")
 
 
 def with_defaults(methods: list[str], options: dict) -> dict:
@@ -578,37 +827,63 @@ def _sweepable_keys() -> list[str]:
     return keys
 
 
+def _file_problem(value: str) -> str | None:
+    """A checkpoint path that is not a file, resolved as `absolute_paths` will resolve it."""
+    path = (Path.cwd() / Path(value).expanduser()).absolute()
+    try:
+        st = path.stat()
+    except OSError as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else e.strerror
+        return (
+            f"{why}: {path} (a relative path is taken from the working directory, "
+            "where kdtui run/submit are started)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a file (a folder or device); name the checkpoint file itself"
+    return None
+
+
 def check_point(exp: Experiment, parser: _Parser) -> None:
-    """Rules for one fully expanded run."""
+    """Rules for one fully expanded run (each problem collected by the parser)."""
     spec = exp.method
-    if spec.needs_teacher:
+    if spec.needs_teacher and parser.ok("teacher", "distill"):
         t = exp.teacher
+        sources = [bool(t.checkpoint), bool(t.from_run), t.train]
         if not t.arch:
-            raise parser.error(
+            parser.fail(
                 "teacher.arch",
                 f"method '{spec.name}' needs a teacher; valid architectures: {', '.join(ARCHS)}",
             )
-        sources = [bool(t.checkpoint), bool(t.from_run), t.train]
-        if sum(sources) != 1:
-            raise parser.error(
+        elif sum(sources) != 1:
+            parser.fail(
                 "teacher",
                 'give exactly one of checkpoint = "PATH", from_run = "NAME" or train = true',
             )
-    for key in exp.distill.options:
-        if key not in spec.options:
-            raise parser.error(f"distill.{key}", f"not an option of method '{spec.name}'")
-    if spec.strong_view and exp.data.strong_view == "off":
-        raise parser.error(
+        elif t.checkpoint and parser.check_files:
+            problem = _file_problem(t.checkpoint)
+            if problem:
+                parser.fail("teacher.checkpoint", problem)
+    if exp.student.checkpoint and parser.check_files and parser.ok("student"):
+        problem = _file_problem(exp.student.checkpoint)
+        if problem:
+            parser.fail("student.checkpoint", problem)
+    if parser.ok("distill"):
+        for key in exp.distill.options:
+            if key not in spec.options:
+                parser.fail(f"distill.{key}", f"not an option of method '{spec.name}'")
+    if spec.strong_view and exp.data.strong_view == "off" and parser.ok("data"):
+        parser.fail(
             "data.strong_view",
             f"method '{spec.name}' trains on a weak and a strong view of every image; "
             'use strong_view = "auto" (or "on")',
         )
-    if exp.optim.schedule == "multistep":
-        ms = exp.optim.milestones
-        if ms != sorted(ms):
-            raise parser.error("optim.milestones", "must be increasing")
-    if exp.optim.warmup_epochs >= exp.optim.epochs and exp.optim.warmup_epochs:
-        raise parser.error("optim.warmup_epochs", "must be shorter than optim.epochs")
+    if parser.ok("optim"):
+        if exp.optim.schedule == "multistep":
+            ms = exp.optim.milestones
+            if ms != sorted(ms):
+                parser.fail("optim.milestones", "must be increasing")
+        if exp.optim.warmup_epochs >= exp.optim.epochs and exp.optim.warmup_epochs:
+            parser.fail("optim.warmup_epochs", "must be shorter than optim.epochs")
 
 
 def strong_view(exp: Experiment) -> bool:
@@ -624,11 +899,27 @@ def grid(sweep: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
 
 
+def _copy_point(exp: Experiment) -> Experiment:
+    """A deep copy without the sweep, field by field: 10,000 sweep points are checked in
+    seconds (copy.deepcopy of the whole experiment took 4x as long)."""
+    out = copy.copy(exp)
+    out.sweep, out.seeds = {}, list(exp.seeds)
+    for sec in SECTIONS:
+        obj = copy.copy(getattr(exp, sec))
+        for key, value in vars(obj).items():
+            if isinstance(value, (list, dict)):
+                setattr(obj, key, copy.deepcopy(value))
+        setattr(out, sec, obj)
+    return out
+
+
 def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> Experiment:
-    """A copy of exp with the sweep point's values set (validated)."""
+    """A copy of exp with the sweep point's values set (validated).
+
+    With a parser the problems are collected in it; without one they are raised."""
+    own = parser is None
     parser = parser or _Parser(None, None)
-    out = copy.deepcopy(exp)
-    out.sweep = {}
+    out = _copy_point(exp)
     method = point.get("distill.method", exp.distill.method)
     if "distill.method" in point:  # keep only the options of this point's method
         out.distill = DistillConfig(
@@ -638,73 +929,133 @@ def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> 
     for key, value in point.items():
         sec, _, name = key.partition(".")
         dotted = f"sweep.{key}"
-        if sec == "distill" and name != "method":
-            if name not in METHODS[method].options:
-                continue  # an option of another swept method
-            out.distill.options[name] = parser.method_option(method, name, value, dotted)
-        elif sec == "distill":
-            continue
-        else:
-            obj = getattr(out, sec)
-            tp = _hints(type(obj))[name]
-            setattr(obj, name, parser.value(type(obj), name, value, tp, dotted))
-    check_point(out, parser)
+        try:
+            if sec == "distill" and name != "method":
+                if name not in METHODS[method].options:
+                    continue  # an option of another swept method
+                out.distill.options[name] = parser.method_option(method, name, value, dotted)
+            elif sec == "distill":
+                continue
+            else:
+                obj = getattr(out, sec)
+                tp = _hints(type(obj))[name]
+                setattr(obj, name, parser.value(type(obj), name, value, tp, dotted))
+        except ConfigError as e:
+            parser.collect(e)
+    try:
+        check_point(out, parser)
+    except ConfigError as e:
+        parser.collect(e)
+    if own:
+        parser.raise_errors()
     return out
 
 
 # ---------------------------------------------------------------- public API
-def parse(raw: dict, *, file: str | None = None, text: str | None = None) -> Experiment:
-    return _Parser(file, text).experiment(raw)
+def parse(
+    raw: dict, *, file: str | None = None, text: str | None = None, check_files: bool = False
+) -> Experiment:
+    return _Parser(file, text, check_files=check_files).experiment(raw)
 
 
-def loads(text: str, *, file: str | None = None) -> Experiment:
+def _toml(text: str, file: str | None) -> dict:
+    """tomllib.loads with every failure as a ConfigError (bad syntax, a 5,000-digit integer,
+    arrays nested past Python's recursion limit)."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(
             f"not valid TOML: {e}", file=file, line=int(m.group(1)) if m else None
         ) from None
-    return parse(raw, file=file, text=text)
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, file=file) from None
+    except ValueError:  # int("9" * 5000): over Python's digit limit
+        raise ConfigError(
+            "an integer literal of thousands of digits; no setting takes one", file=file
+        ) from None
+
+
+def loads(text: str, *, file: str | None = None, check_files: bool = False) -> Experiment:
+    return parse(_toml(text, file), file=file, text=text, check_files=check_files)
+
+
+def read_text(path: Path) -> str:
+    """An experiment file's text: a regular UTF-8 file of at most FILE_MAX_BYTES (so neither
+    /dev/zero nor a FIFO can hang a command, and a Latin-1 file gets a clear error)."""
+    file = str(path)
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError("is a folder; give an experiment .toml file", file=file)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("is not a regular file (a device, pipe or socket)", file=file)
+        with open(path, "rb") as f:
+            data = f.read(FILE_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=file) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", file=file) from None
+    if len(data) > FILE_MAX_BYTES:
+        raise ConfigError(
+            f"is larger than {FILE_MAX_BYTES // 1024} KiB; an experiment file is a few KB",
+            file=file,
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {column}{hint}; "
+            "save the file as UTF-8",
+            file=file,
+            line=line,
+        ) from None
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """An experiment file, checked like `kdtui validate` checks it (checkpoint files too)."""
     path = Path(path)
+    text = read_text(path)
+    raw = _toml(text, str(path))
+    if not overrides:
+        return parse(raw, file=str(path), text=text, check_files=True)
+    raw = _with_overrides(raw, overrides, str(path))
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=str(path)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", file=str(path)) from None
-    if overrides:
-        raw = _raw_with_overrides(text, str(path), overrides)
-        try:
-            return parse(raw, file=str(path), text=text)
-        except ConfigError as e:
-            given = {parse_override(o)[0]: o for o in overrides}
-            if e.key in given or f"sweep.{e.key}" in given:
-                item = given.get(e.key) or given[f"sweep.{e.key}"]
-                raise ConfigError(e.reason, file=f"{path} (--set {item})", key=e.key) from None
-            raise
-    return loads(text, file=str(path))
+        return parse(raw, file=str(path), text=text, check_files=True)
+    except ConfigError as e:
+        given = {parse_override(o)[0]: o for o in overrides}
+        errors = []
+        for one in e.errors:
+            item = given.get(one.key or "") or given.get(f"sweep.{one.key}")
+            if item is not None:
+                one = ConfigError(one.reason, file=_set_label(path, item), key=one.key)
+            errors.append(one)
+        raise ConfigError.several(errors, e.truncated) from None
 
 
-def _raw_with_overrides(text: str, file: str, overrides: list[str]) -> dict:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"not valid TOML: {e}", file=file) from None
+def _set_label(path: str | Path, item: str) -> str:
+    return f"{path} (--set {shorten(item, 60)})".lstrip()
+
+
+def _with_overrides(raw: dict, overrides: list[str], file: str = "") -> dict:
     for item in overrides:
-        key, value = parse_override(item)
+        key, value = parse_override(item, file)
         node = raw
         parts = key.split(".")
+        where = _set_label(file, item)
         if parts[0] == "sweep":
-            raw.setdefault("sweep", {})[".".join(parts[1:])] = value
+            sweep = raw.setdefault("sweep", {})
+            if not isinstance(sweep, dict):
+                raise ConfigError("cannot set it: sweep is not a table", file=where, key=key)
+            sweep[".".join(parts[1:])] = value
             continue
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"cannot set {key}: {p} is not a table", file="--set", key=key)
+                raise ConfigError(f"cannot set it: {p} is not a table", file=where, key=key)
         node[parts[-1]] = value
         # an override of a swept key replaces the sweep
         if isinstance(raw.get("sweep"), dict):
@@ -712,15 +1063,15 @@ def _raw_with_overrides(text: str, file: str, overrides: list[str]) -> dict:
     return raw
 
 
-def parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str, file: str = "") -> tuple[str, Any]:
     """`optim.lr=0.01` -> ("optim.lr", 0.01); values are TOML, bare words are strings."""
     if "=" not in item:
-        raise ConfigError(f"expected KEY=VALUE, got {item!r}", file="--set")
+        raise ConfigError(f"expected KEY=VALUE, got {_show(item)}", file=_set_label(file, item))
     key, _, value = item.partition("=")
     key, value = key.strip(), value.strip()
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):
         parsed = value
     return key, parsed
 
@@ -847,11 +1198,12 @@ def expand(exp: Experiment) -> list[RunPlan]:
     parser = _Parser(None, None)
     points = grid(exp.sweep)
     configs = [(point, apply_point(exp, point, parser)) for point in points]
+    parser.raise_errors()
     if any(cfg.teacher.train and cfg.method.needs_teacher for _, cfg in configs):
         plans.append(RunPlan(teacher_experiment(exp), exp.seeds[0], {}, role="teacher"))
     for point, cfg in configs:
         for seed in exp.seeds:
-            one = copy.deepcopy(cfg)
+            one = _copy_point(cfg)
             one.seeds = [seed]
             plans.append(RunPlan(one, seed, dict(point)))
     return plans

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine import fingerprint as fpmod
+from engine.inert import printable
 from engine.store import Run
 
 NOT_COUNTED = {
@@ -503,8 +504,12 @@ def member_table(rows: Sequence[Row]) -> tuple[tuple[str, ...], list[list[str]]]
     return MEMBER_COLUMNS, body
 
 
+_MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A table cell: control characters visible, no HTML (GitHub renders <tags>), pipes kept."""
+    return "".join(_MD_SPECIAL.get(c, c) for c in printable(text))
 
 
 def _md_table(head: Sequence[str], body: list[list[str]], numeric: set[str]) -> list[str]:
@@ -523,6 +528,17 @@ def to_markdown(rows: Sequence[Row], *, runs: bool = False) -> str:
         mhead, mbody = member_table(rows)
         lines += ["", *_md_table(mhead, mbody, {"#", "run", "seed", "best top-1", "last top-1"})]
     return "\n".join(lines) + "\n"
+
+
+class _PrintableWriter:
+    """csv.writer whose cells have control characters escaped (a CR or ESC in a label
+    would split a row or drive the terminal of whoever cats the file)."""
+
+    def __init__(self, buf: io.StringIO):
+        self._w = csv.writer(buf)
+
+    def writerow(self, row) -> None:
+        self._w.writerow([printable(c) if isinstance(c, str) else c for c in row])
 
 
 CSV_COLUMNS = (
@@ -597,7 +613,7 @@ def _csv_row(r: Row, rank: int) -> list:
 def to_csv(rows: Sequence[Row], *, runs: bool = False) -> str:
     """One line per row; with `runs`, one line per member run (with its row's rank)."""
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = _PrintableWriter(buf)
     if runs:
         w.writerow(
             [
@@ -661,7 +677,7 @@ _LATEX_SPECIAL = {
 
 
 def _tex(text: str) -> str:
-    out = "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+    out = "".join(_LATEX_SPECIAL.get(c, c) for c in printable(text))
     return out.replace("→", r"$\rightarrow$").replace("±", r"$\pm$").replace("–", "--")
 
 

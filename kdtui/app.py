@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from engine.inert import printable
 from engine.store import RUN_COLUMNS, Run, Store
 from kdtui.messages import DataChanged, Polled, Snapshot
 from kdtui.screens.runs import RunsScreen
@@ -166,11 +167,14 @@ class KdApp(App):
         self._log_text = ""
         self._log_reset = False
         self.settings = self._load_settings()
-        self.sub_title = f"{short_path(self.home)} · engine …"
+        self.sub_title = f"{printable(short_path(self.home))} · engine …"
 
     def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:
-        """Toasts carry run names and error text, never markup: `[lr=0.1]` must print as is."""
-        super().notify(message, markup=False, **kwargs)
+        """Toasts carry run names and error text, never markup: `[lr=0.1]` must print as is,
+        an ESC or bidi override in a name shows as an escape."""
+        if kwargs.get("title"):
+            kwargs["title"] = printable(kwargs["title"])
+        super().notify(printable(message, keep="\n"), markup=False, **kwargs)
 
     # ------------------------------------------------------------ settings
     @property
@@ -418,7 +422,7 @@ class KdApp(App):
             self._log_reset = True
 
     def header_text(self) -> str:
-        text = f"{short_path(self.home)} · {engine_text(self.engine)}"
+        text = f"{printable(short_path(self.home))} · {engine_text(self.engine)}"
         queued = sum(1 for r in self.runs if r.status == "queued")
         if queued and not self.engine:
             text += f" · {queued} queued: E starts it"

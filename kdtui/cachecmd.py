@@ -16,9 +16,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from engine.store import Store
+from kdtui.inert import text
 from kdtui.options import HomeOpt, console, fail
 
 cache_app = typer.Typer(
@@ -64,11 +64,11 @@ def ls(home: HomeOpt = None) -> None:
         t.add_column(col, justify="left" if col in ("cache", "dtype") else "right")
     for c in found:
         if c.get("broken"):
-            t.add_row(Text(c["name"]), "–", "–", "–", "–", "–", _mib(c["bytes"]))
+            t.add_row(text(c["name"]), "–", "–", "–", "–", "–", _mib(c["bytes"]))
             continue
         views = c["num_samples"] * VIEWS
         t.add_row(
-            Text(c["name"]),
+            text(c["name"]),
             f"{c['num_samples']:,}",
             str(c["num_classes"]),
             DTYPE_NAMES.get(c["dtype"], c["dtype"]),
@@ -102,7 +102,7 @@ def clear(
         return
     total = sum(c["bytes"] for c in found)
     for c in found:
-        console.print(Text(f"  {c['name']}  {_mib(c['bytes'])}  {c['path']}"))
+        console.print(text(f"  {c['name']}  {_mib(c['bytes'])}  {c['path']}"))
     if not yes and not typer.confirm(
         f"Remove {len(found)} cache{'s' * (len(found) != 1)} ({_mib(total)})?", default=False
     ):

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -18,7 +17,19 @@ from engine import config as cfgmod
 from engine import export as exportmod
 from engine import liveness, safefs
 from engine.store import STATUSES, Store, StoreError, default_home
-from kdtui.options import ExperimentOpt, HomeOpt, SetOpt, console, err, fail, load_config
+from kdtui.inert import text
+from kdtui.options import (
+    ExperimentOpt,
+    HomeOpt,
+    SetOpt,
+    YesOpt,
+    config_errors,
+    confirm_size,
+    console,
+    err,
+    fail,
+    load_config,
+)
 
 app = typer.Typer(
     name="kdtui",
@@ -48,27 +59,33 @@ def main_callback(ctx: typer.Context, home: HomeOpt = None) -> None:
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Experiment TOML files.")], set_: SetOpt = None
 ) -> None:
-    """Check experiment files; print each error with file, line and key."""
+    """Check experiment files; print every error with file, line and key."""
     bad = 0
     for f in files:
         try:
             exp = cfgmod.load(f, set_ or [])
             n = len(cfgmod.expand(exp))
-            console.print(f"[green]ok[/] {f}: {exp.name}, {n} run{'s' * (n != 1)}")
         except cfgmod.ConfigError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            config_errors(e)
             bad += 1
+            continue
+        many = (
+            f" (over {cfgmod.RUNS_CONFIRM:,}: run and submit need --yes)"
+            if cfgmod.run_count(exp) > cfgmod.RUNS_CONFIRM
+            else ""
+        )
+        console.print(text(("ok", "green"), f" {f}: {exp.name}, {n:,} run{'s' * (n != 1)}{many}"))
     if bad:
         raise typer.Exit(2)
 
 
 def add_text_row(t: Table, *cells: str | Text) -> None:
     """Cells as plain text: a sweep label like "[lr=0.1]" is data, not Rich markup."""
-    t.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
+    t.add_row(*(text(c) if isinstance(c, str) else c for c in cells))
 
 
 def plan_table(exp: cfgmod.Experiment) -> Table:
-    t = Table(title=Text(f"{exp.name}: runs"), title_justify="left")
+    t = Table(title=text(f"{exp.name}: runs"), title_justify="left")
     for col in ("#", "role", "method", "teacher→student", "data", "lr", "epochs", "point"):
         t.add_column(col)
     for i, p in enumerate(cfgmod.expand(exp), 1):
@@ -106,13 +123,14 @@ def run(
         bool,
         typer.Option("--detach", help="Queue on the background engine instead (= kdtui submit)."),
     ] = False,
+    yes: YesOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Train an experiment in the foreground with a progress bar; results go to the store."""
     from kdtui.headless import resume_foreground, run_foreground
 
-    store = open_store(home)
     if resume is not None:
+        store = open_store(home)
         try:
             ok = resume_foreground(store, resume, console)
         except StoreError as e:
@@ -122,10 +140,12 @@ def run(
         raise typer.Exit(0 if ok else 1)
     if file is None:
         raise fail("give an experiment file (or --resume RUN_ID)")
-    exp = load_config(file, set_)
+    exp = load_config(file, set_)  # a bad file stores nothing: the store is opened after
     if dry_run:
         console.print(plan_table(exp))
         return
+    confirm_size(exp, yes)
+    store = open_store(home)
     if detach:
         from kdtui.commands import submit_experiment
 
@@ -187,7 +207,7 @@ def list_runs(
         add_text_row(
             t,
             str(r.id),
-            Text(shown, style=STATUS_STYLE.get(shown, "")),
+            text(shown, style=STATUS_STYLE.get(shown, "")),
             r.experiment,
             r.label,
             r.method,

@@ -16,14 +16,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from engine import checkpoint as ckptmod
 from engine import config as cfgmod
 from engine import daemon, liveness, safefs
+from engine.inert import printable
 from engine.store import Run, Store, StoreError
-from kdtui.options import HomeOpt, SetOpt, console, err, fail, load_config
+from kdtui.inert import text
+from kdtui.options import HomeOpt, SetOpt, YesOpt, confirm_size, console, err, fail, load_config
 
 RefsArg = Annotated[
     list[str], typer.Argument(help="Run ids or experiment names.", show_default=False)
@@ -76,8 +77,8 @@ def _start_engine(store: Store, out: Console) -> bool:
         was = daemon.status(store.home)
         pid = daemon.ensure_running(store.home)
     except (daemon.EngineError, ValueError, OSError) as e:
-        err.print(f"[bold red]the engine did not start:[/] {escape(str(e))}", highlight=False)
-        err.print("the runs stay queued; `kdtui engine start` to try again", highlight=False)
+        err.print(text(("the engine did not start:", "bold red"), " ", str(e)))
+        err.print("the runs stay queued; `kdtui engine start` to try again")
         return False
     out.print(f"engine {'running' if was else 'started'}: pid {pid} (`kdtui engine status`)")
     return True
@@ -86,19 +87,19 @@ def _start_engine(store: Store, out: Console) -> bool:
 def submit_experiment(
     store: Store, exp: cfgmod.Experiment, source: str, console: Console, *, start: bool = True
 ) -> list[Run]:
-    """Queue an experiment's runs and make sure the engine picks them up; returns at once."""
+    """Queue an experiment's runs and make sure the engine picks them up; returns at once.
+
+    Queueing is the last step that can fail: after it, only inert text is printed."""
     try:
         runs = store.submit(exp, source=source)
     except StoreError as e:
         raise fail(str(e)) from None
-    ids = ", ".join(str(r.id) for r in runs)
-    console.print(
-        f"[bold]{exp.name}[/]: queued {len(runs)} run{'s' * (len(runs) != 1)} ({ids})",
-        highlight=False,
-    )
+    ids = ", ".join(str(r.id) for r in runs[:50]) + (", …" if len(runs) > 50 else "")
+    n = len(runs)
+    console.print(text((exp.name, "bold"), f": queued {n} run{'s' * (n != 1)} ({ids})"))
     for r in runs[:20]:
-        wait = f"  [dim](after run {r.depends_on})[/]" if r.depends_on else ""
-        console.print(f"  {_describe(r)}{wait}", highlight=False)
+        wait = (f"  (after run {r.depends_on})", "dim") if r.depends_on else ""
+        console.print(text(f"  {_describe(r)}", wait))
     if len(runs) > 20:
         console.print(f"  … and {len(runs) - 20} more")
     if start and not _start_engine(store, console):
@@ -186,8 +187,7 @@ def engine_start(
         raise fail(str(e), 1) from None
     console.print(
         f"engine started: pid {pid}, {len(slots)} slot{'s' * (len(slots) != 1)} "
-        f"({', '.join(s.name for s in slots)}); log: {store.home / daemon.LOG_NAME}",
-        highlight=False,
+        f"({', '.join(s.name for s in slots)}); log: {store.home / daemon.LOG_NAME}"
     )
 
 
@@ -248,8 +248,7 @@ def engine_status(
         return
     console.print(
         f"engine pid {st['pid']}, up {_duration(st.get('uptime'))}, store {store.home}, "
-        f"log {store.home / daemon.LOG_NAME}",
-        highlight=False,
+        f"log {store.home / daemon.LOG_NAME}"
     )
     t = Table(title_justify="left")
     for col in ("slot", "worker", "runs", "progress", "eta"):
@@ -258,7 +257,7 @@ def engine_status(
         ids = slot.get("runs") or []
         rows = store.runs(ids=ids) if ids else []
         if not rows:
-            t.add_row(slot["name"], "–", "[dim]idle[/]", "", "")
+            t.add_row(slot["name"], "–", text("idle", style="dim"), "", "")
             continue
         for i, r in enumerate(rows):
             t.add_row(
@@ -286,12 +285,16 @@ def submit(
         typer.Option("--priority", help="Queue priority (higher first); default [run] priority."),
     ] = None,
     no_start: NoStartOpt = False,
+    yes: YesOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Validate an experiment, queue its runs for the engine and return at once."""
     exp = load_config(file, set_)
     if priority is not None:
+        if not -1_000_000 <= priority <= 1_000_000:
+            raise fail(f"--priority {priority} is outside -1,000,000..1,000,000")
         exp.run.priority = priority
+    confirm_size(exp, yes)
     submit_experiment(Store(home), exp, str(file), console, start=not no_start)
 
 
@@ -423,7 +426,7 @@ def logs(
         raise fail(str(e)) from None
     path = r.path / ("worker.log" if worker else "log.txt")
     shown, pos = _tail(path, lines)
-    sys.stdout.writelines(shown)
+    sys.stdout.writelines(printable(line, keep="\n\t") for line in shown)
     sys.stdout.flush()
     if not follow:
         if not shown:
@@ -440,7 +443,7 @@ def logs(
                 chunk = b""
             if chunk:
                 pos += len(chunk)
-                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.write(printable(chunk.decode(errors="replace"), keep="\n\t"))
                 sys.stdout.flush()
             elif status in ("done", "failed", "cancelled"):
                 break  # nothing new after the run had finished: the log is complete
@@ -451,7 +454,7 @@ def logs(
         raise fail(str(e)) from None
     final = store.run(run)
     tail = f": {final.error}" if final.error and final.status != "done" else ""
-    err.print(f"run {run} {final.status}{tail}", highlight=False)
+    err.print(f"run {run} {final.status}{tail}")
     if final.status != "done":
         raise typer.Exit(1)
 
@@ -471,7 +474,7 @@ def rm(
             "`kdtui cancel` it first"
         )
     for r in runs:
-        console.print(f"  {_describe(r)} ({r.status})  {r.dir}", highlight=False)
+        console.print(f"  {_describe(r)} ({r.status})  {r.dir}")
     if not yes and not typer.confirm(
         f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
     ):
@@ -483,11 +486,11 @@ def rm(
         try:
             store.delete(r.id)
         except StoreError as e:
-            err.print(f"[red]kept run {r.id}:[/] {escape(str(e))}", highlight=False)
+            err.print(text((f"kept run {r.id}:", "red"), " ", str(e)))
             continue
         kept = store.remove_run_dir(r)  # only a real folder inside the real runs/
         if kept:
-            err.print(f"[red]kept the folder of run {r.id}:[/] {escape(kept)}", highlight=False)
+            err.print(text((f"kept the folder of run {r.id}:", "red"), " ", kept))
         removed += 1
     console.print(f"removed {removed} run{'s' * (removed != 1)}")
 

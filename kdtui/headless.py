@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,10 +25,13 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from engine import config as cfgmod
 from engine import export as exportmod
+from engine.inert import printable
 from engine.store import Run, Store, StoreError
+from kdtui.inert import text
 
 
 def groups_in_order(runs: Iterable[Run]) -> list[list[Run]]:
@@ -113,12 +115,13 @@ class ProgressCallbacks:
         pass
 
     def on_setup_error(self, e):
-        self.progress.console.print(f"[red]{escape(str(e))}[/]")
+        self.progress.console.print(text(str(e), style="red"))
 
 
 def make_progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}", justify="left"),
+        # the description is a run's label: text, never markup
+        TextColumn("{task.description}", justify="left", markup=False, style="bold"),
         BarColumn(bar_width=24),
         TextColumn("epoch {task.fields[epoch]}"),
         MofNCompleteColumn(),
@@ -134,7 +137,7 @@ def make_progress(console: Console) -> Progress:
 def _label(r: Run) -> str:
     who = "teacher" if r.role == "teacher" else r.method
     point = f" {r.label}" if r.label and r.role != "teacher" else ""
-    return f"#{r.id} {who} {r.pair}{point}"
+    return printable(f"#{r.id} {who} {r.pair}{point}")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -175,10 +178,10 @@ def signals_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _say(console: Console, text: str) -> None:
+def _say(console: Console, message: str | Text) -> None:
     """Print, unless the terminal is gone (after SIGHUP a write fails with EIO)."""
     with contextlib.suppress(OSError, ValueError):
-        console.print(text, highlight=False)
+        console.print(message, highlight=False)
 
 
 def train_groups(store: Store, groups: list[list[Run]], console: Console) -> list[Run]:
@@ -225,8 +228,10 @@ def _close_interrupted(
     ids = " ".join(map(str, again))
     _say(
         console,
-        f"[magenta]{escape(why)}[/]: finished epochs are kept"
-        + (f"; `kdtui resume {ids}` continues" if again else ""),
+        text(
+            (why, "magenta"),
+            ": finished epochs are kept" + (f"; `kdtui resume {ids}` continues" if again else ""),
+        ),
     )
 
 
@@ -238,9 +243,7 @@ def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool
         r = store.run(r.id)
         if r.status != "done":
             ok = False
-            console.print(
-                f"[red]run {r.id} {r.status}[/]: {escape(r.error or '')}", highlight=False
-            )
+            console.print(text((f"run {r.id} {r.status}", "red"), f": {r.error or ''}"))
     ids = {r.id for r in runs}
     rows = [row for row in exportmod.build_rows(store.runs()) if set(row.run_ids) & ids]
     if rows:
@@ -255,8 +258,11 @@ def run_foreground(store: Store, exp: cfgmod.Experiment, source: str, console: C
     t0 = time.time()
     runs = store.submit(exp, source=source, holder=os.getpid())
     console.print(
-        f"[bold]{exp.name}[/]: {len(runs)} run{'s' * (len(runs) != 1)} "
-        f"(ids {runs[0].id}–{runs[-1].id}) in {store.home}"
+        text(
+            (exp.name, "bold"),
+            f": {len(runs)} run{'s' * (len(runs) != 1)} "
+            f"(ids {runs[0].id}–{runs[-1].id}) in {store.home}",
+        )
     )
     finished = train_groups(store, groups_in_order(runs), console)
     ok = summary(store, finished or runs, console, exp.name)

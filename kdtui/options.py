@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from engine import config as cfgmod
+from kdtui.inert import InertConsole, text
 
-console = Console()
-err = Console(stderr=True)
+# every string printed is text: style with kdtui.inert.text(...), never with [markup]
+console = InertConsole()
+err = InertConsole(stderr=True)
 
 HomeOpt = Annotated[
     Path | None,
@@ -34,12 +34,40 @@ ExperimentOpt = Annotated[
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one clear error line; the caller raises the returned Exit."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(text(("error:", "bold red"), " ", message), soft_wrap=True)  # one line, for grep
     return typer.Exit(code)
+
+
+def config_errors(e: cfgmod.ConfigError) -> None:
+    """Every error of a bad file, one line each (file:line: key: message)."""
+    for one in e.errors:
+        err.print(text(("error:", "bold red"), " ", str(one)), soft_wrap=True)
+    if e.truncated:
+        err.print(f"(stopped after {len(e.errors)} errors)")
 
 
 def load_config(file: Path, overrides: list[str] | None) -> cfgmod.Experiment:
     try:
         return cfgmod.load(file, overrides or [])
     except cfgmod.ConfigError as e:
-        raise fail(str(e)) from None
+        config_errors(e)
+        raise typer.Exit(2) from None
+
+
+def confirm_size(exp: cfgmod.Experiment, yes: bool) -> None:
+    """More than RUNS_CONFIRM runs are queued only with --yes (a typo in a sweep can ask
+    for thousands)."""
+    n = cfgmod.run_count(exp)
+    if n > cfgmod.RUNS_CONFIRM and not yes:
+        raise fail(
+            f"{exp.name} expands to {n:,} runs (more than {cfgmod.RUNS_CONFIRM:,}); "
+            "check the sweep, then add --yes to queue them all"
+        )
+
+
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help=f"Queue more than {cfgmod.RUNS_CONFIRM:,} runs without refusing."
+    ),
+]

@@ -361,6 +361,8 @@ async def test_open_an_experiment_file_edit_and_save_it_back(project):
         await pilot.press("ctrl+s")
         await pilot.pause()
     assert path.read_text().startswith(header)  # the file's own header survives the save
+    (project / "teachers").mkdir()
+    (project / "teachers" / "wrn_40_2.pth").write_bytes(b"")  # load checks that it exists
     exp = c.load(path)
     assert exp.name == "simkd-wrn" and exp.optim.epochs == 30
     assert exp.option("factor") == 4 and exp.run.max_steps == 3  # kept from the file

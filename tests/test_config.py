@@ -31,6 +31,13 @@ epochs = 2
 """
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Load from a folder holding BASE's teacher checkpoint (load checks that it exists)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher.pth").write_bytes(b"weights")
+
+
 def load_text(tmp_path, text, name="exp.toml", overrides=None):
     path = tmp_path / name
     path.write_text(text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
+
 from engine import config as c
 from engine import export as x
 
@@ -25,6 +27,13 @@ epochs = 2
 [sweep]
 "distill.method" = ["vanilla", "kd"]
 """
+
+
+@pytest.fixture(autouse=True)
+def in_a_folder_with_the_teacher(tmp_path, monkeypatch):
+    """load() checks checkpoint paths, from the working directory: t.pth is there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.pth").write_bytes(b"weights")
 
 
 def finished_study(store):

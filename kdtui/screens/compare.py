@@ -16,6 +16,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Static
 
+from kdtui.inert import text
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.plots import COLORS, CurvePlot
 from kdtui.widgets.tables import content_widths, set_widths
@@ -130,7 +131,7 @@ class CompareScreen(Screen):
         table = self.query_one("#diff", DataTable)
         table.clear()
         rows = [[Text("best top-1", style="bold"), *[Text(b, style="bold") for b in best]]]
-        rows += [[Text(key), *[Text(c) for c in cells]] for key, cells in diff]
+        rows += [[text(key), *[text(c) for c in cells]] for key, cells in diff]
         if not diff:
             rows.append([Text("(identical configs)", style="dim"), *["" for _ in self.groups]])
         for row in rows:

@@ -28,6 +28,7 @@ from textual.widget import Widget
 from textual.widgets import Header, Input, Label, Select, Static
 
 from engine import config as cfgmod
+from engine.inert import printable
 from engine.registry import ARCHS, DATASETS, METHODS
 from engine.store import StoreError
 from kdtui.widgets.cells import short_path
@@ -560,10 +561,12 @@ class ComposerScreen(Screen):
             else:
                 message = str(e)
             self.message = message
-            status.update(Content.assemble(("✗ ", "bold $error"), (message, "$error")))
+            status.update(Content.assemble(("✗ ", "bold $error"), (printable(message), "$error")))
             status.set_classes("error")
             self.query_one("#preview", Static).update(
-                Syntax(text or "", "toml", theme="ansi_dark", word_wrap=False)
+                Syntax(
+                    printable(text or "", keep="\n\t"), "toml", theme="ansi_dark", word_wrap=False
+                )
             )
         self.refresh_method_info()
         self.refresh_extra()
@@ -609,7 +612,7 @@ class ComposerScreen(Screen):
             elif sec == "sweep" and isinstance(table, dict):
                 extra += [f"sweep.{k}" for k in table]
         self.query_one("#extra", Static).update(
-            Content("kept from the file: " + ", ".join(extra)) if extra else ""
+            Content(printable("kept from the file: " + ", ".join(extra))) if extra else ""
         )
 
     def sync_visibility(self) -> None:

@@ -15,6 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from engine.inert import printable
 from kdtui.widgets.cells import short_path
 from kdtui.widgets.footer import KeyFooter
 
@@ -67,8 +68,10 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(Content(self.title_text), classes="title")
-            yield OptionList(*[Option(Content(label), id=value) for value, label in self.choices])
+            yield Label(Content(printable(self.title_text)), classes="title")
+            yield OptionList(
+                *[Option(Content(printable(label)), id=value) for value, label in self.choices]
+            )
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -99,7 +102,8 @@ class ExperimentPicker(ModalScreen[Path | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             yield Label(
-                Content(f"open an experiment from {short_path(self.folder)}/"), classes="title"
+                Content(printable(f"open an experiment from {short_path(self.folder)}/")),
+                classes="title",
             )
             yield OptionList(id="files")
         yield KeyFooter()
@@ -113,10 +117,15 @@ class ExperimentPicker(ModalScreen[Path | None]):
         options = self.query_one(OptionList)
         if not self.paths:
             options.add_option(
-                Option(f"no *.toml files in {short_path(self.folder)}", disabled=True)
+                Option(
+                    Content(printable(f"no *.toml files in {short_path(self.folder)}")),
+                    disabled=True,
+                )
             )
         for p in self.paths:
-            options.add_option(Option(Content(str(p.relative_to(self.folder))), id=str(p)))
+            options.add_option(
+                Option(Content(printable(str(p.relative_to(self.folder)))), id=str(p))
+            )
         if self.paths:
             options.highlighted = 0
         options.focus()
@@ -147,9 +156,16 @@ class ConfigScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog full"):
-            yield Label(Content(self.title_text), classes="title")
+            yield Label(Content(printable(self.title_text)), classes="title")
             with VerticalScroll(id="config-scroll"):
-                yield Static(Syntax(self.text, "toml", theme="ansi_dark", word_wrap=False))
+                yield Static(
+                    Syntax(
+                        printable(self.text, keep="\n\t"),
+                        "toml",
+                        theme="ansi_dark",
+                        word_wrap=False,
+                    )
+                )
         yield KeyFooter()
 
     def on_mount(self) -> None:

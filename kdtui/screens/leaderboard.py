@@ -18,6 +18,8 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from engine import export as exportmod
 from engine.export import Row
+from engine.inert import printable
+from kdtui.inert import text
 from kdtui.messages import DataChanged
 from kdtui.widgets.cells import STATUS_STYLE, short_path
 from kdtui.widgets.footer import KeyFooter
@@ -227,9 +229,10 @@ class LeaderboardScreen(Screen):
             cells[0] = Text(f"{mark}{cells[0]}", style="bold yellow" if mark else "")
             for i, column in enumerate(COLUMNS):  # Text: a "[lr=0.1]" label is not markup
                 if i:
-                    cells[i] = Text(cells[i], justify="right" if column in NUMERIC else "left")
+                    cells[i] = text(cells[i])
+                    cells[i].justify = "right" if column in NUMERIC else "left"
             status = row.status.split()[0].split("×")[0]
-            cells[COLUMNS.index("status")] = Text(row.status, style=STATUS_STYLE.get(status, ""))
+            cells[COLUMNS.index("status")] = text(row.status, style=STATUS_STYLE.get(status, ""))
             rows.append(cells)
             table.add_row(*cells, key=key)
         labels = [str(c.label) for c in table.columns.values()]
@@ -246,7 +249,7 @@ class LeaderboardScreen(Screen):
         self.query_one("#status-filter", Label).update(f"status: {self.board.status} (f)")
         pin = self.board.pinned
         self.query_one("#pin", Label).update(
-            Content(f"baseline: {pin.name} {pin.best_mean:.2f} (p)")
+            Content(printable(f"baseline: {pin.name} {pin.best_mean:.2f} (p)"))
             if pin is not None and pin.best_mean is not None
             else "baseline: matched vanilla (p pins)"
         )
@@ -372,7 +375,9 @@ class LeaderboardScreen(Screen):
         self.last_export = path
         shown = short_path(path)
         message = self.query_one("#message", Static)
-        message.update(Content(f"exported {len(rows)} rows as {FORMAT_NAMES[fmt]} → {shown}"))
+        message.update(
+            Content(printable(f"exported {len(rows)} rows as {FORMAT_NAMES[fmt]} → {shown}"))
+        )
         message.display = True
         self.notify(f"{FORMAT_NAMES[fmt]} written to {shown}", title="exported")
 

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Label, Static
 
 from engine import export as exportmod
 from engine.export import Row
+from engine.inert import printable
 from kdtui.widgets.cells import STATUS_STYLE
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
@@ -58,8 +59,11 @@ class MembersScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog full"):
-            yield Label(Content(self.row.name), classes="title")
-            yield Static(Content("\n".join(detail_lines(self.row))), id="members-detail")
+            yield Label(Content(printable(self.row.name)), classes="title")
+            yield Static(
+                Content(printable("\n".join(detail_lines(self.row)), keep="\n")),
+                id="members-detail",
+            )
             yield DataTable(id="members", cursor_type="row")
         yield KeyFooter()
 
@@ -79,7 +83,7 @@ class MembersScreen(ModalScreen[None]):
                 m.note,
             ]
             cells = [
-                Text(c, justify="right" if col in NUMERIC else "left")
+                Text(printable(c), justify="right" if col in NUMERIC else "left")
                 for c, col in zip(cells, COLUMNS)
             ]
             cells[2].stylize(STATUS_STYLE.get(m.status, ""))

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine import liveness
+from engine.inert import printable
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
@@ -146,10 +147,12 @@ class RunsScreen(Screen):
             detail.border_subtitle = ""
             return
         label = f" [{run.label}]" if run.label else ""
-        detail.border_title = Content(f"#{run.id} {run.experiment}{label}")
+        detail.border_title = Content(printable(f"#{run.id} {run.experiment}{label}"))
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
-        detail.border_subtitle = (
-            f"{liveness.shown_status(run)} · epoch {run.epoch}/{run.epochs} · {top}head {run.head}"
+        detail.border_subtitle = Content(
+            printable(
+                f"{liveness.shown_status(run)} · epoch {run.epoch}/{run.epochs} · {top}head {run.head}"
+            )
         )
 
     def refresh_watch(self) -> None:
@@ -238,7 +241,7 @@ class RunsScreen(Screen):
         if run is None:
             return
         verb = "Stop" if run.status == "running" else "Cancel"
-        prompt = f"{verb} run #{run.id} {run.experiment} {run.label}?".rstrip() + (
+        prompt = printable(f"{verb} run #{run.id} {run.experiment} {run.label}?").rstrip() + (
             "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
         )
 
@@ -315,7 +318,7 @@ class RunsScreen(Screen):
             app.call_from_thread(self.notify, str(e), severity="error")
             return
         title = f"run #{run.id} · {run.experiment} {run.label}".rstrip()
-        title += f" · fingerprint {run.fingerprint or 'none'}"
+        title = printable(title + f" · fingerprint {run.fingerprint or 'none'}")
         app.call_from_thread(
             app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
         )

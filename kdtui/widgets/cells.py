@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rich.text import Text
 
+from engine.inert import printable
+
 STATUS_STYLE = {
     "queued": "yellow",
     "running": "bold cyan",
@@ -27,7 +29,7 @@ STATUS_ICON = {
 
 def status(value: str) -> Text:
     icon = STATUS_ICON.get(value, "·")
-    return Text(f"{icon} {value}", style=STATUS_STYLE.get(value, ""))
+    return Text(f"{icon} {printable(value)}", style=STATUS_STYLE.get(value, ""))
 
 
 def bar(fraction: float, width: int = 8) -> str:

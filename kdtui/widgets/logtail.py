@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
+from engine.inert import printable
+
 ERROR_WORDS = ("Traceback", "Error", "error:", "FAILED", " nan")
 
 
@@ -37,5 +39,5 @@ class LogTail(RichLog):
         *lines, self._partial = text.split("\n")
         for line in lines:
             style = "red" if any(w in line for w in ERROR_WORDS) else ""
-            self.write(Text(line.rstrip("\r"), style=style))
+            self.write(Text(printable(line.rstrip("\r"), keep="\t"), style=style))
             self.lines_seen += 1

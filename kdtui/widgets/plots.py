@@ -9,6 +9,8 @@ from textual.app import RenderResult
 from textual.content import Content
 from textual_plotext import PlotextPlot
 
+from engine.inert import printable
+
 # RGB so the legend in the border title can use exactly the curve's colour
 COLORS = (
     (79, 195, 247),
@@ -87,7 +89,7 @@ class CurvePlot(PlotextPlot):
         if len(self.series) > 1:
             for i, name in enumerate(self.series):
                 r, g, b = COLORS[i % len(COLORS)]
-                parts.append((f" ━{name}", f"rgb({r},{g},{b})"))
+                parts.append((f" ━{printable(name)}", f"rgb({r},{g},{b})"))
         return Content.assemble(*parts)
 
     @property

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from engine import liveness
+from kdtui.inert import text
 from kdtui.widgets import cells
 from kdtui.widgets.tables import content_widths, set_widths
 
@@ -37,9 +38,10 @@ def order(runs: Sequence) -> list:
 
 def row_cells(run, marked: bool) -> list:
     ident = Text(f"{'●' if marked else ' '}{run.id}", style="bold yellow" if marked else "")
-    name = Text(run.experiment, no_wrap=True, overflow="ellipsis")
+    name = text(run.experiment)
+    name.no_wrap, name.overflow = True, "ellipsis"
     if run.label:
-        name.append(f" {run.label}", style="dim")
+        name.append_text(text((f" {run.label}", "dim")))
     best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
     return [
         ident,
@@ -49,9 +51,9 @@ def row_cells(run, marked: bool) -> list:
         best,
         cells.eta(run.eta_s) if run.status == "running" else "–",
         Text(cells.speed(run.images_per_s), justify="right"),
-        Text(run.method),
-        Text(run.pair),
-        Text(cells.gpu(run.gpu, run.device) if run.status == "running" else "–"),
+        text(run.method),
+        text(run.pair),
+        text(cells.gpu(run.gpu, run.device) if run.status == "running" else "–"),
     ]
 
 
