@@ -445,7 +445,8 @@ class Bench:
         def cache_source(cache):
             def source(batch):
                 return TeacherOut(
-                    None, cached_logits(cache, plain.logits, batch.x, batch.index, batch.view)
+                    None,
+                    cached_logits(cache, plain.logits, batch.x, batch.index_cpu, batch.view_cpu),
                 )
 
             return source
