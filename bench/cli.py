@@ -193,7 +193,8 @@ def render(r: dict) -> Table:
         _row(t, "", what, _rate(lo["engine_images_per_s"]), f"×{lo['speedup']:.1f}")
     if "step" in r:
         s = r["step"]
-        what = "reference (DataLoader, fp32, eager, teacher each step)"
+        fp32 = "fp32, TF32 convs" if r["device"].startswith("cuda") else "fp32"
+        what = f"reference (DataLoader, {fp32}, eager, teacher each step)"
         _row(t, "step", what, _rate(s["reference_images_per_s"]))
         what = f"engine (device loader{', compiled' if s['compile'] else ''})"
         _row(t, "", what, _rate(s["engine_images_per_s"]), f"×{s['speedup']:.2f}")

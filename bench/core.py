@@ -5,7 +5,8 @@ data (uint8 32x32 images, 100 classes by default):
 
 - reference: the published recipe: a torchvision DataLoader with PIL
   transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
-  Normalize), fp32, eager, the teacher recomputed every step, plain
+  Normalize), fp32 with PyTorch's default switches (on CUDA its convolutions
+  run in TF32, as stock scripts' do), eager, the teacher recomputed every step, plain
   `torch.optim.SGD`, `loss.item()` and top-1 every step (as RepDistiller's
   meters do);
 - engine: the device-resident loader, the engine's teacher source and
@@ -22,6 +23,7 @@ are noisy, ratios measured side by side much less so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import statistics
@@ -214,6 +216,19 @@ class Timer:
         return n / max(time.perf_counter() - t0, 1e-9)
 
 
+@contextlib.contextmanager
+def stock_precision():
+    """PyTorch's default precision switches, as the published scripts run: on CUDA the
+    reference's fp32 convolutions use TF32 (cuDNN's default, allow_tf32 = True) and its
+    matmuls full fp32 (matmul.allow_tf32 = False), whatever the engine set for itself."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 # ---------------------------------------------------------------- the bench
 class Bench:
     def __init__(self, cfg: BenchConfig, log: Callable[[str], None] = lambda s: None):
@@ -358,17 +373,19 @@ class Bench:
         meters = [0.0, 0.0]
 
         def step() -> int:
-            x, y, _ = next(it)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.no_grad():
-                feats, logits_t = teacher.forward_all(x)
-            logits, losses = distiller.forward_train(Batch.of(x, y), TeacherOut(feats, logits_t))
-            loss = sum(losses.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            meters[0] += loss.item()  # AverageMeter.update(loss.item()) every step
-            meters[1] += logits.argmax(1).eq(y).float().mean().item()
+            with stock_precision():
+                x, y, _ = next(it)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with torch.no_grad():
+                    feats, logits_t = teacher.forward_all(x)
+                batch, t_out = Batch.of(x, y), TeacherOut(feats, logits_t)
+                logits, losses = distiller.forward_train(batch, t_out)
+                loss = sum(losses.values())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                meters[0] += loss.item()  # AverageMeter.update(loss.item()) every step
+                meters[1] += logits.argmax(1).eq(y).float().mean().item()
             return x.shape[0]
 
         return step
