@@ -51,7 +51,8 @@ from engine.train import (
     train_step,
 )
 
-PARTS = ("threads", "loader", "step", "fused", "cache")
+PARTS = ("threads", "loader", "step", "fused", "cache", "compile")
+DEFAULT_PARTS = PARTS[:-1]  # `compile` (minutes of cold compiling on a CPU) only when asked
 # expected hit rate of a 240-epoch run over a cold cache: at epoch e a view was seen
 # before with probability 1 - (161/162)^e; the mean over e = 0..239
 EPOCHS_240 = 240
@@ -79,7 +80,7 @@ class BenchConfig:
     workers: int = -1
     compile: bool | None = None
     threads: int = 0
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     notes: list[str] = field(default_factory=list)
 
     def resolve(self, cuda: bool) -> BenchConfig:
@@ -555,6 +556,59 @@ class Bench:
             "speedup_run240": med["run240"] / u,
             "speedup_second_run": med["second_run"] / u,
             "speedup_warm": med["warm"] / u,
+        }
+
+    def part_compile(self) -> dict:
+        """`[run] compile = true` against eager for the engine's SimKD step (student step and
+        teacher forward, as the worker compiles them): the cold compile with an empty Inductor
+        cache, a second compile that finds the on-disk cache (a later run), the steady speeds
+        interleaved, and the training steps after which compiling has paid for itself."""
+        import torch._dynamo
+
+        c = self.c
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.tmp / "inductor")  # cold: empty
+        torch._dynamo.reset()
+        loader = _device_loader(c, self.x, self.y, self.runtime)
+
+        def engine(compiled: bool, stream):
+            members = self._members("simkd", [0.05], compile=compiled)
+            source = plain_teacher_source(
+                self.teacher_dev, self.runtime, compile=compiled, batch_size=c.batch
+            )
+            return self._engine_step(members, source, stream)
+
+        eager = engine(False, _endless(loader))
+        for _ in range(max(1, c.warmup)):
+            eager()
+        first: list[float] = []
+        for kind in ("cold", "cached"):
+            if kind == "cached":
+                torch._dynamo.reset()  # compile again; Inductor finds its on-disk cache
+            compiled = engine(True, _endless(loader))
+            _sync(self.runtime.device)
+            t0 = time.perf_counter()
+            compiled()
+            _sync(self.runtime.device)
+            first.append(time.perf_counter() - t0)
+            self.log(f"  first compiled step ({kind} cache): {first[-1]:.1f} s")
+        for _ in range(max(1, c.warmup)):
+            compiled()
+        res = self._interleaved({"eager": eager, "compiled": compiled}, c.steps)
+        e, k = res["eager"]["median"], res["compiled"]["median"]
+        step_eager, step_compiled = c.batch / e, c.batch / k
+        cold, cached = (t - step_compiled for t in first)
+        saved = step_eager - step_compiled
+        return {
+            "eager_images_per_s": res["eager"],
+            "compiled_images_per_s": res["compiled"],
+            "speedup": k / e,
+            "compile_cold_s": cold,
+            "compile_cached_s": cached,
+            "step_eager_s": step_eager,
+            "step_compiled_s": step_compiled,
+            # steps of this size a run must train before the compile has paid for itself
+            "break_even_steps_cold": cold / saved if saved > 0 else None,
+            "break_even_steps_cached": cached / saved if saved > 0 else None,
         }
 
     # ---- everything
