@@ -11,8 +11,10 @@ checkpoint, so a resumed run ends exactly where an uninterrupted one does.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,13 +99,18 @@ def set_deterministic(on: bool) -> None:
     On: deterministic algorithms everywhere torch has them (`use_deterministic_algorithms`,
     warn_only: an op without one, e.g. adaptive_avg_pool2d's CUDA backward when a method
     pools maps of different sizes, warns once and runs anyway), cuDNN autotuning off, TF32
-    off (full fp32 matmuls and convs), and CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS
-    (effective when set before CUDA starts, as in a worker). Off: the fast defaults
-    (cudnn.benchmark, TF32). CPU runs are deterministic either way for a fixed thread count.
+    off (full fp32 matmuls and convs), CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS
+    (effective when set before CUDA starts, as in a worker) and Inductor's deterministic
+    mode (no benchmarked kernel choices). Off: the fast defaults (cudnn.benchmark, TF32).
+    CPU runs are deterministic either way for a fixed thread count.
     """
     torch.use_deterministic_algorithms(on, warn_only=True)
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        importlib.import_module("torch._inductor.config")  # seconds to import: only if asked
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:  # compiled steps: no autotuning choices that change numerics
+        inductor.deterministic = on
     torch.backends.cudnn.benchmark = not on
     torch.backends.cudnn.deterministic = on
     torch.backends.cuda.matmul.allow_tf32 = not on

@@ -313,10 +313,12 @@ def test_deterministic_true_switches_to_deterministic_kernels_and_off_again(monk
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         import os
 
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        import torch._inductor.config as inductor
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and inductor.deterministic
         run.deterministic = False
         pick_runtime(run)
-        assert not torch.are_deterministic_algorithms_enabled()
+        assert not torch.are_deterministic_algorithms_enabled() and not inductor.deterministic
         assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
     finally:
         set_deterministic(False)
