@@ -129,9 +129,11 @@ class Probes:
         teacher = self._teacher(runtime)
         backend = None if self.cuda else "eager"
         recorded = _Counting("Recording function")
-        if self.cuda:
+        graph_log = logging.getLogger("torch._inductor.cudagraph_trees.__cudagraphs")
+        if self.cuda:  # count cudagraph_trees' debug records, without printing them
             torch._logging.set_logs(cudagraphs=True)
-            logging.getLogger("torch._inductor.cudagraph_trees.__cudagraphs").addHandler(recorded)
+            graph_log.addHandler(recorded)
+            graph_log.propagate = False
         out: dict[str, Any] = {"backend": backend or "inductor", "passed": True}
         try:
             cases = {
@@ -178,9 +180,8 @@ class Probes:
         finally:
             if self.cuda:
                 torch._logging.set_logs()
-                logging.getLogger("torch._inductor.cudagraph_trees.__cudagraphs").removeHandler(
-                    recorded
-                )
+                graph_log.removeHandler(recorded)
+                graph_log.propagate = True
         return out
 
     def _syncs_per_step(self, members, data, source, runtime) -> float | None:

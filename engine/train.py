@@ -268,10 +268,11 @@ def commit_of(state: dict | None) -> dict | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG streams a checkpoint keeps: the CPU generator ("rng") and, when CUDA is
-    available, every visible GPU's generator ("cuda_rng"; torch.get_rng_state is CPU only)."""
+    """The global RNG streams a checkpoint keeps: the CPU generator ("rng") and, once this
+    process uses CUDA, every visible GPU's generator ("cuda_rng"; torch.get_rng_state is the
+    CPU's only). A CPU run on a GPU box leaves CUDA alone (no context for a checkpoint)."""
     state: dict[str, Any] = {"rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
 

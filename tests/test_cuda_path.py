@@ -38,7 +38,6 @@ from engine.train import (
 )
 
 CPU = Runtime(torch.device("cpu"), None, False)
-FEATURES = ("simkd", "fitnet", "at")
 
 
 def tiny_data():
@@ -48,7 +47,7 @@ def tiny_data():
     return build_data(cfg, seed=0)
 
 
-def experiment(method: str, *, epochs: int = 3, sweep: str = "", options: str = ""):
+def experiment(method: str, *, epochs: int = 3, sweep: str = ""):
     return c.loads(
         f"""
 name = "cuda-path"
@@ -65,7 +64,6 @@ checkpoint = "unused.pth"
 arch = "resnet8"
 [distill]
 method = "{method}"
-{options}
 [optim]
 epochs = {epochs}
 [run]
@@ -89,7 +87,9 @@ def members_for(exp, tmp_path, backend, teacher):
 def teacher_source(method: str, teacher):
     if not METHODS[method].needs_teacher:
         return None
-    return plain_teacher_source(teacher, CPU, logits_only=method not in FEATURES)
+    return plain_teacher_source(
+        teacher, CPU, logits_only=METHODS[method].teacher_outputs == "logits"
+    )
 
 
 class EpochCounting(KD):
@@ -275,6 +275,7 @@ def test_a_checkpoint_restores_every_rng_stream(tmp_path):
     (m,) = members_for(exp, tmp_path, None, None)
     torch.manual_seed(11)
     if torch.cuda.is_available():
+        torch.cuda.init()  # a CUDA run has used its GPU before any checkpoint
         torch.cuda.manual_seed_all(12)
     m.save("last")
     ckpt = torch.load(m.dir / "last.pth", weights_only=True)
@@ -294,6 +295,7 @@ def test_a_checkpoint_restores_every_rng_stream(tmp_path):
 def test_a_checkpoint_restores_the_cuda_rng(tmp_path):
     from engine.train import rng_state, set_rng_state
 
+    torch.cuda.init()
     torch.cuda.manual_seed_all(3)
     state = rng_state()
     want = torch.randn(8, device="cuda")
