@@ -123,6 +123,7 @@ def register(app: typer.Typer) -> None:
             summary = run_check(
                 out, dry_run or dry_from_env(), lambda s: err.print(s, highlight=False)
             )
+            print((Path(summary["out"]) / "summary.md").read_text())
             console.print(
                 f"GPU check {'passed' if summary['ok'] else 'FAILED'} in {summary['seconds']} s; "
                 f"summary in {summary['out']}",

@@ -199,7 +199,7 @@ class Check:
         else:
             cmd += ["--set", "run.device=cuda"]
         env = {"KDTUI_HOME": str(home)}
-        res = self._subprocess("quickstart", cmd, 180 if self.dry else 240, env)
+        res = self._subprocess("quickstart", cmd, 180, env)
         board = subprocess.run(
             [sys.executable, "-m", "kdtui.cli", "leaderboard"],
             cwd=ROOT,
@@ -218,7 +218,7 @@ class Check:
             cmd += ["tests/test_layering.py"]
         else:
             cmd += ["-m", "not slow", "--deselect", "tests/test_gpu_check.py"]
-        return self._subprocess("tests", cmd, 120 if self.dry else 240, {})
+        return self._subprocess("tests", cmd, 120 if self.dry else 180, {})
 
     def stage_probes(self) -> dict:
         from bench import gpu_probes
