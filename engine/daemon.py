@@ -197,6 +197,7 @@ def build_slots(gpus: Sequence[str], slots_per_gpu: int = 1, cpu_slots: int = 1)
 
 # ---------------------------------------------------------------- devices
 ENGINE_GPU_ENV = "KDTUI_ENGINE_GPU"  # set in every worker: its slot's GPU id, "" on a CPU slot
+HOST_DEVICES = ("cpu", "mps", "xpu")  # devices that run on a CPU slot
 _CUDA_N = re.compile(r"^cuda:(\d+)$")
 
 
@@ -207,12 +208,14 @@ class DeviceError(ValueError):
 def slot_fits(device: str, slot: Slot, gpu_slots_exist: bool) -> bool:
     """Whether a run with `[run] device = device` may train on `slot`.
 
-    cpu: CPU slots only. cuda: any GPU slot. cuda:N: the slots of GPU N, numbered as the
+    cpu, mps, xpu: CPU slots only (the engine's GPU slots are NVIDIA GPUs, shown to a
+    worker through CUDA_VISIBLE_DEVICES; an Apple or Intel GPU belongs to the host). cuda: any
+    GPU slot. cuda:N: the slots of GPU N, numbered as the
     engine numbers them (`--gpus`, i.e. CUDA_VISIBLE_DEVICES of the engine). auto: GPU
     slots when the engine has any (a GPU run never lands on a CPU slot), else CPU slots.
     """
     device = (device or "auto").strip()
-    if device == "cpu":
+    if device in HOST_DEVICES:
         return slot.gpu is None
     if device == "auto":
         return (slot.gpu is not None) == gpu_slots_exist
@@ -249,7 +252,7 @@ def worker_device(device: str, slot_gpu: str | None) -> str:
     meaning; "": a CPU slot.
     """
     device = (device or "auto").strip()
-    if slot_gpu is None or device in ("auto", "cpu"):
+    if slot_gpu is None or device == "auto" or device in HOST_DEVICES:
         return device
     if slot_gpu == "":
         raise DeviceError(

@@ -20,6 +20,7 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
 from engine import config as c
+from engine import worker
 from engine.cache import TeacherCache, cached_logits
 from engine.config import DataConfig
 from engine.data import NUM_VIEWS, build_data
@@ -27,13 +28,13 @@ from engine.distill.kd import KD
 from engine.models import build_model
 from engine.registry import METHODS
 from engine.train import (
+    NullCallbacks,
     Runtime,
     build_member,
     compile_step,
     evaluate,
     fit,
     pick_runtime,
-    plain_teacher_source,
     set_deterministic,
 )
 
@@ -75,21 +76,46 @@ log_every = 1
     )
 
 
-def members_for(exp, tmp_path, backend, teacher):
+def members_for(exp, tmp_path, backend, teacher, data):
     out = []
     for i, plan in enumerate(c.expand(exp)):
         d = tmp_path / f"m{i}"
         d.mkdir()
-        out.append(build_member(f"m{i}", plan.config, teacher, 10, CPU, d, backend=backend))
+        out.append(
+            build_member(
+                f"m{i}",
+                plan.config,
+                teacher,
+                10,
+                CPU,
+                d,
+                train_labels=data.train.labels.cpu(),  # used by methods with a memory (CRD)
+                backend=backend,
+            )
+        )
     return out
 
 
-def teacher_source(method: str, teacher):
-    if not METHODS[method].needs_teacher:
+def data_for(exp):
+    return build_data(exp.data, seed=0, strong=c.strong_view(exp))
+
+
+def teacher_source(exp, teacher, data):
+    """The worker's own teacher source for this experiment's group (no cache: no store)."""
+    if not exp.method.needs_teacher:
         return None
-    return plain_teacher_source(
-        teacher, CPU, logits_only=METHODS[method].teacher_outputs == "logits"
-    )
+    cfgs = [p.config for p in c.expand(exp)]
+    return worker.make_teacher_source(None, [], cfgs, teacher, None, data, CPU)
+
+
+class FrameCounts(NullCallbacks):
+    """Dynamo's count of compiled frames at the end of every epoch."""
+
+    def __init__(self, counter):
+        self.counter, self.seen = counter, []
+
+    def on_epoch(self, m, epoch, metrics):
+        self.seen.append(self.counter.frame_count)
 
 
 class EpochCounting(KD):
@@ -114,17 +140,21 @@ def dynamo():
 # ---------------------------------------------------------------- 1: no recompile per epoch
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_the_compiled_step_never_recompiles_across_epochs(method, tmp_path, dynamo):
-    """DKD's warm-up changes every epoch; it is applied outside the compiled step."""
+    """DKD's and ReviewKD's warm-ups change every epoch; they are applied outside the step."""
     torch.manual_seed(0)
     teacher = build_model("resnet8", num_classes=10).eval()
     counter = CompileCounter()
-    (m,) = members_for(experiment(method), tmp_path, counter, teacher)
+    exp = experiment(method)
+    data = data_for(exp)
+    (m,) = members_for(exp, tmp_path, counter, teacher, data)
     if method == "dkd":
         assert m.distiller.loss_scales(0) != m.distiller.loss_scales(2)  # the test has teeth
+    frames = FrameCounts(counter)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        fit([m], tiny_data(), teacher_source(method, teacher), CPU)
+        fit([m], data, teacher_source(exp, teacher, data), CPU, frames)
     assert m.status == "done" and m.step == 3 * 2
-    assert counter.frame_count == 1  # compiled at the first step, reused for the other five
+    # compiled at the first step (graph breaks give more than one frame), then only reused
+    assert frames.seen[0] >= 1 and frames.seen == [frames.seen[0]] * 3
 
 
 def test_a_step_that_reads_the_epoch_is_caught_recompiling(tmp_path, dynamo):
@@ -132,11 +162,13 @@ def test_a_step_that_reads_the_epoch_is_caught_recompiling(tmp_path, dynamo):
     torch.manual_seed(0)
     teacher = build_model("resnet8", num_classes=10).eval()
     counter = CompileCounter()
-    (m,) = members_for(experiment("kd"), tmp_path, counter, teacher)
+    exp = experiment("kd")
+    data = data_for(exp)
+    (m,) = members_for(exp, tmp_path, counter, teacher, data)
     m.distiller.__class__ = EpochCounting
     m.distiller.loss_scales(0)
     m.train_fn = compile_step(m.distiller, None, counter)
-    fit([m], tiny_data(), teacher_source("kd", teacher), CPU)
+    fit([m], data, teacher_source(exp, teacher, data), CPU)
     assert counter.frame_count > 1
 
 
@@ -146,10 +178,11 @@ def test_a_fused_temperature_sweep_compiles_once_and_never_again(tmp_path, dynam
     teacher = build_model("resnet8", num_classes=10).eval()
     counter = CompileCounter()
     exp = experiment("kd", epochs=2, sweep='[sweep]\n"distill.temperature" = [4.0, 2.0]')
-    a, b = members_for(exp, tmp_path, counter, teacher)
+    data = data_for(exp)
+    a, b = members_for(exp, tmp_path, counter, teacher, data)
     assert a.distiller.hp["temperature"].item() == 4.0 and b.distiller.hp["temperature"] == 2.0
     with torch._dynamo.config.patch(error_on_recompile=True):
-        fit([a, b], tiny_data(), teacher_source("kd", teacher), CPU)
+        fit([a, b], data, teacher_source(exp, teacher, data), CPU)
     assert a.status == b.status == "done" and a.step == b.step == 4
     # one graph for both members: the temperature is a tensor input, not a constant
     assert counter.frame_count == 1
@@ -162,11 +195,12 @@ def test_a_python_float_option_would_recompile_for_the_second_member(tmp_path, d
     teacher = build_model("resnet8", num_classes=10).eval()
     counter = CompileCounter()
     exp = experiment("kd", epochs=1, sweep='[sweep]\n"distill.temperature" = [4.0, 2.0]')
+    data = data_for(exp)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KD, "static_options", ("temperature",))
-        a, b = members_for(exp, tmp_path, counter, teacher)
+        a, b = members_for(exp, tmp_path, counter, teacher, data)
     assert a.distiller.hp["temperature"] == 4.0  # a Python float now
-    fit([a, b], tiny_data(), teacher_source("kd", teacher), CPU)
+    fit([a, b], data, teacher_source(exp, teacher, data), CPU)
     assert counter.frame_count == 2
 
 
@@ -272,7 +306,7 @@ def test_a_checkpoint_restores_every_rng_stream(tmp_path):
     torch.manual_seed(0)
     exp = experiment("vanilla")
     exp.run.compile = False
-    (m,) = members_for(exp, tmp_path, None, None)
+    (m,) = members_for(exp, tmp_path, None, None, tiny_data())
     torch.manual_seed(11)
     if torch.cuda.is_available():
         torch.cuda.init()  # a CUDA run has used its GPU before any checkpoint

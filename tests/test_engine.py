@@ -151,13 +151,15 @@ def test_a_device_no_slot_can_serve_is_refused_with_the_fix():
     why = daemon.unplaceable("cuda", build_slots([]))
     assert "no GPU" in why and 'device = "auto"' in why
     assert daemon.unplaceable("auto", build_slots([])) is None
+    assert daemon.unplaceable("mps", build_slots([])) is None  # a Mac: the host's GPU
+    assert [s.name for s, _ in place([Queued(1)], gpu_box, {1: "mps"})] == ["cpu0"]
 
 
 def test_a_worker_sees_its_slots_gpu_as_cuda_0():
     wd = daemon.worker_device
     assert wd("cuda:3", "3") == "cuda:0"  # GPU 3 as the engine numbers them
     assert wd("cuda", "3") == "cuda:0" and wd("auto", "3") == "auto"
-    assert wd("cpu", "") == "cpu" and wd("auto", "") == "auto"
+    assert wd("cpu", "") == "cpu" and wd("auto", "") == "auto" and wd("mps", "") == "mps"
     with pytest.raises(daemon.DeviceError, match=r"placed this run on GPU 3.*\"cuda:3\""):
         wd("cuda:1", "3")
     with pytest.raises(daemon.DeviceError, match="CPU slot"):
