@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,13 +12,14 @@ from rich.table import Table
 from kdtui.inert import text
 from kdtui.options import console, err, fail
 
-PART_NAMES = ("threads", "loader", "step", "fused", "cache", "app")
+PART_NAMES = ("threads", "loader", "step", "fused", "cache", "compile", "app")
+DEFAULT = tuple(p for p in PART_NAMES if p != "compile")  # compile: only with --only
 APP_ONLY = ("app",)
 
 
 def _parts(value: str | None) -> tuple[str, ...]:
     if not value:
-        return PART_NAMES
+        return DEFAULT
     parts = tuple(p.strip() for p in value.split(",") if p.strip())
     bad = [p for p in parts if p not in PART_NAMES]
     if bad:
@@ -42,7 +44,11 @@ def register(app: typer.Typer) -> None:
         ] = False,
         only: Annotated[
             str | None,
-            typer.Option("--only", help=f"Comma-separated parts to run ({', '.join(PART_NAMES)})."),
+            typer.Option(
+                "--only",
+                help=f"Comma-separated parts to run ({', '.join(PART_NAMES)}); every part but "
+                "compile (torch.compile vs eager, with the cold compile) by default.",
+            ),
         ] = None,
         device: Annotated[
             str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
@@ -85,9 +91,45 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option("--threads", min=0, help="CPU threads (0: measure 1 vs the default)."),
         ] = 0,
+        gpu_check: Annotated[
+            bool,
+            typer.Option(
+                "--gpu-check",
+                help="The prepared first run on a GPU box (a few minutes, no internet): "
+                "machine and versions, the compiled SimKD step against the reference, the "
+                "CUDA-path probes, the quickstart and the fast tests on the GPU; writes "
+                "summary.json and summary.md to --out.",
+            ),
+        ] = False,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="With --gpu-check: every stage on the CPU at tiny sizes (what CI runs; "
+                "also KDTUI_GPU_CHECK_CPU=1).",
+            ),
+        ] = False,
+        out: Annotated[
+            Path | None,
+            typer.Option("--out", help="With --gpu-check: where to write the summary."),
+        ] = None,
     ) -> None:
         """Speed of our engine against a reference-style KD loop on this device, and of the app."""
         from engine.registry import ARCHS
+
+        if gpu_check:
+            from bench.gpu_check import dry_from_env, run_check
+
+            summary = run_check(
+                out, dry_run or dry_from_env(), lambda s: err.print(s, highlight=False)
+            )
+            print((Path(summary["out"]) / "summary.md").read_text())
+            console.print(
+                f"GPU check {'passed' if summary['ok'] else 'FAILED'} in {summary['seconds']} s; "
+                f"summary in {summary['out']}",
+                highlight=False,
+            )
+            raise typer.Exit(0 if summary["ok"] else 1)
 
         for name, arch in (("--teacher", teacher), ("--student", student)):
             if arch and arch not in ARCHS:
@@ -193,7 +235,8 @@ def render(r: dict) -> Table:
         _row(t, "", what, _rate(lo["engine_images_per_s"]), f"×{lo['speedup']:.1f}")
     if "step" in r:
         s = r["step"]
-        what = "reference (DataLoader, fp32, eager, teacher each step)"
+        fp32 = "fp32, TF32 convs" if r["device"].startswith("cuda") else "fp32"
+        what = f"reference (DataLoader, {fp32}, eager, teacher each step)"
         _row(t, "step", what, _rate(s["reference_images_per_s"]))
         what = f"engine (device loader{', compiled' if s['compile'] else ''})"
         _row(t, "", what, _rate(s["engine_images_per_s"]), f"×{s['speedup']:.2f}")
@@ -206,6 +249,22 @@ def render(r: dict) -> Table:
         _row(t, "fused", what, _rate(f["separate_images_per_s"]))
         what = f"{f['students']} students, one teacher pass"
         _row(t, "", what, _rate(f["fused_images_per_s"]), f"×{f['speedup']:.2f}")
+    if "compile" in r:
+        k = r["compile"]
+        _row(t, "compile", "engine SimKD step, eager", _rate(k["eager_images_per_s"]))
+        what = (
+            f"compiled (cold compile {k['compile_cold_s']:.0f} s, "
+            f"{k['compile_cached_s']:.0f} s from the on-disk cache)"
+        )
+        _row(t, "", what, _rate(k["compiled_images_per_s"]), f"×{k['speedup']:.2f}")
+        if k["break_even_steps_cold"] is not None:
+            what = (
+                f"pays off after {k['break_even_steps_cold']:,.0f} steps "
+                f"({k['break_even_steps_cached']:,.0f} with the cache)"
+            )
+        else:
+            what = "never pays off here (not faster than eager)"
+        _row(t, "", what, ("", ""))
     if "cache" in r:
         k = r["cache"]
         _row(t, "cache", "KD, no cache", _rate(k["uncached_images_per_s"]))

@@ -5,7 +5,8 @@ data (uint8 32x32 images, 100 classes by default):
 
 - reference: the published recipe: a torchvision DataLoader with PIL
   transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
-  Normalize), fp32, eager, the teacher recomputed every step, plain
+  Normalize), fp32 with PyTorch's default switches (on CUDA its convolutions
+  run in TF32, as stock scripts' do), eager, the teacher recomputed every step, plain
   `torch.optim.SGD`, `loss.item()` and top-1 every step (as RepDistiller's
   meters do);
 - engine: the device-resident loader, the engine's teacher source and
@@ -22,6 +23,7 @@ are noisy, ratios measured side by side much less so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import statistics
@@ -49,7 +51,8 @@ from engine.train import (
     train_step,
 )
 
-PARTS = ("threads", "loader", "step", "fused", "cache")
+PARTS = ("threads", "loader", "step", "fused", "cache", "compile")
+DEFAULT_PARTS = PARTS[:-1]  # `compile` (minutes of cold compiling on a CPU) only when asked
 # expected hit rate of a 240-epoch run over a cold cache: at epoch e a view was seen
 # before with probability 1 - (161/162)^e; the mean over e = 0..239
 EPOCHS_240 = 240
@@ -77,7 +80,7 @@ class BenchConfig:
     workers: int = -1
     compile: bool | None = None
     threads: int = 0
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     notes: list[str] = field(default_factory=list)
 
     def resolve(self, cuda: bool) -> BenchConfig:
@@ -212,6 +215,19 @@ class Timer:
             n += step()
         _sync(self.device)
         return n / max(time.perf_counter() - t0, 1e-9)
+
+
+@contextlib.contextmanager
+def stock_precision():
+    """PyTorch's default precision switches, as the published scripts run: on CUDA the
+    reference's fp32 convolutions use TF32 (cuDNN's default, allow_tf32 = True) and its
+    matmuls full fp32 (matmul.allow_tf32 = False), whatever the engine set for itself."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # ---------------------------------------------------------------- the bench
@@ -358,17 +374,19 @@ class Bench:
         meters = [0.0, 0.0]
 
         def step() -> int:
-            x, y, _ = next(it)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.no_grad():
-                feats, logits_t = teacher.forward_all(x)
-            logits, losses = distiller.forward_train(Batch.of(x, y), TeacherOut(feats, logits_t))
-            loss = sum(losses.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            meters[0] += loss.item()  # AverageMeter.update(loss.item()) every step
-            meters[1] += logits.argmax(1).eq(y).float().mean().item()
+            with stock_precision():
+                x, y, _ = next(it)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with torch.no_grad():
+                    feats, logits_t = teacher.forward_all(x)
+                batch, t_out = Batch.of(x, y), TeacherOut(feats, logits_t)
+                logits, losses = distiller.forward_train(batch, t_out)
+                loss = sum(losses.values())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                meters[0] += loss.item()  # AverageMeter.update(loss.item()) every step
+                meters[1] += logits.argmax(1).eq(y).float().mean().item()
             return x.shape[0]
 
         return step
@@ -445,7 +463,8 @@ class Bench:
         def cache_source(cache):
             def source(batch):
                 return TeacherOut(
-                    None, cached_logits(cache, plain.logits, batch.x, batch.index, batch.view)
+                    None,
+                    cached_logits(cache, plain.logits, batch.x, batch.index_cpu, batch.view_cpu),
                 )
 
             return source
@@ -537,6 +556,59 @@ class Bench:
             "speedup_run240": med["run240"] / u,
             "speedup_second_run": med["second_run"] / u,
             "speedup_warm": med["warm"] / u,
+        }
+
+    def part_compile(self) -> dict:
+        """`[run] compile = true` against eager for the engine's SimKD step (student step and
+        teacher forward, as the worker compiles them): the cold compile with an empty Inductor
+        cache, a second compile that finds the on-disk cache (a later run), the steady speeds
+        interleaved, and the training steps after which compiling has paid for itself."""
+        import torch._dynamo
+
+        c = self.c
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.tmp / "inductor")  # cold: empty
+        torch._dynamo.reset()
+        loader = _device_loader(c, self.x, self.y, self.runtime)
+
+        def engine(compiled: bool, stream):
+            members = self._members("simkd", [0.05], compile=compiled)
+            source = plain_teacher_source(
+                self.teacher_dev, self.runtime, compile=compiled, batch_size=c.batch
+            )
+            return self._engine_step(members, source, stream)
+
+        eager = engine(False, _endless(loader))
+        for _ in range(max(1, c.warmup)):
+            eager()
+        first: list[float] = []
+        for kind in ("cold", "cached"):
+            if kind == "cached":
+                torch._dynamo.reset()  # compile again; Inductor finds its on-disk cache
+            compiled = engine(True, _endless(loader))
+            _sync(self.runtime.device)
+            t0 = time.perf_counter()
+            compiled()
+            _sync(self.runtime.device)
+            first.append(time.perf_counter() - t0)
+            self.log(f"  first compiled step ({kind} cache): {first[-1]:.1f} s")
+        for _ in range(max(1, c.warmup)):
+            compiled()
+        res = self._interleaved({"eager": eager, "compiled": compiled}, c.steps)
+        e, k = res["eager"]["median"], res["compiled"]["median"]
+        step_eager, step_compiled = c.batch / e, c.batch / k
+        cold, cached = (t - step_compiled for t in first)
+        saved = step_eager - step_compiled
+        return {
+            "eager_images_per_s": res["eager"],
+            "compiled_images_per_s": res["compiled"],
+            "speedup": k / e,
+            "compile_cold_s": cold,
+            "compile_cached_s": cached,
+            "step_eager_s": step_eager,
+            "step_compiled_s": step_compiled,
+            # steps of this size a run must train before the compile has paid for itself
+            "break_even_steps_cold": cold / saved if saved > 0 else None,
+            "break_even_steps_cached": cached / saved if saved > 0 else None,
         }
 
     # ---- everything

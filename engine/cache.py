@@ -12,10 +12,17 @@ row + 1) and a value table of `capacity` rows of `num_classes` logits in
 fp32, fp16 or bf16. The byte limit covers both; once the value table is
 full, new views are simply not stored (with uniformly drawn views every
 replacement policy gives the same hit rate, and first-come keeps the cache
-deterministic). In memory the tables live on the training device; on disk
-they are shared memory-mapped files under `$KDTUI_HOME/cache/`, so runs in
-other processes reuse them (rows are allocated under a file lock; values are
-written before the slot that points at them).
+deterministic). The slot table always lives in host memory and lookups are
+host work on the loader's CPU copy of the epoch plan (`Batch.index_cpu`,
+`Batch.view_cpu`): hit masks and miss counts never wait for the GPU. In
+memory the value table lives on the training device (hits are gathered and
+misses stored there; only the indices cross, in one pinned copy); on disk
+both tables are shared memory-mapped files under `$KDTUI_HOME/cache/`, so
+runs in other processes reuse them (rows are allocated under a file lock;
+values are written before the slot that points at them). On a GPU a disk
+cache moves the hits to the device through pinned memory and the misses'
+new logits back through pinned memory asynchronously; they are written to
+the files once that copy has finished (at the latest at the epoch's end).
 
 Exactness: the returned logits are always the *stored* precision converted
 back (a miss returns the same rounded values a later hit will), so a run's
@@ -36,6 +43,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,11 +114,12 @@ class TeacherCache:
         self.key = key
         self.path = Path(path) if path is not None else None
         self.stats = CacheStats()
+        self._pending: list[tuple[Any, torch.Tensor, torch.Tensor]] = []  # (event, keys, rows)
         n_slots = self.num_samples * NUM_VIEWS
         if self.path is None:
             self.device = torch.device(device)
             self.capacity = capacity_for(limit_bytes, num_samples, num_classes, dtype)
-            self.slots = torch.zeros(n_slots, dtype=torch.int32, device=self.device)
+            self.slots = torch.zeros(n_slots, dtype=torch.int32)  # host: lookups never sync
             self.values = torch.empty(
                 self.capacity, self.num_classes, dtype=dtype, device=self.device
             )
@@ -190,29 +199,48 @@ class TeacherCache:
         return self.count / (self.num_samples * NUM_VIEWS)
 
     # ---------------------------------------------------------------- lookup / insert
-    def _keys(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        return index.to(self.device, torch.int64) * NUM_VIEWS + view.to(self.device, torch.int64)
+    def keys(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """Slot numbers of (index, view) pairs, on the host (a device input costs one sync)."""
+        return index.to("cpu", torch.int64) * NUM_VIEWS + view.to("cpu", torch.int64)
+
+    def hit_rows(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hit mask, value row) of host keys, both on the host; rows of misses are 0."""
+        slot = self.slots.index_select(0, keys)
+        return slot > 0, (slot.long() - 1).clamp_min(0)
 
     def lookup(self, index: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hit mask, stored logits) for a batch; rows of misses are garbage."""
-        slot = self.slots.index_select(0, self._keys(index, view))
-        hit = slot > 0
-        rows = (slot.long() - 1).clamp_min(0)
-        values = self.values.index_select(0, rows) if self.capacity else None
-        return hit, values
+        """(hit mask on the host, stored logits on the value table's device); rows of misses
+        are garbage."""
+        hit, rows = self.hit_rows(self.keys(index, view))
+        return hit, self.values.index_select(0, rows.to(self.values.device))
 
     def insert(self, index: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> None:
         """Store logits for the given (index, view) pairs, as many as fit."""
-        n = int(index.shape[0])
+        self.store(self.keys(index, view), logits)
+
+    def store(self, keys: torch.Tensor, logits: torch.Tensor) -> None:
+        """Store logits under host keys, as many as fit; logits may be on any device.
+
+        In memory the rows are written on the value table's device (no copy to the host);
+        a disk cache fed from a GPU copies them to pinned memory asynchronously and writes
+        them in `flush`, so the step does not wait for the copy.
+        """
+        n = int(keys.shape[0])
         if n == 0:
             return
-        keys = self._keys(index, view)
+        if self.path is not None and logits.device.type == "cuda":
+            staged = torch.empty(logits.shape, dtype=self.dtype, pin_memory=True)
+            staged.copy_(logits, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._pending.append((done, keys, staged))
+            return
         with self._locked():
             start = self.count
             k = max(0, min(n, self.capacity - start))
             if k:
-                self.values[start : start + k] = logits[:k].to(self.device, self.dtype)
-                rows = torch.arange(start + 1, start + k + 1, dtype=torch.int32, device=self.device)
+                self.values[start : start + k] = logits[:k].to(self.values.device, self.dtype)
+                rows = torch.arange(start + 1, start + k + 1, dtype=torch.int32)
                 self.slots.index_copy_(0, keys[:k], rows)  # after the values: readers never
                 # see a slot that points at an unwritten row
                 if self._header is not None:
@@ -222,7 +250,30 @@ class TeacherCache:
         self.stats.stored += k
         self.stats.dropped += n - k
 
+    def flush(self, wait: bool = False) -> None:
+        """Write the misses whose copy to the host has finished (all of them with `wait`)."""
+        while self._pending:
+            done, keys, staged = self._pending[0]
+            if wait:
+                done.synchronize()
+            elif not done.query():
+                return
+            self._pending.pop(0)
+            new = self.slots.index_select(0, keys) == 0  # stored meanwhile by another run
+            self.store(keys[new], staged[new])
+
+    def gather(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Stored rows (host indices) as a tensor on `device`, without a host sync."""
+        if self.values.device == device:
+            return self.values.index_select(0, to_device(rows, device))
+        if device.type == "cuda":  # disk: gather straight into pinned memory, copy async
+            out = torch.empty((rows.shape[0], self.num_classes), dtype=self.dtype, pin_memory=True)
+            torch.index_select(self.values, 0, rows.to(self.values.device), out=out)
+            return out.to(device, non_blocking=True)
+        return self.values.index_select(0, rows.to(self.values.device)).to(device)
+
     def clear(self) -> None:
+        self._pending.clear()
         with self._locked():
             self.slots.zero_()
             if self._header is not None:
@@ -308,6 +359,13 @@ def miss_bucket(misses: int, batch: int, *, round_up: bool = False) -> int:
     return min(batch, max(MIN_TEACHER_BATCH, misses))
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, asynchronously."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def cached_logits(
     cache: TeacherCache,
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -315,29 +373,39 @@ def cached_logits(
     index: torch.Tensor,
     view: torch.Tensor,
 ) -> torch.Tensor:
-    """Teacher logits for a batch, computing only the misses (plus bucket padding)."""
+    """Teacher logits for a batch, computing only the misses (plus bucket padding).
+
+    `index` and `view` should be the host copies of the epoch plan (`Batch.index_cpu`,
+    `Batch.view_cpu`): then everything decided per batch (hits, misses, bucket, rows) is
+    host work, and the device only gathers, runs the teacher and scatters; nothing waits
+    for the GPU. Device tensors work too, at the cost of one sync.
+    """
     b = int(x.shape[0])
-    hit, stored = cache.lookup(index, view)
-    hit_dev = hit.to(x.device)
-    n_hit = int(hit_dev.sum())
+    dev = x.device
+    cache.flush()
+    keys = cache.keys(index, view)
+    hit, rows = cache.hit_rows(keys)
+    n_hit = int(hit.sum())  # a host tensor: no sync
     cache.stats.hits += n_hit
     cache.stats.misses += b - n_hit
-    out = stored.to(x.device) if stored is not None else None
     if n_hit == b:
-        return out.float()
-    miss = torch.nonzero(~hit_dev).flatten()
+        return cache.gather(rows, dev).float()
+    miss = torch.nonzero(~hit).flatten()
     k = int(miss.shape[0])
-    rows = miss_bucket(k, b, round_up=x.device.type == "cuda")
-    if rows == b:
-        fresh = logits_fn(x).index_select(0, miss)
+    n_rows = miss_bucket(k, b, round_up=dev.type == "cuda")
+    order = None if n_rows == b else torch.cat([miss, torch.nonzero(hit).flatten()[: n_rows - k]])
+    moved = to_device(miss if order is None else torch.cat([miss, order]), dev)  # one copy
+    miss_d = moved[:k]
+    if order is None:
+        fresh = logits_fn(x).index_select(0, miss_d)
     else:  # the misses first, padded with hits up to the bucket size
-        order = torch.cat([miss, torch.nonzero(hit_dev).flatten()[: rows - k]])
-        fresh = logits_fn(x.index_select(0, order))[:k]
-    cache.stats.teacher_rows += rows
+        fresh = logits_fn(x.index_select(0, moved[k:]))[:k]
+    cache.stats.teacher_rows += n_rows
     rounded = fresh.detach().to(cache.dtype)
-    cache.insert(index.index_select(0, miss), view.index_select(0, miss), rounded)
-    if out is None:
-        out = torch.empty(b, cache.num_classes, dtype=cache.dtype, device=x.device)
-    out = out.to(cache.dtype)
-    out.index_copy_(0, miss, rounded)
+    cache.store(keys.index_select(0, miss), rounded)
+    if n_hit:
+        out = cache.gather(rows, dev)
+    else:
+        out = torch.empty(b, cache.num_classes, dtype=cache.dtype, device=dev)
+    out.index_copy_(0, miss_d, rounded)
     return out.float()

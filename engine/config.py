@@ -182,7 +182,11 @@ class DistillConfig:
 
 @dataclass
 class RunConfig:
-    device: str = _f("auto", "auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    device: str = _f(
+        "auto",
+        "auto (CUDA when present), cpu, cuda, cuda:N (under the engine N is the GPU id as "
+        "`kdtui engine start --gpus` names it), mps",
+    )
     amp: str = _f(
         "auto",
         "mixed precision: auto (bf16 on CUDA), bf16, fp16, off",
@@ -214,7 +218,11 @@ class RunConfig:
     checkpoint_every: int = _f(
         1, "save the `last` checkpoint every N epochs", min=1, max=EPOCHS_MAX
     )
-    deterministic: bool = _f(False, "cudnn deterministic algorithms (slower)")
+    deterministic: bool = _f(
+        False,
+        "deterministic kernels (torch.use_deterministic_algorithms, warn_only), TF32 and "
+        "cuDNN autotuning off: slower on a GPU",
+    )
     priority: int = _f(0, "engine queue priority (higher first)", min=-1_000_000, max=1_000_000)
     fuse: bool = _f(
         True,

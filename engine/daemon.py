@@ -180,27 +180,114 @@ def parse_gpus(spec: str | None, visible: Sequence[str]) -> list[str]:
 
 
 def build_slots(gpus: Sequence[str], slots_per_gpu: int = 1, cpu_slots: int = 1) -> list[Slot]:
-    """Interleaved across GPUs (gpu0, gpu1, gpu0.1, ...) so work spreads before it packs."""
+    """GPU slots interleaved across GPUs (gpu0, gpu1, gpu0.1, ...) so work spreads before it
+    packs, then `cpu_slots` CPU slots: every run's home on a CPU box, and on a GPU box the
+    home of runs with `device = "cpu"` (which never take a GPU slot)."""
     if slots_per_gpu < 1 or cpu_slots < 1:
         raise ValueError("slots per GPU and CPU slots must be at least 1")
     slots: list[Slot] = []
-    if gpus:
-        for k in range(slots_per_gpu):
-            for g in gpus:
-                name = f"gpu{g}" if slots_per_gpu == 1 else f"gpu{g}.{k}"
-                slots.append(Slot(len(slots), g, name))
-    else:
-        for k in range(cpu_slots):
-            slots.append(Slot(len(slots), None, f"cpu{k}"))
+    for k in range(slots_per_gpu if gpus else 0):
+        for g in gpus:
+            name = f"gpu{g}" if slots_per_gpu == 1 else f"gpu{g}.{k}"
+            slots.append(Slot(len(slots), g, name))
+    for k in range(cpu_slots):
+        slots.append(Slot(len(slots), None, f"cpu{k}"))
     return slots
 
 
-def place(ready: Iterable[Placeable], free_slots: Sequence[Slot]) -> list[tuple[Slot, list[int]]]:
+# ---------------------------------------------------------------- devices
+ENGINE_GPU_ENV = "KDTUI_ENGINE_GPU"  # set in every worker: its slot's GPU id, "" on a CPU slot
+HOST_DEVICES = ("cpu", "mps", "xpu")  # devices that run on a CPU slot
+_CUDA_N = re.compile(r"^cuda:(\d+)$")
+
+
+class DeviceError(ValueError):
+    """A run's `[run] device` cannot be met here; the message says what to change."""
+
+
+def slot_fits(device: str, slot: Slot, gpu_slots_exist: bool) -> bool:
+    """Whether a run with `[run] device = device` may train on `slot`.
+
+    cpu, mps, xpu: CPU slots only (the engine's GPU slots are NVIDIA GPUs, shown to a
+    worker through CUDA_VISIBLE_DEVICES; an Apple or Intel GPU belongs to the host). cuda: any
+    GPU slot. cuda:N: the slots of GPU N, numbered as the
+    engine numbers them (`--gpus`, i.e. CUDA_VISIBLE_DEVICES of the engine). auto: GPU
+    slots when the engine has any (a GPU run never lands on a CPU slot), else CPU slots.
+    """
+    device = (device or "auto").strip()
+    if device in HOST_DEVICES:
+        return slot.gpu is None
+    if device == "auto":
+        return (slot.gpu is not None) == gpu_slots_exist
+    m = _CUDA_N.match(device)
+    if m:
+        return slot.gpu == m.group(1)
+    return slot.gpu is not None  # "cuda"
+
+
+def unplaceable(device: str, slots: Sequence[Slot]) -> str | None:
+    """Why no slot of this engine can ever take a run with this device (None: one can)."""
+    gpus = sorted({s.gpu for s in slots if s.gpu is not None})
+    if any(slot_fits(device, s, bool(gpus)) for s in slots):
+        return None
+    if not gpus:
+        return (
+            f"run.device = {device!r} but this engine has no GPU (slots: "
+            f'{", ".join(s.name for s in slots)}); set [run] device = "auto" or "cpu", or '
+            "start the engine on a GPU box (`kdtui engine start --gpus 0`)"
+        )
+    return (
+        f"run.device = {device!r} but this engine uses GPU {', '.join(gpus)} (cuda:N names "
+        f'GPU N as `kdtui engine start --gpus` does); set [run] device = "cuda" for any GPU '
+        "or restart the engine with that GPU in --gpus"
+    )
+
+
+def worker_device(device: str, slot_gpu: str | None) -> str:
+    """The torch device a worker opens for a run's `[run] device`.
+
+    The engine shows each worker only its slot's GPU (CUDA_VISIBLE_DEVICES), where it is
+    cuda:0, so `cuda:N` (GPU N as the engine numbers them) becomes cuda:0 on GPU N's slot.
+    slot_gpu None: not started by the engine (`kdtui run`), where cuda:N keeps torch's
+    meaning; "": a CPU slot.
+    """
+    device = (device or "auto").strip()
+    if slot_gpu is None or device == "auto" or device in HOST_DEVICES:
+        return device
+    if slot_gpu == "":
+        raise DeviceError(
+            f"run.device = {device!r} but the engine placed this run on a CPU slot; "
+            'set [run] device = "auto" or "cpu"'
+        )
+    m = _CUDA_N.match(device)
+    if m and m.group(1) != slot_gpu:
+        raise DeviceError(
+            f"run.device = {device!r} but the engine placed this run on GPU {slot_gpu}, "
+            f'which this worker sees as cuda:0; set [run] device = "cuda" (any GPU) or '
+            f'"cuda:{slot_gpu}"'
+        )
+    return "cuda:0"
+
+
+def place(
+    ready: Iterable[Placeable],
+    free_slots: Sequence[Slot],
+    devices: dict[int, str] | None = None,
+    *,
+    gpu_slots_exist: bool | None = None,
+) -> list[tuple[Slot, list[int]]]:
     """Assign ready runs to free slots: higher priority first, then FIFO.
 
     Runs sharing a fuse key go to one worker together (one teacher pass for
     the group). Resumed runs go alone: a fused group must start from one epoch.
+    `devices` (run id -> `[run] device`, "auto" when absent) keeps CPU runs on CPU slots
+    and cuda:N runs on GPU N (`slot_fits`); a run that fits no free slot waits without
+    holding up the runs behind it. `gpu_slots_exist`: whether the engine has GPU slots
+    at all (default: whether a free one is GPU), which decides where "auto" runs go.
     """
+    devices = devices or {}
+    if gpu_slots_exist is None:
+        gpu_slots_exist = any(s.gpu is not None for s in free_slots)
     order = sorted(ready, key=lambda r: (-r.priority, r.id))
     slots = list(free_slots)
     placed: list[tuple[Slot, list[int]]] = []
@@ -210,6 +297,10 @@ def place(ready: Iterable[Placeable], free_slots: Sequence[Slot]) -> list[tuple[
             break
         if run.id in taken:
             continue
+        device = devices.get(run.id, "auto")
+        slot = next((s for s in slots if slot_fits(device, s, gpu_slots_exist)), None)
+        if slot is None:
+            continue
         group = [run]
         if run.fuse_key and not run.resume:
             group = [
@@ -218,7 +309,8 @@ def place(ready: Iterable[Placeable], free_slots: Sequence[Slot]) -> list[tuple[
                 if r.id not in taken and r.fuse_key == run.fuse_key and not r.resume
             ]
         taken.update(r.id for r in group)
-        placed.append((slots.pop(0), [r.id for r in group]))
+        slots.remove(slot)
+        placed.append((slot, [r.id for r in group]))
     return placed
 
 
@@ -395,6 +487,7 @@ class Engine:
     _last_state: str = ""
     _state_failing: bool = False
     _waiting: dict[int, str] = field(default_factory=dict)
+    _devices: dict[int, str] = field(default_factory=dict)  # run id -> [run] device
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -462,8 +555,22 @@ class Engine:
         ready = self.ready_runs()
         busy = {w.slot for w in self.workers.values()}
         free = [s for s in self.slots if s not in busy]
-        for slot, ids in place(ready, free):
+        if not ready or not free:
+            return
+        devices = {r.id: self._device_of(r) for r in ready}
+        for run in list(ready):
+            reason = unplaceable(devices[run.id], self.slots)
+            if reason:
+                self._fail(run, reason)
+                ready.remove(run)
+        gpu_slots = any(s.gpu is not None for s in self.slots)
+        for slot, ids in place(ready, free, devices, gpu_slots_exist=gpu_slots):
             self.launch(slot, ids)
+
+    def _device_of(self, run: Run) -> str:
+        if run.id not in self._devices:  # a run's config never changes: parse it once
+            self._devices[run.id] = _requested_device(run)
+        return self._devices[run.id]
 
     def reap(self) -> None:
         for pid, w in list(self.workers.items()):
@@ -577,7 +684,7 @@ class Engine:
         runs = self.store.runs(ids=claimed)
         first = runs[0].path
         out_path = first / "worker.log"
-        extra = {"CUDA_VISIBLE_DEVICES": slot.gpu or ""}
+        extra = {"CUDA_VISIBLE_DEVICES": slot.gpu or "", ENGINE_GPU_ENV: slot.gpu or ""}
         if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
             cpus = os.cpu_count() or 1
             extra["OMP_NUM_THREADS"] = str(max(1, cpus // len(self.slots)))
@@ -668,6 +775,14 @@ class Engine:
                 log.info("%s written again", STATE_NAME)
             self._state_failing = False
             self._last_state = text
+
+
+def _requested_device(run: Run) -> str:
+    """The run's `[run] device` from its stored config ("auto" if it cannot be read)."""
+    try:
+        return run.config.run.device
+    except Exception:  # a row the worker will reject with the reason; do not stall the queue
+        return "auto"
 
 
 def _exit_text(code: int) -> str:
@@ -946,7 +1061,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", default=None, help="store directory (default $KDTUI_HOME)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,2; 'none' for CPU only")
     p.add_argument("--slots-per-gpu", type=int, default=1)
-    p.add_argument("--cpu-slots", type=int, default=1, help="slots when no GPU is used")
+    p.add_argument(
+        "--cpu-slots", type=int, default=1, help='CPU slots (runs with device = "cpu" on a GPU box)'
+    )
     p.add_argument("--no-recover", dest="recover", action="store_false")
     p.add_argument("--cancel-grace", type=float, default=20.0)
     p.add_argument("--poll", type=float, default=0.5)

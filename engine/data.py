@@ -79,6 +79,10 @@ class Batch(NamedTuple):
     index: Tensor  # int64 sample indices into the split, on the device
     view: Tensor | None  # int64 view ids (see encode_view); None when unknown
     strong: Tensor | None = None  # the strong view of the same images (MLKD), when asked for
+    # host copies of index and view from the epoch plan (DeviceLoader), so the teacher cache
+    # decides hits and misses without waiting for the device; None when not known
+    index_cpu: Tensor | None = None
+    view_cpu: Tensor | None = None
 
     @classmethod
     def of(cls, x: Tensor, y: Tensor, index: Tensor | None = None) -> Batch:
@@ -286,11 +290,16 @@ class DeviceLoader:
     def batches(self, epoch: int) -> Iterator[Batch]:
         p = self.plan(epoch)
         dev = self.device
-        index, dy, dx, flip, view = (t.to(dev, non_blocking=True) for t in p)
+        pin = dev.type == "cuda"  # pinned: the copy does not stall the stream
+
+        def move(t: Tensor) -> Tensor:
+            return (t.pin_memory() if pin else t).to(dev, non_blocking=True)
+
+        index, dy, dx, flip, view = (move(t) for t in p)
         sp = None
         if self.strong:
             q = self.strong_plan(epoch)
-            sp = StrongPlan(*(t.to(dev, non_blocking=True) for t in q[:3]), q.ops.to(dev))
+            sp = StrongPlan(*(move(t) for t in q[:3]), q.ops.to(dev))
         _, _, h, w = self.images.shape
         for s in range(0, self.num_samples, self.batch_size):
             e = s + self.batch_size
@@ -307,7 +316,15 @@ class DeviceLoader:
                 strong = self._normalise(rand_augment_u8(su8, sp.ops.slice(s, e)))
             x = self._normalise(u8)
             labels = self.labels.index_select(0, idx)
-            yield Batch(x, labels, idx, view[s:e], strong=strong)
+            yield Batch(
+                x,
+                labels,
+                idx,
+                view[s:e],
+                strong=strong,
+                index_cpu=p.index[s:e],
+                view_cpu=p.view[s:e],
+            )
 
 
 # ------------------------------------------------------------------ DataLoader path

@@ -869,6 +869,7 @@ def fuse_key(cfg: cfgmod.Experiment) -> str | None:
         str(cfg.run.max_steps),
         # process-wide settings: a group takes them from its first run, so they must agree
         cfg.run.channels_last,
+        str(cfg.run.deterministic),
         str(cfg.run.compile),
         cfg.run.compile_mode,
         str(cfg.run.threads),

@@ -11,8 +11,10 @@ checkpoint, so a resumed run ends exactly where an uninterrupted one does.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from engine import checkpoint as ckptmod
 from engine import faults, safefs
 from engine.config import Experiment, OptimConfig, RunConfig
+from engine.daemon import ENGINE_GPU_ENV, worker_device
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.models import build_model, load_checkpoint_file
 from engine.models.base import FeatureModel, count_params
@@ -54,13 +57,30 @@ class Runtime:
 
 
 def pick_runtime(run: RunConfig) -> Runtime:
-    if run.device == "auto":
+    """Device, precision and process-wide switches for a run (or a fused group).
+
+    Under the engine a worker sees only its slot's GPU, as cuda:0 (`engine.daemon.
+    worker_device` maps `cuda:N`); the device is made current, so that synchronize(),
+    memory statistics and new tensors without an index all use it.
+    """
+    requested = worker_device(run.device, os.environ.get(ENGINE_GPU_ENV))
+    if requested == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(run.device)
+        device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"run.device = {run.device!r} but CUDA is not available here")
     cuda = device.type == "cuda"
+    if cuda:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"run.device = {run.device!r} but this process sees {torch.cuda.device_count()} "
+                f"GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}); check "
+                'CUDA_VISIBLE_DEVICES or use device = "cuda"'
+            )
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
     amp = {
         "auto": torch.bfloat16 if cuda else None,
         "bf16": torch.bfloat16,
@@ -69,12 +89,32 @@ def pick_runtime(run: RunConfig) -> Runtime:
     }[run.amp]
     channels_last = run.channels_last == "on" or (run.channels_last == "auto" and cuda)
     torch.set_num_threads(run.threads or auto_threads())
-    if cuda:
-        torch.backends.cudnn.benchmark = not run.deterministic
-        torch.backends.cudnn.deterministic = run.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    set_deterministic(run.deterministic)
     return Runtime(device, amp, channels_last)
+
+
+def set_deterministic(on: bool) -> None:
+    """`[run] deterministic`: reproducible kernels instead of the fastest ones.
+
+    On: deterministic algorithms everywhere torch has them (`use_deterministic_algorithms`,
+    warn_only: an op without one, e.g. adaptive_avg_pool2d's CUDA backward when a method
+    pools maps of different sizes, warns once and runs anyway), cuDNN autotuning off, TF32
+    off (full fp32 matmuls and convs), CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS
+    (effective when set before CUDA starts, as in a worker) and Inductor's deterministic
+    mode (no benchmarked kernel choices). Off: the fast defaults (cudnn.benchmark, TF32).
+    CPU runs are deterministic either way for a fixed thread count.
+    """
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        importlib.import_module("torch._inductor.config")  # seconds to import: only if asked
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:  # compiled steps: no autotuning choices that change numerics
+        inductor.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cuda.matmul.allow_tf32 = not on
+    torch.backends.cudnn.allow_tf32 = not on
 
 
 def auto_threads() -> int:
@@ -178,7 +218,7 @@ class Member:
             "arch": self.cfg.student.arch,
             "method": self.cfg.distill.method,
             "head": self.head,
-            "rng": torch.get_rng_state(),
+            **rng_state(),
         }
 
     def save(self, tag: str) -> Path:
@@ -206,7 +246,7 @@ class Member:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state)
         return state
 
 
@@ -225,6 +265,26 @@ def commit_state(m: Member) -> dict:
 def commit_of(state: dict | None) -> dict | None:
     """The epoch metrics a checkpoint carries ({"epoch", "step", "time", "metrics"}), if any."""
     return (state or {}).get("commit") or None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG streams a checkpoint keeps: the CPU generator ("rng") and, once this
+    process uses CUDA, every visible GPU's generator ("cuda_rng"; torch.get_rng_state is the
+    CPU's only). A CPU run on a GPU box leaves CUDA alone (no context for a checkpoint)."""
+    state: dict[str, Any] = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved. A checkpoint from a box with more visible GPUs (a
+    worker under the engine sees one) restores the generators this process has."""
+    torch.set_rng_state(state["rng"])
+    cuda = state.get("cuda_rng") or []
+    if cuda and torch.cuda.is_available():
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 class Callbacks(Protocol):
@@ -276,10 +336,13 @@ def build_member(
     run_dir: Path,
     input_shape=(1, 3, 32, 32),
     train_labels: torch.Tensor | None = None,
+    *,
+    backend: Any = None,
 ) -> Member:
     """Seeded exactly as a standalone run, whatever else shares the process.
 
     train_labels: the training set's labels, for methods that keep a row per sample (CRD).
+    backend: the Dynamo backend when `[run] compile` is on (None: Inductor; see compile_step).
     """
     torch.manual_seed(cfg.seeds[0])
     student = build_model(cfg.student.arch, num_classes=num_classes)
@@ -303,31 +366,59 @@ def build_member(
     member = Member(name, cfg, distiller, optimizer, Path(run_dir), scaler=scaler)
     member.train_fn = distiller.forward_train
     if cfg.run.compile:
-        member.train_fn = torch.compile(
-            distiller.forward_train, mode=compile_mode(cfg.run, runtime)
-        )
+        member.train_fn = compile_step(distiller, compile_mode(cfg.run, runtime), backend)
         member.compiled = True
     return member
+
+
+def compile_step(distiller: Distiller, mode: str | None, backend: Any = None) -> Callable:
+    """`torch.compile` of a member's `forward_train`.
+
+    Members of a fused group share one compiled graph. Dynamo caches per code object, and
+    every member's `forward_train` is the same code; with inlined nn modules (torch's
+    default) parameters and buffers are graph inputs guarded by shape and dtype, not by
+    identity, and the options that differ inside a sweep (weights, temperatures) are 0-d
+    buffers (`Distiller.hp`), so member 2..N pass member 1's guards: one compile per group,
+    no recompile (a Python float would recompile member 2 and become a CPU scalar input,
+    which keeps Inductor from using CUDA graphs). With CUDA graphs (reduce-overhead) each
+    member's parameters are other static inputs of that graph: in torch 2.14's
+    cudagraph_trees a static-input address mismatch records a new graph next to the
+    existing ones under the same function (not counted toward the re-record limit), and
+    every later call replays whichever recorded graph's addresses match, so N members
+    record N graphs once and then only replay (`kdtui bench --gpu-check` counts the
+    recordings on a GPU). `backend` (tests, probes): a Dynamo backend such as
+    torch._dynamo.testing.CompileCounter instead of Inductor.
+    """
+    if backend is not None:
+        return torch.compile(distiller.forward_train, backend=backend)
+    return torch.compile(distiller.forward_train, mode=mode)
 
 
 # ---------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, runtime: Runtime) -> dict:
-    """top-1, top-5 (%) and mean CE loss over a test loader."""
-    correct1 = correct5 = 0
-    loss_sum, n = torch.zeros((), device=runtime.device), 0
+    """top-1, top-5 (%) and mean CE loss over a test loader.
+
+    Always in fp32, whatever `runtime.amp` trains in: papers report fp32 accuracy, and
+    `best.pth` is chosen by it (about 1 % of an epoch's time). The counts stay on the
+    device until the end: one host sync per evaluation, not two per batch.
+    """
+    dev = runtime.device
+    correct1 = torch.zeros((), dtype=torch.int64, device=dev)
+    correct5 = torch.zeros((), dtype=torch.int64, device=dev)
+    loss_sum, n = torch.zeros((), device=dev), 0
     for batch in loader.batches(0):
-        with runtime.autocast():
-            logits = forward(batch.x)
-        logits = logits.float()
+        with torch.autocast(device_type=dev.type, enabled=False):
+            logits = forward(batch.x).float()
         loss_sum += F.cross_entropy(logits, batch.y, reduction="sum")
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top.eq(batch.y[:, None])
-        correct1 += int(hit[:, 0].sum())
-        correct5 += int(hit.any(dim=1).sum())
+        correct1 += hit[:, 0].sum()
+        correct5 += hit.any(dim=1).sum()
         n += batch.y.shape[0]
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": float(loss_sum) / n}
+    c1, c5, loss = torch.stack([correct1.double(), correct5.double(), loss_sum.double()]).tolist()
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
 
 
 # ---------------------------------------------------------------- the loop
@@ -606,11 +697,16 @@ class CachedTeacherSource:
 
         if batch.view is None:  # a loader without view ids (DataLoader path): no caching
             return self.plain(batch)
-        logits = cached_logits(self.cache, self.plain.logits, batch.x, batch.index, batch.view)
+        if batch.index_cpu is not None and batch.view_cpu is not None:
+            index, view = batch.index_cpu, batch.view_cpu  # the plan: no host sync
+        else:
+            index, view = batch.index, batch.view
+        logits = cached_logits(self.cache, self.plain.logits, batch.x, index, view)
         # a strong view is a fresh RandAugment draw, never seen again: always the teacher
         return TeacherOut(None, logits, strong_logits=self.plain.strong_logits(batch))
 
     def epoch_metrics(self) -> dict[str, float]:
+        self.cache.flush(wait=True)  # a disk cache fed from a GPU: store the last misses
         st = self.cache.stats
         out = {
             "teacher_cache/hit_rate": st.hit_rate,

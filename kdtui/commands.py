@@ -125,7 +125,12 @@ def engine_start(
         int, typer.Option("--slots-per-gpu", min=1, help="Workers per GPU (pack small runs).")
     ] = 1,
     cpu_slots: Annotated[
-        int, typer.Option("--cpu-slots", min=1, help="Workers at once when no GPU is used.")
+        int,
+        typer.Option(
+            "--cpu-slots",
+            min=1,
+            help='CPU workers at once: every run on a CPU box, runs with device = "cpu" on a GPU box.',
+        ),
     ] = 1,
     no_recover: Annotated[
         bool,

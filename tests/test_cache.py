@@ -52,6 +52,7 @@ method = "kd"
 lr = 0.05
 epochs = 2
 [run]
+device = "cpu"  # bit-exact comparisons are a CPU property
 max_steps = 5
 log_every = 1
 threads = 1

@@ -67,13 +67,14 @@ class Queued:
     resume: int = 0
 
 
-def test_one_slot_per_visible_gpu_by_default():
+def test_one_slot_per_visible_gpu_by_default_and_a_cpu_slot_for_cpu_runs():
     slots = build_slots(["0", "1", "2", "3"])
     assert [(s.gpu, s.name) for s in slots] == [
         ("0", "gpu0"),
         ("1", "gpu1"),
         ("2", "gpu2"),
         ("3", "gpu3"),
+        (None, "cpu0"),
     ]
 
 
@@ -81,8 +82,8 @@ def test_gpus_option_picks_gpus_and_slots_per_gpu_packs_them_interleaved():
     gpus = parse_gpus("0,2", ["0", "1", "2", "3"])
     slots = build_slots(gpus, slots_per_gpu=2)
     # spread over GPUs before packing a second run on one
-    assert [s.name for s in slots] == ["gpu0.0", "gpu2.0", "gpu0.1", "gpu2.1"]
-    assert [s.gpu for s in slots] == ["0", "2", "0", "2"]
+    assert [s.name for s in slots] == ["gpu0.0", "gpu2.0", "gpu0.1", "gpu2.1", "cpu0"]
+    assert [s.gpu for s in slots] == ["0", "2", "0", "2", None]
 
 
 def test_an_invisible_gpu_is_a_clear_error():
@@ -122,6 +123,49 @@ def test_runs_sharing_a_fuse_key_go_to_one_worker_unless_resumed():
     ]
     placed = place(queued, build_slots([], cpu_slots=4))
     assert [ids for _, ids in placed] == [[1, 3], [2], [4], [5]]
+
+
+def test_cpu_runs_take_cpu_slots_and_cuda_n_runs_wait_for_gpu_n():
+    slots = build_slots(["0", "1"])  # gpu0, gpu1, cpu0
+    queued = [Queued(1), Queued(2), Queued(3), Queued(4), Queued(5)]
+    devices = {1: "cpu", 2: "cuda:1", 3: "auto", 4: "cpu", 5: "cuda"}
+    placed = [(s.name, ids) for s, ids in place(queued, slots, devices)]
+    # run 4 (cpu) waits for the one CPU slot; "auto" never lands on a CPU slot of a GPU box
+    assert placed == [("cpu0", [1]), ("gpu1", [2]), ("gpu0", [3])]
+    # only gpu0 free: the cuda:1 run waits without holding up the runs behind it
+    only_gpu0 = [s for s in slots if s.name == "gpu0"]
+    assert place([Queued(2), Queued(5)], only_gpu0, devices, gpu_slots_exist=True) == [
+        (only_gpu0[0], [5])
+    ]
+    # a CPU box: every run but a CUDA one fits its CPU slots
+    cpu = build_slots([], cpu_slots=2)
+    assert [ids for _, ids in place(queued[:2], cpu, {1: "auto", 2: "cpu"})] == [[1], [2]]
+
+
+def test_a_device_no_slot_can_serve_is_refused_with_the_fix():
+    gpu_box = build_slots(["0", "2"])
+    assert daemon.unplaceable("cuda:2", gpu_box) is None
+    assert daemon.unplaceable("cpu", gpu_box) is None
+    why = daemon.unplaceable("cuda:1", gpu_box)
+    assert "run.device = 'cuda:1'" in why and "GPU 0, 2" in why and "--gpus" in why
+    why = daemon.unplaceable("cuda", build_slots([]))
+    assert "no GPU" in why and 'device = "auto"' in why
+    assert daemon.unplaceable("auto", build_slots([])) is None
+    assert daemon.unplaceable("mps", build_slots([])) is None  # a Mac: the host's GPU
+    assert [s.name for s, _ in place([Queued(1)], gpu_box, {1: "mps"})] == ["cpu0"]
+
+
+def test_a_worker_sees_its_slots_gpu_as_cuda_0():
+    wd = daemon.worker_device
+    assert wd("cuda:3", "3") == "cuda:0"  # GPU 3 as the engine numbers them
+    assert wd("cuda", "3") == "cuda:0" and wd("auto", "3") == "auto"
+    assert wd("cpu", "") == "cpu" and wd("auto", "") == "auto" and wd("mps", "") == "mps"
+    with pytest.raises(daemon.DeviceError, match=r"placed this run on GPU 3.*\"cuda:3\""):
+        wd("cuda:1", "3")
+    with pytest.raises(daemon.DeviceError, match="CPU slot"):
+        wd("cuda", "")
+    # not under the engine (`kdtui run`): torch's own numbering
+    assert wd("cuda:1", None) == "cuda:1" and wd("auto", None) == "auto"
 
 
 @dataclass

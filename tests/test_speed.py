@@ -41,6 +41,7 @@ method = "{method}"
 lr = {lrs}
 epochs = 2
 [run]
+device = "cpu"  # fused = alone to 1e-6 is checked on the CPU
 max_steps = 4
 log_every = 1
 threads = 1

@@ -29,6 +29,7 @@ lr = 0.05
 epochs = 2
 schedule = "cosine"
 [run]
+device = "cpu"  # bit-exact resume is a CPU property (a GPU box would train in bf16)
 max_steps = 6
 log_every = 2
 """

@@ -29,6 +29,8 @@ def at_pair_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float) -> torch.Tensor
 
 
 class AT(Distiller):
+    static_options = ("at_p",)  # an exponent: pow(x, 2.0) with a Python 2.0 is the exact square
+
     def __init__(self, student, teacher, options, *, num_classes, input_shape=(1, 3, 32, 32)):
         super().__init__(
             student, teacher, options, num_classes=num_classes, input_shape=input_shape
@@ -41,7 +43,7 @@ class AT(Distiller):
 
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
-        o = self.options
+        o = self.hp
         feats = self.student.forward_features(x)
         logits = self.student.forward_head(feats.final)
         s_maps, t_maps = feats.stages, teacher.feats.stages

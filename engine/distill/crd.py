@@ -202,7 +202,7 @@ class CRD(Distiller):
         )
 
     def forward_train(self, batch, teacher):
-        o = self.options
+        o = self.hp
         x, y, index = batch.x, batch.y, batch.index
         final = self.student.forward_features(x).final
         logits = self.student.forward_head(final)

@@ -32,7 +32,7 @@ class DIST(Distiller):
 
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
-        o = self.options
+        o = self.hp
         logits = self.student(x)
         s, t = maybe_standardize(logits, teacher.logits, o["logit_stand"])
         inter, intra = dist_relations(s, t, o["temperature"])

@@ -22,7 +22,10 @@ from engine.distill.losses import maybe_standardize
 
 
 def dkd_parts(
-    s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, temperature: float
+    s_logits: torch.Tensor,
+    t_logits: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), both T^2-scaled."""
     T = temperature
@@ -66,7 +69,7 @@ class DKD(Distiller):
 
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
-        o = self.options
+        o = self.hp
         logits = self.student(x)
         s, t = maybe_standardize(logits, teacher.logits, o["logit_stand"])
         tckd, nckd = dkd_parts(s, t, y, o["temperature"])

@@ -67,7 +67,7 @@ class FitNet(Distiller):
 
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
-        o = self.options
+        o = self.hp
         feats = self.student.forward_features(x)
         logits = self.student.forward_head(feats.final)
         guided, hint = feats.stages[self.s_stage], teacher.feats.stages[self.t_stage]

@@ -16,7 +16,7 @@ class KD(Distiller):
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
         logits = self.student(x)
-        o = self.options
+        o = self.hp
         s, t = maybe_standardize(logits, teacher.logits, o["logit_stand"])
         return logits, {
             "ce": o["ce_weight"] * F.cross_entropy(logits, y),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 def kd_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     *,
     reduction: str = "batchmean",
 ) -> torch.Tensor:

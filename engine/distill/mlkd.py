@@ -61,7 +61,7 @@ class MLKD(Distiller):
                 "mlkd needs the strong view of every image and the teacher's logits on it: "
                 'set [data] strong_view = "auto" (the default) and use a loader that yields it'
             )
-        o = self.options
+        o = self.hp
         y = batch.y
         z_w = self.student(batch.x)
         z_s = self.student(batch.strong)  # separate passes: BN statistics per view, as published

@@ -129,7 +129,7 @@ class ReviewKD(Distiller):
             raise RuntimeError(
                 "reviewkd reads the teacher's pre-activation stage maps (TeacherOut.preact_feats)"
             )
-        o = self.options
+        o = self.hp
         feats = self.student.forward_features(batch.x)
         logits = self.student.forward_head(feats.final)
         pre = teacher.preact_feats

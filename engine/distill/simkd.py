@@ -135,7 +135,7 @@ class SimKD(Distiller):
 
     def forward_train(self, batch, teacher):
         x, y = batch.x, batch.y
-        o = self.options
+        o = self.hp
         s_feats = self.student.forward_features(x).stages
         t_feats = teacher_maps(teacher.feats)
         mask = None
