@@ -859,7 +859,12 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
                 timeout=240,
                 what="the run to finish",
             )
-            assert screen.table.get_cell(str(run_id), "progress").plain.startswith("  2/2")
+            # the table redraws on the next refresh after the data that says "done"
+            await until(
+                pilot,
+                lambda: screen.table.get_cell(str(run_id), "progress").plain.startswith("  2/2"),
+                what="the progress cell at 2/2",
+            )
             await until(pilot, lambda: screen.query_one("#acc", CurvePlot).points == 4)
             assert screen.query_one("#loss", CurvePlot).points > 0
             assert any("run finished" in n for n in notifications(app))
