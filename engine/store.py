@@ -187,7 +187,7 @@ class Run:
 
     @property
     def config(self) -> cfgmod.Experiment:
-        return cfgmod.loads(self.config_toml, file=f"run {self.id} config")
+        return cfgmod.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
 
     @property
     def sweep_point(self) -> dict:
@@ -288,7 +288,9 @@ class Store:
         ).fetchall()
         for row in rows:  # in id order: a teacher run gets its fingerprint before its students
             try:
-                cfg = cfgmod.loads(row["config_toml"], file=f"run {row['id']} config")
+                cfg = cfgmod.loads(
+                    row["config_toml"], file=f"run {row['id']} config", resolved=True
+                )
                 ident = fpmod.identity(cfg, teacher=self._teacher_source(con, cfg, files))
             except (ValueError, KeyError, TypeError, StoreError):
                 continue
