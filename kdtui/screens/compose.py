@@ -199,6 +199,8 @@ class ComposerScreen(Screen):
         return Row(field, self.control(field))
 
     def compose(self) -> ComposeResult:
+        # before the children exist: a class on the screen later restyles every one of them
+        self.set_class(self.app.size.width < 110, "-narrow")
         yield Header()
         with Horizontal(id="body"):
             with VerticalScroll(id="form"):
@@ -230,7 +232,6 @@ class ComposerScreen(Screen):
         self.query_one("#form").border_title = (
             Content(f"edit {short_path(self.path)}") if self.path else "new experiment"
         )
-        self.set_class(self.size.width < 110, "-narrow")
         self.query_one("#f-name").focus()
         self.refresh_form()
         self._ready = True
