@@ -205,3 +205,17 @@ def test_the_experiment_is_kept_as_written_for_a_clone(store, tmp_path, monkeypa
     trained = submit(store)  # a teacher trained here: the clone of it is that teacher's run
     assert store.written_config(trained[0].id).distill.method == "vanilla"
     assert store.written_config(trained[1].id).teacher.train
+
+
+def test_runs_stored_before_fingerprints_get_one_even_with_the_default_milestones(home):
+    # EXP trains 2 epochs on the default multistep schedule: its stored config writes the
+    # default milestones (150, 180, 210) out, which a user's file could not
+    first = Store(home)
+    run = submit(first)[1]
+    fingerprint = first.run(run.id).fingerprint
+    assert fingerprint and run.config.optim.milestones == [150, 180, 210]
+    first.conn.execute("UPDATE runs SET fingerprint=NULL, identity=NULL")
+    first.conn.execute("PRAGMA user_version = 1")  # a store from before fingerprints
+    first.conn.commit()
+    first.close()
+    assert Store(home).run(run.id).fingerprint == fingerprint  # backfilled on open
