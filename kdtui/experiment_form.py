@@ -16,6 +16,7 @@ The composer screen only binds widgets to this class.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -249,9 +250,22 @@ def show(value: Any) -> str:
         return value if _bare(value) else tomli_w.dumps({"v": value}).partition("=")[2].strip()
     if isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
         return ", ".join(show(v) for v in value)
-    if isinstance(value, (list, dict)):
-        return tomli_w.dumps({"v": value}).partition("=")[2].strip()
-    return str(value)
+    return _inline(value)
+
+
+def _inline(value: Any) -> str:
+    """TOML on one line: a projector list fits a form row."""
+    if isinstance(value, dict):
+        items = [
+            f"{k if _BARE_KEY.match(k) else _inline(k)} = {_inline(v)}" for k, v in value.items()
+        ]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _toml_value(text: str) -> Any:

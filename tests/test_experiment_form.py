@@ -96,14 +96,18 @@ def test_switching_method_away_and_back_restores_the_options_with_their_comments
 
 
 def test_what_the_form_cannot_edit_is_read_only_and_kept():
-    form = opened(DIGITS / "simkd_all_r20_mbv2.toml")
+    path = DIGITS / "simkd_multi_r20_mbv2.toml"
+    projectors = c.load(path).distill.options["projectors"]
+    assert isinstance(projectors, list) and isinstance(projectors[0], dict)
+    form = opened(path)
     assert not form.editable("distill.projectors")  # a list of tables
+    assert show(form.value("distill.projectors")) == (
+        "["
+        + ", ".join("{ " + ", ".join(f"{k} = {v}" for k, v in p.items()) + " }" for p in projectors)
+        + "]"
+    )
     form.set("optim.epochs", 3)
-    assert c.loads(form.text()).distill.options["projectors"][2] == {
-        "teacher": -1,
-        "student": -2,
-        "weight": 0.3333,
-    }
+    assert c.loads(form.text()).distill.options["projectors"] == projectors
     cifar = opened(ROOT / "experiments" / "cifar100" / "at_r32x4_r8x4.toml")
     assert dict(cifar.kept()) == {
         "data.root": "data",
@@ -221,3 +225,11 @@ def test_a_value_cleared_and_typed_again_goes_back_to_its_line():
     form.set("distill.method", "at")
     form.set("optim.epochs", 240)
     assert form.text() == path.read_text()
+
+
+def test_an_inline_list_is_a_sweep_and_an_edit_keeps_it_on_its_line():
+    form = ExperimentForm('name = "x"\n[optim]\nlr = [0.01, 0.05]  # two lrs\nepochs = 2\n')
+    assert form.swept("optim.lr") and show(form.value("optim.lr")) == "0.01, 0.05"
+    assert form.n_runs == 2
+    form.set("optim.lr", parse_text("0.01, 0.05, 0.1", "value"))
+    assert "lr = [0.01, 0.05, 0.1]  # two lrs\nepochs = 2" in form.text() and form.n_runs == 3

@@ -256,6 +256,7 @@ class ComposerScreen(Screen):
         for row in self.query(Row):
             row.display = form.visible(row.field.key)
             row.set_class(form.swept(row.field.key), "-swept")  # its label in the accent colour
+            row.set_class(isinstance(row.control, Static), "-readonly")  # all of it, wrapped
         self.query_one("#heading-teacher-training").display = form.visible("teacher.optim.epochs")
         self.query_one("#heading-method-options").display = bool(self.option_keys)
         for widget in self.query(".-invalid"):
