@@ -17,6 +17,7 @@ import re
 import reprlib
 import stat
 import sys
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -494,10 +495,18 @@ class _Parser:
     """Turns a TOML dict into an Experiment, collecting every error instead of stopping at the
     first; `check_files` also checks that checkpoint paths name files (as `kdtui validate` does)."""
 
-    def __init__(self, file: str | None, text: str | None, *, check_files: bool = False):
+    def __init__(
+        self,
+        file: str | None,
+        text: str | None,
+        *,
+        check_files: bool = False,
+        resolved: bool = False,
+    ):
         self.file = file
         self.loc = _Locator(text)
         self.check_files = check_files
+        self.resolved = resolved  # a run's stored config: every default written out
         self.errors: list[ConfigError] = []
         self.failed: set[str] = set()  # keys with an error (rules built on them are skipped)
         self._seen: set[str] = set()
@@ -711,10 +720,34 @@ class _Parser:
                 f"at most {RUNS_MAX:,} per experiment: split it into several files",
             )
         else:
+            optim = raw.get("optim") if isinstance(raw.get("optim"), dict) else {}
             for point in grid(sweep):  # every grid point must be a valid experiment
-                apply_point(exp, point, self)
+                one = apply_point(exp, point, self)
+                if "milestones" in optim and not self.resolved and self.ok("optim"):
+                    self.milestones(one.optim, "optim", point)
+            written = "milestones" in {*optim, *exp.teacher.optim} and not self.resolved
+            if exp.teacher.train and written and self.ok("optim", "teacher"):
+                self.milestones(teacher_experiment(exp).optim, "teacher.optim", {})
         self.raise_errors()
         return exp
+
+    def milestones(self, o: OptimConfig, prefix: str, point: dict) -> None:
+        """Milestones a file sets must fall inside the run: epochs count from 0, so one at or
+        past `epochs` never lowers the lr (the run silently keeps its first lr)."""
+        late = [m for m in o.milestones if m >= o.epochs]
+        if o.schedule != "multistep" or not late:
+            return
+        fix = sorted({int(o.epochs * f) for f in (0.625, 0.75, 0.875)} - {0})
+        where = f"{prefix}.epochs = {o.epochs}"
+        if f"{prefix}.epochs" in point:
+            where += " (a sweep point)"
+        self.fail(
+            f"{prefix}.milestones",
+            f"{', '.join(map(str, late))} never take{'s' * (len(late) == 1)} effect: "
+            f"{where} ends at epoch {o.epochs - 1} (epochs count from 0). Use milestones "
+            f"below {o.epochs}, e.g. {prefix}.milestones = {fix}, or "
+            f'{prefix}.schedule = "cosine"',
+        )
 
     def swept_distill(self, raw: Any, methods: list[str]) -> DistillConfig:
         if not isinstance(raw, dict):
@@ -961,9 +994,16 @@ def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> 
 
 # ---------------------------------------------------------------- public API
 def parse(
-    raw: dict, *, file: str | None = None, text: str | None = None, check_files: bool = False
+    raw: dict,
+    *,
+    file: str | None = None,
+    text: str | None = None,
+    check_files: bool = False,
+    resolved: bool = False,
 ) -> Experiment:
-    return _Parser(file, text, check_files=check_files).experiment(raw)
+    """`resolved`: a run's stored config (`resolved_toml`), where the defaults are written
+    out too, so rules about what a user wrote (milestones inside the run) do not apply."""
+    return _Parser(file, text, check_files=check_files, resolved=resolved).experiment(raw)
 
 
 def _toml(text: str, file: str | None) -> dict:
@@ -984,8 +1024,12 @@ def _toml(text: str, file: str | None) -> dict:
         ) from None
 
 
-def loads(text: str, *, file: str | None = None, check_files: bool = False) -> Experiment:
-    return parse(_toml(text, file), file=file, text=text, check_files=check_files)
+def loads(
+    text: str, *, file: str | None = None, check_files: bool = False, resolved: bool = False
+) -> Experiment:
+    return parse(
+        _toml(text, file), file=file, text=text, check_files=check_files, resolved=resolved
+    )
 
 
 def read_text(path: Path) -> str:
@@ -1051,24 +1095,93 @@ def _set_label(path: str | Path, item: str) -> str:
 def _with_overrides(raw: dict, overrides: list[str], file: str = "") -> dict:
     for item in overrides:
         key, value = parse_override(item, file)
-        node = raw
-        parts = key.split(".")
-        where = _set_label(file, item)
-        if parts[0] == "sweep":
-            sweep = raw.setdefault("sweep", {})
-            if not isinstance(sweep, dict):
-                raise ConfigError("cannot set it: sweep is not a table", file=where, key=key)
-            sweep[".".join(parts[1:])] = value
-            continue
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"cannot set it: {p} is not a table", file=where, key=key)
-        node[parts[-1]] = value
-        # an override of a swept key replaces the sweep
-        if isinstance(raw.get("sweep"), dict):
-            raw["sweep"].pop(key, None)
+        try:
+            if key.startswith("sweep."):
+                set_sweep(raw, key.removeprefix("sweep."), value)
+            else:
+                set_key(raw, key, value)
+                drop_sweep(raw, key)  # an override of a swept key replaces the sweep
+        except ConfigError as e:
+            raise ConfigError(e.reason, file=_set_label(file, item), key=key) from None
     return raw
+
+
+# ---------------------------------------------------------------- raw tables
+# A raw table is what a TOML reader gives: a dict, or a tomlkit document that keeps a
+# file's comments. `--set` and the composer edit experiments only through these, so a
+# dotted key and a sweep over it mean the same in both.
+def get_key(raw: Mapping, dotted: str) -> Any:
+    """The value at a dotted key ("optim.lr"); MISSING when the file does not set it."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def get_sweep(raw: Mapping, dotted: str) -> Any:
+    """The values [sweep] gives a key (`"optim.lr" = [...]` or `[sweep.optim] lr = [...]`)."""
+    sweep = raw.get("sweep")
+    if not isinstance(sweep, Mapping):
+        return MISSING
+    return sweep[dotted] if dotted in sweep else get_key(sweep, dotted)
+
+
+def set_key(
+    raw: MutableMapping, dotted: str, value: Any, *, new_table: Callable[[], Any] = dict
+) -> None:
+    """Set a dotted key, making the tables on the way; MISSING removes it (and the tables
+    that removal empties)."""
+    *path, key = dotted.split(".")
+    node, trail = raw, []
+    for part in path:
+        if part not in node:
+            if value is MISSING:
+                return
+            node[part] = new_table()
+        elif not isinstance(node[part], MutableMapping):
+            if value is MISSING:
+                return
+            raise ConfigError(f"cannot set it: {part} is not a table", key=dotted)
+        trail.append((node, part))
+        node = node[part]
+    if value is not MISSING:
+        node[key] = value
+        return
+    if key in node:
+        del node[key]
+    for parent, part in reversed(trail):
+        if parent[part]:
+            break
+        del parent[part]
+
+
+def drop_sweep(raw: MutableMapping, dotted: str) -> None:
+    """Remove a key's sweep (in either spelling), and [sweep] when that empties it."""
+    sweep = raw.get("sweep")
+    if not isinstance(sweep, MutableMapping):
+        return
+    if dotted in sweep:
+        del sweep[dotted]
+    set_key(sweep, dotted, MISSING)
+    if not sweep:
+        del raw["sweep"]
+
+
+def set_sweep(
+    raw: MutableMapping, dotted: str, values: Any, *, new_table: Callable[[], Any] = dict
+) -> None:
+    """Sweep a key over values: where [sweep] already has it, else as `"section.key"`."""
+    if "sweep" not in raw:
+        raw["sweep"] = new_table()
+    sweep = raw["sweep"]
+    if not isinstance(sweep, MutableMapping):
+        raise ConfigError("cannot set it: sweep is not a table", key="sweep")
+    if dotted not in sweep and get_key(sweep, dotted) is not MISSING:
+        set_key(sweep, dotted, values)
+    else:
+        sweep[dotted] = values
 
 
 def parse_override(item: str, file: str = "") -> tuple[str, Any]:

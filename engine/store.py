@@ -187,7 +187,7 @@ class Run:
 
     @property
     def config(self) -> cfgmod.Experiment:
-        return cfgmod.loads(self.config_toml, file=f"run {self.id} config")
+        return cfgmod.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
 
     @property
     def sweep_point(self) -> dict:
@@ -288,7 +288,9 @@ class Store:
         ).fetchall()
         for row in rows:  # in id order: a teacher run gets its fingerprint before its students
             try:
-                cfg = cfgmod.loads(row["config_toml"], file=f"run {row['id']} config")
+                cfg = cfgmod.loads(
+                    row["config_toml"], file=f"run {row['id']} config", resolved=True
+                )
                 ident = fpmod.identity(cfg, teacher=self._teacher_source(con, cfg, files))
             except (ValueError, KeyError, TypeError, StoreError):
                 continue
@@ -393,6 +395,7 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
+        written = cfgmod.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
         exp = cfgmod.absolute_paths(exp)
         plans = cfgmod.expand(exp)
         now = time.time()
@@ -400,7 +403,7 @@ class Store:
         with self._tx() as con:
             exp_id = con.execute(
                 "INSERT INTO experiments(name, source, config_toml, created) VALUES (?,?,?,?)",
-                (exp.name, source, cfgmod.dumps(exp, full=False), now),
+                (exp.name, source, written, now),
             ).lastrowid
             teacher_run: int | None = None
             files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
@@ -563,6 +566,21 @@ class Store:
         if not runs:
             raise StoreError(f"no run or experiment {ref!r} in {self.home}")
         return runs
+
+    def written_config(self, run_id: int) -> cfgmod.Experiment:
+        """A run's experiment as the user wrote it (teacher `from_run` by name, paths as
+        written), narrowed to this run's sweep point and seed: what a clone starts from.
+        Stores written before this was kept hold absolute paths here."""
+        run = self.run(run_id)
+        row = self.conn.execute(
+            "SELECT config_toml FROM experiments WHERE id=?", (run.experiment_id,)
+        ).fetchone()
+        exp = cfgmod.loads(row["config_toml"], file=f"experiment of run {run.id}", resolved=True)
+        if run.role == "teacher":
+            return cfgmod.teacher_experiment(exp)
+        one = cfgmod.apply_point(exp, json.loads(run.point))
+        one.seeds = [run.seed]
+        return one
 
     def experiments(self) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM experiments ORDER BY id").fetchall()

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from engine import config as c
 from engine.store import Store
@@ -356,7 +357,7 @@ async def test_open_an_experiment_file_edit_and_save_it_back(project):
         composer = app.screen
         assert composer.method == "simkd" and composer.experiment is not None
         assert composer.query_one("#f-distill-factor").value == 4
-        assert "run.max_steps" in str(composer.query_one("#extra").render())
+        assert "run.max_steps = 3" in str(composer.query_one("#kept").render())
         await type_into(pilot, "f-optim-epochs", "30")
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -367,6 +368,224 @@ async def test_open_an_experiment_file_edit_and_save_it_back(project):
     assert exp.name == "simkd-wrn" and exp.optim.epochs == 30
     assert exp.option("factor") == 4 and exp.run.max_steps == 3  # kept from the file
     assert exp.teacher.checkpoint == "teachers/wrn_40_2.pth"
+
+
+def copy_experiments(project: Path) -> list[Path]:
+    """The repository's experiments/ as the user's own, relative paths sorted as the picker."""
+    import shutil
+
+    shutil.copytree(ROOT / "experiments", project / "experiments", dirs_exist_ok=True)
+    return sorted(
+        p.relative_to(ROOT / "experiments") for p in (ROOT / "experiments").rglob("*.toml")
+    )
+
+
+async def open_file(pilot, relative: Path, files: list[Path], *, jump: bool = False):
+    """`o`, down to the file in the picker, enter: the composer on it (`jump`: highlight
+    the file at once instead of pressing down up to 45 times)."""
+    from textual.widgets import OptionList
+
+    from kdtui.screens.compose import ComposerScreen
+    from kdtui.screens.dialogs import ExperimentPicker
+
+    app = pilot.app
+    await pilot.press("o")
+    await until(pilot, lambda: isinstance(app.screen, ExperimentPicker))
+    await pilot.pause()
+    if jump:
+        app.screen.query_one(OptionList).highlighted = files.index(relative)
+        await pilot.press("enter")
+    else:
+        await pilot.press(*["down"] * files.index(relative), "enter")
+    await until(pilot, lambda: isinstance(app.screen, ComposerScreen), what=str(relative))
+    assert app.screen.path == pilot.app.root / "experiments" / relative
+    return app.screen
+
+
+def dry_run_plan(exp: c.Experiment) -> list[tuple]:
+    """What `kdtui run --dry-run` lists, and every resolved key of every run."""
+    return [(p.role, p.seed, p.label, c.resolved_toml(p.config)) for p in c.expand(exp)]
+
+
+def comment_lines(text: str) -> list[str]:
+    return [line[line.index("#") :] for line in text.splitlines() if "#" in line]
+
+
+@pytest.mark.slow  # 45 files through the real form, one after another
+async def test_every_experiment_file_opens_in_the_composer_and_saves_to_the_same_experiment(
+    project,
+):
+    files = copy_experiments(project)
+    assert len(files) > 40
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        for relative in files:
+            original = c.load(ROOT / "experiments" / relative)
+            composer = await open_file(pilot, relative, files, jump=True)
+            assert composer.experiment is not None, f"{relative}: {composer.message}"
+            assert composer.n_runs == len(c.expand(original)), relative
+            await pilot.press("ctrl+s")
+            await until(
+                pilot,
+                lambda r=relative: any(
+                    n.endswith(f"saved experiments/{r}") for n in notifications(app)
+                ),
+                what=f"{relative} saved",
+            )
+            await pilot.press("escape")  # saved, so nothing to discard: straight back
+            await until(pilot, lambda: not hasattr(app.screen, "form"), what="the runs view")
+    for relative in files:
+        before = (ROOT / "experiments" / relative).read_text()
+        saved = project / "experiments" / relative
+        assert dry_run_plan(c.load(saved)) == dry_run_plan(c.load(ROOT / "experiments" / relative))
+        after = saved.read_text()
+        assert all(line in after for line in comment_lines(before)), relative
+
+
+async def test_a_sweep_in_a_file_is_shown_in_its_field_and_edits_change_the_run_count(project):
+    files = copy_experiments(project)
+    path = project / "experiments" / "digits" / "simkd_factor_r20_r8.toml"
+    before = path.read_text()
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        composer = await open_file(pilot, Path("digits/simkd_factor_r20_r8.toml"), files)
+        factor = composer.query_one("#f-distill-factor")
+        assert factor.value == "4, 8"  # a choice swept: its values, editable as text
+        assert composer.query_one("#row-f-distill-factor").has_class("-swept")
+        assert "2 runs (factor ×2)" in str(composer.query_one("#status").render())
+        await type_into(pilot, "f-distill-factor", "2, 4, 8")
+        await pilot.pause()
+        assert "3 runs (factor ×3)" in str(composer.query_one("#status").render())
+        await type_into(pilot, "f-optim-lr", "0.01, 0.05")
+        await pilot.pause()
+        assert composer.message == "valid · 6 runs (factor ×3 · lr ×2)"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not composer.dirty, what="the save")
+    text = path.read_text()
+    assert all(line in text for line in comment_lines(before))
+    exp = c.load(path)
+    assert exp.sweep == {"distill.factor": [2, 4, 8], "optim.lr": [0.01, 0.05]}
+    assert exp.teacher.from_run == "digits/teacher-resnet20" and len(c.expand(exp)) == 6
+
+
+async def test_quickstart_opens_with_its_method_sweep_and_its_teachers_own_training(project):
+    files = copy_experiments(project)
+    path = project / "experiments" / "quickstart.toml"
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        composer = await open_file(pilot, Path("quickstart.toml"), files)
+        assert composer.query_one("#f-distill-method").value == "vanilla, kd, simkd"
+        assert composer.message == "valid · 4 runs (method ×3 · + teacher)"
+        assert composer.query("#f-distill-kd_weight") and composer.query("#f-distill-factor")
+        assert composer.query_one("#f-teacher-optim-epochs").value == "8"
+        await type_into(pilot, "f-teacher-optim-epochs", "10")
+        await type_into(pilot, "f-distill-method", "kd, simkd")
+        await pilot.pause()
+        assert composer.message == "valid · 3 runs (method ×2 · + teacher)"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not composer.dirty, what="the save")
+    teacher, *students = c.expand(c.load(path))
+    assert teacher.role == "teacher" and teacher.config.optim.epochs == 10
+    assert [s.config.distill.method for s in students] == ["kd", "simkd"]
+    assert path.read_text().startswith("# Quickstart: the whole loop on a CPU")
+
+
+async def test_ctrl_l_turns_a_choice_into_a_sweep_and_back(project):
+    from textual.widgets import Select
+
+    from kdtui.screens.compose import ComposerScreen
+
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        await type_into(pilot, "f-name", "methods")
+        await focus(pilot, "f-distill-method")
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: isinstance(composer.query_one("#f-distill-method"), Input))
+        await type_into(pilot, "f-distill-method", "kd, simkd")
+        await until(pilot, lambda: composer.query("#f-distill-factor"), what="simkd's options")
+        await choose(pilot, "f-teacher-arch", "resnet20")
+        await choose(pilot, "f-teacher-source", "train")
+        await pilot.pause()
+        assert composer.message == "valid · 3 runs (method ×2 · + teacher)"
+        assert composer.query("#f-distill-kd_weight")  # both methods' options
+        await focus(pilot, "f-distill-method")
+        await pilot.press("ctrl+l")  # back to one value: the first
+        await until(pilot, lambda: isinstance(composer.query_one("#f-distill-method"), Select))
+        await until(pilot, lambda: not composer.query("#f-distill-factor"), what="kd alone")
+        assert composer.message == "valid · 2 runs (+ teacher)"
+        assert composer.query_one("#f-distill-method").value == "kd"
+
+
+async def test_what_the_form_cannot_edit_is_shown_read_only_and_saved_as_it_was(project):
+    files = copy_experiments(project)
+    relative = Path("cifar100/simkd_multi_r32x4_mbv2.toml")
+    path = project / "experiments" / relative
+    before = path.read_text()
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(80, 24)) as pilot:
+        composer = await open_file(pilot, relative, files)
+        projectors = composer.query_one("#f-distill-projectors")
+        assert not isinstance(projectors, Input)  # a list of tables: read-only
+        from kdtui.experiment_form import show
+
+        written = c.load(path).distill.options["projectors"]
+        assert str(projectors.render()) == f"{show(written)}  (read-only: edit the file)"
+        assert "\n" not in show(written) and "weight = " in show(written)
+        kept = str(composer.query_one("#kept").render())
+        assert "data.root = data" in kept and "optim.gamma = 0.1" in kept
+        await type_into(pilot, "f-optim-epochs", "200")  # the last milestone is 210
+        await pilot.pause()
+        assert composer.message.startswith("optim.milestones: 210 never takes effect")
+        await type_into(pilot, "f-optim-epochs", "220")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not composer.dirty, what="the save")
+    after = path.read_text()
+    assert after == before.replace("epochs = 240", "epochs = 220")
+    exp = c.load(path)
+    assert (
+        exp.distill.options["projectors"]
+        == c.load(ROOT / "experiments" / relative).distill.options["projectors"]
+    )
+
+
+async def test_clone_keeps_the_teacher_by_name_and_paths_as_written(project):
+    from kdtui.screens.compose import ComposerScreen
+
+    home = project / ".kdtui"
+    store = Store(home)
+    store.submit(c.loads('name = "digits/teacher"\n[student]\narch = "resnet20"\n'))
+    (student,) = store.submit(
+        c.loads(
+            'name = "kd-r20-r8"\n[data]\nroot = "datasets/digits"\n'
+            '[teacher]\narch = "resnet20"\nfrom_run = "digits/teacher"\n'
+            '[student]\narch = "resnet8"\n[distill]\nmethod = "kd"\n'
+        )
+    )
+    assert (
+        student.config.teacher.from_run.isdigit() and Path(student.config.data.root).is_absolute()
+    )
+    store.close()
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.table.select_run(student.id), what="the student run")
+        await pilot.pause()
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
+        composer = app.screen
+        assert composer.query_one("#f-teacher-from_run").value == "digits/teacher"
+        assert composer.experiment.teacher.from_run == "digits/teacher"
+        assert composer.experiment.data.root == "datasets/digits"
+        assert "data.root = datasets/digits" in str(composer.query_one("#kept").render())
+        await pilot.press("ctrl+s")
+        path = project / "experiments" / "kd-r20-r8-copy.toml"
+        await until(pilot, path.exists, what="the saved clone")
+    exp = c.load(path)
+    assert exp.teacher.from_run == "digits/teacher" and exp.data.root == "datasets/digits"
 
 
 # ---------------------------------------------------------------- runs view

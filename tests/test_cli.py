@@ -158,3 +158,13 @@ def test_a_pinned_baseline_on_the_command_line(store):
     assert ",0.2500," in kd and "pinned: study [method=vanilla]" in kd  # (85.5-84)/(90-84)
     bad = runner.invoke(app, ["leaderboard", "--baseline", "nope"])
     assert bad.exit_code != 0 and "no run or experiment 'nope'" in plain(bad.output)
+
+
+def test_validate_refuses_milestones_past_the_epochs_and_names_the_fix(tmp_path):
+    f = tmp_path / "short.toml"
+    f.write_text(TINY.replace("epochs = 1\n[run]", "epochs = 6\nmilestones = [4, 8]\n[run]"))
+    result = runner.invoke(app, ["validate", str(f)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    out = plain(result.output)
+    assert "short.toml:" in out and "optim.milestones: 8 never takes effect" in out
+    assert "optim.milestones = [3, 4, 5]" in out

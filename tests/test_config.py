@@ -132,7 +132,7 @@ def test_round_trip_is_stable(tmp_path):
     again = c.loads(text)
     assert again == exp
     assert c.dumps(again) == text
-    full = c.loads(c.resolved_toml(exp))
+    full = c.loads(c.resolved_toml(exp), resolved=True)
     assert full == exp
 
 
@@ -218,3 +218,51 @@ def test_config_module_is_torch_free():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+MULTISTEP = BASE.replace("epochs = 2", "epochs = 6\nschedule = 'multistep'\nmilestones = [3, 6]")
+
+
+def test_a_milestone_at_or_past_the_last_epoch_is_an_error_that_suggests_the_fix(tmp_path):
+    e = error_of(tmp_path, MULTISTEP)
+    assert (
+        e.key == "optim.milestones"
+        and e.line == MULTISTEP.splitlines().index("milestones = [3, 6]") + 1
+    )
+    assert e.reason.startswith("6 never takes effect: optim.epochs = 6 ends at epoch 5")
+    assert "optim.milestones = [3, 4, 5]" in e.reason and 'schedule = "cosine"' in e.reason
+    assert load_text(tmp_path, MULTISTEP.replace("[3, 6]", "[3, 5]")).optim.milestones == [3, 5]
+    # another schedule never reads them; the default milestones are not the file's doing
+    assert load_text(tmp_path, MULTISTEP.replace("'multistep'", "'cosine'"))
+    assert load_text(tmp_path, BASE).optim.milestones == [150, 180, 210]
+    # a sweep point and an override are checked the same way
+    swept = MULTISTEP.replace(
+        "milestones = [3, 6]", "milestones = [3]\n[sweep]\n'optim.epochs' = [6, 3]"
+    )
+    assert "optim.epochs = 3 (a sweep point)" in error_of(tmp_path, swept).reason
+    e = error_of(tmp_path, MULTISTEP.replace("[3, 6]", "[3, 5]"), overrides=["optim.epochs=4"])
+    assert e.key == "optim.milestones" and e.reason.startswith("5 never takes effect")
+
+
+def test_a_teacher_trained_here_gets_the_milestones_check_with_its_own_epochs(tmp_path):
+    text = MULTISTEP.replace("[3, 6]", "[3, 5]").replace(
+        'checkpoint = "teacher.pth"', "train = true\n[teacher.optim]\nepochs = 4"
+    )
+    e = error_of(tmp_path, text)
+    assert e.key == "teacher.optim.milestones"
+    assert (
+        "teacher.optim.epochs = 4" in e.reason and "teacher.optim.milestones = [2, 3]" in e.reason
+    )
+
+
+def test_an_override_of_a_key_swept_in_a_sweep_table_replaces_the_sweep(tmp_path):
+    text = BASE + "\n[sweep.optim]\nlr = [0.1, 0.2]\n"
+    assert load_text(tmp_path, text).sweep == {"optim.lr": [0.1, 0.2]}
+    exp = load_text(tmp_path, text, overrides=["optim.lr=0.3"])
+    assert exp.sweep == {} and exp.optim.lr == 0.3
+    exp = load_text(tmp_path, text, overrides=["sweep.optim.lr=[0.4, 0.5]"])
+    assert exp.sweep == {"optim.lr": [0.4, 0.5]}
+    e = error_of(tmp_path, BASE, overrides=["optim.lr.x=1"])
+    assert (
+        e.file.endswith("(--set optim.lr.x=1)") and e.reason == "cannot set it: lr is not a table"
+    )

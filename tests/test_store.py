@@ -187,3 +187,35 @@ def test_relative_paths_are_stored_absolute_so_the_engine_finds_them(store, tmp_
     cfg = runs[0].config
     assert cfg.teacher.checkpoint == str(tmp_path / "teachers" / "t.pth")
     assert cfg.data.root == str(tmp_path / "data")
+
+
+def test_the_experiment_is_kept_as_written_for_a_clone(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    submit(store, 'name = "teacher-r20"\n[student]\narch = "resnet20"\n[optim]\nepochs = 1\n')
+    text = EXP.replace("train = true", "from_run = 'teacher-r20'").replace(
+        "[student]", "[student]\ncheckpoint = 'init/s.pth'"
+    )
+    run = submit(store, text)[3]  # lr 0.05, seed 1
+    assert run.config.teacher.from_run.isdigit()  # what the worker reads: resolved
+    assert run.config.data.root == str(tmp_path / "data")
+    written = store.written_config(run.id)
+    assert written.teacher.from_run == "teacher-r20"
+    assert written.student.checkpoint == "init/s.pth" and written.data.root == "data"
+    assert written.sweep == {} and written.optim.lr == 0.05 and written.seeds == [1]
+    trained = submit(store)  # a teacher trained here: the clone of it is that teacher's run
+    assert store.written_config(trained[0].id).distill.method == "vanilla"
+    assert store.written_config(trained[1].id).teacher.train
+
+
+def test_runs_stored_before_fingerprints_get_one_even_with_the_default_milestones(home):
+    # EXP trains 2 epochs on the default multistep schedule: its stored config writes the
+    # default milestones (150, 180, 210) out, which a user's file could not
+    first = Store(home)
+    run = submit(first)[1]
+    fingerprint = first.run(run.id).fingerprint
+    assert fingerprint and run.config.optim.milestones == [150, 180, 210]
+    first.conn.execute("UPDATE runs SET fingerprint=NULL, identity=NULL")
+    first.conn.execute("PRAGMA user_version = 1")  # a store from before fingerprints
+    first.conn.commit()
+    first.close()
+    assert Store(home).run(run.id).fingerprint == fingerprint  # backfilled on open

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from textual import on, work
@@ -13,6 +12,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from engine import config as cfgmod
 from engine import liveness
 from engine.inert import printable
 from kdtui.messages import DataChanged
@@ -21,11 +21,6 @@ from kdtui.widgets.gpu import GpuPanel
 from kdtui.widgets.logtail import LogTail
 from kdtui.widgets.plots import CurvePlot
 from kdtui.widgets.runtable import RunTable
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 EMPTY = (
     "No runs yet.\n\n"
@@ -293,9 +288,9 @@ class RunsScreen(Screen):
     @work(thread=True, group="action", exit_on_error=False)
     def _clone(self, run_id: int) -> None:
         app = self.app
-        try:
+        try:  # as the user wrote it: teacher from_run by name, paths as written
             run = app.store.run(run_id)
-            raw = tomllib.loads(run.config_toml)
+            raw = cfgmod.to_dict(app.store.written_config(run_id), full=False)
         except Exception as e:
             app.call_from_thread(self.notify, f"cannot clone: {e}", severity="error")
             return
