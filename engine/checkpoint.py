@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from engine import faults, safefs
+from engine.core import faults, safefs
 
 NAMES = ("last.pth", "prev.pth", "best.pth")  # preference order on equal epochs
 MAGIC = "kdtui-checkpoint"

@@ -29,7 +29,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from engine.inert import printable, shorten
+from engine.core.inert import printable, shorten
 from engine.registry import ARCHS, DATASETS, METHODS
 
 # Limits that keep a hostile or mistyped file from hanging, overflowing or flooding anything.

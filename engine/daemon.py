@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import safefs
-from engine.liveness import (  # noqa: F401  (re-exported: the engine's API before liveness.py)
+from engine.core import safefs
+from engine.core.liveness import (  # noqa: F401  (re-exported: the engine's API before liveness.py)
     PID_SLACK_S,
     is_worker_process,
     pid_alive,

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine import fingerprint as fpmod
-from engine.inert import printable
+from engine.core.inert import printable
 from engine.store import Run
 
 NOT_COUNTED = {

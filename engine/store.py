@@ -23,7 +23,7 @@ from typing import Any
 
 from engine import config as cfgmod
 from engine import fingerprint as fpmod
-from engine import liveness, safefs
+from engine.core import liveness, safefs
 from engine.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -319,7 +319,7 @@ class Store:
         return fpmod.run_source(None)
 
     def _check_trust(self) -> None:
-        """Only a store that is ours alone: see engine.safefs (UnsafePath says why and the fix)."""
+        """Only a store that is ours alone: see engine.core.safefs (UnsafePath says why and the fix)."""
         safefs.check_private_dir(self.home)
         for name in STORE_FILES:
             safefs.refuse_link(self.home / name)

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import checkpoint as ckptmod
-from engine import faults, safefs
 from engine.config import Experiment, OptimConfig, RunConfig
+from engine.core import faults, safefs
 from engine.daemon import ENGINE_GPU_ENV, worker_device
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.models import build_model, load_checkpoint_file

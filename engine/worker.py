@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint as ckptmod
-from engine import faults, safefs
 from engine.config import Experiment, strong_view
+from engine.core import faults, safefs
 from engine.data import DeviceLoader, build_data
 from engine.registry import METHODS, resolve
 from engine.store import Run, Store, StoreError

@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from engine.inert import printable
+from engine.core.inert import printable
 from engine.store import RUN_COLUMNS, Run, Store
 from kdtui.messages import DataChanged, Polled, Snapshot
 from kdtui.screens.runs import RunsScreen

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from engine import config as cfgmod
 from engine import export as exportmod
-from engine import liveness, safefs
+from engine.core import liveness, safefs
 from engine.store import STATUSES, Store, StoreError, default_home
 from kdtui.inert import text
 from kdtui.options import (

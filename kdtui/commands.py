@@ -20,8 +20,9 @@ from rich.table import Table
 
 from engine import checkpoint as ckptmod
 from engine import config as cfgmod
-from engine import daemon, liveness, safefs
-from engine.inert import printable
+from engine import daemon
+from engine.core import liveness, safefs
+from engine.core.inert import printable
 from engine.store import Run, Store, StoreError
 from kdtui.inert import text
 from kdtui.options import HomeOpt, SetOpt, YesOpt, confirm_size, console, err, fail, load_config

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine import config as cfgmod
-from engine import daemon, safefs
+from engine import daemon
+from engine.core import safefs
 from engine.store import Store
 from tests import test_engine
 

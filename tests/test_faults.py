@@ -1,7 +1,7 @@
 """A worker SIGKILLed at each commit point of an epoch loses no epoch on resume.
 
 Each case starts a real worker process (`python -m engine.worker`) with
-KDTUI_FAULT=POINT@EPOCH (engine.faults), so it kills itself with SIGKILL at
+KDTUI_FAULT=POINT@EPOCH (engine.core.faults), so it kills itself with SIGKILL at
 that point, then does what a user does: `kdtui resume RUN` (the row is a
 dead `running` one), and the resumed run trains to the end. Every epoch's
 metrics must then be in the store exactly once, the run row must agree with
@@ -20,7 +20,7 @@ import pytest
 
 from engine import checkpoint as ckptmod
 from engine import config as c
-from engine import faults
+from engine.core import faults
 from engine.store import Store
 from engine.worker import execute
 from tests.test_resume import EXP, assert_every_epoch_once

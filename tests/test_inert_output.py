@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from engine import config as cfgmod
 from engine import export as exportmod
-from engine.inert import printable
+from engine.core.inert import printable
 from engine.store import Store
 from kdtui.cli import app
 from kdtui.inert import InertConsole, text

@@ -1,7 +1,7 @@
 """A `running` run whose process is gone is seen for what it is, by every reader.
 
 `kdtui ls`, cancel, resume and rm (and the app, through the same
-engine.liveness check) treat it as dead; the engine's recovery honours a
+engine.core.liveness check) treat it as dead; the engine's recovery honours a
 cancel asked while nobody watched; `kdtui run` stopped by SIGTERM or SIGHUP
 (a dropped SSH session) ends its runs cancelled and resumable and says how
 to resume them.
@@ -24,7 +24,8 @@ import pytest
 
 from engine import checkpoint as ckptmod
 from engine import config as cfgmod
-from engine import daemon, liveness
+from engine import daemon
+from engine.core import liveness
 from engine.store import Store
 from tests import test_engine
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from engine import config as cfgmod
-from engine import daemon, safefs
+from engine import daemon
+from engine.core import safefs
 from engine.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent

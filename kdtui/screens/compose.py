@@ -25,7 +25,7 @@ from textual.widget import Widget
 from textual.widgets import Header, Input, Label, Select, Static
 
 from engine import config as cfgmod
-from engine.inert import printable
+from engine.core.inert import printable
 from engine.registry import METHODS
 from engine.store import StoreError
 from kdtui.experiment_form import MISSING, ExperimentForm, Field, TOMLKitError, parse_text, show

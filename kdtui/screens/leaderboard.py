@@ -17,8 +17,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from engine import export as exportmod
+from engine.core.inert import printable
 from engine.export import Row
-from engine.inert import printable
 from kdtui.inert import text
 from kdtui.messages import DataChanged
 from kdtui.widgets.cells import STATUS_STYLE, short_path

@@ -13,8 +13,8 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
 from engine import export as exportmod
+from engine.core.inert import printable
 from engine.export import Row
-from engine.inert import printable
 from kdtui.widgets.cells import STATUS_STYLE
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths

@@ -13,8 +13,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine import config as cfgmod
-from engine import liveness
-from engine.inert import printable
+from engine.core import liveness
+from engine.core.inert import printable
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
