@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Speed of our engine against a reference-style KD loop on this device, and of the app."""
-        from engine.registry import ARCHS
+        from engine.core.registry import ARCHS
 
         if gpu_check:
             from bench.gpu_check import dry_from_env, run_check

@@ -30,7 +30,7 @@ else:  # pragma: no cover
 import tomli_w
 
 from engine.core.inert import printable, shorten
-from engine.registry import ARCHS, DATASETS, METHODS
+from engine.core.registry import ARCHS, DATASETS, METHODS
 
 # Limits that keep a hostile or mistyped file from hanging, overflowing or flooding anything.
 FILE_MAX_BYTES = 1 << 20  # an experiment file is a few KB
@@ -177,7 +177,7 @@ class StudentConfig:
 @dataclass
 class DistillConfig:
     method: str = _f("vanilla", "distillation method", choices=tuple(METHODS))
-    # method-specific options (see engine.registry.METHODS[method].options)
+    # method-specific options (see engine.core.registry.METHODS[method].options)
     options: dict = field(default_factory=dict, metadata=meta("method options", sweepable=False))
 
 

@@ -2,7 +2,7 @@
 
 The rules (README, "Reading the leaderboard"):
 
-- A row is one experiment: runs with equal fingerprints (engine.fingerprint:
+- A row is one experiment: runs with equal fingerprints (engine.core.fingerprint:
   the resolved config without seed, names and speed settings) and role.
   Nothing else is ever averaged together.
 - Each seed counts once. Several done runs of one seed are reruns: the
@@ -36,7 +36,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from engine import fingerprint as fpmod
+from engine.core import fingerprint as fpmod
 from engine.core.inert import printable
 from engine.store import Run
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import config as cfgmod
-from engine import fingerprint as fpmod
+from engine.core import fingerprint as fpmod
 from engine.core import liveness, safefs
-from engine.registry import method_label
+from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -112,7 +112,7 @@ SCHEMA_VERSION = 2
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
-    ("fingerprint", "TEXT"),  # engine.fingerprint: equal = same experiment up to the seed
+    ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
 )
 # every file of the store itself (the engine's names are engine.daemon's *_NAME): none may be a

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint as ckptmod
 from engine.config import Experiment, OptimConfig, RunConfig
+from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
 from engine.daemon import ENGINE_GPU_ENV, worker_device
 from engine.distill.base import Distiller, TeacherOut, build_distiller
@@ -223,7 +223,7 @@ class Member:
 
     def save(self, tag: str) -> Path:
         """Sealed, atomic, never through a symlink; `last` keeps the one before as prev.pth
-        (engine.checkpoint). Carries the epoch's metrics (`commit_state`)."""
+        (engine.core.checkpoint). Carries the epoch's metrics (`commit_state`)."""
         state = {**self.checkpoint_state(), **commit_state(self)}
         return ckptmod.write(
             self.dir / f"{tag}.pth",

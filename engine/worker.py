@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint as ckptmod
 from engine.config import Experiment, strong_view
+from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
+from engine.core.registry import METHODS, resolve
 from engine.data import DeviceLoader, build_data
-from engine.registry import METHODS, resolve
 from engine.store import Run, Store, StoreError
 from engine.train import (
     CachedTeacherSource,

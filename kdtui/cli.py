@@ -442,7 +442,7 @@ def models(
     )
     for col in ("arch", "params", "stages (C×H×W)", "pooled", "head"):
         t.add_column(col)
-    from engine.registry import ARCHS
+    from engine.core.registry import ARCHS
 
     def shape(s) -> str:
         return "×".join(map(str, s))
@@ -468,7 +468,7 @@ def methods(
     ] = None,
 ) -> None:
     """Every distillation method: its reference, test-time head and options with defaults."""
-    from engine.registry import METHODS
+    from engine.core.registry import METHODS
 
     if name is not None and name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=1)

@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine import checkpoint as ckptmod
 from engine import config as cfgmod
 from engine import daemon
+from engine.core import checkpoint as ckptmod
 from engine.core import liveness, safefs
 from engine.core.inert import printable
 from engine.store import Run, Store, StoreError

@@ -30,7 +30,7 @@ from tomlkit.items import Table
 
 from engine import config as cfgmod
 from engine.config import MISSING, drop_sweep, get_key, get_sweep, set_key, set_sweep
-from engine.registry import ARCHS, DATASETS, METHODS
+from engine.core.registry import ARCHS, DATASETS, METHODS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -23,10 +23,10 @@ from engine import config as c
 from engine import worker
 from engine.cache import TeacherCache, cached_logits
 from engine.config import DataConfig
+from engine.core.registry import METHODS
 from engine.data import NUM_VIEWS, build_data
 from engine.distill.kd import KD
 from engine.models import build_model
-from engine.registry import METHODS
 from engine.train import (
     NullCallbacks,
     Runtime,

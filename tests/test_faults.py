@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ckptmod
 from engine import config as c
+from engine.core import checkpoint as ckptmod
 from engine.core import faults
 from engine.store import Store
 from engine.worker import execute

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from engine import config as c
-from engine import fingerprint as fp
+from engine.core import fingerprint as fp
 from engine.store import SCHEMA_VERSION, Store
 
 BASE = """

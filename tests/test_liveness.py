@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ckptmod
 from engine import config as cfgmod
 from engine import daemon
+from engine.core import checkpoint as ckptmod
 from engine.core import liveness
 from engine.store import Store
 from tests import test_engine

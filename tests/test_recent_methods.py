@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from engine import config as c
+from engine.core.registry import METHODS, method_label
 from engine.data import Batch, build_data
 from engine.distill.base import TeacherOut, build_distiller
 from engine.distill.crd import draw_negatives, mix32, nce_loss
 from engine.distill.losses import standardize
 from engine.distill.mlkd import mlkd_masks
 from engine.models import build_model
-from engine.registry import METHODS, method_label
 
 
 # ---------------------------------------------------------------- formulas in plain Python
@@ -866,7 +866,7 @@ def test_a_resumed_crd_run_restores_its_memory_banks_and_ends_like_an_uninterrup
 def test_the_new_options_leave_the_fingerprints_of_existing_experiments_alone():
     """kd runs submitted before logit_stand and the strong view existed keep grouping with
     new ones: neither key enters the identity at its default; kd+ls is another experiment."""
-    from engine import fingerprint as fp
+    from engine.core import fingerprint as fp
 
     text = """
 name = "kd"

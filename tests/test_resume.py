@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint as ckptmod
 from engine import config as c
+from engine.core import checkpoint as ckptmod
 from engine.models import build_model, load_checkpoint_file
 from engine.store import Store
 from engine.worker import execute

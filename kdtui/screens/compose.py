@@ -26,7 +26,7 @@ from textual.widgets import Header, Input, Label, Select, Static
 
 from engine import config as cfgmod
 from engine.core.inert import printable
-from engine.registry import METHODS
+from engine.core.registry import METHODS
 from engine.store import StoreError
 from kdtui.experiment_form import MISSING, ExperimentForm, Field, TOMLKitError, parse_text, show
 from kdtui.widgets.cells import short_path
