@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.stats import median_spread
 from engine import config as cfgmod
-from engine.store import Store
+from engine.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = b"bench-app-run"

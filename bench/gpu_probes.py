@@ -321,7 +321,7 @@ class Probes:
     def device_mapping(self) -> dict:
         """The engine for real: a `device = "cpu"` run goes to a CPU slot, a `cuda:0` run to
         GPU 0's slot (on a CPU box: refused with the fix), both in a fresh store."""
-        from engine.store import Store
+        from engine.core.store import Store
 
         home = self.tmp / "engine-home"
         env = {**os.environ, "KDTUI_HOME": str(home)}

@@ -40,7 +40,7 @@ from engine.core.liveness import (  # noqa: F401  (re-exported: the engine's API
     row_time,
     run_process_alive,
 )
-from engine.store import Run, Store, StoreError, default_home
+from engine.core.store import Run, Store, StoreError, default_home
 
 LOCK_NAME = "engine.lock"
 STATE_NAME = "engine.json"

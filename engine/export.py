@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from engine.core import fingerprint as fpmod
 from engine.core.inert import printable
-from engine.store import Run
+from engine.core.store import Run
 
 NOT_COUNTED = {
     "failed": "failed: not in the mean",

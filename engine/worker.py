@@ -21,8 +21,8 @@ from engine.config import Experiment, strong_view
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
 from engine.core.registry import METHODS, resolve
+from engine.core.store import Run, Store, StoreError
 from engine.data import DeviceLoader, build_data
-from engine.store import Run, Store, StoreError
 from engine.train import (
     CachedTeacherSource,
     Member,

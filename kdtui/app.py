@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from engine.core.inert import printable
-from engine.store import RUN_COLUMNS, Run, Store
+from engine.core.store import RUN_COLUMNS, Run, Store
 from kdtui.messages import DataChanged, Polled, Snapshot
 from kdtui.screens.runs import RunsScreen
 from kdtui.widgets.cells import short_path

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.store import Store
+from engine.core.store import Store
 from kdtui.inert import text
 from kdtui.options import HomeOpt, console, fail
 

@@ -16,7 +16,7 @@ from rich.text import Text
 from engine import config as cfgmod
 from engine import export as exportmod
 from engine.core import liveness, safefs
-from engine.store import STATUSES, Store, StoreError, default_home
+from engine.core.store import STATUSES, Store, StoreError, default_home
 from kdtui.inert import text
 from kdtui.options import (
     ExperimentOpt,

@@ -23,7 +23,7 @@ from engine import daemon
 from engine.core import checkpoint as ckptmod
 from engine.core import liveness, safefs
 from engine.core.inert import printable
-from engine.store import Run, Store, StoreError
+from engine.core.store import Run, Store, StoreError
 from kdtui.inert import text
 from kdtui.options import HomeOpt, SetOpt, YesOpt, confirm_size, console, err, fail, load_config
 

@@ -30,7 +30,7 @@ from rich.text import Text
 from engine import config as cfgmod
 from engine import export as exportmod
 from engine.core.inert import printable
-from engine.store import Run, Store, StoreError
+from engine.core.store import Run, Store, StoreError
 from kdtui.inert import text
 
 

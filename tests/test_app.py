@@ -14,7 +14,7 @@ import pytest
 from textual.widgets import Input
 
 from engine import config as c
-from engine.store import Store
+from engine.core.store import Store
 
 T0 = 1_700_000_000.0  # fixed time: nothing in view depends on the wall clock
 

@@ -13,7 +13,7 @@ import pytest
 from engine import config as cfgmod
 from engine import daemon
 from engine.core import safefs
-from engine.store import Store
+from engine.core.store import Store
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny

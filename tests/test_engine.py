@@ -21,6 +21,7 @@ import pytest
 
 from engine import config as cfgmod
 from engine import daemon
+from engine.core.store import Store
 from engine.daemon import (
     build_slots,
     dependency,
@@ -30,7 +31,6 @@ from engine.daemon import (
     place,
     run_process_alive,
 )
-from engine.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ import pytest
 from engine import config as c
 from engine.core import checkpoint as ckptmod
 from engine.core import faults
-from engine.store import Store
+from engine.core.store import Store
 from engine.worker import execute
 from tests.test_resume import EXP, assert_every_epoch_once
 

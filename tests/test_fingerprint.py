@@ -6,7 +6,7 @@ import json
 
 from engine import config as c
 from engine.core import fingerprint as fp
-from engine.store import SCHEMA_VERSION, Store
+from engine.core.store import SCHEMA_VERSION, Store
 
 BASE = """
 name = "fp"

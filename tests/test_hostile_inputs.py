@@ -117,7 +117,7 @@ def test_more_than_a_thousand_runs_need_yes_and_nothing_is_queued_without_it(tmp
         assert not home.exists()
     queued = runner.invoke(app, ["submit", str(f), "--no-start", "--yes", "--home", str(home)])
     assert queued.exit_code == 0, queued.output
-    from engine.store import Store
+    from engine.core.store import Store
 
     assert len(Store(home).runs()) == 1001
 

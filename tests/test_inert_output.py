@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from engine import config as cfgmod
 from engine import export as exportmod
 from engine.core.inert import printable
-from engine.store import Store
+from engine.core.store import Store
 from kdtui.cli import app
 from kdtui.inert import InertConsole, text
 from tests.test_engine import box, tiny  # noqa: F401  (the real-engine fixture)

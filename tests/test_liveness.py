@@ -26,7 +26,7 @@ from engine import config as cfgmod
 from engine import daemon
 from engine.core import checkpoint as ckptmod
 from engine.core import liveness
-from engine.store import Store
+from engine.core.store import Store
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine import export
-from engine.store import Store
+from engine.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -17,8 +17,8 @@ import torch
 
 from engine import config as c
 from engine.core import checkpoint as ckptmod
+from engine.core.store import Store
 from engine.models import build_model, load_checkpoint_file
-from engine.store import Store
 from engine.worker import execute
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from engine import config as c
 from engine import data as D
 from engine import worker
 from engine.config import DataConfig
+from engine.core.store import fuse_key
 from engine.models import build_model
-from engine.store import fuse_key
 from engine.worker import execute
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from engine import config as c
-from engine.store import Store, StoreError
+from engine.core.store import Store, StoreError
 
 EXP = """
 name = "simkd-digits"

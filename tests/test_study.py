@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from engine import config as c
 from engine import export as x
-from engine.store import Store
+from engine.core.store import Store
 from kdtui.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

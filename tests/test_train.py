@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from engine import config as c
+from engine.core.store import Store
 from engine.data import Batch
 from engine.distill.base import TeacherOut, build_distiller
 from engine.models import build_model
-from engine.store import Store
 from engine.worker import execute
 
 TINY = """

@@ -19,7 +19,7 @@ import pytest
 from engine import config as cfgmod
 from engine import daemon
 from engine.core import safefs
-from engine.store import Store, StoreError
+from engine.core.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_UID = 54321  # nobody's; only root can hand a folder to it

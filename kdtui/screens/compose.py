@@ -27,7 +27,7 @@ from textual.widgets import Header, Input, Label, Select, Static
 from engine import config as cfgmod
 from engine.core.inert import printable
 from engine.core.registry import METHODS
-from engine.store import StoreError
+from engine.core.store import StoreError
 from kdtui.experiment_form import MISSING, ExperimentForm, Field, TOMLKitError, parse_text, show
 from kdtui.widgets.cells import short_path
 from kdtui.widgets.footer import KeyFooter
