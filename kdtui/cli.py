@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from engine import config as cfgmod
-from engine import export as exportmod
+from engine.core import export as exportmod
+from engine.core import leaderboard as lb
 from engine.core import liveness, safefs
 from engine.core.store import STATUSES, Store, StoreError, default_home
 from kdtui.inert import text
@@ -217,7 +218,7 @@ def list_runs(
             r.head,
             speed,
             r.device or "–",
-            (r.fingerprint or "–")[: exportmod.FP_SHOWN],
+            (r.fingerprint or "–")[: lb.FP_SHOWN],
         )
     if not runs:
         console.print(f"no runs in {store.home}")
@@ -243,14 +244,14 @@ def progress_text(r) -> str:
     return text
 
 
-def pinned_baseline(store: Store, ref: str) -> exportmod.Baseline:
+def pinned_baseline(store: Store, ref: str) -> lb.Baseline:
     """`--baseline RUN|EXPERIMENT`: the leaderboard row holding that run, or the experiment's
     one vanilla row (else its one row); its done seeds' mean is the baseline."""
     try:
         named = store.find(ref)
     except StoreError as e:
         raise fail(f"--baseline {ref}: {e}") from None
-    rows = exportmod.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     ids = {r.id for r in named}
     mine = [row for row in rows if set(row.run_ids) & ids]
     if len(mine) > 1:
@@ -262,7 +263,7 @@ def pinned_baseline(store: Store, ref: str) -> exportmod.Baseline:
             f"--baseline {ref}: experiment {ref!r} has {len(mine)} leaderboard rows ({listed}); "
             "give a run id of the one to use"
         )
-    pin = exportmod.pin_of(mine[0])
+    pin = lb.pin_of(mine[0])
     if pin is None:
         raise fail(f"--baseline {ref}: {mine[0].name} has no done run yet")
     return pin
@@ -274,7 +275,7 @@ def leaderboard_rows(
     runs = store.runs(experiment=experiment)
     pin = pinned_baseline(store, baseline) if baseline else None
     # baselines and teachers may come from other experiments: rows are built from every run
-    rows = exportmod.build_rows(store.runs(), pin=pin)
+    rows = lb.build_rows(store.runs(), pin=pin)
     if pin is not None and not any(row.baseline_label.startswith("pinned") for row in rows):
         err.print(
             f"note: --baseline {baseline} ({pin.label}) trained {pin.student} on {pin.dataset}; "
@@ -320,7 +321,7 @@ def fit_columns(head, body, width: int) -> list[int]:
 
 
 def leaderboard_table(rows) -> Table:
-    head, body = exportmod.table(rows)
+    head, body = lb.table(rows)
     keep = fit_columns(head, body, console.width)
     hidden = [head[i] for i in range(len(head)) if i not in keep]
     notes = []
@@ -336,9 +337,7 @@ def leaderboard_table(rows) -> Table:
     )
     for i in keep:
         # fold, not "…": what does not fit goes on the next line, nothing is cut
-        t.add_column(
-            head[i], justify="right" if head[i] in exportmod.NUMERIC else "left", overflow="fold"
-        )
+        t.add_column(head[i], justify="right" if head[i] in lb.NUMERIC else "left", overflow="fold")
     for cells in body:
         add_text_row(t, *(cells[i] for i in keep))
     return t
@@ -346,7 +345,7 @@ def leaderboard_table(rows) -> Table:
 
 def members_table(rows) -> Table:
     """`--runs`: every run behind each row, and whether it is in the row's mean."""
-    head, body = exportmod.member_table(rows)
+    head, body = lb.member_table(rows)
     t = Table(title="runs of each row (# = the row's rank)", title_justify="left")
     numeric = {"#", "run", "seed", "best top-1", "last top-1", "teacher top-1"}
     for h in head:

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from engine import config as cfgmod
-from engine import export as exportmod
+from engine.core import leaderboard as lb
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
 from kdtui.inert import text
@@ -245,7 +245,7 @@ def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool
             ok = False
             console.print(text((f"run {r.id} {r.status}", "red"), f": {r.error or ''}"))
     ids = {r.id for r in runs}
-    rows = [row for row in exportmod.build_rows(store.runs()) if set(row.run_ids) & ids]
+    rows = [row for row in lb.build_rows(store.runs()) if set(row.run_ids) & ids]
     if rows:
         table = leaderboard_table(rows)
         table.title = f"{title} (accuracy of the head used at test time)"

@@ -822,7 +822,7 @@ async def test_enter_on_a_grouped_row_shows_its_member_runs(seeded):
 
 
 async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
-    from engine import export
+    from engine.core import leaderboard
     from kdtui.screens.leaderboard import COLUMNS, LeaderboardScreen
 
     home, _ = seeded
@@ -857,8 +857,8 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
     assert path.parent == project / "exports" and path.suffix == ".md"
     assert f"exports/{path.name}" in shown  # the path, as the user would type it
     text = path.read_text()
-    rows = export.build_rows(Store(home).runs())
-    assert text.splitlines()[0] == "| " + " | ".join(export.COLUMNS) + " |"
+    rows = leaderboard.build_rows(Store(home).runs())
+    assert text.splitlines()[0] == "| " + " | ".join(leaderboard.COLUMNS) + " |"
     assert "| kd-r32x4-r8x4 | kd | resnet32x4→resnet8x4 | student | 74.04 ± 0.33 |" in text
     assert len(text.splitlines()) == 2 + len(rows)
 

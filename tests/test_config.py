@@ -214,7 +214,7 @@ def test_config_module_is_torch_free():
     import sys
 
     code = (
-        "import kdtui.cli, engine.config, engine.core.store, engine.export, sys; "
+        "import kdtui.cli, engine.config, engine.core.store, engine.core.leaderboard, engine.core.export, sys; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import config as cfgmod
-from engine import export as exportmod
+from engine.core import export as exportmod
+from engine.core import leaderboard
 from engine.core.inert import printable
 from engine.core.store import Store
 from kdtui.cli import app
@@ -123,7 +124,7 @@ def test_control_characters_in_a_stored_run_are_escaped_in_ls_logs_and_exports(
 
 
 def test_the_markdown_export_escapes_html_and_pipes():
-    row = exportmod.Row(
+    row = leaderboard.Row(
         '<img src=x onerror="alert(1)"> & | co',
         "",
         "student",
@@ -142,7 +143,7 @@ def test_the_markdown_export_escapes_html_and_pipes():
     assert "\\&" in latex and "<img" in latex  # LaTeX has no HTML, only its own specials
     csv_text = exportmod.to_csv(
         [
-            exportmod.Row(
+            leaderboard.Row(
                 "a\x1bb\rc", "", "student", "kd", "", "r8", "digits", "student", [1], ["done"]
             )
         ]

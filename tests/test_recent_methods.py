@@ -126,7 +126,8 @@ def test_logit_stand_is_an_option_of_every_logit_method_and_names_the_run():
 
 
 def test_the_leaderboard_method_column_says_kd_plus_ls(store):
-    from engine import export as x
+    from engine.core import export as x
+    from engine.core import leaderboard as lb
 
     exp = c.loads(
         """
@@ -147,7 +148,7 @@ kd_weight = 9.0
     )
     (run,) = store.submit(exp)
     assert store.run(run.id).method == "kd+ls"
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     assert [r.method for r in rows] == ["kd+ls"]
     assert "kd+ls" in x.export(rows, "md")
 

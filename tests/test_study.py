@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import config as c
-from engine import export as x
+from engine.core import leaderboard as lb
 from engine.core.store import Store
 from kdtui.cli import app
 
@@ -112,7 +112,7 @@ def test_a_two_lr_two_seed_sweep_trains_four_runs_and_ranks_them_as_mean_and_std
     store = Store(home)
     students = [r for r in store.runs() if r.role == "student"]
     assert len(students) == 4 and all(r.status == "done" for r in students)
-    rows = [r for r in x.build_rows(store.runs()) if r.role == "student"]
+    rows = [r for r in lb.build_rows(store.runs()) if r.role == "student"]
     assert sorted(r.label for r in rows) == ["lr=0.01", "lr=0.05"]
     assert all(r.n == 2 and r.best_std is not None and r.head == "teacher" for r in rows)
     board = runner.invoke(app, ["leaderboard"], env={"COLUMNS": "250"})
