@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.stats import median_spread
-from engine import config as cfgmod
+from engine.core import reading
 from engine.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ epochs = 240
 def seed_store(home: Path, runs: int = RUNS) -> int:
     """A store of `runs` runs (a sweep repeated), one running with a curve; its id."""
     store = Store(home)
-    exp = cfgmod.loads(EXPERIMENT)
+    exp = reading.loads(EXPERIMENT)
     ids = []
     while len(ids) < runs:
         ids += [r.id for r in store.submit(exp, source="experiments/bench.toml")]

@@ -38,7 +38,7 @@ from torch import Tensor
 from engine.strong_aug import StrongParams, StrongTransform, draw_params, rand_augment_u8
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.config import DataConfig
+    from engine.core.schema import DataConfig
 
 PAD = 4  # zero padding of the random crop (the CIFAR recipe)
 CROPS = 2 * PAD + 1  # offsets per axis: 0..8
@@ -714,7 +714,7 @@ def build_data(
     runs with different model seeds can still share batches. `loader =
     "device"` on a folder falls back to the DataLoader path (folders do not
     fit in memory in general). `strong`: training batches also carry MLKD's
-    strong view (`Batch.strong`; see `engine.config.strong_view`).
+    strong view (`Batch.strong`; see `engine.core.schema.strong_view`).
     """
     data_seed = cfg.data_seed if cfg.data_seed >= 0 else seed
     device = torch.device(device)

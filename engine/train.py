@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.config import Experiment, OptimConfig, RunConfig
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
+from engine.core.schema import Experiment, OptimConfig, RunConfig
 from engine.daemon import ENGINE_GPU_ENV, worker_device
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.models import build_model, load_checkpoint_file

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from engine.config import Experiment, strong_view
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
 from engine.core.registry import METHODS, resolve
+from engine.core.schema import Experiment, strong_view
 from engine.core.store import Run, Store, StoreError
 from engine.data import DeviceLoader, build_data
 from engine.train import (

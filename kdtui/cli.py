@@ -13,10 +13,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from engine import config as cfgmod
 from engine.core import export as exportmod
 from engine.core import leaderboard as lb
-from engine.core import liveness, safefs
+from engine.core import liveness, planning, reading, safefs, schema, writing
 from engine.core.store import STATUSES, Store, StoreError, default_home
 from kdtui.inert import text
 from kdtui.options import (
@@ -64,15 +63,15 @@ def validate(
     bad = 0
     for f in files:
         try:
-            exp = cfgmod.load(f, set_ or [])
-            n = len(cfgmod.expand(exp))
-        except cfgmod.ConfigError as e:
+            exp = reading.load(f, set_ or [])
+            n = len(planning.expand(exp))
+        except schema.ConfigError as e:
             config_errors(e)
             bad += 1
             continue
         many = (
-            f" (over {cfgmod.RUNS_CONFIRM:,}: run and submit need --yes)"
-            if cfgmod.run_count(exp) > cfgmod.RUNS_CONFIRM
+            f" (over {schema.RUNS_CONFIRM:,}: run and submit need --yes)"
+            if schema.run_count(exp) > schema.RUNS_CONFIRM
             else ""
         )
         console.print(text(("ok", "green"), f" {f}: {exp.name}, {n:,} run{'s' * (n != 1)}{many}"))
@@ -85,11 +84,11 @@ def add_text_row(t: Table, *cells: str | Text) -> None:
     t.add_row(*(text(c) if isinstance(c, str) else c for c in cells))
 
 
-def plan_table(exp: cfgmod.Experiment) -> Table:
+def plan_table(exp: schema.Experiment) -> Table:
     t = Table(title=text(f"{exp.name}: runs"), title_justify="left")
     for col in ("#", "role", "method", "teacher→student", "data", "lr", "epochs", "point"):
         t.add_column(col)
-    for i, p in enumerate(cfgmod.expand(exp), 1):
+    for i, p in enumerate(planning.expand(exp), 1):
         c = p.config
         teacher = c.teacher.arch if c.method.needs_teacher else ""
         pair = f"{teacher}→{c.student.arch}" if teacher else c.student.arch
@@ -505,7 +504,7 @@ def _toml_value(value) -> str:
     """A default as it is written in [distill]: true, 0.5, "l2", [4.0, 3.0]."""
     import tomli_w
 
-    return cfgmod._compact(tomli_w.dumps({"v": value})).partition("=")[2].strip()
+    return writing.compact(tomli_w.dumps({"v": value})).partition("=")[2].strip()
 
 
 def _register_commands() -> None:

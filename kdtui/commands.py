@@ -18,10 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine import config as cfgmod
 from engine import daemon
 from engine.core import checkpoint as ckptmod
-from engine.core import liveness, safefs
+from engine.core import liveness, safefs, schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
 from kdtui.inert import text
@@ -86,7 +85,7 @@ def _start_engine(store: Store, out: Console) -> bool:
 
 
 def submit_experiment(
-    store: Store, exp: cfgmod.Experiment, source: str, console: Console, *, start: bool = True
+    store: Store, exp: schema.Experiment, source: str, console: Console, *, start: bool = True
 ) -> list[Run]:
     """Queue an experiment's runs and make sure the engine picks them up; returns at once.
 

@@ -27,8 +27,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from engine import config as cfgmod
 from engine.core import leaderboard as lb
+from engine.core import schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
 from kdtui.inert import text
@@ -254,7 +254,7 @@ def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool
     return ok
 
 
-def run_foreground(store: Store, exp: cfgmod.Experiment, source: str, console: Console) -> bool:
+def run_foreground(store: Store, exp: schema.Experiment, source: str, console: Console) -> bool:
     t0 = time.time()
     runs = store.submit(exp, source=source, holder=os.getpid())
     console.print(

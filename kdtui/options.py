@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from engine import config as cfgmod
+from engine.core import reading, schema
 from kdtui.inert import InertConsole, text
 
 # every string printed is text: style with kdtui.inert.text(...), never with [markup]
@@ -38,7 +38,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def config_errors(e: cfgmod.ConfigError) -> None:
+def config_errors(e: schema.ConfigError) -> None:
     """Every error of a bad file, one line each (file:line: key: message)."""
     for one in e.errors:
         err.print(text(("error:", "bold red"), " ", str(one)), soft_wrap=True)
@@ -46,21 +46,21 @@ def config_errors(e: cfgmod.ConfigError) -> None:
         err.print(f"(stopped after {len(e.errors)} errors)")
 
 
-def load_config(file: Path, overrides: list[str] | None) -> cfgmod.Experiment:
+def load_config(file: Path, overrides: list[str] | None) -> schema.Experiment:
     try:
-        return cfgmod.load(file, overrides or [])
-    except cfgmod.ConfigError as e:
+        return reading.load(file, overrides or [])
+    except schema.ConfigError as e:
         config_errors(e)
         raise typer.Exit(2) from None
 
 
-def confirm_size(exp: cfgmod.Experiment, yes: bool) -> None:
+def confirm_size(exp: schema.Experiment, yes: bool) -> None:
     """More than RUNS_CONFIRM runs are queued only with --yes (a typo in a sweep can ask
     for thousands)."""
-    n = cfgmod.run_count(exp)
-    if n > cfgmod.RUNS_CONFIRM and not yes:
+    n = schema.run_count(exp)
+    if n > schema.RUNS_CONFIRM and not yes:
         raise fail(
-            f"{exp.name} expands to {n:,} runs (more than {cfgmod.RUNS_CONFIRM:,}); "
+            f"{exp.name} expands to {n:,} runs (more than {schema.RUNS_CONFIRM:,}); "
             "check the sweep, then add --yes to queue them all"
         )
 
@@ -68,6 +68,6 @@ def confirm_size(exp: cfgmod.Experiment, yes: bool) -> None:
 YesOpt = Annotated[
     bool,
     typer.Option(
-        "--yes", "-y", help=f"Queue more than {cfgmod.RUNS_CONFIRM:,} runs without refusing."
+        "--yes", "-y", help=f"Queue more than {schema.RUNS_CONFIRM:,} runs without refusing."
     ),
 ]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from engine import data as D
-from engine.config import DataConfig
+from engine.core.schema import DataConfig
 
 
 def synth(**kw) -> DataConfig:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
 from engine import daemon
-from engine.core import safefs
+from engine.core import reading, safefs
 from engine.core.store import Store
 from tests import test_engine
 
@@ -80,7 +79,7 @@ def test_state_writes_on_a_full_disk_leave_no_temp_file_and_never_raise(small_di
 
 def test_a_store_on_a_full_disk_can_still_be_read_and_says_why_it_cannot_change(small_disk):
     box = Box(small_disk)
-    (run,) = box.store.submit(cfgmod.loads(tiny("full"), file="full.toml"))
+    (run,) = box.store.submit(reading.loads(tiny("full"), file="full.toml"))
     box.store.close()  # no connection holds SQLite's shared memory: it cannot be sized now
     filler = fill(small_disk)
     env = {"KDTUI_HOME": str(box.home), "PYTHONPATH": str(test_engine.ROOT), "COLUMNS": "300"}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
 from engine import daemon
+from engine.core import reading
 from engine.core.store import Store
 from engine.daemon import (
     build_slots,
@@ -543,7 +543,7 @@ def test_runs_of_a_foreground_kdtui_run_are_left_alone_until_it_dies(box):
         [sys.executable, "-c", "import time; time.sleep(60)", "kdtui", "run", "held.toml"]
     )
     try:
-        exp = cfgmod.loads(tiny("held"), file="held.toml")
+        exp = reading.loads(tiny("held"), file="held.toml")
         (run,) = box.store.submit(exp, source="held.toml", holder=holder.pid)
         daemon.ensure_running(box.home)
         time.sleep(1.5)

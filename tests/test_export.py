@@ -7,9 +7,9 @@ import io
 
 import pytest
 
-from engine import config as c
 from engine.core import export as x
 from engine.core import leaderboard as lb
+from engine.core import reading
 
 STUDY = """
 name = "study"
@@ -38,7 +38,7 @@ def in_a_folder_with_the_teacher(tmp_path, monkeypatch):
 
 
 def finished_study(store):
-    runs = store.submit(c.loads(STUDY))
+    runs = store.submit(reading.loads(STUDY))
     accs = {("vanilla", 0): 80.0, ("vanilla", 1): 82.0, ("kd", 0): 85.0, ("kd", 1): 86.0}
     for r in runs:
         best = accs[(r.method, r.seed)]
@@ -136,7 +136,7 @@ def submit(store, text=DIGITS, *overrides, tmp_path=None, **done):
     folder = Path(tmp_path or tempfile.mkdtemp())
     path = folder / "exp.toml"
     path.write_text(text)
-    runs = store.submit(c.load(path, list(overrides)))
+    runs = store.submit(reading.load(path, list(overrides)))
     for r in runs:
         if done:
             store.update(r.id, status="done", epoch=r.epochs, **done)
@@ -281,7 +281,7 @@ arch = "resnet20"
 [optim]
 epochs = 2
 """
-    (t,) = store.submit(c.loads(teacher))
+    (t,) = store.submit(reading.loads(teacher))
     store.update(t.id, status="done", best_top1=95.0, last_top1=95.0)
     runs = submit(store, KD_AND_VANILLA.replace('checkpoint = "t.pth"', 'from_run = "teacher-r20"'))
     for r in runs:

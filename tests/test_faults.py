@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as c
 from engine.core import checkpoint as ckptmod
-from engine.core import faults
+from engine.core import faults, reading
 from engine.core.store import Store
 from engine.worker import execute
 from tests.test_resume import EXP, assert_every_epoch_once
@@ -45,7 +44,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[int, float]:
     store = Store(tmp_path_factory.mktemp("reference") / "home")
-    (run,) = store.submit(c.loads(EXP, file="resume.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="resume.toml"))
     assert execute(store, [run.id])[0].status == "done"
     top1 = {m.epoch: m.value for m in store.metrics(run.id, names=["test/top1"])}
     store.close()
@@ -82,7 +81,7 @@ def sealed_epoch(path: Path) -> int | None:
 def test_a_worker_killed_at_any_commit_point_resumes_with_every_epoch_exactly_once(
     store, spec, uninterrupted
 ):
-    (run,) = store.submit(c.loads(EXP, file="resume.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="resume.toml"))
     kill_at(store, run.id, spec)
 
     # it died exactly there

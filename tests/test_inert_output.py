@@ -14,9 +14,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from engine import config as cfgmod
 from engine.core import export as exportmod
-from engine.core import leaderboard
+from engine.core import leaderboard, reading
 from engine.core.inert import printable
 from engine.core.store import Store
 from kdtui.cli import app
@@ -166,7 +165,7 @@ async def test_the_app_shows_stored_names_labels_and_notices_as_escaped_text(tmp
     monkeypatch.chdir(tmp_path)
     home = tmp_path / ".kdtui"
     store = Store(home)
-    (run,) = store.submit(cfgmod.loads('name = "x"\n[optim]\nepochs = 1\n'))
+    (run,) = store.submit(reading.loads('name = "x"\n[optim]\nepochs = 1\n'))
     poison(store, run.id)
     store.conn.execute("UPDATE runs SET label=? WHERE id=?", ("[bold red]boom[/] seed=0", run.id))
     store.close()

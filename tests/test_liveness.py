@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
 from engine import daemon
 from engine.core import checkpoint as ckptmod
-from engine.core import liveness
+from engine.core import liveness, reading
 from engine.core.store import Store
 from tests import test_engine
 
@@ -57,7 +56,7 @@ def holder():
 
 
 def test_the_liveness_check_trusts_only_a_live_kdtui_process_of_this_host(store, holder):
-    runs = store.submit(cfgmod.loads(tiny("live", seeds=[0, 1, 2, 3]), file="live.toml"))
+    runs = store.submit(reading.loads(tiny("live", seeds=[0, 1, 2, 3]), file="live.toml"))
     store.claim(runs[0].id, pid=holder.pid)
     store.claim(runs[1].id, pid=1)  # init: alive, but no kdtui process
     store.claim(runs[2].id, pid=None)  # claimed; the engine sets the pid a fork later
@@ -68,12 +67,12 @@ def test_the_liveness_check_trusts_only_a_live_kdtui_process_of_this_host(store,
     assert not liveness.process_gone(c)
     assert liveness.process_gone(c, now=time.time() + liveness.UNCLAIMED_GRACE_S + 1)
     assert not liveness.process_gone(d)
-    queued = store.submit(cfgmod.loads(tiny("q"), file="q.toml"))[0]
+    queued = store.submit(reading.loads(tiny("q"), file="q.toml"))[0]
     assert liveness.shown_status(queued) == "queued"
 
 
 def test_ls_cancel_resume_and_rm_see_a_dead_run_for_what_it_is(store, home, holder):
-    runs = store.submit(cfgmod.loads(tiny("dead", seeds=[0, 1, 2, 3]), file="dead.toml"))
+    runs = store.submit(reading.loads(tiny("dead", seeds=[0, 1, 2, 3]), file="dead.toml"))
     alive, *dead = (r.id for r in runs)
     store.claim(alive, pid=holder.pid)
     for run_id in dead:
@@ -107,7 +106,7 @@ def test_ls_cancel_resume_and_rm_see_a_dead_run_for_what_it_is(store, home, hold
 
 
 def test_engine_recovery_honours_a_cancel_asked_while_the_worker_was_dead(box):
-    (run,) = box.store.submit(cfgmod.loads(tiny("orphan"), file="orphan.toml"))
+    (run,) = box.store.submit(reading.loads(tiny("orphan"), file="orphan.toml"))
     box.store.claim(run.id, pid=1)
     box.store.update(run.id, cancel_requested=1)  # `kdtui cancel` while no engine ran
     daemon.ensure_running(box.home)  # recovery runs before the engine reports "started"

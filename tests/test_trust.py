@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
 from engine import daemon
-from engine.core import safefs
+from engine.core import reading, safefs
 from engine.core.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +189,7 @@ def test_a_run_config_is_never_written_through_a_link(store, victim, monkeypatch
 
     monkeypatch.setattr(store, "_make_run_dir", planted)
     with pytest.raises(safefs.UnsafePath):
-        store.submit(cfgmod.loads(EXP, file="x.toml"))
+        store.submit(reading.loads(EXP, file="x.toml"))
     assert victim.read_text() == "years of work\n"
     assert store.runs() == []  # the transaction rolled back
 
@@ -199,7 +198,7 @@ def test_a_run_config_is_never_written_through_a_link(store, victim, monkeypatch
 
 
 def finished_run(store: Store):
-    (run,) = store.submit(cfgmod.loads(EXP, file="x.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="x.toml"))
     store.finish(run.id, "failed", "for the test")
     return store.run(run.id)
 

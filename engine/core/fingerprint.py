@@ -44,7 +44,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine import config as cfgmod
+from engine.core import schema, writing
 
 VERSION = 1  # part of every hash: changing the rule changes every fingerprint on purpose
 LENGTH = 16  # hex digits kept (64 bits)
@@ -105,7 +105,7 @@ def _data(d: dict) -> dict:
     return d
 
 
-def _distill(exp: cfgmod.Experiment, d: dict) -> dict:
+def _distill(exp: schema.Experiment, d: dict) -> dict:
     d = copy.deepcopy(d)
     for key, opt in exp.method.options.items():
         if opt.neutral and d.get(key) == opt.default:
@@ -126,13 +126,13 @@ def _optim(o: dict) -> dict:
     return o
 
 
-def identity(exp: cfgmod.Experiment, *, teacher: str | None = None) -> dict:
+def identity(exp: schema.Experiment, *, teacher: str | None = None) -> dict:
     """The experiment a one-run config describes, without seed, names and speed settings.
 
     `teacher`: the teacher's source (`run_source` / `file_source`); the store
     resolves it, because `from_run` names a run this module cannot see.
     """
-    full = cfgmod.to_dict(exp, full=True)
+    full = writing.to_dict(exp, full=True)
     out: dict[str, Any] = {"fingerprint": VERSION, "data": _data(full["data"])}
     if exp.method.needs_teacher:
         if teacher is None:
@@ -154,7 +154,7 @@ def digest(ident: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:LENGTH]
 
 
-def fingerprint(exp: cfgmod.Experiment, *, teacher: str | None = None) -> str:
+def fingerprint(exp: schema.Experiment, *, teacher: str | None = None) -> str:
     return digest(identity(exp, teacher=teacher))
 
 

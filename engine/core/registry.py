@@ -1,6 +1,6 @@
 """Names of architectures, methods and data sets, torch-free.
 
-The app and `engine.config` validate and list choices from these tables
+The app and `engine.core.schema` validate and list choices from these tables
 without importing torch; the worker resolves the dotted paths lazily.
 A new method is one file in `engine/distill/` plus one entry in METHODS.
 """

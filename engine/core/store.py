@@ -21,9 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from engine import config as cfgmod
 from engine.core import fingerprint as fpmod
-from engine.core import liveness, safefs
+from engine.core import liveness, planning, reading, safefs, schema, writing
 from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -186,8 +185,8 @@ class Run:
         return Path(self.dir)
 
     @property
-    def config(self) -> cfgmod.Experiment:
-        return cfgmod.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
+    def config(self) -> schema.Experiment:
+        return reading.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
 
     @property
     def sweep_point(self) -> dict:
@@ -288,7 +287,7 @@ class Store:
         ).fetchall()
         for row in rows:  # in id order: a teacher run gets its fingerprint before its students
             try:
-                cfg = cfgmod.loads(
+                cfg = reading.loads(
                     row["config_toml"], file=f"run {row['id']} config", resolved=True
                 )
                 ident = fpmod.identity(cfg, teacher=self._teacher_source(con, cfg, files))
@@ -300,7 +299,7 @@ class Store:
             )
 
     def _teacher_source(
-        self, con, cfg: cfgmod.Experiment, files: dict[str, str], teacher_run: int | None = None
+        self, con, cfg: schema.Experiment, files: dict[str, str], teacher_run: int | None = None
     ) -> str | None:
         """The teacher as a recipe: the fingerprint of the run that trains it, or the sha256
         of its checkpoint file (hashed once per submit)."""
@@ -384,7 +383,7 @@ class Store:
     # ------------------------------------------------------------ submit
     def submit(
         self,
-        exp: cfgmod.Experiment,
+        exp: schema.Experiment,
         *,
         source: str | None = None,
         status: str = "queued",
@@ -395,9 +394,9 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
-        written = cfgmod.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
-        exp = cfgmod.absolute_paths(exp)
-        plans = cfgmod.expand(exp)
+        written = writing.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
+        exp = planning.absolute_paths(exp)
+        plans = planning.expand(exp)
         now = time.time()
         created: list[Run] = []
         with self._tx() as con:
@@ -436,8 +435,8 @@ class Store:
         self,
         con,
         exp_id: int,
-        plan: cfgmod.RunPlan,
-        cfg: cfgmod.Experiment,
+        plan: planning.RunPlan,
+        cfg: schema.Experiment,
         depends_on: int | None,
         status: str,
         now: float,
@@ -445,7 +444,7 @@ class Store:
     ) -> int:
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
-        toml_text = cfgmod.resolved_toml(cfg)
+        toml_text = writing.resolved_toml(cfg)
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
@@ -567,7 +566,7 @@ class Store:
             raise StoreError(f"no run or experiment {ref!r} in {self.home}")
         return runs
 
-    def written_config(self, run_id: int) -> cfgmod.Experiment:
+    def written_config(self, run_id: int) -> schema.Experiment:
         """A run's experiment as the user wrote it (teacher `from_run` by name, paths as
         written), narrowed to this run's sweep point and seed: what a clone starts from.
         Stores written before this was kept hold absolute paths here."""
@@ -575,10 +574,10 @@ class Store:
         row = self.conn.execute(
             "SELECT config_toml FROM experiments WHERE id=?", (run.experiment_id,)
         ).fetchone()
-        exp = cfgmod.loads(row["config_toml"], file=f"experiment of run {run.id}", resolved=True)
+        exp = reading.loads(row["config_toml"], file=f"experiment of run {run.id}", resolved=True)
         if run.role == "teacher":
-            return cfgmod.teacher_experiment(exp)
-        one = cfgmod.apply_point(exp, json.loads(run.point))
+            return schema.teacher_experiment(exp)
+        one = reading.apply_point(exp, json.loads(run.point))
         one.seeds = [run.seed]
         return one
 
@@ -861,7 +860,7 @@ class _Transaction:
             self.con.execute("ROLLBACK")
 
 
-def fuse_key(cfg: cfgmod.Experiment) -> str | None:
+def fuse_key(cfg: schema.Experiment) -> str | None:
     """Runs with equal keys share teacher and batches, so one process can train them all."""
     if not cfg.run.fuse or not cfg.method.needs_teacher:
         return None

@@ -12,8 +12,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from engine import config as cfgmod
-from engine.core import liveness
+from engine.core import liveness, writing
 from engine.core.inert import printable
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
@@ -290,7 +289,7 @@ class RunsScreen(Screen):
         app = self.app
         try:  # as the user wrote it: teacher from_run by name, paths as written
             run = app.store.run(run_id)
-            raw = cfgmod.to_dict(app.store.written_config(run_id), full=False)
+            raw = writing.to_dict(app.store.written_config(run_id), full=False)
         except Exception as e:
             app.call_from_thread(self.notify, f"cannot clone: {e}", severity="error")
             return

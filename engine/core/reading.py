@@ -1,4 +1,4 @@
-"""Experiment TOML: typed schema, loading with clear errors, saving, sweeps.
+"""Experiment TOML in: a file's text to a validated Experiment, with every error at once.
 
 Torch-free: the app validates as the user types. Every error names the
 file, the key and (where it can be found) the line, and suggests the
@@ -9,292 +9,46 @@ from __future__ import annotations
 
 import copy
 import difflib
-import functools
-import itertools
 import math
 import os
 import re
-import reprlib
 import stat
 import sys
-from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-import tomli_w
-
-from engine.core.inert import printable, shorten
-from engine.core.registry import ARCHS, DATASETS, METHODS
-
-# Limits that keep a hostile or mistyped file from hanging, overflowing or flooding anything.
-FILE_MAX_BYTES = 1 << 20  # an experiment file is a few KB
-DEPTH_MAX = 8  # [teacher.optim], [[distill.projectors]] and [sweep.optim] need 3
-ERRORS_MAX = 20  # `kdtui validate` lists at most this many errors of one file
-RUNS_CONFIRM = 1_000  # `kdtui run`/`submit` of more runs needs --yes
-RUNS_MAX = 10_000  # sweep points x seeds in one experiment
-INT_MAX = 2**53  # integers without a stated range (exact as floats, fit SQLite)
-SEED_MAX = 2**32 - 1  # numpy's and most seeders' range
-EPOCHS_MAX = 100_000
-STEPS_MAX = 1_000_000_000
-NAME_MAX = 128
-TEXT_MAX = {"name": NAME_MAX, "description": 20_000}  # other strings (paths, refs): 4096
-DEVICE_RE = re.compile(r"auto|cpu|mps|xpu|cuda(:[0-9]{1,3})?")
-
-
-class ConfigError(ValueError):
-    """A bad experiment file: one message naming file, key and line.
-
-    `errors` holds every problem found in the file (this one first), so
-    `kdtui validate` can list them all; str() is the first one's line."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | None = None,
-        key: str | None = None,
-        line: int | None = None,
-    ):
-        self.file, self.key, self.line, self.reason = file, key, line, message
-        self.errors: list[ConfigError] = [self]
-        self.truncated = False  # more errors than ERRORS_MAX were found
-        where = file or "<config>"
-        if line:
-            where += f":{line}"
-        message = shorten(message, 600)
-        super().__init__(
-            f"{where}: {shorten(key, 100)}: {message}" if key else f"{where}: {message}"
-        )
-
-    @classmethod
-    def several(cls, errors: list[ConfigError], truncated: bool = False) -> ConfigError:
-        first = errors[0]
-        out = cls(first.reason, file=first.file, key=first.key, line=first.line)
-        out.errors, out.truncated = list(errors), truncated
-        return out
-
-
-def meta(
-    help: str,
-    *,
-    choices: tuple | None = None,
-    min: float | None = None,
-    max: float | None = None,
-    sweepable: bool = True,
-) -> dict:
-    return {"help": help, "choices": choices, "min": min, "max": max, "sweepable": sweepable}
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta(help, **kw))
-    return field(default=default, metadata=meta(help, **kw))
-
-
-@dataclass
-class DataConfig:
-    dataset: str = _f("digits", "data set", choices=tuple(DATASETS))
-    root: str = _f("data", "where data sets live (cifar*, folder)")
-    download: bool = _f(False, "download CIFAR through torchvision when missing")
-    batch_size: int = _f(64, "training batch size", min=1, max=65536)
-    eval_batch_size: int = _f(512, "evaluation batch size", min=1, max=65536)
-    augment: bool = _f(True, "zero-pad 4 + random crop + flip on the training set")
-    hflip: str = _f(
-        "auto",
-        "horizontal flip: auto (on except for digits), on, off",
-        choices=("auto", "on", "off"),
-    )
-    loader: str = _f(
-        "auto",
-        "auto: device-resident tensors for in-memory data sets, "
-        "DataLoader for folders; device; dataloader (PIL, reference style)",
-        choices=("auto", "device", "dataloader"),
-    )
-    strong_view: str = _f(
-        "auto",
-        "a second, strongly augmented view of every training image (own crop + flip, "
-        "RandAugment n=2 with random magnitudes, Cutout; what MLKD trains on): auto (on when "
-        "the method reads it), on, off",
-        choices=("auto", "on", "off"),
-    )
-    num_workers: int = _f(2, "DataLoader workers (dataloader path only)", min=0, max=256)
-    data_seed: int = _f(
-        -1, "seed of shuffling and augmentation; -1 uses the run's seed", min=-1, max=SEED_MAX
-    )
-    # synthetic / folder only
-    num_classes: int = _f(10, "classes of the synthetic data set", min=2, max=100_000)
-    train_size: int = _f(2048, "training images of the synthetic data set", min=1, max=10_000_000)
-    test_size: int = _f(512, "test images of the synthetic data set", min=1, max=10_000_000)
-    image_size: int = _f(32, "side of synthetic images; crop size for folders", min=8, max=1024)
-
-
-@dataclass
-class OptimConfig:
-    optimizer: str = _f("sgd", "optimiser", choices=("sgd", "adamw"))
-    lr: float = _f(0.05, "base learning rate", min=0.0)
-    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=1.0)
-    nesterov: bool = _f(False, "Nesterov momentum")
-    weight_decay: float = _f(5e-4, "weight decay", min=0.0)
-    epochs: int = _f(240, "training epochs", min=1, max=EPOCHS_MAX)
-    schedule: str = _f("multistep", "lr schedule", choices=("multistep", "cosine", "constant"))
-    milestones: list[int] = _f(
-        [150, 180, 210],
-        "epochs where lr is multiplied by gamma",
-        min=0,
-        max=EPOCHS_MAX,
-        sweepable=False,
-    )
-    gamma: float = _f(0.1, "multistep decay factor", min=0.0, max=1.0)
-    warmup_epochs: int = _f(0, "linear lr warm-up epochs", min=0, max=EPOCHS_MAX)
-    min_lr: float = _f(0.0, "final lr of the cosine schedule", min=0.0)
-
-
-@dataclass
-class TeacherConfig:
-    arch: str = _f("", "teacher architecture", choices=tuple(ARCHS))
-    checkpoint: str = _f("", "teacher weights: our checkpoint or a RepDistiller/SimKD file")
-    from_run: str = _f("", "use the best checkpoint of an earlier run (run id or experiment name)")
-    train: bool = _f(False, "train this teacher first (vanilla) and distil from it")
-    # overrides of [optim] for the teacher's own training when train = true
-    optim: dict = field(
-        default_factory=dict,
-        metadata=meta("overrides of [optim] for training the teacher", sweepable=False),
-    )
-
-
-@dataclass
-class StudentConfig:
-    arch: str = _f("resnet8x4", "student architecture", choices=tuple(ARCHS))
-    checkpoint: str = _f("", "initialise the student from these weights")
-
-
-@dataclass
-class DistillConfig:
-    method: str = _f("vanilla", "distillation method", choices=tuple(METHODS))
-    # method-specific options (see engine.core.registry.METHODS[method].options)
-    options: dict = field(default_factory=dict, metadata=meta("method options", sweepable=False))
-
-
-@dataclass
-class RunConfig:
-    device: str = _f(
-        "auto",
-        "auto (CUDA when present), cpu, cuda, cuda:N (under the engine N is the GPU id as "
-        "`kdtui engine start --gpus` names it), mps",
-    )
-    amp: str = _f(
-        "auto",
-        "mixed precision: auto (bf16 on CUDA), bf16, fp16, off",
-        choices=("auto", "bf16", "fp16", "off"),
-    )
-    channels_last: str = _f(
-        "auto",
-        "channels_last memory format: auto (on CUDA), on, off",
-        choices=("auto", "on", "off"),
-    )
-    compile: bool = _f(False, "torch.compile the training step")
-    compile_mode: str = _f(
-        "auto",
-        "torch.compile mode: auto (reduce-overhead = CUDA graphs on CUDA, default on CPU), "
-        "default, reduce-overhead, max-autotune",
-        choices=("auto", "default", "reduce-overhead", "max-autotune"),
-    )
-    threads: int = _f(
-        0,
-        "CPU threads for torch (0: auto = $OMP_NUM_THREADS when set, e.g. the engine's "
-        "share of the cores, else every core)",
-        min=0,
-        max=1024,
-    )
-    eval_every: int = _f(
-        1, "evaluate every N epochs (and always at the end)", min=1, max=EPOCHS_MAX
-    )
-    log_every: int = _f(20, "record training loss every N steps", min=1, max=STEPS_MAX)
-    checkpoint_every: int = _f(
-        1, "save the `last` checkpoint every N epochs", min=1, max=EPOCHS_MAX
-    )
-    deterministic: bool = _f(
-        False,
-        "deterministic kernels (torch.use_deterministic_algorithms, warn_only), TF32 and "
-        "cuDNN autotuning off: slower on a GPU",
-    )
-    priority: int = _f(0, "engine queue priority (higher first)", min=-1_000_000, max=1_000_000)
-    fuse: bool = _f(
-        True,
-        "train sweep points that share teacher and data order in one process with one teacher pass",
-    )
-    teacher_cache: str = _f(
-        "off",
-        "exact teacher-logit cache for logit methods: off, memory, disk",
-        choices=("off", "memory", "disk"),
-    )
-    teacher_cache_dtype: str = _f("fp16", "cache precision", choices=("fp32", "fp16", "bf16"))
-    teacher_cache_mb: int = _f(2048, "cache size limit in MiB", min=1, max=1 << 20)
-    max_steps: int = _f(
-        0, "stop each epoch after N steps (0: full epochs; for smoke tests)", min=0, max=STEPS_MAX
-    )
-
-
-@dataclass
-class Experiment:
-    name: str = _f("", "experiment name")
-    description: str = _f("", "what this experiment reproduces", sweepable=False)
-    seeds: list[int] = _f([0], "one run per seed", min=0, max=SEED_MAX, sweepable=False)
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    # dotted key -> list of values; expanded to the grid of runs
-    sweep: dict = field(default_factory=dict)
-
-    @property
-    def method(self):
-        return METHODS[self.distill.method]
-
-    def option(self, key: str) -> Any:
-        """A method option with its registry default filled in."""
-        spec = self.method.options[key]
-        return self.distill.options.get(key, spec.default)
-
-
-SECTIONS = {
-    "data": DataConfig,
-    "teacher": TeacherConfig,
-    "student": StudentConfig,
-    "distill": DistillConfig,
-    "optim": OptimConfig,
-    "run": RunConfig,
-}
-TOP_LEVEL = ("name", "description", "seeds", *SECTIONS, "sweep")
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/+]*")  # fullmatch: `$` would pass "x\n"
-
-
-# ---------------------------------------------------------------- helpers
-class _Repr(reprlib.Repr):
-    """Bounded repr for messages: a 100,000-character value or a 5,000-digit integer is
-    named by its size, never printed whole (nor converted: str(int) has a digit limit)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxstring, self.maxother, self.maxlist, self.maxdict, self.maxlevel = 60, 60, 6, 6, 3
-
-    def repr_int(self, x: int, level: int) -> str:
-        return repr(x) if abs(x) < 10**30 else f"<an integer of {x.bit_length():,} bits>"
-
-    def repr_str(self, x: str, level: int) -> str:
-        shown = super().repr_str(x, level)
-        return shown if len(x) <= self.maxstring else f"{shown} ({len(x):,} characters)"
-
-
-_show = _Repr().repr
+from engine.core.dotted import grid, parse_override, set_label, with_overrides
+from engine.core.inert import brief, printable
+from engine.core.registry import ARCHS, METHODS
+from engine.core.schema import (
+    DEPTH_MAX,
+    DEVICE_RE,
+    ERRORS_MAX,
+    FILE_MAX_BYTES,
+    INT_MAX,
+    NAME_MAX,
+    NAME_RE,
+    RUNS_MAX,
+    SECTIONS,
+    TEXT_MAX,
+    TOP_LEVEL,
+    ConfigError,
+    DistillConfig,
+    Experiment,
+    OptimConfig,
+    TeacherConfig,
+    field_meta,
+    run_count,
+    teacher_experiment,
+    type_hints,
+    with_defaults,
+)
 
 
 def _suggest(word: Any, candidates) -> str:
@@ -306,16 +60,6 @@ def _suggest(word: Any, candidates) -> str:
 
 def _choices_text(choices) -> str:
     return ", ".join(repr(c) if not isinstance(c, str) else c for c in choices)
-
-
-@functools.cache
-def _hints(cls) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-@functools.cache
-def _metas(cls) -> dict[str, Any]:
-    return {f.name: f.metadata for f in fields(cls)}
 
 
 def _type_name(tp: Any) -> str:
@@ -371,7 +115,7 @@ def _number_problem(value: Any) -> str | None:
         if isinstance(v, float) and not math.isfinite(v):
             return f"must be a finite number, got {v}"
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX:
-            return f"{_show(v)} is too large (at most {INT_MAX:,} in absolute value)"
+            return f"{brief(v)} is too large (at most {INT_MAX:,} in absolute value)"
         if isinstance(v, list):
             stack.extend(v)
         elif isinstance(v, dict):
@@ -391,7 +135,7 @@ def _check_range(value: Any, md: dict) -> str | None:
         return problem
     choices = md.get("choices")
     if choices is not None and value not in choices:
-        return f"{_show(value)} is not one of: {_choices_text(choices)}{_suggest(value, map(str, choices))}"
+        return f"{brief(value)} is not one of: {_choices_text(choices)}{_suggest(value, map(str, choices))}"
     lo, hi = md.get("min"), md.get("max")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if lo is not None and value < lo:
@@ -411,7 +155,7 @@ def _text_problem(key: str, value: str) -> str | None:
         bad = next(c for c in value if printable(c, keep=allowed) != c)
         return f"contains the control character {printable(bad)}; remove it"
     if key == "device" and not DEVICE_RE.fullmatch(value):
-        return f"{_show(value)} is not a device: use auto, cpu, cuda, cuda:N or mps"
+        return f"{brief(value)} is not a device: use auto, cpu, cuda, cuda:N or mps"
     return None
 
 
@@ -433,12 +177,9 @@ def _depth(raw: Any) -> int:
 _TOO_DEEP = f"tables and arrays nest more than {DEPTH_MAX} levels deep; an experiment needs 3"
 
 
-def run_count(exp: Experiment) -> int:
-    """Student runs an experiment queues: sweep points x seeds (a trained teacher adds one)."""
-    return math.prod(len(v) for v in exp.sweep.values()) * len(exp.seeds)
-
-
 _HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
 _KEY_RE = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-.]+)\s*=""")
 
 
@@ -490,7 +231,6 @@ class _Locator:
         return min(lines) if lines else headers.get(section)
 
 
-# ---------------------------------------------------------------- parsing
 class _Parser:
     """Turns a TOML dict into an Experiment, collecting every error instead of stopping at the
     first; `check_files` also checks that checkpoint paths name files (as `kdtui validate` does)."""
@@ -538,9 +278,9 @@ class _Parser:
 
     def section(self, cls, raw: Any, prefix: str):
         if not isinstance(raw, dict):
-            self.fail(prefix, f"must be a table [{prefix}], got {_show(raw)}")
+            self.fail(prefix, f"must be a table [{prefix}], got {brief(raw)}")
             return cls()
-        hints = _hints(cls)
+        hints = type_hints(cls)
         names = [f.name for f in fields(cls)]
         kwargs = {}
         for key, value in raw.items():
@@ -567,13 +307,13 @@ class _Parser:
         return obj
 
     def value(self, cls, key: str, value: Any, tp: Any, dotted: str) -> Any:
-        fmeta = _metas(cls)[key]
+        fmeta = field_meta(cls)[key]
         try:
             value = _coerce(value, tp)
         except TypeError:
-            raise self.error(dotted, f"must be {_type_name(tp)}, got {_show(value)}") from None
+            raise self.error(dotted, f"must be {_type_name(tp)}, got {brief(value)}") from None
         except OverflowError:
-            raise self.error(dotted, f"{_show(value)} is too large for a number") from None
+            raise self.error(dotted, f"{brief(value)} is too large for a number") from None
         if key in ("arch",) and value == "" and cls is TeacherConfig:
             return value
         problem = _text_problem(key, value) if isinstance(value, str) else None
@@ -585,7 +325,7 @@ class _Parser:
     def optim_overrides(self, raw: Any, dotted: str) -> dict:
         if not isinstance(raw, dict):
             raise self.error(dotted, "must be a table [teacher.optim]")
-        hints = _hints(OptimConfig)
+        hints = type_hints(OptimConfig)
         out = {}
         for key, value in raw.items():
             try:
@@ -635,9 +375,9 @@ class _Parser:
             try:
                 value = _coerce(value, tp)
             except TypeError:
-                raise self.error(dotted, f"must be {_type_name(tp)}, got {_show(value)}") from None
+                raise self.error(dotted, f"must be {_type_name(tp)}, got {brief(value)}") from None
             except OverflowError:
-                raise self.error(dotted, f"{_show(value)} is too large for a number") from None
+                raise self.error(dotted, f"{brief(value)} is too large for a number") from None
             problem = _check_range(value, {"choices": opt.choices, "min": opt.min, "max": opt.max})
         if problem:
             raise self.error(dotted, problem)
@@ -660,7 +400,7 @@ class _Parser:
             table = raw.get(sec)
             if not isinstance(table, dict):
                 continue
-            hints = _hints(cls)
+            hints = type_hints(cls)
             for key in list(table):
                 tp = hints.get(key)
                 if isinstance(table[key], list) and tp in (int, float, str, bool):
@@ -751,7 +491,7 @@ class _Parser:
 
     def swept_distill(self, raw: Any, methods: list[str]) -> DistillConfig:
         if not isinstance(raw, dict):
-            self.fail("distill", f"must be a table [distill], got {_show(raw)}")
+            self.fail("distill", f"must be a table [distill], got {brief(raw)}")
             return DistillConfig(method=methods[0], options=with_defaults(methods, {}))
         own = {f.name for f in fields(DistillConfig)}
         out = {}
@@ -823,7 +563,7 @@ class _Parser:
             for m in values:
                 if not isinstance(m, str) or m not in METHODS:
                     raise self.error(
-                        dotted, f"unknown method {_show(m)}; valid: {', '.join(METHODS)}"
+                        dotted, f"unknown method {brief(m)}; valid: {', '.join(METHODS)}"
                     )
         return values
 
@@ -848,16 +588,6 @@ class _Parser:
             self.fail("seeds", "needs at least one seed")
         elif len(set(exp.seeds)) != len(exp.seeds):
             self.fail("seeds", "repeats a seed")
-
-
-def with_defaults(methods: list[str], options: dict) -> dict:
-    """Options of the given methods, defaults filled in, so equality is by meaning."""
-    out = {}
-    for m in methods:
-        for key, opt in METHODS[m].options.items():
-            out.setdefault(key, copy.deepcopy(opt.default))
-    out.update(options)
-    return out
 
 
 def _sweepable_keys() -> list[str]:
@@ -927,20 +657,7 @@ def check_point(exp: Experiment, parser: _Parser) -> None:
             parser.fail("optim.warmup_epochs", "must be shorter than optim.epochs")
 
 
-def strong_view(exp: Experiment) -> bool:
-    """Whether this run's training batches carry the strong view (`[data] strong_view`)."""
-    mode = exp.data.strong_view
-    return mode == "on" or (mode == "auto" and exp.method.strong_view)
-
-
-def grid(sweep: dict) -> list[dict]:
-    if not sweep:
-        return [{}]
-    keys = list(sweep)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
-
-
-def _copy_point(exp: Experiment) -> Experiment:
+def copy_point(exp: Experiment) -> Experiment:
     """A deep copy without the sweep, field by field: 10,000 sweep points are checked in
     seconds (copy.deepcopy of the whole experiment took 4x as long)."""
     out = copy.copy(exp)
@@ -960,7 +677,7 @@ def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> 
     With a parser the problems are collected in it; without one they are raised."""
     own = parser is None
     parser = parser or _Parser(None, None)
-    out = _copy_point(exp)
+    out = copy_point(exp)
     method = point.get("distill.method", exp.distill.method)
     if "distill.method" in point:  # keep only the options of this point's method
         out.distill = DistillConfig(
@@ -979,7 +696,7 @@ def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> 
                 continue
             else:
                 obj = getattr(out, sec)
-                tp = _hints(type(obj))[name]
+                tp = type_hints(type(obj))[name]
                 setattr(obj, name, parser.value(type(obj), name, value, tp, dotted))
         except ConfigError as e:
             parser.collect(e)
@@ -992,7 +709,14 @@ def apply_point(exp: Experiment, point: dict, parser: _Parser | None = None) -> 
     return out
 
 
-# ---------------------------------------------------------------- public API
+def points(exp: Experiment) -> list[tuple[dict, Experiment]]:
+    """Every sweep point of `exp` with its one-point experiment; all problems raised at once."""
+    parser = _Parser(None, None)
+    out = [(point, apply_point(exp, point, parser)) for point in grid(exp.sweep)]
+    parser.raise_errors()
+    return out
+
+
 def parse(
     raw: dict,
     *,
@@ -1074,7 +798,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     raw = _toml(text, str(path))
     if not overrides:
         return parse(raw, file=str(path), text=text, check_files=True)
-    raw = _with_overrides(raw, overrides, str(path))
+    raw = with_overrides(raw, overrides, str(path))
     try:
         return parse(raw, file=str(path), text=text, check_files=True)
     except ConfigError as e:
@@ -1083,297 +807,6 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Experiment:
         for one in e.errors:
             item = given.get(one.key or "") or given.get(f"sweep.{one.key}")
             if item is not None:
-                one = ConfigError(one.reason, file=_set_label(path, item), key=one.key)
+                one = ConfigError(one.reason, file=set_label(path, item), key=one.key)
             errors.append(one)
         raise ConfigError.several(errors, e.truncated) from None
-
-
-def _set_label(path: str | Path, item: str) -> str:
-    return f"{path} (--set {shorten(item, 60)})".lstrip()
-
-
-def _with_overrides(raw: dict, overrides: list[str], file: str = "") -> dict:
-    for item in overrides:
-        key, value = parse_override(item, file)
-        try:
-            if key.startswith("sweep."):
-                set_sweep(raw, key.removeprefix("sweep."), value)
-            else:
-                set_key(raw, key, value)
-                drop_sweep(raw, key)  # an override of a swept key replaces the sweep
-        except ConfigError as e:
-            raise ConfigError(e.reason, file=_set_label(file, item), key=key) from None
-    return raw
-
-
-# ---------------------------------------------------------------- raw tables
-# A raw table is what a TOML reader gives: a dict, or a tomlkit document that keeps a
-# file's comments. `--set` and the composer edit experiments only through these, so a
-# dotted key and a sweep over it mean the same in both.
-def get_key(raw: Mapping, dotted: str) -> Any:
-    """The value at a dotted key ("optim.lr"); MISSING when the file does not set it."""
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return MISSING
-        node = node[part]
-    return node
-
-
-def get_sweep(raw: Mapping, dotted: str) -> Any:
-    """The values [sweep] gives a key (`"optim.lr" = [...]` or `[sweep.optim] lr = [...]`)."""
-    sweep = raw.get("sweep")
-    if not isinstance(sweep, Mapping):
-        return MISSING
-    return sweep[dotted] if dotted in sweep else get_key(sweep, dotted)
-
-
-def set_key(
-    raw: MutableMapping, dotted: str, value: Any, *, new_table: Callable[[], Any] = dict
-) -> None:
-    """Set a dotted key, making the tables on the way; MISSING removes it (and the tables
-    that removal empties)."""
-    *path, key = dotted.split(".")
-    node, trail = raw, []
-    for part in path:
-        if part not in node:
-            if value is MISSING:
-                return
-            node[part] = new_table()
-        elif not isinstance(node[part], MutableMapping):
-            if value is MISSING:
-                return
-            raise ConfigError(f"cannot set it: {part} is not a table", key=dotted)
-        trail.append((node, part))
-        node = node[part]
-    if value is not MISSING:
-        node[key] = value
-        return
-    if key in node:
-        del node[key]
-    for parent, part in reversed(trail):
-        if parent[part]:
-            break
-        del parent[part]
-
-
-def drop_sweep(raw: MutableMapping, dotted: str) -> None:
-    """Remove a key's sweep (in either spelling), and [sweep] when that empties it."""
-    sweep = raw.get("sweep")
-    if not isinstance(sweep, MutableMapping):
-        return
-    if dotted in sweep:
-        del sweep[dotted]
-    set_key(sweep, dotted, MISSING)
-    if not sweep:
-        del raw["sweep"]
-
-
-def set_sweep(
-    raw: MutableMapping, dotted: str, values: Any, *, new_table: Callable[[], Any] = dict
-) -> None:
-    """Sweep a key over values: where [sweep] already has it, else as `"section.key"`."""
-    if "sweep" not in raw:
-        raw["sweep"] = new_table()
-    sweep = raw["sweep"]
-    if not isinstance(sweep, MutableMapping):
-        raise ConfigError("cannot set it: sweep is not a table", key="sweep")
-    if dotted not in sweep and get_key(sweep, dotted) is not MISSING:
-        set_key(sweep, dotted, values)
-    else:
-        sweep[dotted] = values
-
-
-def parse_override(item: str, file: str = "") -> tuple[str, Any]:
-    """`optim.lr=0.01` -> ("optim.lr", 0.01); values are TOML, bare words are strings."""
-    if "=" not in item:
-        raise ConfigError(f"expected KEY=VALUE, got {_show(item)}", file=_set_label(file, item))
-    key, _, value = item.partition("=")
-    key, value = key.strip(), value.strip()
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except (tomllib.TOMLDecodeError, ValueError, RecursionError):
-        parsed = value
-    return key, parsed
-
-
-def to_dict(exp: Experiment, *, full: bool = True) -> dict:
-    """Plain dict in file order; `full=False` drops values equal to defaults."""
-    default = Experiment()
-    out: dict[str, Any] = {"name": exp.name}
-    if exp.description:
-        out["description"] = exp.description
-    out["seeds"] = list(exp.seeds)
-    for sec in SECTIONS:
-        obj, ref = getattr(exp, sec), getattr(default, sec)
-        table = {}
-        for f in fields(obj):
-            v = getattr(obj, f.name)
-            if sec == "distill" and f.name == "options":
-                methods = exp.sweep.get("distill.method") or [exp.distill.method]
-                defaults = with_defaults(methods, {})
-                for k, val in with_defaults(methods, exp.distill.options).items():
-                    if full or val != defaults[k]:
-                        table[k] = val
-                continue
-            if sec == "teacher" and f.name == "optim":
-                if v:
-                    table["optim"] = dict(v)
-                continue
-            if full or v != getattr(ref, f.name) or f"{sec}.{f.name}" in ALWAYS_WRITTEN:
-                table[f.name] = v
-        if table:
-            out[sec] = table
-    if exp.sweep:
-        out["sweep"] = dict(exp.sweep)
-    return out
-
-
-# written even when equal to the default: what a reader looks for first
-ALWAYS_WRITTEN = {
-    "data.dataset",
-    "data.batch_size",
-    "student.arch",
-    "distill.method",
-    "optim.lr",
-    "optim.epochs",
-}
-_ARRAY_RE = re.compile(r"\[\n((?:    [^\n\[\]{}]+,\n)+)\]")
-
-
-def _compact(text: str) -> str:
-    """tomli-w writes one array item per line; arrays of scalars read better inline."""
-    return _ARRAY_RE.sub(
-        lambda m: (
-            "[" + ", ".join(item.strip().rstrip(",") for item in m.group(1).splitlines()) + "]"
-        ),
-        text,
-    )
-
-
-def dumps(exp: Experiment, *, full: bool = False, header: str | None = None) -> str:
-    text = _compact(tomli_w.dumps(to_dict(exp, full=full)))
-    if header:
-        text = (
-            "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + "\n" + text
-        )
-    return text
-
-
-def save(
-    exp: Experiment, path: str | Path, *, full: bool = False, header: str | None = None
-) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(exp, full=full, header=header))
-    return path
-
-
-# ---------------------------------------------------------------- expansion
-@dataclass
-class RunPlan:
-    """One run to create: a fully resolved single-point, single-seed experiment."""
-
-    config: Experiment
-    seed: int
-    point: dict  # swept key -> value (empty for no sweep)
-    role: str = "student"  # "teacher" for a teacher trained first
-
-    @property
-    def label(self) -> str:
-        parts = [f"{k.split('.')[-1]}={v}" for k, v in self.point.items()]
-        return " ".join(parts + [f"seed={self.seed}"])
-
-
-PATH_KEYS = (("data", "root"), ("teacher", "checkpoint"), ("student", "checkpoint"))
-
-
-def absolute_paths(exp: Experiment, base: str | Path | None = None) -> Experiment:
-    """A copy whose file paths are absolute (relative ones are taken from `base`, default the
-    working directory), so the engine, started elsewhere, finds the same files."""
-    base = Path(base) if base is not None else Path.cwd()
-    out = copy.deepcopy(exp)
-    for sec, key in PATH_KEYS:
-        value = getattr(getattr(out, sec), key)
-        if value:
-            setattr(getattr(out, sec), key, str((base / Path(value).expanduser()).absolute()))
-    return out
-
-
-def teacher_experiment(exp: Experiment) -> Experiment:
-    """The vanilla run that trains the teacher of a `teacher.train = true` experiment."""
-    t = copy.deepcopy(exp)
-    t.sweep = {}
-    t.student = StudentConfig(arch=exp.teacher.arch)
-    t.teacher = TeacherConfig()
-    t.distill = DistillConfig(method="vanilla")
-    for key, value in exp.teacher.optim.items():
-        setattr(t.optim, key, value)
-    t.seeds = [exp.seeds[0]]
-    return t
-
-
-def expand(exp: Experiment) -> list[RunPlan]:
-    """Grid x seeds, plus the teacher run first when the teacher is trained here."""
-    plans: list[RunPlan] = []
-    parser = _Parser(None, None)
-    points = grid(exp.sweep)
-    configs = [(point, apply_point(exp, point, parser)) for point in points]
-    parser.raise_errors()
-    if any(cfg.teacher.train and cfg.method.needs_teacher for _, cfg in configs):
-        plans.append(RunPlan(teacher_experiment(exp), exp.seeds[0], {}, role="teacher"))
-    for point, cfg in configs:
-        for seed in exp.seeds:
-            one = _copy_point(cfg)
-            one.seeds = [seed]
-            plans.append(RunPlan(one, seed, dict(point)))
-    return plans
-
-
-def resolved_toml(exp: Experiment) -> str:
-    """The full, default-filled config of one run, as stored with it."""
-    return _compact(tomli_w.dumps(to_dict(exp, full=True)))
-
-
-def is_dataclass_instance(obj: Any) -> bool:
-    return is_dataclass(obj) and not isinstance(obj, type)
-
-
-def field_help(section: str, key: str) -> str:
-    cls = SECTIONS[section]
-    for f in fields(cls):
-        if f.name == key:
-            return f.metadata.get("help", "")
-    raise KeyError(key)
-
-
-def field_default(section: str, key: str) -> Any:
-    for f in fields(SECTIONS[section]):
-        if f.name == key:
-            if f.default is not MISSING:
-                return f.default
-            return f.default_factory()  # type: ignore[misc]
-    raise KeyError(key)
-
-
-__all__ = [
-    "ConfigError",
-    "Experiment",
-    "DataConfig",
-    "OptimConfig",
-    "TeacherConfig",
-    "StudentConfig",
-    "DistillConfig",
-    "RunConfig",
-    "RunPlan",
-    "load",
-    "loads",
-    "parse",
-    "dumps",
-    "save",
-    "expand",
-    "resolved_toml",
-    "to_dict",
-    "parse_override",
-    "asdict",
-]
