@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.core import safefs
+from engine.core.devices import ENGINE_GPU_ENV, HOST_DEVICES, cuda_index
 from engine.core.liveness import (  # noqa: F401  (re-exported: the engine's API before liveness.py)
     PID_SLACK_S,
     is_worker_process,
@@ -196,15 +197,6 @@ def build_slots(gpus: Sequence[str], slots_per_gpu: int = 1, cpu_slots: int = 1)
 
 
 # ---------------------------------------------------------------- devices
-ENGINE_GPU_ENV = "KDTUI_ENGINE_GPU"  # set in every worker: its slot's GPU id, "" on a CPU slot
-HOST_DEVICES = ("cpu", "mps", "xpu")  # devices that run on a CPU slot
-_CUDA_N = re.compile(r"^cuda:(\d+)$")
-
-
-class DeviceError(ValueError):
-    """A run's `[run] device` cannot be met here; the message says what to change."""
-
-
 def slot_fits(device: str, slot: Slot, gpu_slots_exist: bool) -> bool:
     """Whether a run with `[run] device = device` may train on `slot`.
 
@@ -219,9 +211,9 @@ def slot_fits(device: str, slot: Slot, gpu_slots_exist: bool) -> bool:
         return slot.gpu is None
     if device == "auto":
         return (slot.gpu is not None) == gpu_slots_exist
-    m = _CUDA_N.match(device)
-    if m:
-        return slot.gpu == m.group(1)
+    index = cuda_index(device)
+    if index is not None:
+        return slot.gpu == index
     return slot.gpu is not None  # "cuda"
 
 
@@ -241,32 +233,6 @@ def unplaceable(device: str, slots: Sequence[Slot]) -> str | None:
         f'GPU N as `kdtui engine start --gpus` does); set [run] device = "cuda" for any GPU '
         "or restart the engine with that GPU in --gpus"
     )
-
-
-def worker_device(device: str, slot_gpu: str | None) -> str:
-    """The torch device a worker opens for a run's `[run] device`.
-
-    The engine shows each worker only its slot's GPU (CUDA_VISIBLE_DEVICES), where it is
-    cuda:0, so `cuda:N` (GPU N as the engine numbers them) becomes cuda:0 on GPU N's slot.
-    slot_gpu None: not started by the engine (`kdtui run`), where cuda:N keeps torch's
-    meaning; "": a CPU slot.
-    """
-    device = (device or "auto").strip()
-    if slot_gpu is None or device == "auto" or device in HOST_DEVICES:
-        return device
-    if slot_gpu == "":
-        raise DeviceError(
-            f"run.device = {device!r} but the engine placed this run on a CPU slot; "
-            'set [run] device = "auto" or "cpu"'
-        )
-    m = _CUDA_N.match(device)
-    if m and m.group(1) != slot_gpu:
-        raise DeviceError(
-            f"run.device = {device!r} but the engine placed this run on GPU {slot_gpu}, "
-            f'which this worker sees as cuda:0; set [run] device = "cuda" (any GPU) or '
-            f'"cuda:{slot_gpu}"'
-        )
-    return "cuda:0"
 
 
 def place(

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
+from engine.core.devices import ENGINE_GPU_ENV, worker_device
 from engine.core.schema import Experiment, OptimConfig, RunConfig
-from engine.daemon import ENGINE_GPU_ENV, worker_device
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.models import build_model, load_checkpoint_file
 from engine.models.base import FeatureModel, count_params
@@ -59,7 +59,7 @@ class Runtime:
 def pick_runtime(run: RunConfig) -> Runtime:
     """Device, precision and process-wide switches for a run (or a fused group).
 
-    Under the engine a worker sees only its slot's GPU, as cuda:0 (`engine.daemon.
+    Under the engine a worker sees only its slot's GPU, as cuda:0 (`engine.core.devices.
     worker_device` maps `cuda:N`); the device is made current, so that synchronize(),
     memory statistics and new tensors without an index all use it.
     """

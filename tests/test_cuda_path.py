@@ -362,7 +362,7 @@ def test_deterministic_true_switches_to_deterministic_kernels_and_off_again(monk
 
 # ---------------------------------------------------------------- 5: devices under the engine
 def test_a_worker_refuses_a_gpu_it_was_not_given(monkeypatch):
-    from engine.daemon import ENGINE_GPU_ENV, DeviceError
+    from engine.core.devices import ENGINE_GPU_ENV, DeviceError
 
     monkeypatch.setenv(ENGINE_GPU_ENV, "3")
     with pytest.raises(DeviceError, match="placed this run on GPU 3"):
@@ -376,7 +376,7 @@ def test_a_worker_refuses_a_gpu_it_was_not_given(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_run_device_becomes_the_current_cuda_device(monkeypatch):
-    from engine.daemon import ENGINE_GPU_ENV
+    from engine.core.devices import ENGINE_GPU_ENV
 
     monkeypatch.setenv(ENGINE_GPU_ENV, "0")
     rt = pick_runtime(schema.RunConfig(device="cuda:0", threads=1))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine import daemon
-from engine.core import reading
+from engine.core import devices, reading
 from engine.core.store import Store
 from engine.daemon import (
     build_slots,
@@ -156,13 +156,13 @@ def test_a_device_no_slot_can_serve_is_refused_with_the_fix():
 
 
 def test_a_worker_sees_its_slots_gpu_as_cuda_0():
-    wd = daemon.worker_device
+    wd = devices.worker_device
     assert wd("cuda:3", "3") == "cuda:0"  # GPU 3 as the engine numbers them
     assert wd("cuda", "3") == "cuda:0" and wd("auto", "3") == "auto"
     assert wd("cpu", "") == "cpu" and wd("auto", "") == "auto" and wd("mps", "") == "mps"
-    with pytest.raises(daemon.DeviceError, match=r"placed this run on GPU 3.*\"cuda:3\""):
+    with pytest.raises(devices.DeviceError, match=r"placed this run on GPU 3.*\"cuda:3\""):
         wd("cuda:1", "3")
-    with pytest.raises(daemon.DeviceError, match="CPU slot"):
+    with pytest.raises(devices.DeviceError, match="CPU slot"):
         wd("cuda", "")
     # not under the engine (`kdtui run`): torch's own numbering
     assert wd("cuda:1", None) == "cuda:1" and wd("auto", None) == "auto"
