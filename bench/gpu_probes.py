@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from engine.cache import TeacherCache
-from engine.core import planning, reading, schema
+from engine.core import layout, planning, reading, schema
 from engine.core.schema import DataConfig
 from engine.data import build_data
 from engine.models import build_model
@@ -308,7 +308,7 @@ class Probes:
         torch.manual_seed(7)
         if self.cuda:
             torch.cuda.manual_seed_all(8)
-        m.restore(m.dir / "last.pth")
+        m.restore(m.dir / layout.LAST)
         got = [torch.rand(4)] + ([torch.rand(4, device="cuda")] if self.cuda else [])
         same = [bool(torch.equal(a, b.to(a.device))) for a, b in zip(want, got)]
         return {

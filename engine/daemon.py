@@ -21,7 +21,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core import safefs
+from engine.core import layout, runlog, safefs
 from engine.core.devices import ENGINE_GPU_ENV, HOST_DEVICES, cuda_index
+from engine.core.layout import default_home
 from engine.core.liveness import (  # noqa: F401  (re-exported: the engine's API before liveness.py)
     PID_SLACK_S,
     is_worker_process,
@@ -41,12 +41,8 @@ from engine.core.liveness import (  # noqa: F401  (re-exported: the engine's API
     row_time,
     run_process_alive,
 )
-from engine.core.store import Run, Store, StoreError, default_home
+from engine.core.store import Run, Store, StoreError
 
-LOCK_NAME = "engine.lock"
-STATE_NAME = "engine.json"
-LOG_NAME = "engine.log"
-OPTIONS_NAME = "engine-options.json"
 LOG_ROTATE_BYTES = 10 * 2**20
 EXIT_RUNNING = 3  # `python -m engine.daemon` when another engine holds the lock
 
@@ -100,7 +96,7 @@ class Options:
 def make_options(home: Path, options: dict[str, Any]) -> Options:
     """Explicit options win; otherwise the ones saved by the last `kdtui engine start`."""
     saved: dict[str, Any] = {}
-    path = home / OPTIONS_NAME
+    path = home / layout.ENGINE_OPTIONS
     if path.exists():
         try:
             saved = json.loads(safefs.read_text(path))
@@ -116,7 +112,7 @@ def make_options(home: Path, options: dict[str, Any]) -> Options:
 
 
 def save_options(home: Path, options: Options) -> None:
-    _write_private(home / OPTIONS_NAME, json.dumps(asdict(options), indent=1))
+    _write_private(home / layout.ENGINE_OPTIONS, json.dumps(asdict(options), indent=1))
 
 
 # ---------------------------------------------------------------- slots and placement
@@ -307,41 +303,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
-
-
-def last_log_line(
-    run_dir: str | Path, *, output_first: bool = False, output: Path | None = None
-) -> str:
-    """The last line the run itself logged, without its timestamp.
-
-    log.txt first (training progress: where a killed run stopped); with
-    `output_first`, the worker's raw output first (an uncaught exception's
-    last line is the error).
-    """
-    run_dir = Path(run_dir)
-    paths = [run_dir / "log.txt", output or run_dir / "worker.log"]
-    for path in reversed(paths) if output_first else paths:
-        try:
-            with os.fdopen(safefs.open_fd(path, os.O_RDONLY), "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-                lines = f.read().decode(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in reversed(lines):
-            line = _STAMP.sub("", line.strip())
-            if line and not line.startswith("engine:"):
-                return line
-    return ""
-
-
-def _append(path: Path, message: str) -> None:
-    """A line in a run's log; never through a symlink, and a full disk never stops the engine."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with contextlib.suppress(OSError):
-        safefs.append_text(path, f"{stamp} {message}\n")
-
-
 def _write_private(path: Path, text: str) -> None:
     safefs.write_private(path, text)
 
@@ -366,7 +327,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def _lock_path(home: Path) -> Path:
-    return home / LOCK_NAME
+    return home / layout.ENGINE_LOCK
 
 
 def lock_holder(home: Path) -> int | None:
@@ -486,12 +447,12 @@ class Engine:
             if run.cancel_requested:  # cancelled while nobody watched: what was asked, not a retry
                 how = f"worker {run.pid} gone" if run.pid else "no worker"
                 if self.store.settle_gone(run, "cancelled", f"cancelled ({how})"):
-                    _append(run.path / "log.txt", f"engine: cancelled ({how})")
+                    runlog.note(run.path, f"engine: cancelled ({how})")
                     log.info("run %d: cancel requested and its worker is gone: cancelled", run.id)
                 continue
             if self.options.recover:
                 self.store.requeue(run.id, resume=True)
-                _append(run.path / "log.txt", "engine: worker gone after a restart; re-queued")
+                runlog.note(run.path, "engine: worker gone after a restart; re-queued")
                 log.info("run %d: worker gone after a restart; re-queued to resume", run.id)
             else:
                 self._fail(run, "worker gone while the engine was down")
@@ -572,9 +533,9 @@ class Engine:
             return  # it finished itself in the meantime
         if run.cancel_requested:
             self.store.finish(run.id, "cancelled", f"cancelled (worker {how})")
-            _append(run.path / "log.txt", f"engine: cancelled (worker {how})")
+            runlog.note(run.path, f"engine: cancelled (worker {how})")
             return
-        line = last_log_line(run.dir, output_first=crashed, output=output)
+        line = runlog.last_line(run.dir, output_first=crashed, output=output)
         if crashed and safefs.low_on_space(run.dir) and "no space left" not in line:
             line = f"{line}; " if line else ""
             line += str(safefs.DiskFull(run.dir))  # the worker could not even say so itself
@@ -586,7 +547,7 @@ class Engine:
     def _fail(self, run: Run, reason: str) -> None:
         self.store.finish(run.id, "failed", reason)
         hint = "" if "kdtui resume" in reason else f"; `kdtui resume {run.id}` continues it"
-        _append(run.path / "log.txt", f"engine: failed: {reason}{hint}")
+        runlog.note(run.path, f"engine: failed: {reason}{hint}")
         log.info("run %d failed: %s", run.id, reason)
 
     def escalate_cancels(self, running: list[Run]) -> None:
@@ -649,7 +610,7 @@ class Engine:
             return
         runs = self.store.runs(ids=claimed)
         first = runs[0].path
-        out_path = first / "worker.log"
+        out_path = first / layout.WORKER_OUTPUT
         extra = {"CUDA_VISIBLE_DEVICES": slot.gpu or "", ENGINE_GPU_ENV: slot.gpu or ""}
         if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
             cpus = os.cpu_count() or 1
@@ -658,9 +619,13 @@ class Engine:
             extra["CUDA_DEVICE_ORDER"] = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
         for r in runs:
-            _append(r.path / "log.txt", f"engine: placed on {slot.name}{fused}")
+            runlog.note(r.path, f"engine: placed on {slot.name}{fused}")
             if r.path != first:
-                _append(r.path / "worker.log", f"engine: output of this fused worker: {out_path}")
+                runlog.note(
+                    r.path,
+                    name=layout.WORKER_OUTPUT,
+                    message=f"engine: output of this fused worker: {out_path}",
+                )
         cmd = [
             sys.executable,
             "-m",
@@ -731,14 +696,14 @@ class Engine:
         text = json.dumps(self.state(), indent=1)
         if text != self._last_state:
             try:
-                _write_private(self.store.home / STATE_NAME, text)
+                _write_private(self.store.home / layout.ENGINE_STATE, text)
             except OSError as e:  # a full disk: clients read a stale snapshot until space is back
                 if not self._state_failing:
-                    log.warning("could not write %s: %s", STATE_NAME, e)
+                    log.warning("could not write %s: %s", layout.ENGINE_STATE, e)
                 self._state_failing = True
                 return
             if self._state_failing:
-                log.info("%s written again", STATE_NAME)
+                log.info("%s written again", layout.ENGINE_STATE)
             self._state_failing = False
             self._last_state = text
 
@@ -771,7 +736,7 @@ def _home(home: str | Path | None) -> Path:
 
 def read_state(home: str | Path | None = None) -> dict[str, Any] | None:
     try:
-        return json.loads(safefs.read_text(_home(home) / STATE_NAME))
+        return json.loads(safefs.read_text(_home(home) / layout.ENGINE_STATE))
     except (OSError, ValueError):
         return None
 
@@ -804,7 +769,7 @@ def start(
     Store(home).close()  # creates the private store directory before anything lands in it
     opts = options if options is not None else make_options(home, kwargs)
     build_slots(parse_gpus(opts.gpus, discover_gpus()), opts.slots_per_gpu, opts.cpu_slots)
-    log_path = home / LOG_NAME
+    log_path = home / layout.ENGINE_LOG
     with contextlib.suppress(OSError):
         if log_path.lstat().st_size > LOG_ROTATE_BYTES:
             os.replace(log_path, log_path.with_suffix(".log.1"))
@@ -896,7 +861,7 @@ def stop_workers(home: Path, timeout: float, workers: list[dict]) -> list[int]:
         for run in store.runs(status="running"):
             if run.pid in pids:
                 store.requeue(run.id, resume=True)
-                _append(run.path / "log.txt", "engine stopped with its runs; re-queued")
+                runlog.note(run.path, "engine stopped with its runs; re-queued")
                 requeued.append(run.id)
         return requeued
     finally:
@@ -948,7 +913,7 @@ def _detach(home: Path) -> int | None:
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    logfd = safefs.open_fd(home / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    logfd = safefs.open_fd(home / layout.ENGINE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.dup2(logfd, 1)
     os.dup2(logfd, 2)
     os.close(null)
@@ -1010,7 +975,7 @@ def run_foreground(home: str | Path | None, options: Options) -> int:
     home = _home(home)
     Store(home).close()
     _setup_logging(sys.stderr)
-    log_path = home / LOG_NAME
+    log_path = home / layout.ENGINE_LOG
     logfile = logging.StreamHandler(
         os.fdopen(safefs.open_fd(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
     )

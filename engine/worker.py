@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from engine.core import checkpoint as ckptmod
-from engine.core import faults, safefs
+from engine.core import faults, layout, runlog, safefs
 from engine.core.registry import METHODS, resolve
 from engine.core.schema import Experiment, strong_view
 from engine.core.store import Run, Store, StoreError
@@ -131,22 +131,15 @@ class StoreCallbacks:
         return bool(row and row[0])
 
     def log(self, m, message):
-        append_log(Path(m.dir), message)
+        runlog.append(Path(m.dir), message)
         if self.extra:
             self.extra.log(m, message)
 
 
-def append_log(run_dir: Path, message: str) -> None:
-    """Lines in the run's log.txt (never through a symlink; DiskFull when the disk is full)."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    lines = "".join(f"{stamp} {line}\n" for line in message.rstrip().splitlines())
-    safefs.append_text(Path(run_dir) / "log.txt", lines)
-
-
 def _try_log(run_dir: Path, message: str) -> None:
-    """append_log on a failure path: a full disk must not hide the failure itself."""
+    """runlog.append on a failure path: a full disk must not hide the failure itself."""
     try:
-        append_log(run_dir, message)
+        runlog.append(run_dir, message)
     except OSError:
         print(message, file=sys.stderr, flush=True)  # worker.log, if it has room
 
@@ -175,7 +168,7 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
                 f"run {dep.id} uses a {dep.head} head ({dep.method}) and cannot "
                 "serve as a teacher; use a vanilla or logit-distilled run"
             )
-        path = Path(dep.dir) / "best.pth"
+        path = Path(dep.dir) / layout.BEST
         if not path.exists():
             raise SetupError(f"teacher run {dep.id} has no best checkpoint at {path}")
         info = ckptmod.inspect(path)
@@ -209,7 +202,7 @@ def execute(
                 started=r.started or time.time(),
                 error=None,
             )
-            append_log(
+            runlog.append(
                 Path(r.dir),
                 f"worker pid {os.getpid()} on {socket.gethostname()}, "
                 f"{_device_name(runtime)}, torch {torch.__version__}, "
@@ -299,7 +292,7 @@ def prepare(
         ev = evaluate(teacher, data.test, runtime)
         for r in runs:
             store.update(r.id, teacher_top1=ev["top1"])
-            append_log(
+            runlog.append(
                 Path(r.dir), f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
             )
         teacher_source = make_teacher_source(store, runs, cfgs, teacher, path, data, runtime)
@@ -356,7 +349,7 @@ def resume_member(store: Store, r: Run, m: Member) -> None:
     if used is None:
         if r.epoch == 0 and not any(i.exists for i in infos):
             store.rewind(r.id, 0)  # the unfinished first epoch's step metrics
-            append_log(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
+            runlog.append(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
             return
         found = [failed.get(i.name) or i.describe() for i in infos]
         raise SetupError(ckptmod.refusal(r.id, run_dir, found))
@@ -375,9 +368,9 @@ def resume_member(store: Store, r: Run, m: Member) -> None:
         note += f"; damaged file kept as {', '.join(p.name for p in moved)}"
     replayed = store.rewind(r.id, m.epoch, commit_of(state))["replayed"]
     if note:
-        append_log(run_dir, note)
+        runlog.append(run_dir, note)
         store.event(r.id, "fallback", note)
-    append_log(
+    runlog.append(
         run_dir,
         f"resumed from {used.path} at epoch {m.epoch}"
         + (
@@ -419,7 +412,7 @@ def make_teacher_source(
 
     def note(message: str) -> None:
         for r in runs:
-            append_log(Path(r.dir), message)
+            runlog.append(Path(r.dir), message)
 
     train = data.train
     if not logit_only:
@@ -475,7 +468,7 @@ def make_teacher_source(
 
 def _archive(run_dir: Path) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("last.pth", "prev.pth", "best.pth"):
+    for name in layout.CHECKPOINTS:
         p = run_dir / name
         if p.exists():
             p.rename(run_dir / f"{p.stem}.{stamp}.pth")

@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from engine.core import layout, runlog
 from engine.core.inert import printable
 from engine.core.store import RUN_COLUMNS, Run, Store
 from kdtui.messages import DataChanged, Polled, Snapshot
@@ -29,8 +30,6 @@ from kdtui.widgets.cells import short_path
 
 POLL_S = 0.5  # metrics show up within a second of being written
 ENGINE_EVERY = 4  # read the engine's status every 4th poll
-LOG_TAIL_BYTES = 16_384
-LOG_CHUNK_BYTES = 262_144
 _RUN_SQL = (
     "SELECT "
     + ", ".join(c for c in RUN_COLUMNS if c != "config_toml")
@@ -57,35 +56,6 @@ class Watch:
             ys.append(m.value)
             self.last_id = max(self.last_id, m.id)
         self.version += 1
-
-
-def read_log(path: Path, offset: int | None) -> tuple[str, int | None, bool]:
-    """New text of a log since `offset` (its tail the first time); handles truncation."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return "", offset, False
-    reset = False
-    if offset is None:
-        start, reset = max(0, size - LOG_TAIL_BYTES), True
-    elif size < offset:  # rotated or truncated: start over
-        start, reset = 0, True
-    else:
-        start = offset
-    if size - start > LOG_CHUNK_BYTES:
-        start, reset = size - LOG_CHUNK_BYTES, True
-    if start == size:
-        return "", size, reset
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(size - start)
-    except OSError:
-        return "", offset, False
-    text = data.decode("utf-8", errors="replace")
-    if reset and start > 0:  # drop the partial first line of a tail
-        text = text.partition("\n")[2]
-    return text, start + len(data), reset
 
 
 def engine_status(home: Path) -> Any:
@@ -179,7 +149,7 @@ class KdApp(App):
     # ------------------------------------------------------------ settings
     @property
     def settings_path(self) -> Path:
-        return self.home / "tui.json"
+        return self.home / layout.APP_SETTINGS
 
     def _load_settings(self) -> dict:
         try:
@@ -326,7 +296,7 @@ class KdApp(App):
         if watch is not None:
             run = self.runs_by_id.get(watch.run_id)
             if run is not None and run.dir:
-                log_path = Path(run.dir) / "log.txt"
+                log_path = Path(run.dir) / layout.LOG
         self.run_worker(
             partial(
                 self._read,
@@ -359,7 +329,9 @@ class KdApp(App):
             if watch_id is not None:
                 snap.metrics = self.store.metrics(watch_id, since_id=since_id)
                 if log_path is not None:
-                    snap.log_text, snap.log_offset, snap.log_reset = read_log(log_path, log_offset)
+                    snap.log_text, snap.log_offset, snap.log_reset = runlog.read_new(
+                        log_path, log_offset
+                    )
             if read_engine:
                 snap.engine, snap.engine_read = engine_status(self.home), True
         except Exception as e:  # a locked or half-migrated database must not kill the UI
@@ -417,8 +389,8 @@ class KdApp(App):
             self._log_text, self._log_reset = text, True
         else:
             self._log_text += text
-        if len(self._log_text) > LOG_CHUNK_BYTES:  # nobody looked for a while: keep the tail
-            self._log_text = self._log_text[-LOG_TAIL_BYTES:].partition("\n")[2]
+        if len(self._log_text) > runlog.CHUNK_BYTES:  # nobody looked for a while: keep the tail
+            self._log_text = self._log_text[-runlog.TAIL_BYTES :].partition("\n")[2]
             self._log_reset = True
 
     def header_text(self) -> str:

@@ -16,7 +16,8 @@ from rich.text import Text
 from engine.core import export as exportmod
 from engine.core import leaderboard as lb
 from engine.core import liveness, planning, reading, safefs, schema, writing
-from engine.core.store import STATUSES, Store, StoreError, default_home
+from engine.core.layout import default_home
+from engine.core.store import STATUSES, Store, StoreError
 from kdtui.inert import text
 from kdtui.options import (
     ExperimentOpt,

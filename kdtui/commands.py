@@ -7,8 +7,6 @@ while it is still being built).
 
 from __future__ import annotations
 
-import collections
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from rich.table import Table
 
 from engine import daemon
 from engine.core import checkpoint as ckptmod
-from engine.core import liveness, safefs, schema
+from engine.core import layout, liveness, runlog, schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
 from kdtui.inert import text
@@ -192,7 +190,7 @@ def engine_start(
         raise fail(str(e), 1) from None
     console.print(
         f"engine started: pid {pid}, {len(slots)} slot{'s' * (len(slots) != 1)} "
-        f"({', '.join(s.name for s in slots)}); log: {store.home / daemon.LOG_NAME}"
+        f"({', '.join(s.name for s in slots)}); log: {store.home / layout.ENGINE_LOG}"
     )
 
 
@@ -253,7 +251,7 @@ def engine_status(
         return
     console.print(
         f"engine pid {st['pid']}, up {_duration(st.get('uptime'))}, store {store.home}, "
-        f"log {store.home / daemon.LOG_NAME}"
+        f"log {store.home / layout.ENGINE_LOG}"
     )
     t = Table(title_justify="left")
     for col in ("slot", "worker", "runs", "progress", "eta"):
@@ -398,16 +396,6 @@ def resume(
 # ---------------------------------------------------------------- logs, rm
 
 
-def _tail(path: Path, lines: int) -> tuple[list[str], int]:
-    try:
-        data = safefs.read_bytes(path)
-    except FileNotFoundError:
-        return [], 0
-    text = data.decode(errors="replace")
-    last = collections.deque(text.splitlines(keepends=True), maxlen=max(lines, 0))
-    return list(last), len(data)
-
-
 def logs(
     run: Annotated[int, typer.Argument(help="Run id.", show_default=False)],
     follow: Annotated[
@@ -429,8 +417,8 @@ def logs(
         r = store.run(run)
     except StoreError as e:
         raise fail(str(e)) from None
-    path = r.path / ("worker.log" if worker else "log.txt")
-    shown, pos = _tail(path, lines)
+    path = r.path / (layout.WORKER_OUTPUT if worker else layout.LOG)
+    shown, pos = runlog.tail(path, lines)
     sys.stdout.writelines(printable(line, keep="\n\t") for line in shown)
     sys.stdout.flush()
     if not follow:
@@ -440,12 +428,7 @@ def logs(
     try:
         while True:
             status = store.run(run).status
-            try:
-                with os.fdopen(safefs.open_fd(path, os.O_RDONLY), "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-            except FileNotFoundError:
-                chunk = b""
+            chunk = runlog.read_from(path, pos)
             if chunk:
                 pos += len(chunk)
                 sys.stdout.write(printable(chunk.decode(errors="replace"), keep="\n\t"))

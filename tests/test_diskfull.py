@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import daemon
-from engine.core import reading, safefs
+from engine.core import layout, reading, runlog, safefs
 from engine.core.store import Store
 from tests import test_engine
 
@@ -64,17 +64,17 @@ def test_state_writes_on_a_full_disk_leave_no_temp_file_and_never_raise(small_di
     store = Store(small_disk / "home")
     engine = daemon.Engine(store, daemon.Options(), daemon.build_slots([]))
     engine.write_state()
-    assert json.loads((store.home / daemon.STATE_NAME).read_text())["pid"] == os.getpid()
+    assert json.loads((store.home / layout.ENGINE_STATE).read_text())["pid"] == os.getpid()
     filler = fill(small_disk)
     engine.started += 1  # the state changed: it must be written again
     engine.write_state()  # ENOSPC: logged, not raised
-    daemon._append(store.home / "log.txt", "engine: a line")  # nor here
+    runlog.note(store.home, "engine: a line")  # nor here
     with pytest.raises(safefs.DiskFull, match=f"no space left on device: {store.home}"):
         safefs.write_private(store.home / "x.json", "x" * 100_000)
     assert temp_files(small_disk) == []
     filler.unlink()
     engine.write_state()
-    assert json.loads((store.home / daemon.STATE_NAME).read_text())["started"] == engine.started
+    assert json.loads((store.home / layout.ENGINE_STATE).read_text())["started"] == engine.started
 
 
 def test_a_store_on_a_full_disk_can_still_be_read_and_says_why_it_cannot_change(small_disk):

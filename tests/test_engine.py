@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 
 from engine import daemon
-from engine.core import devices, reading
+from engine.core import devices, layout, reading, runlog
 from engine.core.store import Store
 from engine.daemon import (
     build_slots,
     dependency,
     discover_gpus,
-    last_log_line,
     parse_gpus,
     place,
     run_process_alive,
@@ -208,8 +207,8 @@ def test_a_dead_worker_is_reported_by_the_last_line_the_run_logged(tmp_path):
         "2026-01-01 10:00:00 epoch 2/3 train top1 40.00\n2026-01-01 10:00:01 engine: placed\n"
     )
     (tmp_path / "worker.log").write_text("Traceback (most recent call last):\nMemoryError: oom\n")
-    assert last_log_line(tmp_path) == "epoch 2/3 train top1 40.00"  # killed: where it stopped
-    assert last_log_line(tmp_path, output_first=True) == "MemoryError: oom"  # crashed: why
+    assert runlog.last_line(tmp_path) == "epoch 2/3 train top1 40.00"  # killed: where it stopped
+    assert runlog.last_line(tmp_path, output_first=True) == "MemoryError: oom"  # crashed: why
 
 
 def test_the_engine_and_its_commands_import_without_torch():
@@ -267,7 +266,9 @@ class Box:
             time.sleep(0.1)
         rows = [(r.id, r.status, r.epoch, r.error) for r in self.store.runs()]
         log = (
-            (self.home / daemon.LOG_NAME).read_text() if (self.home / "engine.log").exists() else ""
+            (self.home / layout.ENGINE_LOG).read_text()
+            if (self.home / "engine.log").exists()
+            else ""
         )
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\nruns: {rows}\n{log}")
 
@@ -462,7 +463,7 @@ def test_the_engine_outlives_the_command_that_started_it_and_is_one_per_store(bo
     assert f"already running for {box.home} (pid {pid}" in " ".join(again.stderr.split())
 
     # the lock, not a pid file, keeps a second engine out
-    (box.home / daemon.STATE_NAME).unlink()
+    (box.home / layout.ENGINE_STATE).unlink()
     raw = subprocess.run(
         [sys.executable, "-m", "engine.daemon", "--home", str(box.home)],
         capture_output=True,

@@ -24,7 +24,7 @@ import pytest
 
 from engine import daemon
 from engine.core import checkpoint as ckptmod
-from engine.core import liveness, reading
+from engine.core import layout, liveness, reading
 from engine.core.store import Store
 from tests import test_engine
 
@@ -125,7 +125,7 @@ def test_an_adopted_worker_that_finishes_is_not_logged_as_died(box):
     box.wait(lambda: daemon.status(box.home) is None, "the engine to die")
     box.cli("engine", "start")  # adopts the live worker
     box.wait_status(1, "done")
-    log = box.home / daemon.LOG_NAME
+    log = box.home / layout.ENGINE_LOG
     line = box.wait(
         lambda: next(
             (x for x in log.read_text().splitlines() if f"] worker {run.pid} (runs [1])" in x),

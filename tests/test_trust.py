@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine import daemon
-from engine.core import reading, safefs
+from engine.core import reading, runlog, safefs
 from engine.core.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_logs_and_state_are_never_written_through_a_planted_link(tmp_path, victi
     (run_dir / "log.txt").symlink_to(victim)
     with pytest.raises(safefs.UnsafePath, match="symbolic link"):
         safefs.append_text(run_dir / "log.txt", "epoch 1\n")
-    daemon._append(run_dir / "log.txt", "engine: placed")  # the engine: skipped, not followed
+    runlog.note(run_dir, "engine: placed")  # the engine: skipped, not followed
     # engine.json goes through a temp file whose (predictable) name may be planted too
     state = tmp_path / "engine.json"
     (tmp_path / f".engine.json.{os.getpid()}.tmp").symlink_to(victim)

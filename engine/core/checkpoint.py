@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.core import faults, safefs
+from engine.core import faults, layout, safefs
 
-NAMES = ("last.pth", "prev.pth", "best.pth")  # preference order on equal epochs
+NAMES = layout.CHECKPOINTS  # preference order on equal epochs
 MAGIC = "kdtui-checkpoint"
 EOCD = b"PK\x05\x06"  # zip end-of-central-directory signature
 EOCD_SIZE = 22

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import sqlite3
 import stat
@@ -25,9 +24,10 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from engine.core.layout import RUN_DIR_NAME
+
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-RUN_DIR_NAME = re.compile(r"^\d{4,}-[0-9a-f]{6}$")
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 

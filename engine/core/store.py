@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import socket
 import sqlite3
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import fingerprint as fpmod
-from engine.core import liveness, planning, reading, safefs, schema, writing
+from engine.core import layout, liveness, planning, reading, safefs, schema, writing
 from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -113,17 +112,6 @@ ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
-)
-# every file of the store itself (the engine's names are engine.daemon's *_NAME): none may be a
-# symlink, so nothing kdtui writes lands in someone else's file
-STORE_FILES = (
-    "kdtui.db",
-    "kdtui.db-wal",
-    "kdtui.db-shm",
-    "engine.lock",
-    "engine.log",
-    "engine.json",
-    "engine-options.json",
 )
 
 
@@ -224,19 +212,14 @@ class Metric:
     time: float
 
 
-def default_home() -> Path:
-    env = os.environ.get("KDTUI_HOME")
-    return Path(env).expanduser() if env else Path.cwd() / ".kdtui"
-
-
 class Store:
     """Thread-safe handle: one SQLite connection per thread."""
 
     def __init__(self, home: str | Path | None = None):
-        self.home = Path(home).expanduser() if home else default_home()
+        self.home = Path(home).expanduser() if home else layout.default_home()
         self.home = self.home.absolute()
-        self.db_path = self.home / "kdtui.db"
-        self.runs_dir = self.home / "runs"
+        self.db_path = self.home / layout.DB
+        self.runs_dir = self.home / layout.RUNS
         self._local = threading.local()
         self._init()
 
@@ -320,7 +303,7 @@ class Store:
     def _check_trust(self) -> None:
         """Only a store that is ours alone: see engine.core.safefs (UnsafePath says why and the fix)."""
         safefs.check_private_dir(self.home)
-        for name in STORE_FILES:
+        for name in layout.STORE_FILES:
             safefs.refuse_link(self.home / name)
         if self.runs_dir.is_symlink():  # allowed (runs on a bigger disk), if ours alone too
             safefs.check_private_dir(self.runs_dir, "runs folder")
@@ -475,13 +458,13 @@ class Store:
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
-        safefs.write_new(run_dir / "config.toml", toml_text)
+        safefs.write_new(run_dir / layout.CONFIG, toml_text)
         con.execute("UPDATE runs SET dir=? WHERE id=?", (str(run_dir), run_id))
         return run_id
 
     def _make_run_dir(self, run_id: int) -> Path:
         while True:
-            path = self.runs_dir / f"{run_id:04d}-{secrets.token_hex(3)}"
+            path = self.runs_dir / layout.run_dir_name(run_id)
             try:
                 path.mkdir(mode=0o700)
                 return path
