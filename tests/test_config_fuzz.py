@@ -98,7 +98,8 @@ def accepted_survives_submit(exp: schema.Experiment) -> None:
     again = reading.loads(writing.dumps(exp))  # saved and reloaded: still valid
     assert again.name == exp.name
     for plan in plans[:5]:
-        one = reading.loads(writing.resolved_toml(plan.config))
+        # as the store stores it and the worker reads it back: a resolved config
+        one = reading.loads(writing.resolved_toml(plan.config), resolved=True)
         stack: list = [writing.to_dict(one)]
         while stack:  # every number fits SQLite and is finite
             v = stack.pop()
