@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.stats import median_spread
+from engine.core import metrics as M
 from engine.core import reading
 from engine.core.store import Store
 
@@ -67,8 +68,8 @@ def seed_store(home: Path, runs: int = RUNS) -> int:
     store.update(running, status="running", epoch=10, step=100, best_top1=70.0)
     rows = []
     for e in range(10):
-        rows += [(e, e * 10 + k, "train/loss", 2.0 / (1 + e + k / 10)) for k in range(10)]
-        rows += [(e, e + 1, "test/top1", 50.0 + e), (e, e + 1, "test/top5", 80.0 + e)]
+        rows += [(e, e * 10 + k, M.LOSS, 2.0 / (1 + e + k / 10)) for k in range(10)]
+        rows += [(e, e + 1, M.TEST_TOP1, 50.0 + e), (e, e + 1, M.TEST_TOP5, 80.0 + e)]
     store.add_metrics(running, rows)
     store.close()
     return running
@@ -134,7 +135,7 @@ async def _live_latency(home: Path, run_id: int, writes: int) -> list[float]:
         for _ in range(writes):
             await pilot.pause(0.137)  # writes land anywhere in the app's poll cycle
             before = acc.points
-            writer.add_metrics(run_id, [(epoch, epoch + 1, "test/top1", 60.0 + epoch / 100)])
+            writer.add_metrics(run_id, [(epoch, epoch + 1, M.TEST_TOP1, 60.0 + epoch / 100)])
             writer.update(run_id, epoch=epoch + 1)
             epoch += 1
             out.append(await until(lambda b=before: acc.points > b))

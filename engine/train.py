@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
+from engine.core import metrics as M
 from engine.core.devices import ENGINE_GPU_ENV, worker_device
 from engine.core.schema import Experiment, OptimConfig, RunConfig
 from engine.distill.base import Distiller, TeacherOut, build_distiller
@@ -536,10 +537,10 @@ def fit(
             m.epoch = epoch + 1
             es = epoch_sums[m.name]
             metrics = {
-                "train/top1": 100.0 * float(es[0]) / max(es[1], 1),
-                "lr": lr_at(m.cfg.optim, epoch),
-                "images_per_s": seen / max(train_time, 1e-9),
-                "epoch_time": train_time,
+                M.TRAIN_TOP1: 100.0 * float(es[0]) / max(es[1], 1),
+                M.EPOCH_LR: lr_at(m.cfg.optim, epoch),
+                M.IMAGES_PER_S: seen / max(train_time, 1e-9),
+                M.EPOCH_TIME: train_time,
                 **extra,
             }
             last_epoch = m.epoch == m.cfg.optim.epochs
@@ -547,7 +548,7 @@ def fit(
             if m.epoch % m.cfg.run.eval_every == 0 or last_epoch:
                 m.distiller.eval()
                 ev = evaluate(m.distiller.forward_test, data.test, runtime)
-                metrics.update({f"test/{k}": v for k, v in ev.items()})
+                metrics.update({M.test_name(k): v for k, v in ev.items()})
                 m.last = ev
                 if ev["top1"] > m.best_top1:
                     m.best_top1, m.best_epoch = ev["top1"], epoch
@@ -595,18 +596,18 @@ def _diverged_message(m: Member, epoch: int, i: int, values: dict, lr: float) ->
 
 def _epoch_line(m: Member, metrics: dict) -> str:
     test = (
-        f" test top1 {metrics['test/top1']:.2f} top5 {metrics['test/top5']:.2f} (head: {m.head})"
-        if "test/top1" in metrics
+        f" test top1 {metrics[M.TEST_TOP1]:.2f} top5 {metrics[M.TEST_TOP5]:.2f} (head: {m.head})"
+        if M.TEST_TOP1 in metrics
         else ""
     )
     cache = (
-        f" teacher cache {100 * metrics['teacher_cache/hit_rate']:.0f}% hits"
-        if "teacher_cache/hit_rate" in metrics
+        f" teacher cache {100 * metrics[M.CACHE_HIT_RATE]:.0f}% hits"
+        if M.CACHE_HIT_RATE in metrics
         else ""
     )
     return (
-        f"epoch {m.epoch}/{m.cfg.optim.epochs} train top1 {metrics['train/top1']:.2f} "
-        f"lr {metrics['lr']:.4g} {metrics['images_per_s']:.0f} img/s{cache}{test}"
+        f"epoch {m.epoch}/{m.cfg.optim.epochs} train top1 {metrics[M.TRAIN_TOP1]:.2f} "
+        f"lr {metrics[M.EPOCH_LR]:.4g} {metrics[M.IMAGES_PER_S]:.0f} img/s{cache}{test}"
     )
 
 
@@ -709,9 +710,9 @@ class CachedTeacherSource:
         self.cache.flush(wait=True)  # a disk cache fed from a GPU: store the last misses
         st = self.cache.stats
         out = {
-            "teacher_cache/hit_rate": st.hit_rate,
-            "teacher_cache/fill": self.cache.fill,
-            "teacher_cache/teacher_rows": float(st.teacher_rows),
+            M.CACHE_HIT_RATE: st.hit_rate,
+            M.CACHE_FILL: self.cache.fill,
+            M.CACHE_TEACHER_ROWS: float(st.teacher_rows),
         }
         st.history.append(st.hit_rate)
         st.reset()

@@ -19,6 +19,7 @@ import torch
 
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, layout, runlog, safefs
+from engine.core.metrics import IMAGES_PER_S, STEP_LR, TEST_TOP1, TEST_TOP5, loss_name
 from engine.core.registry import METHODS, resolve
 from engine.core.schema import Experiment, strong_view
 from engine.core.store import Run, Store, StoreError
@@ -76,11 +77,8 @@ class StoreCallbacks:
             self.extra.on_start(m, info)
 
     def on_step(self, m, epoch, step, losses, lr):
-        rows = [
-            (epoch, m.step, f"train/{'loss' if k == 'loss' else 'loss_' + k}", v)
-            for k, v in losses.items()
-        ]
-        rows.append((epoch, m.step, "train/lr", lr))
+        rows = [(epoch, m.step, loss_name(k), v) for k, v in losses.items()]
+        rows.append((epoch, m.step, STEP_LR, lr))
         self.store.add_metrics(self._id(m), rows)
         self.store.update(self._id(m), step=step, epoch=epoch)
         faults.point("step", epoch + 1)
@@ -94,11 +92,11 @@ class StoreCallbacks:
         self.epoch_started[m.name] = now
         recent = times[-3:]
         eta = (m.cfg.optim.epochs - m.epoch) * sum(recent) / len(recent)
-        values = dict(epoch=m.epoch, step=0, images_per_s=metrics["images_per_s"], eta_s=eta)
-        if "test/top1" in metrics:
+        values = dict(epoch=m.epoch, step=0, images_per_s=metrics[IMAGES_PER_S], eta_s=eta)
+        if TEST_TOP1 in metrics:
             values.update(
-                last_top1=metrics["test/top1"],
-                last_top5=metrics["test/top5"],
+                last_top1=metrics[TEST_TOP1],
+                last_top5=metrics[TEST_TOP5],
                 best_top1=m.best_top1,
                 best_epoch=m.best_epoch + 1,
             )

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from engine.core import layout, runlog
+from engine.core import metrics as M
 from engine.core.inert import printable
 from engine.core.store import RUN_COLUMNS, Run, Store
 from kdtui.messages import DataChanged, Polled, Snapshot
@@ -52,7 +53,7 @@ class Watch:
         for m in metrics:
             xs, ys = self.series.setdefault(m.name, ([], []))
             # per-step curves run on the global step, per-epoch ones on the epoch
-            xs.append(m.step if m.name.startswith("train/") else m.epoch)
+            xs.append(m.step if M.per_step(m.name) else m.epoch)
             ys.append(m.value)
             self.last_id = max(self.last_id, m.id)
         self.version += 1

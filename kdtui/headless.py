@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from engine.core import leaderboard as lb
+from engine.core import metrics as M
 from engine.core import schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
@@ -80,7 +81,7 @@ class ProgressCallbacks:
 
     def on_step(self, m, epoch, step, losses, lr):
         task = self.tasks[m.name]
-        self.stats[m.name]["loss"] = losses.get("loss", float("nan"))
+        self.stats[m.name]["loss"] = losses.get(M.TOTAL, float("nan"))
         self.progress.update(
             task,
             completed=epoch * self.steps[m.name] + step,
@@ -90,9 +91,9 @@ class ProgressCallbacks:
 
     def on_epoch(self, m, epoch, metrics):
         s = self.stats[m.name]
-        s["ips"] = metrics["images_per_s"]
-        if "test/top1" in metrics:
-            s["acc"] = f"{metrics['test/top1']:.2f}"
+        s["ips"] = metrics[M.IMAGES_PER_S]
+        if M.TEST_TOP1 in metrics:
+            s["acc"] = f"{metrics[M.TEST_TOP1]:.2f}"
         self.progress.update(
             self.tasks[m.name],
             completed=(epoch + 1) * self.steps[m.name],

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.core import fingerprint as fpmod
 from engine.core import layout, liveness, planning, reading, safefs, schema, writing
+from engine.core import metrics as M
 from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -696,6 +697,24 @@ class Store:
             )
         ]
 
+    def epoch_means(
+        self, run_ids: Sequence[int], names: Sequence[str]
+    ) -> dict[str, tuple[list[float], list[float]]]:
+        """name -> (epochs, mean value per epoch over the runs): a seed group's curves."""
+        ids, names = [int(i) for i in run_ids], list(names)
+        rows = self.conn.execute(
+            f"SELECT name, epoch, AVG(value) FROM metrics WHERE run_id IN "
+            f"({','.join('?' * len(ids))}) AND name IN ({','.join('?' * len(names))}) "
+            "GROUP BY name, epoch ORDER BY epoch",
+            [*ids, *names],
+        ).fetchall()
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for name, epoch, value in rows:
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(epoch)
+            ys.append(value)
+        return series
+
     def truncate_metrics(self, run_id: int, after_epoch: int) -> None:
         """Drop metrics of epochs beyond a checkpoint before resuming from it."""
         self.conn.execute(
@@ -783,14 +802,13 @@ class Store:
                         )
                         replayed += 1
             top1 = con.execute(
-                "SELECT epoch, value FROM metrics WHERE run_id=? AND name='test/top1' "
-                "ORDER BY epoch, id",
-                (int(run_id),),
+                "SELECT epoch, value FROM metrics WHERE run_id=? AND name=? ORDER BY epoch, id",
+                (int(run_id), M.TEST_TOP1),
             ).fetchall()
             top5 = con.execute(
-                "SELECT value FROM metrics WHERE run_id=? AND name='test/top5' "
+                "SELECT value FROM metrics WHERE run_id=? AND name=? "
                 "ORDER BY epoch DESC, id DESC LIMIT 1",
-                (int(run_id),),
+                (int(run_id), M.TEST_TOP5),
             ).fetchone()
             best = max(top1, key=lambda r: r[1]) if top1 else None
             con.execute(

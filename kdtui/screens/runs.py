@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine.core import liveness, writing
+from engine.core import metrics as M
 from engine.core.inert import printable
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
@@ -27,12 +28,6 @@ EMPTY = (
     "[b]o[/b]  open one from experiments/*.toml\n\n"
     "Headless: kdtui submit experiments/x.toml"
 )
-
-
-def loss_label(name: str) -> str:
-    """train/loss -> total, train/loss_kd -> kd."""
-    tail = name.removeprefix("train/loss")
-    return tail.lstrip("_") or "total"
 
 
 class RunsScreen(Screen):
@@ -160,21 +155,21 @@ class RunsScreen(Screen):
             self._drawn_version = key
             series = watch.series
             self.query_one("#loss", CurvePlot).set_series(
-                {loss_label(n): s for n, s in series.items() if n.startswith("train/loss")}
+                {M.loss_term(n): s for n, s in series.items() if M.is_loss(n)}
             )
             acc = {}
-            if "test/top1" in series:
-                acc["top1"] = series["test/top1"]
-            if "test/top5" in series:
-                acc["top5"] = series["test/top5"]
+            if M.TEST_TOP1 in series:
+                acc["top1"] = series[M.TEST_TOP1]
+            if M.TEST_TOP5 in series:
+                acc["top5"] = series[M.TEST_TOP5]
             self.query_one("#acc", CurvePlot).set_series(acc)
             lr_plot = self.query_one("#lr", CurvePlot)
-            if "train/lr" in series:
+            if M.STEP_LR in series:
                 lr_plot.xlabel_text = "per step"
-                lr_plot.set_series({"lr": series["train/lr"]})
+                lr_plot.set_series({"lr": series[M.STEP_LR]})
             else:
                 lr_plot.xlabel_text = "per epoch"
-                lr_plot.set_series({"lr": series["lr"]} if "lr" in series else {})
+                lr_plot.set_series({"lr": series[M.EPOCH_LR]} if M.EPOCH_LR in series else {})
         feed = app.take_log()
         log = self.query_one(LogTail)
         if feed is not None:
