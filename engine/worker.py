@@ -123,10 +123,7 @@ class StoreCallbacks:
     def should_stop(self, m):
         if self.extra and self.extra.should_stop(m):
             return True
-        row = self.store.conn.execute(
-            "SELECT cancel_requested FROM runs WHERE id=?", (self._id(m),)
-        ).fetchone()
-        return bool(row and row[0])
+        return self.store.cancel_requested(self._id(m))
 
     def log(self, m, message):
         runlog.append(Path(m.dir), message)

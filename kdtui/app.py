@@ -24,18 +24,13 @@ from textual.worker import Worker, WorkerState
 from engine.core import layout, runlog
 from engine.core import metrics as M
 from engine.core.inert import printable
-from engine.core.store import RUN_COLUMNS, Run, Store
+from engine.core.store import Run, Store
 from kdtui.messages import DataChanged, Polled, Snapshot
 from kdtui.screens.runs import RunsScreen
 from kdtui.widgets.cells import short_path
 
 POLL_S = 0.5  # metrics show up within a second of being written
 ENGINE_EVERY = 4  # read the engine's status every 4th poll
-_RUN_SQL = (
-    "SELECT "
-    + ", ".join(c for c in RUN_COLUMNS if c != "config_toml")
-    + ", '' AS config_toml FROM runs ORDER BY id"
-)
 
 
 class Watch:
@@ -323,8 +318,7 @@ class KdApp(App):
         """Thread side: read what changed and post it to the app."""
         snap = Snapshot(watch_id=watch_id, since_id=since_id, log_offset=log_offset)
         try:
-            con = self.store.conn
-            runs = [Run(**dict(r)) for r in con.execute(_RUN_SQL)]
+            runs = self.store.runs_without_config()
             if runs != self._last_runs:
                 snap.runs = self._last_runs = runs
             if watch_id is not None:

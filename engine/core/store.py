@@ -538,6 +538,20 @@ class Store:
             args += ids
         return [Run(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
+    def runs_without_config(self) -> list[Run]:
+        """Every run, its `config_toml` left empty: what the app polls twice a second (the
+        configs are most of a row's bytes; a run's own is read when it is opened)."""
+        columns = ", ".join(c for c in RUN_COLUMNS if c != "config_toml")
+        sql = f"SELECT {columns}, '' AS config_toml FROM runs ORDER BY id"
+        return [Run(**dict(r)) for r in self.conn.execute(sql)]
+
+    def cancel_requested(self, run_id: int) -> bool:
+        """Whether someone asked this run to stop (the worker checks at every log step)."""
+        row = self.conn.execute(
+            "SELECT cancel_requested FROM runs WHERE id=?", (int(run_id),)
+        ).fetchone()
+        return bool(row and row[0])
+
     def find(self, ref: str) -> list[Run]:
         """Runs named by a run id or an experiment name (CLI arguments)."""
         if str(ref).isdigit():
