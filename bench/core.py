@@ -38,7 +38,8 @@ import torch
 from bench.stats import median_spread
 from engine.cache import TeacherCache, cached_logits
 from engine.core import schema
-from engine.data import NUM_VIEWS, Batch, DeviceLoader, time_loader
+from engine.core.views import NUM_VIEWS
+from engine.data import Batch, DeviceLoader, time_loader
 from engine.distill.base import TeacherOut, build_distiller
 from engine.models import build_model
 from engine.train import (

@@ -8,7 +8,7 @@ import torch
 from engine import cache as cachemod
 from engine.cache import TeacherCache, cached_logits, capacity_for, miss_bucket
 from engine.core import reading, schema
-from engine.data import NUM_VIEWS
+from engine.core.views import NUM_VIEWS
 from engine.models import build_model
 from engine.worker import execute
 

@@ -24,7 +24,8 @@ from engine.cache import TeacherCache, cached_logits
 from engine.core import planning, reading, schema
 from engine.core.registry import METHODS
 from engine.core.schema import DataConfig
-from engine.data import NUM_VIEWS, build_data
+from engine.core.views import NUM_VIEWS
+from engine.data import build_data
 from engine.distill.kd import KD
 from engine.models import build_model
 from engine.train import (

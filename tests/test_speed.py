@@ -8,6 +8,7 @@ import torch
 from engine import data as D
 from engine import worker
 from engine.core import planning, reading, schema
+from engine.core import views as V
 from engine.core.schema import DataConfig
 from engine.core.store import fuse_key
 from engine.models import build_model
@@ -126,7 +127,7 @@ def test_device_loader_batches_equal_torchvisions_pil_pipeline_for_their_views()
     mean, std = d.info.mean, d.info.std
     checked = 0
     for b in d.train.batches(3):
-        dy, dx, flip = D.decode_view(b.view)
+        dy, dx, flip = V.decode_view(b.view)
         for i in range(0, b.x.shape[0], 5):
             img = x_train[b.index[i]]
             pil = TF.to_pil_image(img)
