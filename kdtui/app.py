@@ -25,6 +25,7 @@ from engine.core import layout, runlog
 from engine.core import metrics as M
 from engine.core.inert import printable
 from engine.core.store import Run, Store
+from engine.daemon import client as engine
 from kdtui.messages import DataChanged, Polled, Snapshot
 from kdtui.screens.runs import RunsScreen
 from kdtui.widgets.cells import short_path
@@ -55,19 +56,15 @@ class Watch:
 
 
 def engine_status(home: Path) -> Any:
-    """The engine's status dict, or None when it is not running (or not installed)."""
+    """The engine's status dict, or None when it is not running (or cannot be read)."""
     try:
-        from engine import daemon
-    except ImportError:
-        return None
-    try:
-        return daemon.status(home)
+        return engine.status(home)
     except Exception:
         return None
 
 
 def engine_text(status: Any) -> str:
-    """One line for the header: is the engine up, and how busy (engine.daemon.status shape)."""
+    """One line for the header: is the engine up, and how busy (engine.daemon.client.status shape)."""
     if not status:
         return "engine stopped"
     if not isinstance(status, dict):
@@ -255,11 +252,7 @@ class KdApp(App):
         if not self.start_engine:
             return "engine start disabled (runs stay queued)", "warning"
         try:
-            from engine import daemon
-        except ImportError:
-            return "the engine is not installed yet: runs stay queued", "warning"
-        try:
-            pid = daemon.ensure_running(self.home)
+            pid = engine.ensure_running(self.home)
         except Exception as e:  # a user-facing failure, not a crash of the app
             return f"could not start the engine: {e}", "error"
         return f"engine running (pid {pid})", "information"

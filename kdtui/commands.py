@@ -7,6 +7,8 @@ while it is still being built).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -16,11 +18,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine import daemon
 from engine.core import checkpoint as ckptmod
 from engine.core import layout, liveness, runlog, schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
+from engine.daemon import client as engine
+from engine.daemon import options as engine_options
+from engine.daemon.scheduling import slots_for
 from kdtui.inert import text
 from kdtui.options import HomeOpt, SetOpt, YesOpt, confirm_size, console, err, fail, load_config
 
@@ -72,9 +76,9 @@ def _describe(r: Run) -> str:
 def _start_engine(store: Store, out: Console) -> bool:
     """Make sure an engine trains what was just queued; False (with the reason) if it can't."""
     try:
-        was = daemon.status(store.home)
-        pid = daemon.ensure_running(store.home)
-    except (daemon.EngineError, ValueError, OSError) as e:
+        was = engine.status(store.home)
+        pid = engine.ensure_running(store.home)
+    except (engine.EngineError, ValueError, OSError) as e:
         err.print(text(("the engine did not start:", "bold red"), " ", str(e)))
         err.print("the runs stay queued; `kdtui engine start` to try again")
         return False
@@ -109,84 +113,84 @@ def submit_experiment(
 # ---------------------------------------------------------------- engine start|stop|status
 
 
+def with_engine_options(command):
+    """`command(foreground, home, options)` as a Typer command with one option per engine
+    option, made from their one declaration (engine.daemon.options)."""
+    params = []
+    for spec in engine_options.specs():
+        extra = {"min": spec.min} if spec.min is not None else {}
+        option = typer.Option(
+            spec.flag,
+            help=spec.help,
+            hidden=spec.hidden,
+            show_default=spec.default is not None and not spec.negated,
+            **extra,
+        )
+        if spec.negated:  # --no-recover: a flag that turns the option off
+            name, kind, default = f"no_{spec.name}", bool, False
+        else:
+            name, kind, default = spec.name, spec.type, spec.default
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, option],
+            )
+        )
+    foreground = Annotated[
+        bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops it) instead.")
+    ]
+    params.append(
+        inspect.Parameter(
+            "foreground", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=foreground
+        )
+    )
+    params.append(
+        inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=HomeOpt)
+    )
+
+    @functools.wraps(command)
+    def run(*, foreground: bool = False, home: Path | None = None, **values) -> None:
+        options = engine_options.Options(
+            **{
+                spec.name: not values[f"no_{spec.name}"] if spec.negated else values[spec.name]
+                for spec in engine_options.specs()
+            }
+        )
+        command(foreground, home, options)
+
+    del run.__wrapped__  # Typer reads the signature below, not the wrapped function's
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return run
+
+
 @engine_app.command("start")
-def engine_start(
-    gpus: Annotated[
-        str | None,
-        typer.Option(
-            "--gpus",
-            help="GPU ids to use, e.g. 0,2 ('none': CPU only). Default: every visible GPU.",
-            show_default=False,
-        ),
-    ] = None,
-    slots_per_gpu: Annotated[
-        int, typer.Option("--slots-per-gpu", min=1, help="Workers per GPU (pack small runs).")
-    ] = 1,
-    cpu_slots: Annotated[
-        int,
-        typer.Option(
-            "--cpu-slots",
-            min=1,
-            help='CPU workers at once: every run on a CPU box, runs with device = "cpu" on a GPU box.',
-        ),
-    ] = 1,
-    no_recover: Annotated[
-        bool,
-        typer.Option(
-            "--no-recover",
-            help="Mark runs left running by a dead engine as failed instead of resuming them.",
-        ),
-    ] = False,
-    cancel_grace: Annotated[
-        float,
-        typer.Option(
-            "--cancel-grace",
-            min=0.0,
-            help="Seconds a cancelled worker has to stop before SIGTERM, then SIGKILL.",
-        ),
-    ] = 20.0,
-    poll: Annotated[float, typer.Option("--poll", min=0.05, hidden=True)] = 0.5,
-    foreground: Annotated[
-        bool,
-        typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops it) instead."),
-    ] = False,
-    home: HomeOpt = None,
-) -> None:
+@with_engine_options
+def engine_start(foreground: bool, home: Path | None, options: engine_options.Options) -> None:
     """Start the engine for this store in the background (one per store).
 
     The options are remembered: later automatic starts (by submit, resume or
     the app) use them.
     """
     store = Store(home)
-    running = daemon.status(store.home)
+    running = engine.status(store.home)
     if running:
         raise fail(
             f"an engine is already running for {store.home} (pid {running['pid']}, "
             f"up {_duration(running.get('uptime'))}); `kdtui engine stop` first",
             1,
         )
-    options = daemon.Options(
-        gpus=gpus,
-        slots_per_gpu=slots_per_gpu,
-        cpu_slots=cpu_slots,
-        recover=not no_recover,
-        cancel_grace=cancel_grace,
-        poll=poll,
-    )
     try:
-        slots = daemon.build_slots(
-            daemon.parse_gpus(gpus, daemon.discover_gpus()), slots_per_gpu, cpu_slots
-        )
+        slots = slots_for(options)
     except ValueError as e:
         raise fail(str(e)) from None
-    daemon.save_options(store.home, options)
+    engine_options.save(store.home, options)
     if foreground:
-        raise typer.Exit(daemon.run_foreground(store.home, options))
+        raise typer.Exit(engine.serve_in_terminal(store.home, options))
     try:
-        pid = daemon.start(store.home, options=options)
-    except daemon.EngineRunning as e:
-        raise fail(str(e), 1) from None
-    except daemon.EngineError as e:
+        pid = engine.start(store.home, options=options)
+    except engine.EngineError as e:  # EngineRunning too
         raise fail(str(e), 1) from None
     console.print(
         f"engine started: pid {pid}, {len(slots)} slot{'s' * (len(slots) != 1)} "
@@ -211,7 +215,7 @@ def engine_stop(
 ) -> None:
     """Stop the engine. Running workers keep training unless --runs; the next start adopts them."""
     store = Store(home)
-    state = daemon.stop(store.home, timeout, stop_runs=runs)
+    state = engine.stop(store.home, timeout, stop_runs=runs)
     if state is None:
         console.print(f"no engine running for {store.home}")
     else:
@@ -239,7 +243,7 @@ def engine_status(
     import json
 
     store = Store(home)
-    st = daemon.status(store.home)
+    st = engine.status(store.home)
     if as_json:
         sys.stdout.write(json.dumps(st, indent=1) + "\n")
         return

@@ -1034,7 +1034,7 @@ def test_the_app_never_imports_torch():
         "for pkg in (kdtui.screens, kdtui.widgets):\n"
         "    for m in pkgutil.iter_modules(pkg.__path__):\n"
         "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
-        "import engine.daemon\n"
+        "import engine.daemon.client, engine.daemon.server\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"
@@ -1058,7 +1058,7 @@ def test_the_app_draws_the_runs_table_on_a_real_terminal(seeded):
 @pytest.mark.slow
 async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
     """The real engine: a tiny digits run queued from the composer, watched to done, ranked."""
-    from engine import daemon
+    from engine.daemon import client as daemon
     from kdtui.screens.compose import ComposerScreen
     from kdtui.screens.leaderboard import LeaderboardScreen
     from kdtui.screens.runs import RunsScreen

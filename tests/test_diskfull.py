@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import daemon
 from engine.core import layout, reading, runlog, safefs
+from engine.core.liveness import pid_alive
 from engine.core.store import Store
+from engine.daemon import client, server
+from engine.daemon.options import Options
+from engine.daemon.scheduling import build_slots
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny
@@ -62,7 +65,7 @@ def temp_files(root: Path) -> list[Path]:
 
 def test_state_writes_on_a_full_disk_leave_no_temp_file_and_never_raise(small_disk):
     store = Store(small_disk / "home")
-    engine = daemon.Engine(store, daemon.Options(), daemon.build_slots([]))
+    engine = server.Engine(store, Options(), build_slots([]))
     engine.write_state()
     assert json.loads((store.home / layout.ENGINE_STATE).read_text())["pid"] == os.getpid()
     filler = fill(small_disk)
@@ -110,7 +113,7 @@ def test_a_run_that_fills_the_disk_fails_saying_so_and_resumes_once_space_is_fre
         assert failed.error.startswith(f"no space left on device: {box.home}"), failed.error
         assert "`kdtui resume 1`" in failed.error
         engine = box.engine_pid()
-        assert daemon.pid_alive(engine)  # the engine survives
+        assert pid_alive(engine)  # the engine survives
         assert temp_files(small_disk) == []  # no half-written checkpoint left behind
         listed = box.cli("ls")  # the store stays readable
         assert "failed" in listed.stdout
@@ -121,5 +124,5 @@ def test_a_run_that_fills_the_disk_fails_saying_so_and_resumes_once_space_is_fre
         assert box.epochs_tested(1) == [0, 1, 2]
         assert box.engine_pid() == engine
     finally:
-        daemon.stop(box.home, timeout=5, stop_runs=True)
+        client.stop(box.home, timeout=5, stop_runs=True)
         box.store.close()

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import daemon
 from engine.core import checkpoint as ckptmod
 from engine.core import layout, liveness, reading
 from engine.core.store import Store
+from engine.daemon import client
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny
@@ -109,7 +109,7 @@ def test_engine_recovery_honours_a_cancel_asked_while_the_worker_was_dead(box):
     (run,) = box.store.submit(reading.loads(tiny("orphan"), file="orphan.toml"))
     box.store.claim(run.id, pid=1)
     box.store.update(run.id, cancel_requested=1)  # `kdtui cancel` while no engine ran
-    daemon.ensure_running(box.home)  # recovery runs before the engine reports "started"
+    client.ensure_running(box.home)  # recovery runs before the engine reports "started"
     after = box.run(run.id)
     assert after.status == "cancelled", (after.status, after.error)
     assert "cancelled (worker 1 gone)" in after.error
@@ -122,7 +122,7 @@ def test_an_adopted_worker_that_finishes_is_not_logged_as_died(box):
     box.cli("submit", box.write("adopt.toml", tiny("adopt", epochs=2, steps=6)))
     run = box.wait_training(1)
     os.kill(box.engine_pid(), signal.SIGKILL)
-    box.wait(lambda: daemon.status(box.home) is None, "the engine to die")
+    box.wait(lambda: client.status(box.home) is None, "the engine to die")
     box.cli("engine", "start")  # adopts the live worker
     box.wait_status(1, "done")
     log = box.home / layout.ENGINE_LOG

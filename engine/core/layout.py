@@ -53,6 +53,11 @@ def default_home() -> Path:
     return Path(env).expanduser() if env else Path.cwd() / ".kdtui"
 
 
+def home_path(home: str | os.PathLike | None) -> Path:
+    """A store folder as given (`--home`, ~ expanded), else the default one; absolute."""
+    return (Path(home).expanduser() if home else default_home()).absolute()
+
+
 # ---------------------------------------------------------------- a run's folder
 CONFIG = "config.toml"
 LOG = "log.txt"

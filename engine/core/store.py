@@ -217,8 +217,7 @@ class Store:
     """Thread-safe handle: one SQLite connection per thread."""
 
     def __init__(self, home: str | Path | None = None):
-        self.home = Path(home).expanduser() if home else layout.default_home()
-        self.home = self.home.absolute()
+        self.home = layout.home_path(home)
         self.db_path = self.home / layout.DB
         self.runs_dir = self.home / layout.RUNS
         self._local = threading.local()
