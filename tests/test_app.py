@@ -1047,7 +1047,7 @@ def test_the_app_never_imports_torch():
 
 def test_the_app_draws_the_runs_table_on_a_real_terminal(seeded):
     """Started as a user starts it, on a pseudo-terminal; its speed is `kdtui bench --only app`."""
-    from bench.app import paint_seconds
+    from kdtui.appbench import paint_seconds
 
     home, _ = seeded
     env = {"KDTUI_HOME": str(home), "PYTHONPATH": str(ROOT)}

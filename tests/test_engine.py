@@ -214,7 +214,7 @@ def test_a_dead_worker_is_reported_by_the_last_line_the_run_logged(tmp_path):
 
 
 def test_the_engine_and_its_commands_import_without_torch():
-    code = "import sys, engine.daemon.client, engine.daemon.server, kdtui.commands; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('engine.worker', 'engine.train')))"
+    code = "import sys, engine.daemon.client, engine.daemon.server, kdtui.cli.engine, kdtui.cli.runs; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('engine.worker', 'engine.train')))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )

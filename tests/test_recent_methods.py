@@ -747,7 +747,7 @@ def test_kdtui_methods_lists_every_method_with_reference_head_and_option_default
         check=True,
     ).stdout
     assert out.rstrip().endswith("NO-TORCH")  # the CLI stays torch-free
-    from kdtui.cli import _toml_value
+    from engine.core.writing import toml_value
 
     blocks = {b.split()[0]: b for b in out.split("\n\n") if b.strip()}
     for name, spec in METHODS.items():
@@ -756,7 +756,7 @@ def test_kdtui_methods_lists_every_method_with_reference_head_and_option_default
         assert ("reused teacher classifier" if spec.head == "teacher" else "student's") in block
         rows = {line.split()[0]: line for line in block.splitlines()[3:] if line.strip()}
         for key, opt in spec.options.items():
-            assert _toml_value(opt.default) in rows[key], (name, key)
+            assert toml_value(opt.default) in rows[key], (name, key)
     assert "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020" in out
     assert "[4.0, 3.0, 5.0, 2.0, 6.0]" in blocks["mlkd"]
 

@@ -35,9 +35,12 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from engine.core import faults, layout, safefs
+from engine.core import faults, layout, liveness, safefs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.core.store import Run
 
 NAMES = layout.CHECKPOINTS  # preference order on equal epochs
 MAGIC = "kdtui-checkpoint"
@@ -238,3 +241,29 @@ def refusal(run_id: int, run_dir: Path, found: Iterable[str]) -> str:
         f"run {run_id} cannot resume: no valid checkpoint in {run_dir} ({'; '.join(found)}); "
         f"`kdtui resume {run_id} --restart` starts it over from epoch 0"
     )
+
+
+def resume_check(r: Run, restart: bool = False) -> tuple[str | None, str | None]:
+    """(why it cannot resume, what to tell the user first) for one run; torch-free.
+
+    Failed, cancelled and dead (running, process gone) runs resume. Without
+    --restart a run that finished epochs needs a valid checkpoint (last.pth,
+    else prev.pth or best.pth, whichever is newest): the worker never starts
+    over silently.
+    """
+    if r.status not in ("failed", "cancelled") and not liveness.process_gone(r):
+        return f"run {r.id} is {r.status}; only failed, cancelled or dead runs resume", None
+    if restart:
+        return None, None
+    infos = survey(r.path)
+    usable = ranked(infos)
+    if not usable:
+        if r.epoch == 0 and not any(i.exists for i in infos):
+            return None, None  # it never finished an epoch: nothing to lose
+        return refusal(r.id, r.path, [i.describe() for i in infos]), None
+    last, use = infos[0], usable[0]
+    if last.ok:
+        return None, None
+    at = f" at epoch {use.epoch}" if use.epoch is not None else ""
+    why = "is missing" if not last.exists else last.problem
+    return None, f"run {r.id}: last.pth {why}; it resumes from {use.path}{at}"

@@ -93,3 +93,8 @@ def save(
 def resolved_toml(exp: Experiment) -> str:
     """The full, default-filled config of one run, as stored with it."""
     return compact(tomli_w.dumps(to_dict(exp, full=True)))
+
+
+def toml_value(value) -> str:
+    """A default as it is written in [distill]: true, 0.5, "l2", [4.0, 3.0]."""
+    return compact(tomli_w.dumps({"v": value})).partition("=")[2].strip()

@@ -12,6 +12,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from engine.core import checkpoint as ckptmod
 from engine.core import liveness, writing
 from engine.core import metrics as M
 from engine.core.inert import printable
@@ -257,11 +258,9 @@ class RunsScreen(Screen):
 
     @work(thread=True, group="action", exit_on_error=False)
     def _resume(self, run_id: int) -> None:
-        from kdtui.commands import resume_check  # the CLI's rule: never restart silently
-
         app = self.app
         try:
-            why, _ = resume_check(app.store.run(run_id))
+            why, _ = ckptmod.resume_check(app.store.run(run_id))  # never restarts silently
             if why:
                 raise ValueError(why)
             app.store.requeue(run_id, resume=True)

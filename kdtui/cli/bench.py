@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from kdtui.cli.common import console, err, fail
 from kdtui.inert import text
-from kdtui.options import console, err, fail
 
 PART_NAMES = ("threads", "loader", "step", "fused", "cache", "compile", "app")
 DEFAULT = tuple(p for p in PART_NAMES if p != "compile")  # compile: only with --only
@@ -27,153 +27,141 @@ def _parts(value: str | None) -> tuple[str, ...]:
     return parts
 
 
-def register(app: typer.Typer) -> None:
-    """Add `bench` to the main app."""
+def bench(
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Small models (resnet20→resnet8), few steps: under a minute on 2 CPU cores.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON only.")
+    ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help=f"Comma-separated parts to run ({', '.join(PART_NAMES)}); every part but "
+            "compile (torch.compile vs eager, with the cold compile) by default.",
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+    ] = "auto",
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher architecture.")] = None,
+    student: Annotated[str | None, typer.Option("--student", help="Student architecture.")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 64,
+    steps: Annotated[
+        int,
+        typer.Option("--steps", min=0, help="Timed steps per measurement (0: mode default)."),
+    ] = 0,
+    repeats: Annotated[
+        int,
+        typer.Option("--repeats", min=0, help="Interleaved repetitions (0: mode default)."),
+    ] = 0,
+    sweep: Annotated[
+        int, typer.Option("--sweep", min=1, help="Students in the fused-sweep part.")
+    ] = 5,
+    images: Annotated[
+        int, typer.Option("--images", min=0, help="Synthetic training images (0: default).")
+    ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", help="Reference DataLoader workers (-1: 8 on CUDA, 0 on CPU)."),
+    ] = -1,
+    compile_: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the engine step (default: on for the full mode on CUDA).",
+        ),
+    ] = None,
+    threads: Annotated[
+        int,
+        typer.Option("--threads", min=0, help="CPU threads (0: measure 1 vs the default)."),
+    ] = 0,
+    gpu_check: Annotated[
+        bool,
+        typer.Option(
+            "--gpu-check",
+            help="The prepared first run on a GPU box (a few minutes, no internet): "
+            "machine and versions, the compiled SimKD step against the reference, the "
+            "CUDA-path probes, the quickstart and the fast tests on the GPU; writes "
+            "summary.json and summary.md to --out.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="With --gpu-check: every stage on the CPU at tiny sizes (what CI runs; "
+            "also KDTUI_GPU_CHECK_CPU=1).",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="With --gpu-check: where to write the summary."),
+    ] = None,
+) -> None:
+    """Speed of our engine against a reference-style KD loop on this device, and of the app."""
+    from engine.core.registry import ARCHS
 
-    @app.command()
-    def bench(
-        quick: Annotated[
-            bool,
-            typer.Option(
-                "--quick",
-                help="Small models (resnet20→resnet8), few steps: under a minute on 2 CPU cores.",
-            ),
-        ] = False,
-        json_out: Annotated[
-            bool, typer.Option("--json", help="Print the results as JSON only.")
-        ] = False,
-        only: Annotated[
-            str | None,
-            typer.Option(
-                "--only",
-                help=f"Comma-separated parts to run ({', '.join(PART_NAMES)}); every part but "
-                "compile (torch.compile vs eager, with the cold compile) by default.",
-            ),
-        ] = None,
-        device: Annotated[
-            str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
-        ] = "auto",
-        teacher: Annotated[
-            str | None, typer.Option("--teacher", help="Teacher architecture.")
-        ] = None,
-        student: Annotated[
-            str | None, typer.Option("--student", help="Student architecture.")
-        ] = None,
-        batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 64,
-        steps: Annotated[
-            int,
-            typer.Option("--steps", min=0, help="Timed steps per measurement (0: mode default)."),
-        ] = 0,
-        repeats: Annotated[
-            int,
-            typer.Option("--repeats", min=0, help="Interleaved repetitions (0: mode default)."),
-        ] = 0,
-        sweep: Annotated[
-            int, typer.Option("--sweep", min=1, help="Students in the fused-sweep part.")
-        ] = 5,
-        images: Annotated[
-            int, typer.Option("--images", min=0, help="Synthetic training images (0: default).")
-        ] = 0,
-        workers: Annotated[
-            int,
-            typer.Option(
-                "--workers", help="Reference DataLoader workers (-1: 8 on CUDA, 0 on CPU)."
-            ),
-        ] = -1,
-        compile_: Annotated[
-            bool | None,
-            typer.Option(
-                "--compile/--no-compile",
-                help="torch.compile the engine step (default: on for the full mode on CUDA).",
-            ),
-        ] = None,
-        threads: Annotated[
-            int,
-            typer.Option("--threads", min=0, help="CPU threads (0: measure 1 vs the default)."),
-        ] = 0,
-        gpu_check: Annotated[
-            bool,
-            typer.Option(
-                "--gpu-check",
-                help="The prepared first run on a GPU box (a few minutes, no internet): "
-                "machine and versions, the compiled SimKD step against the reference, the "
-                "CUDA-path probes, the quickstart and the fast tests on the GPU; writes "
-                "summary.json and summary.md to --out.",
-            ),
-        ] = False,
-        dry_run: Annotated[
-            bool,
-            typer.Option(
-                "--dry-run",
-                help="With --gpu-check: every stage on the CPU at tiny sizes (what CI runs; "
-                "also KDTUI_GPU_CHECK_CPU=1).",
-            ),
-        ] = False,
-        out: Annotated[
-            Path | None,
-            typer.Option("--out", help="With --gpu-check: where to write the summary."),
-        ] = None,
-    ) -> None:
-        """Speed of our engine against a reference-style KD loop on this device, and of the app."""
-        from engine.core.registry import ARCHS
+    if gpu_check:
+        from bench.gpu_check import dry_from_env, run_check
 
-        if gpu_check:
-            from bench.gpu_check import dry_from_env, run_check
+        summary = run_check(out, dry_run or dry_from_env(), lambda s: err.print(s, highlight=False))
+        print((Path(summary["out"]) / "summary.md").read_text())
+        console.print(
+            f"GPU check {'passed' if summary['ok'] else 'FAILED'} in {summary['seconds']} s; "
+            f"summary in {summary['out']}",
+            highlight=False,
+        )
+        raise typer.Exit(0 if summary["ok"] else 1)
 
-            summary = run_check(
-                out, dry_run or dry_from_env(), lambda s: err.print(s, highlight=False)
-            )
-            print((Path(summary["out"]) / "summary.md").read_text())
-            console.print(
-                f"GPU check {'passed' if summary['ok'] else 'FAILED'} in {summary['seconds']} s; "
-                f"summary in {summary['out']}",
-                highlight=False,
-            )
-            raise typer.Exit(0 if summary["ok"] else 1)
+    for name, arch in (("--teacher", teacher), ("--student", student)):
+        if arch and arch not in ARCHS:
+            raise fail(f"{name}: unknown architecture {arch!r}; see `kdtui models`")
+    parts = _parts(only)
 
-        for name, arch in (("--teacher", teacher), ("--student", student)):
-            if arch and arch not in ARCHS:
-                raise fail(f"{name}: unknown architecture {arch!r}; see `kdtui models`")
-        parts = _parts(only)
+    def log(line: str) -> None:
+        if not json_out:
+            err.print(text(line, style="dim"))
 
-        def log(line: str) -> None:
-            if not json_out:
-                err.print(text(line, style="dim"))
+    result: dict = {"quick": quick}
+    engine_parts = tuple(p for p in parts if p not in APP_ONLY)
+    if engine_parts:
+        result = _engine_bench(
+            {
+                "quick": quick,
+                "device": device,
+                "teacher": teacher or "",
+                "student": student or "",
+                "batch": batch,
+                "images": images,
+                "steps": steps,
+                "repeats": repeats,
+                "sweep": sweep,
+                "workers": workers,
+                "compile": compile_,
+                "threads": threads,
+                "parts": engine_parts,
+            },
+            log,
+        )
+    if "app" in parts:
+        from kdtui.appbench import run_app_bench  # torch-free, like the app
 
-        result: dict = {"quick": quick}
-        engine_parts = tuple(p for p in parts if p not in APP_ONLY)
-        if engine_parts:
-            result = _engine_bench(
-                {
-                    "quick": quick,
-                    "device": device,
-                    "teacher": teacher or "",
-                    "student": student or "",
-                    "batch": batch,
-                    "images": images,
-                    "steps": steps,
-                    "repeats": repeats,
-                    "sweep": sweep,
-                    "workers": workers,
-                    "compile": compile_,
-                    "threads": threads,
-                    "parts": engine_parts,
-                },
-                log,
-            )
-        if "app" in parts:
-            from bench.app import run_app_bench  # torch-free, like the app
-
-            result["app"] = run_app_bench(
-                repeats=repeats or (3 if quick else 5), writes=5 if quick else 10, log=log
-            )
-        if json_out:
-            print(json.dumps(result, indent=1, default=str))
-            return
-        if engine_parts:
-            console.print(render(result))
-        if "app" in result:
-            console.print(render_app(result["app"]))
+        result["app"] = run_app_bench(
+            repeats=repeats or (3 if quick else 5), writes=5 if quick else 10, log=log
+        )
+    if json_out:
+        print(json.dumps(result, indent=1, default=str))
+        return
+    if engine_parts:
+        console.print(render(result))
+    if "app" in result:
+        console.print(render_app(result["app"]))
 
 
 def _engine_bench(options: dict, log) -> dict:

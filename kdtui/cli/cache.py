@@ -16,8 +16,8 @@ from rich.table import Table
 
 from engine.core import cachefiles
 from engine.core.store import Store
+from kdtui.cli.common import HomeOpt, console, fail
 from kdtui.inert import text
-from kdtui.options import HomeOpt, console, fail
 
 cache_app = typer.Typer(
     help='The on-disk teacher-logit caches (`[run] teacher_cache = "disk"`).',

@@ -27,11 +27,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from engine.core import checkpoint as ckptmod
 from engine.core import leaderboard as lb
 from engine.core import metrics as M
 from engine.core import schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
+from kdtui.cli.render import leaderboard_table
 from kdtui.inert import text
 
 
@@ -237,8 +239,6 @@ def _close_interrupted(
 
 
 def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool:
-    from kdtui.cli import leaderboard_table
-
     ok = True
     for r in runs:
         r = store.run(r.id)
@@ -255,7 +255,7 @@ def summary(store: Store, runs: list[Run], console: Console, title: str) -> bool
     return ok
 
 
-def run_foreground(store: Store, exp: schema.Experiment, source: str, console: Console) -> bool:
+def train_experiment(store: Store, exp: schema.Experiment, source: str, console: Console) -> bool:
     t0 = time.time()
     runs = store.submit(exp, source=source, holder=os.getpid())
     console.print(
@@ -271,10 +271,8 @@ def run_foreground(store: Store, exp: schema.Experiment, source: str, console: C
     return ok
 
 
-def resume_foreground(store: Store, run_id: int, console: Console) -> bool:
-    from kdtui.commands import resume_check
-
-    why, note = resume_check(store.run(run_id))
+def train_resumed(store: Store, run_id: int, console: Console) -> bool:
+    why, note = ckptmod.resume_check(store.run(run_id))
     if why:
         raise StoreError(why)
     if note:

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from engine.core import reading, schema
+from engine.core.store import Store
+from engine.daemon import client as engine
 from kdtui.inert import InertConsole, text
 
 # every string printed is text: style with kdtui.inert.text(...), never with [markup]
@@ -71,3 +74,21 @@ YesOpt = Annotated[
         "--yes", "-y", help=f"Queue more than {schema.RUNS_CONFIRM:,} runs without refusing."
     ),
 ]
+
+NoStartOpt = Annotated[
+    bool,
+    typer.Option("--no-start", help="Only queue; do not start the engine if none runs."),
+]
+
+
+def start_engine(store: Store, out: Console) -> bool:
+    """Make sure an engine trains what was just queued; False (with the reason) if it can't."""
+    try:
+        was = engine.status(store.home)
+        pid = engine.ensure_running(store.home)
+    except (engine.EngineError, ValueError, OSError) as e:
+        err.print(text(("the engine did not start:", "bold red"), " ", str(e)))
+        err.print("the runs stay queued; `kdtui engine start` to try again")
+        return False
+    out.print(f"engine {'running' if was else 'started'}: pid {pid} (`kdtui engine status`)")
+    return True
