@@ -513,8 +513,10 @@ def _register_commands() -> None:
     from bench.cli import register as register_bench
     from kdtui.cachecmd import cache_app
     from kdtui.commands import register as register_engine
+    from kdtui.plotcmd import register as register_plot
 
     register_engine(app)
+    register_plot(app)
     register_bench(app)
     app.add_typer(cache_app, name="cache")
 
