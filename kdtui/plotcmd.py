@@ -19,13 +19,17 @@ def plot(
         list[str],
         typer.Argument(
             help="Run ids or experiment names; seeds of one config become one curve.",
+            metavar="RUN|EXPERIMENT",
             show_default=False,
         ),
     ],
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="fig.pdf, fig.png or fig.svg (the suffix picks the format)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="fig.pdf, fig.png or fig.svg (the suffix picks the format).",
         ),
     ],
     metric: Annotated[
@@ -33,6 +37,7 @@ def plot(
         typer.Option(
             "--metric",
             "-m",
+            metavar="NAME",
             help="A metric to plot, one panel each (repeatable; default test/top1 and "
             "train/loss). `kdtui plot RUN -m x -o f.pdf` lists what a run logged.",
         ),

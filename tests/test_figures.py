@@ -275,8 +275,9 @@ async def test_g_in_the_compare_view_writes_the_compared_rows(study, home, tmp_p
         assert isinstance(app.screen, CompareScreen)  # back where the user was
 
 
-async def test_escape_in_the_path_dialog_writes_nothing(study, home, tmp_path):
-    from test_app import make_app, until
+async def test_escape_or_a_bad_suffix_in_the_path_dialog_writes_nothing(study, home, tmp_path):
+    from test_app import make_app, notifications, until
+    from textual.widgets import Input
 
     from kdtui.screens.dialogs import PathScreen
     from kdtui.screens.runs import RunsScreen
@@ -288,5 +289,10 @@ async def test_escape_in_the_path_dialog_writes_nothing(study, home, tmp_path):
         await until(pilot, lambda: isinstance(app.screen, PathScreen))
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.press("g")
+        await until(pilot, lambda: isinstance(app.screen, PathScreen))
+        app.screen.query_one("#path", Input).value = "exports/fig.jpg"
+        await pilot.press("enter")
+        await until(pilot, lambda: any(".pdf, .png or .svg" in n for n in notifications(app)))
         await pilot.pause(0.3)
     assert not (tmp_path / "exports").exists()

@@ -33,7 +33,7 @@ def ask_and_write(screen: Screen, run_ids: Sequence[int]) -> None:
         except figure.FigureError as e:
             app.notify(str(e), severity="error")
             return
-        screen.run_worker(
+        app.run_worker(  # on the app: leaving the screen does not drop the figure
             lambda: _write(app, ids, path), thread=True, group="figure", exit_on_error=False
         )
 
