@@ -27,6 +27,9 @@ def export_tensorboard(
     from engine import tbexport  # imports tensorboard: only for this command
 
     chosen = store.runs(experiment=experiment)
+    if not chosen:
+        which = f" of experiment {experiment!r}" if experiment else ""
+        raise fail(f"no runs{which} in {store.home}; `kdtui ls` lists them")
     try:
         done = tbexport.export(store, chosen, output)
     except OSError as e:

@@ -285,6 +285,8 @@ async def test_escape_or_a_bad_suffix_in_the_path_dialog_writes_nothing(study, h
     app = make_app(home)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: app.loaded and len(app.runs) == 6)
+        titles = {cmd.title for cmd in app.get_system_commands(app.screen)}
+        assert "Write a paper figure of the marked (or selected) runs" in titles  # the palette
         await pilot.press("g")
         await until(pilot, lambda: isinstance(app.screen, PathScreen))
         await pilot.press("escape")

@@ -154,6 +154,8 @@ def test_tensorboard_export_needs_a_folder_and_names_the_fix(sweep, home, tmp_pa
     (tmp_path / "file").write_text("x")
     on_file = runner.invoke(app, ["export", "-f", "tensorboard", "-o", str(tmp_path / "file")])
     assert on_file.exit_code == 2 and "give a folder" in on_file.output
+    nothing = runner.invoke(app, ["export", "-f", "tensorboard", "-e", "nosuch", "-o", "tb"])
+    assert nothing.exit_code == 2 and "no runs of experiment 'nosuch'" in nothing.output
     other = runner.invoke(app, ["export", "--format", "xls"])
     assert other.exit_code == 2 and "md, csv, latex, tensorboard" in other.output
 
