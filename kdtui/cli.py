@@ -170,17 +170,31 @@ STATUS_STYLE = {
 }
 
 
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print a versioned JSON document instead (fields: README, Machine-readable)."
+    ),
+]
+
+
 @app.command("ls")
 def list_runs(
     status: Annotated[
         str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
     experiment: ExperimentOpt = None,
+    as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """List runs with status and progress."""
     store = open_store(home)
     runs = store.runs(status=status, experiment=experiment)
+    if as_json:
+        from engine import records
+
+        sys.stdout.write(records.dumps(records.runs_document(runs, str(store.home))))
+        return
     t = Table()
     for col in (
         "id",
@@ -376,11 +390,18 @@ def leaderboard(
     status: Annotated[str | None, typer.Option(help="Only rows with a run in this status.")] = None,
     baseline: BaselineOpt = None,
     runs: RunsOpt = False,
+    as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Rank experiments by best top-1: runs with equal config fingerprints form a row, one run
     per seed as mean ± std (done runs only); gap closed against a matching vanilla baseline."""
-    rows = leaderboard_rows(open_store(home), experiment, status, baseline)
+    store = open_store(home)
+    rows = leaderboard_rows(store, experiment, status, baseline)
+    if as_json:  # every row with its member runs, so --runs adds nothing here
+        from engine import records
+
+        sys.stdout.write(records.dumps(records.leaderboard_document(rows, str(store.home))))
+        return
     if not rows:
         console.print("no runs yet")
         return
@@ -391,7 +412,9 @@ def leaderboard(
 
 @app.command()
 def export(
-    format: Annotated[str, typer.Option("--format", "-f", help="md, csv or latex.")] = "md",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="md, csv, latex or tensorboard (-o DIR).")
+    ] = "md",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
@@ -406,9 +429,16 @@ def export(
     ] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Export the leaderboard as Markdown, CSV or LaTeX."""
+    """Export the leaderboard as Markdown, CSV or LaTeX; or every run's curves and config as
+    TensorBoard event files (`-o DIR`, one folder per run)."""
+    if format == "tensorboard":
+        from kdtui.tbcmd import export_tensorboard
+
+        export_tensorboard(open_store(home), output, experiment, baseline=baseline, runs=runs)
+        return
     if format not in exportmod.FORMATS:
-        raise fail(f"unknown format {format!r}; use one of {', '.join(exportmod.FORMATS)}")
+        known = ", ".join([*exportmod.FORMATS, "tensorboard"])
+        raise fail(f"unknown format {format!r}; use one of {known}")
     rows = leaderboard_rows(open_store(home), experiment, None, baseline)
     text = exportmod.export(rows, format, runs=runs)
     if output:
@@ -513,8 +543,10 @@ def _register_commands() -> None:
     from bench.cli import register as register_bench
     from kdtui.cachecmd import cache_app
     from kdtui.commands import register as register_engine
+    from kdtui.plotcmd import register as register_plot
 
     register_engine(app)
+    register_plot(app)
     register_bench(app)
     app.add_typer(cache_app, name="cache")
 
