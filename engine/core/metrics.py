@@ -46,5 +46,6 @@ def test_name(key: str) -> str:
 
 
 def per_step(name: str) -> bool:
-    """Plotted against the global step (train/...), else against the epoch."""
-    return name.startswith("train/")
+    """Logged every log window, so plotted against the global step (the loss, its terms and
+    the step's lr); everything else is logged once per epoch (train/top1 included)."""
+    return is_loss(name) or name == STEP_LR

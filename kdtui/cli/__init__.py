@@ -7,7 +7,8 @@ module of this package holds the commands of one job:
     foreground   `kdtui run`'s training in this process, with a Rich progress bar
     runs         ls, cancel, resume, logs, rm: runs in the store
     engine       engine start | stop | status
-    results      leaderboard, export
+    results      leaderboard, export (tensorboard: the export's event files)
+    plot         a paper figure of runs' curves (kdtui.figure draws it)
     catalog      models, methods: what the registries hold
     bench        the speed of the engine and of the app
     cache        the disk teacher-logit caches
@@ -24,7 +25,7 @@ import typer
 from engine.core import safefs
 from engine.core.layout import default_home
 from engine.core.store import StoreError
-from kdtui.cli import bench, cache, catalog, engine, experiments, results, runs
+from kdtui.cli import bench, cache, catalog, engine, experiments, plot, results, runs
 from kdtui.cli.common import HomeOpt, fail
 
 app = typer.Typer(
@@ -60,6 +61,7 @@ app.command()(runs.cancel)
 app.command()(runs.resume)
 app.command()(runs.logs)
 app.command()(runs.rm)
+app.command()(plot.plot)
 app.command()(bench.bench)
 app.add_typer(cache.cache_app, name="cache")
 

@@ -34,6 +34,13 @@ ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", "-e", help="Only this experiment.")
 ]
 
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print a versioned JSON document instead (fields: README, Machine-readable)."
+    ),
+]
+
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one clear error line; the caller raises the returned Exit."""

@@ -11,7 +11,7 @@ import typer
 from engine.core import export as exportmod
 from engine.core import leaderboard as lb
 from engine.core.store import Store, StoreError
-from kdtui.cli.common import ExperimentOpt, HomeOpt, console, err, fail
+from kdtui.cli.common import ExperimentOpt, HomeOpt, JsonOpt, console, err, fail
 from kdtui.cli.render import leaderboard_table, members_table
 
 
@@ -81,11 +81,18 @@ def leaderboard(
     status: Annotated[str | None, typer.Option(help="Only rows with a run in this status.")] = None,
     baseline: BaselineOpt = None,
     runs: RunsOpt = False,
+    as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Rank experiments by best top-1: runs with equal config fingerprints form a row, one run
     per seed as mean ± std (done runs only); gap closed against a matching vanilla baseline."""
-    rows = leaderboard_rows(Store(home), experiment, status, baseline)
+    store = Store(home)
+    rows = leaderboard_rows(store, experiment, status, baseline)
+    if as_json:  # every row with its member runs, so --runs adds nothing here
+        from engine.core import records
+
+        sys.stdout.write(records.dumps(records.leaderboard_document(rows, str(store.home))))
+        return
     if not rows:
         console.print("no runs yet")
         return
@@ -95,7 +102,9 @@ def leaderboard(
 
 
 def export(
-    format: Annotated[str, typer.Option("--format", "-f", help="md, csv or latex.")] = "md",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="md, csv, latex or tensorboard (-o DIR).")
+    ] = "md",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
@@ -110,9 +119,16 @@ def export(
     ] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Export the leaderboard as Markdown, CSV or LaTeX."""
+    """Export the leaderboard as Markdown, CSV or LaTeX; or every run's curves and config as
+    TensorBoard event files (`-o DIR`, one folder per run)."""
+    if format == "tensorboard":
+        from kdtui.cli.tensorboard import export_tensorboard
+
+        export_tensorboard(Store(home), output, experiment, baseline=baseline, runs=runs)
+        return
     if format not in exportmod.FORMATS:
-        raise fail(f"unknown format {format!r}; use one of {', '.join(exportmod.FORMATS)}")
+        known = ", ".join([*exportmod.FORMATS, "tensorboard"])
+        raise fail(f"unknown format {format!r}; use one of {known}")
     rows = leaderboard_rows(Store(home), experiment, None, baseline)
     text = exportmod.export(rows, format, runs=runs)
     if output:

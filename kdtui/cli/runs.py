@@ -14,7 +14,16 @@ from engine.core import layout, liveness, runlog
 from engine.core import leaderboard as lb
 from engine.core.inert import printable
 from engine.core.store import STATUSES, Run, Store, StoreError
-from kdtui.cli.common import ExperimentOpt, HomeOpt, NoStartOpt, console, err, fail, start_engine
+from kdtui.cli.common import (
+    ExperimentOpt,
+    HomeOpt,
+    JsonOpt,
+    NoStartOpt,
+    console,
+    err,
+    fail,
+    start_engine,
+)
 from kdtui.cli.render import add_text_row, progress_text
 from kdtui.inert import text
 
@@ -49,11 +58,17 @@ def list_runs(
         str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
     experiment: ExperimentOpt = None,
+    as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """List runs with status and progress."""
     store = Store(home)
     runs = store.runs(status=status, experiment=experiment)
+    if as_json:
+        from engine.core import records
+
+        sys.stdout.write(records.dumps(records.runs_document(runs, str(store.home))))
+        return
     t = Table()
     for col in (
         "id",

@@ -66,7 +66,10 @@ def differences(configs: list[list[dict[str, Any]]]) -> list[tuple[str, list[str
 
 class CompareScreen(Screen):
     CSS_PATH = Path(__file__).with_name("compare.tcss")
-    BINDINGS = [Binding("escape,q", "back", "Back", tooltip="Close the comparison")]
+    BINDINGS = [
+        Binding("escape,q", "back", "Back", tooltip="Close the comparison"),
+        Binding("g", "figure", "Figure", tooltip="Write a paper figure of the compared runs"),
+    ]
 
     def __init__(self, groups: list[tuple[str, list[int]]]) -> None:
         super().__init__()
@@ -135,3 +138,9 @@ class CompareScreen(Screen):
 
     def action_back(self) -> None:
         self.dismiss()
+
+    def action_figure(self) -> None:
+        """`kdtui plot`'s figure of every compared run (seeds of a config as one band)."""
+        from kdtui.screens.figure_key import ask_and_write
+
+        ask_and_write(self, [i for _, ids in self.groups for i in ids])

@@ -1,4 +1,4 @@
-"""Small modal screens: confirm, pick one of a list, show a run's config."""
+"""Small modal screens: confirm, pick one of a list, ask for a path, show a run's config."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, OptionList, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.core.inert import printable
@@ -83,6 +83,42 @@ class ChoiceScreen(ModalScreen[str | None]):
     @on(OptionList.OptionSelected)
     def _selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PathScreen(ModalScreen[Path | None]):
+    """A file name to write, proposed and editable; enter takes it, escape cancels.
+    A relative name is taken from `root` (the folder the app was started in)."""
+
+    CSS_PATH = Path(__file__).with_name("dialogs.tcss")
+    BINDINGS = [Binding("escape", "cancel", "Back")]
+
+    def __init__(self, title: str, proposed: Path, root: Path, *, hint: str = "") -> None:
+        super().__init__()
+        self.title_text = title
+        self.proposed = proposed
+        self.root = root
+        self.hint = hint
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label(Content(printable(self.title_text)), classes="title")
+            yield Input(short_path(self.proposed), compact=True, id="path")
+            if self.hint:
+                yield Static(Content(printable(self.hint)), classes="hint")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#path", Input).focus()
+
+    @on(Input.Submitted, "#path")
+    def _submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if text:
+            path = Path(text).expanduser()
+            self.dismiss(path if path.is_absolute() else self.root / path)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

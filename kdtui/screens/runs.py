@@ -50,6 +50,14 @@ class RunsScreen(Screen):
             tooltip="Mark or unmark the selected run for compare",
         ),
         Binding("m", "compare", "Compare", tooltip="Compare the marked runs"),
+        # not in the footer: at 80 columns it would push out q; the palette lists it
+        Binding(
+            "g",
+            "figure",
+            "Figure",
+            show=False,
+            tooltip="Write a paper figure of the marked (or selected) runs",
+        ),
         # the header says so when runs wait for a stopped engine (queue and resume start it)
         Binding(
             "E", "app.start_engine", "Engine", show=False, tooltip="Start the background engine"
@@ -209,7 +217,7 @@ class RunsScreen(Screen):
         if action == "resume":
             dead = run is not None and liveness.process_gone(run)
             return run is not None and (run.status in ("failed", "cancelled") or dead) or None
-        if action in ("clone", "config", "mark"):
+        if action in ("clone", "config", "mark", "figure"):
             return run is not None or None
         if action == "compare":
             return len(self.marked) >= 2 or None
@@ -328,3 +336,10 @@ class RunsScreen(Screen):
                 label = f"#{run.id} {run.experiment}" + (f" {run.label}" if run.label else "")
                 groups.append((label, [run.id]))
         self.app.compare(groups)
+
+    def action_figure(self) -> None:
+        """`kdtui plot`'s figure of the marked runs, else the selected one."""
+        from kdtui.screens.figure_key import ask_and_write
+
+        run = self.selected
+        ask_and_write(self, sorted(self.marked) or ([run.id] if run else []))
