@@ -487,9 +487,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_ids", nargs="+", type=int)
     parser.add_argument("--home", default=None, help="store directory (default $KDTUI_HOME)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="a restarted batch job (Slurm requeue): resume every run still unfinished from "
+        "its last checkpoint; finished runs stay as they are",
+    )
     args = parser.parse_args(argv)
     store = Store(args.home)
-    results = execute(store, args.run_ids)
+    ids = args.run_ids
+    if args.resume:
+        ids = [i for i in ids if not store.run(i).finished]
+        if not ids:
+            return 0
+    results = execute(store, ids, resume=True if args.resume else None)
     return 0 if all(r.status == "done" for r in results) else 1
 
 

@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS runs (
     trained_params INTEGER,
     fingerprint TEXT,
     identity TEXT,
+    job_id TEXT,
+    job_node TEXT,
+    job_state TEXT,
     images_per_s REAL,
     eta_s REAL,
     host TEXT,
@@ -107,12 +110,18 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
+    # version 3: a run trained by a batch system (engine.daemon.backends.slurm): its job id
+    # (an array task: "123_0"), the node it runs on, and the scheduler's state ("PENDING
+    # (Priority)"), as the engine last polled them
+    ("job_id", "TEXT"),
+    ("job_node", "TEXT"),
+    ("job_state", "TEXT"),
 )
 
 
@@ -168,6 +177,9 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    job_id: str | None = None
+    job_node: str | None = None
+    job_state: str | None = None
 
     @property
     def path(self) -> Path:

@@ -55,6 +55,11 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def worker_argv(run_ids: list[int], home: Path, *, resume: bool = False) -> list[str]:
+    """The worker's command line after `python -m engine.worker`: every backend runs this."""
+    return [*map(str, run_ids), "--home", str(home), *(["--resume"] if resume else [])]
+
+
 def exit_text(code: int) -> str:
     if code == -999:
         return "died"
@@ -79,6 +84,20 @@ class WorkerProcess:
     cancel_seen: float | None = None
     term_sent: float | None = None
     kill_sent: float | None = None
+
+    @property
+    def key(self) -> int:
+        return self.pid
+
+    def exit_text(self, code: int) -> str:
+        return exit_text(code)
+
+    @property
+    def adopted(self) -> bool:
+        return self.proc is None
+
+    def describe(self) -> dict:
+        return {"adopted": self.adopted}
 
     def exit_code(self) -> int | None:
         """None while alive; the exit status (negative: signal) once gone (-999: unknown)."""

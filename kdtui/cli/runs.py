@@ -70,6 +70,7 @@ def list_runs(
         sys.stdout.write(records.dumps(records.runs_document(runs, str(store.home))))
         return
     t = Table()
+    jobs = any(r.job_id for r in runs)  # a Slurm engine's runs: their job, node and state
     for col in (
         "id",
         "status",
@@ -83,6 +84,7 @@ def list_runs(
         "img/s",
         "device",
         "fingerprint",
+        *(["slurm job"] if jobs else []),
     ):
         t.add_column(col, no_wrap=col in ("id", "status", "fingerprint"))
     dead = []
@@ -106,6 +108,7 @@ def list_runs(
             speed,
             r.device or "–",
             (r.fingerprint or "–")[: lb.FP_SHOWN],
+            *([liveness.job_text(r) or "–"] if jobs else []),
         )
     if not runs:
         console.print(f"no runs in {store.home}")

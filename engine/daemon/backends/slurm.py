@@ -1,0 +1,334 @@
+"""The Slurm backend: the engine on a login node turns each run or fused group into a Slurm
+job through submitit, and watches the jobs with squeue.
+
+- One engine pass submits what it placed together: one group is one job, several are one job
+  array (`--max-parallel`: how many of its tasks run at once).
+- Teacher dependencies (`from_run`) stay the engine's: a student is submitted only once its
+  teacher run is done (no Slurm --dependency, so a failed teacher fails its students with the
+  same message as on the local backend).
+- Each job runs the engine's worker command line (processes.worker_argv) in submitit's own
+  process (`WorkerJob`), so submitit's signal handlers see preemption and timeout: it requeues
+  the job, and the restarted worker resumes every run from its last checkpoint (`--resume`).
+  A worker subprocess would die of Slurm's SIGTERM before submitit's USR2 could requeue it.
+- The worker's stdout/stderr go to worker.log in the run folder (as on the local backend);
+  submitit's own files go to runs/.slurm/<job id>/, on the same shared file system.
+- squeue (every `--slurm-poll` seconds, default 5) gives each run its job's node and state;
+  Slurm keeps finished jobs visible for MinJobAge (300 s by default), and a job squeue has
+  not known for 60 s is taken as gone. Job ids are stored on the runs: a restarted engine
+  adopts its jobs.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from engine.core import layout
+from engine.core.store import Run
+from engine.daemon.backends.base import Launch
+from engine.daemon.options import Options, slurm_options, time_minutes
+from engine.daemon.processes import source_root
+from engine.daemon.scheduling import Slot
+
+log = logging.getLogger("kdtui.engine")
+
+# Slurm job states in which a job may still train (everything else is an end)
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+}
+GONE_AFTER_S = 60.0  # unknown to squeue this long (after submission): the job is gone
+MAX_TIMEOUT_REQUEUES = 100  # submitit's count of time-limit requeues (preemptions are free)
+
+
+class WorkerJob(submitit.helpers.Checkpointable):
+    """What a Slurm job runs: `python -m engine.worker ARGV` in this (submitit's) process.
+
+    Checkpointable: on preemption or timeout submitit requeues the same call; the worker has
+    its checkpoints on disk, so a restarted job (SLURM_RESTART_COUNT > 0) resumes its runs.
+    """
+
+    def __init__(self, argv: list[str], output: str):
+        self.argv = list(argv)
+        self.output = output
+
+    def __call__(self) -> int:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        argv = list(self.argv)
+        if restarts and "--resume" not in argv:
+            argv.append("--resume")
+        fd = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)  # the worker's output, and submitit's notes about signals, in the
+        os.dup2(fd, 2)  # run folder's worker.log
+        os.close(fd)
+        job = os.environ.get("SLURM_JOB_ID", "?")
+        task = os.environ.get("SLURM_ARRAY_JOB_ID")
+        if task:
+            job = f"{task}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        print(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {job} on "
+            f"{os.environ.get('SLURMD_NODENAME', '?')}"
+            + (f" (restart {restarts}: resuming)" if restarts else "")
+            + f": engine.worker {' '.join(argv)}",
+            flush=True,
+        )
+        os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        worker = importlib.import_module("engine.worker")  # torch: on the compute node only
+        return worker.main(argv)
+
+
+@dataclass
+class SlurmJob:
+    """A submitted group as the engine tracks it, from squeue."""
+
+    job_id: str
+    run_ids: list[int]
+    slot: Slot | None
+    started: float
+    output: Path | None = None
+    state: str = "PENDING"
+    reason: str = ""
+    node: str = ""
+    seen: float | None = None  # the last time squeue listed it
+    cancel_seen: float | None = None
+    cancel_sent: bool = False
+    adopted: bool = False
+    pid = None  # its worker's pid is on a compute node: Slurm signals it, never the engine
+
+    @property
+    def key(self) -> str:
+        return self.job_id
+
+    def exit_code(self) -> int | None:
+        if self.state in ACTIVE:
+            return None
+        return 0 if self.state == "COMPLETED" else 1
+
+    def exit_text(self, code: int) -> str:
+        return f"Slurm job {self.job_id} {self.state}" + (
+            f" ({self.reason})" if self.reason and self.reason != "None" else ""
+        )
+
+    def shown_state(self) -> str:
+        if self.state == "PENDING" and self.reason and self.reason != "None":
+            return f"PENDING ({self.reason})"
+        return self.state
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "job": self.job_id,
+            "state": self.shown_state(),
+            "node": self.node or None,
+            "adopted": self.adopted,
+        }
+
+
+class Backend:
+    name = "slurm"
+
+    def __init__(self, options: Options, home: Path):
+        self.options = options
+        self.home = Path(home)
+        self.minutes = time_minutes(options.time)
+        self.extra = slurm_options(options.slurm_option)
+        gpu = "slurm" if options.gpus_per_job else None
+        self.slots = [Slot(0, gpu, "slurm")]
+        self._next_poll = 0.0
+        self._poll_failing = False
+        self._user = getpass.getuser()
+
+    # ------------------------------------------------------------ submitting
+    def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
+        """Slurm queues: as many slots as there are groups to place (named slurm0, slurm1...)."""
+        gpu = self.slots[0].gpu
+        return [Slot(i, gpu, f"slurm{i}") for i in range(wanted)]
+
+    def executor(self, count: int) -> submitit.SlurmExecutor:
+        jobs = self.home / layout.RUNS / layout.SLURM_JOBS
+        ex = submitit.SlurmExecutor(folder=jobs / "%j", max_num_timeout=MAX_TIMEOUT_REQUEUES)
+        known = ex._valid_parameters()
+        params: dict[str, Any] = {"time": self.minutes, "job_name": "kdtui"}
+        if self.options.partition:
+            params["partition"] = self.options.partition
+        if self.options.account:
+            params["account"] = self.options.account
+        if self.options.gpus_per_job:
+            params["gpus_per_node"] = self.options.gpus_per_job
+        if count > 1:
+            params["array_parallelism"] = self.options.max_parallel or count
+        additional: dict[str, Any] = {}
+        for key, value in self.extra.items():
+            parsed: Any = int(value) if value.isdigit() else value
+            if key in known and key not in ("additional_parameters", "setup", "srun_args"):
+                params[key] = parsed
+            else:
+                additional[key] = parsed
+        if additional:
+            params["additional_parameters"] = additional
+        ex.update_parameters(**params)
+        return ex
+
+    def start(self, launches: list[Launch]) -> list[SlurmJob | Exception]:
+        if not launches:
+            return []
+        # the jobs inherit this environment (sbatch exports it): the same engine code
+        path = os.environ.get("PYTHONPATH", "")
+        root = source_root()
+        if root not in path.split(os.pathsep):
+            os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+        os.environ["PYTHONUNBUFFERED"] = "1"
+        try:
+            ex = self.executor(len(launches))
+            calls = [WorkerJob(launch.argv, str(launch.output)) for launch in launches]
+            if len(calls) == 1:
+                jobs = [ex.submit(calls[0])]
+            else:
+                with ex.batch():
+                    jobs = [ex.submit(call) for call in calls]
+        except Exception as e:  # sbatch refused (bad partition, account, option): say why
+            error = RuntimeError(_one_line(e))
+            return [error for _ in launches]
+        now = time.time()
+        handles = []
+        for launch, job in zip(launches, jobs):
+            ids = [r.id for r in launch.runs]
+            handles.append(SlurmJob(str(job.job_id), ids, launch.slot, now, launch.output))
+        self._next_poll = 0.0  # show the new jobs' state at once
+        return handles
+
+    def row_values(self, handle: SlurmJob) -> dict[str, Any]:
+        # the GPU column is the slot's CUDA_VISIBLE_DEVICES on the local backend; Slurm picks
+        return {
+            "job_id": handle.job_id,
+            "job_state": handle.shown_state(),
+            "job_node": None,
+            "gpu": None,
+        }
+
+    # ------------------------------------------------------------ watching
+    def squeue(self) -> dict[str, tuple[str, str, str]] | None:
+        """Job id -> (state, reason, node) for this user's jobs, finished ones included."""
+        cmd = [
+            "squeue",
+            "--noheader",
+            "--array",
+            "--states=all",
+            f"--user={self._user}",
+            "--format=%i|%T|%r|%N",
+        ]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            done = subprocess.CompletedProcess(cmd, 1, "", str(e))
+        if done.returncode:
+            if not self._poll_failing:
+                log.warning("squeue failed (jobs keep their last state): %s", done.stderr.strip())
+            self._poll_failing = True
+            return None
+        if self._poll_failing:
+            log.info("squeue answers again")
+        self._poll_failing = False
+        out = {}
+        for line in done.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4:
+                out[parts[0]] = (parts[1], parts[2], parts[3])
+        return out
+
+    def poll(self, handles: list[SlurmJob]) -> dict[int, dict[str, Any]]:
+        now = time.monotonic()
+        if not handles or now < self._next_poll:
+            return {}
+        self._next_poll = now + self.options.slurm_poll
+        queue = self.squeue()
+        if queue is None:
+            return {}
+        changed: dict[int, dict[str, Any]] = {}
+        wall = time.time()
+        for h in handles:
+            before = (h.shown_state(), h.node)
+            if h.job_id in queue:
+                h.state, h.reason, h.node = queue[h.job_id]
+                h.seen = wall
+            elif wall - (h.seen or h.started) > GONE_AFTER_S:
+                h.state, h.reason = "GONE", "no longer known to squeue"
+            if (h.shown_state(), h.node) != before:
+                log.info("Slurm job %s (runs %s): %s", h.job_id, h.run_ids, h.shown_state())
+                for rid in h.run_ids:
+                    changed[rid] = {"job_state": h.shown_state(), "job_node": h.node or None}
+        return changed
+
+    def cancel(self, h: SlurmJob, now: float, grace: float, *, ended: bool) -> None:
+        """scancel at once when its runs were cancelled (a pending job leaves the queue, a
+        running one is killed); a job whose runs all ended gets the grace period to exit."""
+        if h.cancel_sent:
+            return
+        if h.cancel_seen is None:
+            h.cancel_seen = now
+        if ended and now - h.cancel_seen <= grace:
+            return
+        error = scancel([h.job_id])
+        if error:
+            log.warning("scancel %s failed: %s", h.job_id, error)
+            return
+        h.cancel_sent = True
+        self._next_poll = 0.0
+        log.info("Slurm job %s (runs %s) cancelled: scancel", h.job_id, h.run_ids)
+
+    def adopt(self, runs: list[Run]) -> list[SlurmJob]:
+        """The jobs recorded on running runs: watched again (squeue tells if they are over)."""
+        jobs: dict[str, SlurmJob] = {}
+        for run in runs:
+            if not run.job_id:
+                continue
+            if run.job_id not in jobs:
+                jobs[run.job_id] = SlurmJob(
+                    run.job_id,
+                    [],
+                    self.slots[0],
+                    time.time(),
+                    run.path / layout.WORKER_OUTPUT,
+                    state=(run.job_state or "PENDING").split(" ")[0],
+                    node=run.job_node or "",
+                    adopted=True,
+                )
+            jobs[run.job_id].run_ids.append(run.id)
+        self._next_poll = 0.0
+        return list(jobs.values())
+
+
+def scancel(job_ids: list[str]) -> str | None:
+    """Cancel these jobs (pending ones leave the queue, running ones are killed); the error."""
+    try:
+        done = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return done.stderr.strip() or f"exit status {done.returncode}" if done.returncode else None
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
