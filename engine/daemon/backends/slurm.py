@@ -24,6 +24,7 @@ import getpass
 import importlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -150,6 +151,13 @@ class Backend:
     name = "slurm"
 
     def __init__(self, options: Options, home: Path):
+        missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
+        if missing:
+            raise ValueError(
+                f"--backend slurm: {', '.join(missing)} not found on this machine; start the "
+                "engine on the cluster's login node (where sbatch works), or install Slurm's "
+                "client commands and its configuration here"
+            )
         self.options = options
         self.home = Path(home)
         self.minutes = time_minutes(options.time)
