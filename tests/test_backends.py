@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -103,3 +104,19 @@ def test_a_run_whose_job_waits_in_slurm_shows_queued_and_is_never_dead(tmp_path)
     run = store.run(run.id)
     assert liveness.shown_status(run) == "running"
     assert liveness.job_text(run) == "41_0 node7 RUNNING"
+
+
+def test_slurm_jobs_take_runs_by_device_and_refuse_a_gpu_they_will_not_have(tmp_path):
+    from engine.daemon.scheduling import place
+
+    cpu_only = backends.create(Options(backend="slurm"), tmp_path)
+    assert cpu_only.unplaceable("auto") is None and cpu_only.unplaceable("cpu") is None
+    assert "restart it with --gpus-per-job N" in cpu_only.unplaceable("cuda")
+    gpus = backends.create(Options(backend="slurm", gpus_per_job=2), tmp_path)
+    assert gpus.unplaceable("cuda:1") is None
+    assert "each Slurm job has 2 GPU(s)" in gpus.unplaceable("cuda:2")
+
+    free = gpus.free_slots(set(), 2)
+    runs = [SimpleNamespace(id=i, priority=0, fuse_key=None, resume=0) for i in (1, 2)]
+    placed = place(runs, free, {1: "auto", 2: "cpu"}, gpu_slots_exist=True)
+    assert [(slot.gpu is not None, ids) for slot, ids in placed] == [(True, [1]), (False, [2])]

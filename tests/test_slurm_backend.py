@@ -83,6 +83,11 @@ def test_a_two_point_sweep_is_one_job_array_and_both_runs_land_on_the_leaderboar
         assert f"slurm job {run.job_id} on {run.job_node}" in output
     listing = box.cli("ls", env={**os.environ, "COLUMNS": "250"}).stdout
     assert "slurm job" in listing and a.job_id in listing and b.job_id in listing
+    listed = json.loads(box.cli("ls", "--json").stdout)["runs"]
+    assert {(r["slurm_job"], r["slurm_state"]) for r in listed} == {
+        (a.job_id, "COMPLETED"),
+        (b.job_id, "COMPLETED"),
+    }
     board = json.loads(box.cli("leaderboard", "--json").stdout)
     assert sorted(row["run_ids"][0] for row in board["rows"]) == [a.id, b.id]
     assert all(row["best_top1_mean"] is not None for row in board["rows"])
@@ -151,6 +156,7 @@ def test_kdtui_cancel_scancels_the_job_and_the_run_is_cancelled(box, slurm, monk
     start_engine(box)
     workers = client.status(box.home)["workers"]
     assert [(w["job"], w["runs"], w["adopted"]) for w in workers] == [(run.job_id, [run.id], True)]
+    assert run.job_id in box.cli("engine", "status", env={**os.environ, "COLUMNS": "200"}).stdout
 
     box.cli("cancel", str(run.id))
 

@@ -158,6 +158,9 @@ def run_record(r: Run) -> dict[str, Any]:
         "ended": _num(r.ended),
         "error": r.error,
         "dir": r.dir,
+        "slurm_job": r.job_id,
+        "slurm_node": r.job_node,
+        "slurm_state": r.job_state,
     }
     return rec
 

@@ -27,7 +27,7 @@ from engine.daemon.backends import Backend, Handle, Launch
 from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
 from engine.daemon.options import Options
 from engine.daemon.processes import WorkerProcess, worker_argv
-from engine.daemon.scheduling import Slot, dependency, place, unplaceable
+from engine.daemon.scheduling import Slot, dependency, place
 
 log = logging.getLogger("kdtui.engine")
 
@@ -129,7 +129,7 @@ class Engine:
             return
         devices = {r.id: self._device_of(r) for r in ready}
         for run in list(ready):
-            reason = unplaceable(devices[run.id], self.slots)
+            reason = self.backend.unplaceable(devices[run.id])
             if reason:
                 self._fail(run, reason)
                 ready.remove(run)
@@ -274,6 +274,12 @@ class Engine:
     # ------------------------------------------------------------ state for clients
     def state(self) -> dict[str, Any]:
         by_slot = {w.slot.name: w for w in self.workers.values() if w.slot is not None}
+        # a Slurm engine's slots are made per job: its template, then one per job
+        slots = list(self.slots)
+        names = {s.name for s in slots}
+        slots += [
+            w.slot for w in self.workers.values() if w.slot is not None and w.slot.name not in names
+        ]
         return {
             "pid": os.getpid(),
             "started": self.started,
@@ -286,9 +292,10 @@ class Engine:
                     "name": s.name,
                     "gpu": s.gpu,
                     "worker": by_slot[s.name].pid if s.name in by_slot else None,
+                    "job": by_slot[s.name].describe().get("job") if s.name in by_slot else None,
                     "runs": by_slot[s.name].run_ids if s.name in by_slot else [],
                 }
-                for s in self.slots
+                for s in slots
             ],
             "workers": [
                 {

@@ -187,7 +187,7 @@ def engine_status(
         for i, r in enumerate(rows):
             t.add_row(
                 slot["name"] if i == 0 else "",
-                str(slot["worker"]) if i == 0 else "",
+                str(slot.get("job") or slot["worker"]) if i == 0 else "",
                 _describe(r),
                 f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%",
                 _duration(r.eta_s) if r.status == "running" else r.status,

@@ -53,6 +53,9 @@ class Backend(Protocol):
     name: str
     slots: list[Slot]  # every slot there is (a Slurm backend: one template per kind)
 
+    def unplaceable(self, device: str) -> str | None:
+        """Why this backend can never train a run with `[run] device = device` (None: it can)."""
+
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
         """Slots a placement may use now, `wanted` of them at most where capacity is unbounded."""
 

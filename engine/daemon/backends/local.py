@@ -21,7 +21,7 @@ from engine.core.store import Run
 from engine.daemon.backends.base import Launch
 from engine.daemon.options import Options
 from engine.daemon.processes import WorkerProcess, child_env, signal_group
-from engine.daemon.scheduling import Slot, slots_for
+from engine.daemon.scheduling import Slot, slots_for, unplaceable
 
 log = logging.getLogger("kdtui.engine")
 
@@ -32,6 +32,9 @@ class Backend:
     def __init__(self, options: Options, home: Path):
         self.options = options
         self.slots = slots_for(options)  # ValueError: a bad --gpus
+
+    def unplaceable(self, device: str) -> str | None:
+        return unplaceable(device, self.slots)
 
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
         return [s for s in self.slots if s not in busy]

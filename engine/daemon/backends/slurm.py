@@ -35,6 +35,7 @@ from typing import Any
 import submitit
 
 from engine.core import layout
+from engine.core.devices import HOST_DEVICES, cuda_index
 from engine.core.store import Run
 from engine.daemon.backends.base import Launch
 from engine.daemon.options import Options, slurm_options, time_minutes
@@ -169,12 +170,35 @@ class Backend:
         self._user = getpass.getuser()
 
     # ------------------------------------------------------------ submitting
-    def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
-        """Slurm queues: as many slots as there are groups to place (named slurm0, slurm1...)."""
-        gpu = self.slots[0].gpu
-        return [Slot(i, gpu, f"slurm{i}") for i in range(wanted)]
+    def unplaceable(self, device: str) -> str | None:
+        device = (device or "auto").strip()
+        if device in HOST_DEVICES or device == "auto":
+            return None  # auto: on the GPUs a job asks for, else on its CPUs
+        gpus = self.options.gpus_per_job
+        index = cuda_index(device)
+        if gpus and (index is None or int(index) < gpus):
+            return None
+        if not gpus:
+            return (
+                f"run.device = {device!r} but this engine's Slurm jobs ask for no GPU; restart "
+                'it with --gpus-per-job N, or set [run] device = "auto" or "cpu"'
+            )
+        return (
+            f"run.device = {device!r} but each Slurm job has {gpus} GPU(s), numbered from 0; "
+            'set [run] device = "cuda" or restart the engine with a larger --gpus-per-job'
+        )
 
-    def executor(self, count: int) -> submitit.SlurmExecutor:
+    def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
+        """Slurm queues: as many slots as there are groups to place (slurm0, slurm1, ...); with
+        --gpus-per-job, GPU ones and, for runs with device = "cpu", as many CPU ones."""
+        kinds = ["slurm", None] if self.options.gpus_per_job else [None]
+        return [
+            Slot(len(kinds) * i + k, gpu, f"slurm{len(kinds) * i + k}")
+            for i in range(wanted)
+            for k, gpu in enumerate(kinds)
+        ]
+
+    def executor(self, count: int, gpus: bool) -> submitit.SlurmExecutor:
         jobs = self.home / layout.RUNS / layout.SLURM_JOBS
         ex = submitit.SlurmExecutor(folder=jobs / "%j", max_num_timeout=MAX_TIMEOUT_REQUEUES)
         known = ex._valid_parameters()
@@ -183,7 +207,7 @@ class Backend:
             params["partition"] = self.options.partition
         if self.options.account:
             params["account"] = self.options.account
-        if self.options.gpus_per_job:
+        if gpus:
             params["gpus_per_node"] = self.options.gpus_per_job
         if count > 1:
             params["array_parallelism"] = self.options.max_parallel or count
@@ -200,8 +224,16 @@ class Backend:
         return ex
 
     def start(self, launches: list[Launch]) -> list[SlurmJob | Exception]:
-        if not launches:
-            return []
+        """GPU groups and CPU groups each go out as one job (array)."""
+        out: dict[int, SlurmJob | Exception] = {}
+        for gpus in (True, False):
+            part = [(i, x) for i, x in enumerate(launches) if (x.slot.gpu is not None) == gpus]
+            if part:
+                started = self._submit([x for _, x in part], gpus)
+                out.update({i: h for (i, _), h in zip(part, started)})
+        return [out[i] for i in range(len(launches))]
+
+    def _submit(self, launches: list[Launch], gpus: bool) -> list[SlurmJob | Exception]:
         # the jobs inherit this environment (sbatch exports it): the same engine code
         path = os.environ.get("PYTHONPATH", "")
         root = source_root()
@@ -209,7 +241,7 @@ class Backend:
             os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
         os.environ["PYTHONUNBUFFERED"] = "1"
         try:
-            ex = self.executor(len(launches))
+            ex = self.executor(len(launches), gpus)
             calls = [WorkerJob(launch.argv, str(launch.output)) for launch in launches]
             if len(calls) == 1:
                 jobs = [ex.submit(calls[0])]
