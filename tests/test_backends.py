@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -86,6 +87,8 @@ def test_a_job_may_train_until_slurm_says_it_ended():
     assert job.exit_code() == 0
     job.state, job.reason = "TIMEOUT", "None"
     assert job.exit_code() == 1 and job.exit_text(1) == "Slurm job 7_1 TIMEOUT"
+    job.folder = Path("runs/.slurm/7_1")
+    assert job.exit_text(1) == "Slurm job 7_1 TIMEOUT; submitit's logs: runs/.slurm/7_1"
     job.state, job.reason = "PENDING", "Priority"
     assert job.shown_state() == "PENDING (Priority)"
 

@@ -164,3 +164,14 @@ def test_kdtui_cancel_scancels_the_job_and_the_run_is_cancelled(box, slurm, monk
     assert run.status == "cancelled"
     box.wait(lambda: not in_queue(slurm, run.job_id), "the job to leave the queue", 60)
     assert job_field(slurm, run.job_id, "JobState") == "CANCELLED"
+
+
+def test_a_job_slurm_refuses_fails_its_run_with_sbatch_s_reason(box, slurm):
+    start_engine(box, "--partition", "nosuchpartition")
+    box.cli("submit", box.write("refused.toml", tiny("refused")))
+    (run,) = box.store.runs()
+
+    run = box.wait_status(run.id, "failed", "done", timeout=60)
+
+    assert "could not start a worker" in run.error and "invalid partition" in run.error.lower()
+    assert run.job_id is None

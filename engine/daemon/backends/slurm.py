@@ -118,6 +118,7 @@ class SlurmJob:
     cancel_seen: float | None = None
     cancel_sent: bool = False
     adopted: bool = False
+    folder: Path | None = None  # submitit's files of the job (its own stdout/stderr)
     pid = None  # its worker's pid is on a compute node: Slurm signals it, never the engine
 
     @property
@@ -130,9 +131,12 @@ class SlurmJob:
         return 0 if self.state == "COMPLETED" else 1
 
     def exit_text(self, code: int) -> str:
-        return f"Slurm job {self.job_id} {self.state}" + (
-            f" ({self.reason})" if self.reason and self.reason != "None" else ""
-        )
+        text = f"Slurm job {self.job_id} {self.state}"
+        if self.reason and self.reason != "None":
+            text += f" ({self.reason})"
+        if code and self.folder is not None:
+            text += f"; submitit's logs: {self.folder}"
+        return text
 
     def shown_state(self) -> str:
         if self.state == "PENDING" and self.reason and self.reason != "None":
@@ -198,9 +202,11 @@ class Backend:
             for k, gpu in enumerate(kinds)
         ]
 
+    def folder(self, job_id: str) -> Path:
+        return self.home / layout.RUNS / layout.SLURM_JOBS / job_id
+
     def executor(self, count: int, gpus: bool) -> submitit.SlurmExecutor:
-        jobs = self.home / layout.RUNS / layout.SLURM_JOBS
-        ex = submitit.SlurmExecutor(folder=jobs / "%j", max_num_timeout=MAX_TIMEOUT_REQUEUES)
+        ex = submitit.SlurmExecutor(folder=self.folder("%j"), max_num_timeout=MAX_TIMEOUT_REQUEUES)
         known = ex._valid_parameters()
         params: dict[str, Any] = {"time": self.minutes, "job_name": "kdtui"}
         if self.options.partition:
@@ -255,7 +261,10 @@ class Backend:
         handles = []
         for launch, job in zip(launches, jobs):
             ids = [r.id for r in launch.runs]
-            handles.append(SlurmJob(str(job.job_id), ids, launch.slot, now, launch.output))
+            job_id = str(job.job_id)
+            handles.append(
+                SlurmJob(job_id, ids, launch.slot, now, launch.output, folder=self.folder(job_id))
+            )
         self._next_poll = 0.0  # show the new jobs' state at once
         return handles
 
@@ -354,6 +363,7 @@ class Backend:
                     state=(run.job_state or "PENDING").split(" ")[0],
                     node=run.job_node or "",
                     adopted=True,
+                    folder=self.folder(run.job_id),
                 )
             jobs[run.job_id].run_ids.append(run.id)
         self._next_poll = 0.0
