@@ -166,8 +166,32 @@ def test_kdtui_cancel_scancels_the_job_and_the_run_is_cancelled(box, slurm, monk
     assert job_field(slurm, run.job_id, "JobState") == "CANCELLED"
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--partition", "nosuchpartition"], "invalid partition specified: nosuchpartition"),
+        (["--slurm-option", "cpus_per_task=x"], 'Invalid numeric value "x" for --cpus-per-task'),
+        (["--slurm-option", "no_such_option=1"], "unrecognized option '--no-such-option=1'"),
+    ],
+)
+def test_engine_start_asks_slurm_first_and_a_job_it_would_refuse_is_one_error(
+    box, slurm, option, message
+):
+    out = box.cli("engine", "start", "--backend", "slurm", *option, check=False)
+
+    assert out.returncode == 2
+    assert message in out.stderr and "Slurm would refuse these jobs" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert client.status(box.home) is None  # no engine, nothing saved
+    assert not (box.home / layout.ENGINE_OPTIONS).exists()
+
+
 def test_a_job_slurm_refuses_fails_its_run_with_sbatch_s_reason(box, slurm):
-    start_engine(box, "--partition", "nosuchpartition")
+    # options saved by an earlier start that Slurm no longer takes (a partition removed since)
+    (box.home / layout.ENGINE_OPTIONS).write_text(
+        json.dumps({"backend": "slurm", "partition": "nosuchpartition"})
+    )
+    client.start(box.home)
     box.cli("submit", box.write("refused.toml", tiny("refused")))
     (run,) = box.store.runs()
 

@@ -99,6 +99,7 @@ def engine_start(foreground: bool, home: Path | None, options: engine_options.Op
         )
     try:
         backend = backends.create(options, store.home)
+        backend.preflight()
     except ValueError as e:
         raise fail(str(e)) from None
     slots = backend.slots

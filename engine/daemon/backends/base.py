@@ -53,6 +53,10 @@ class Backend(Protocol):
     name: str
     slots: list[Slot]  # every slot there is (a Slurm backend: one template per kind)
 
+    def preflight(self) -> None:
+        """Check with the real scheduler that it takes such jobs (ValueError: why, the fix);
+        `kdtui engine start` calls it once, before the options are saved."""
+
     def unplaceable(self, device: str) -> str | None:
         """Why this backend can never train a run with `[run] device = device` (None: it can)."""
 

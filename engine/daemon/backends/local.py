@@ -33,6 +33,9 @@ class Backend:
         self.options = options
         self.slots = slots_for(options)  # ValueError: a bad --gpus
 
+    def preflight(self) -> None:
+        pass  # slots_for already checked --gpus
+
     def unplaceable(self, device: str) -> str | None:
         return unplaceable(device, self.slots)
 

@@ -60,6 +60,8 @@ ACTIVE = {
     "STOPPED",
     "RESV_DEL_HOLD",
 }
+# submitit's own parameters, not sbatch options (`--slurm-option` passes them to submitit)
+SUBMITIT_ONLY = {"signal_delay_s", "stderr_to_stdout", "use_srun", "wckey", "array_parallelism"}
 GONE_AFTER_S = 60.0  # unknown to squeue this long (after submission): the job is gone
 MAX_TIMEOUT_REQUEUES = 100  # submitit's count of time-limit requeues (preemptions are free)
 
@@ -172,6 +174,36 @@ class Backend:
         self._next_poll = 0.0
         self._poll_failing = False
         self._user = getpass.getuser()
+
+    def preflight(self) -> None:
+        """Ask Slurm whether it would take such a job (`sbatch --test-only`, nothing is
+        submitted): a bad partition, account or option is an error at `kdtui engine start`."""
+        args = [f"--time={self.minutes}", "--output=/dev/null", "--job-name=kdtui"]
+        if self.options.partition:
+            args.append(f"--partition={self.options.partition}")
+        if self.options.account:
+            args.append(f"--account={self.options.account}")
+        if self.options.gpus_per_job:
+            args.append(f"--gpus-per-node={self.options.gpus_per_job}")
+        for key, value in self.extra.items():
+            if key not in SUBMITIT_ONLY:
+                args.append(f"--{key.replace('_', '-')}={value}")
+        try:
+            done = subprocess.run(
+                ["sbatch", "--test-only", *args, "--wrap=true"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ValueError(f"--backend slurm: sbatch --test-only did not answer: {e}") from None
+        if done.returncode:
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            why = lines[0] if lines else f"exit status {done.returncode}"
+            raise ValueError(
+                f"--backend slurm: Slurm would refuse these jobs ({why}); check --partition, "
+                "--account, --time and --slurm-option"
+            )
 
     # ------------------------------------------------------------ submitting
     def unplaceable(self, device: str) -> str | None:
