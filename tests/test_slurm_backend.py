@@ -95,6 +95,21 @@ def test_a_two_point_sweep_is_one_job_array_and_both_runs_land_on_the_leaderboar
     print(f"submit to first metric: {first_metric - min(a.created, b.created):.1f} s")
 
 
+def test_a_student_is_submitted_only_once_its_teacher_run_is_done(box, slurm):
+    start_engine(box)
+    kd = tiny("kd", more='[teacher]\narch = "resnet8"\ntrain = true\n[distill]\nmethod = "kd"')
+
+    box.cli("submit", box.write("kd.toml", kd))
+
+    teacher, student = box.store.runs()
+    student = box.wait_status(student.id, "done", "failed", "cancelled", timeout=240)
+    teacher = box.run(teacher.id)
+    assert (teacher.status, student.status) == ("done", "done"), student.error
+    assert int(student.job_id) > int(teacher.job_id)  # two jobs, the student's submitted later
+    assert student.started >= teacher.ended  # claimed and submitted after the teacher ended
+    assert job_field(slurm, student.job_id, "Dependency") == "(null)"  # the engine's order
+
+
 @pytest.mark.parametrize(
     "interrupt",
     [
