@@ -159,18 +159,24 @@ def test_kdtui_cancel_scancels_the_job_and_the_run_is_cancelled(box, slurm, monk
     hold.touch()
     monkeypatch.setenv("KDTUI_HOLD", f"step@1:{hold}")  # never let through
     start_engine(box)
-    box.cli("submit", box.write("cancel.toml", tiny("cancel", epochs=2, steps=2)))
-    (run,) = box.store.runs()
-    run = box.wait(
-        lambda: (r := box.run(run.id)).job_state == "RUNNING" and r.pid and r,
-        "the job to run",
-        timeout=180,
+    box.cli("submit", box.write("cancel.toml", tiny("cancel", lr="[0.05, 0.1]", epochs=2)))
+    ids = [r.id for r in box.store.runs()]
+    run, other = (
+        box.wait(
+            lambda i=i: (r := box.run(i)).job_state == "RUNNING" and r.pid and r,
+            f"run {i}'s job to run",
+            timeout=180,
+        )
+        for i in ids
     )
-    # an engine restart (the login node's engine stopped and started again) adopts the job
+    # an engine restart (the login node's engine stopped and started again) adopts the jobs
     box.cli("engine", "stop")
     start_engine(box)
     workers = client.status(box.home)["workers"]
-    assert [(w["job"], w["runs"], w["adopted"]) for w in workers] == [(run.job_id, [run.id], True)]
+    assert sorted((w["job"], w["runs"], w["adopted"]) for w in workers) == [
+        (run.job_id, [run.id], True),
+        (other.job_id, [other.id], True),
+    ]
     assert run.job_id in box.cli("engine", "status", env={**os.environ, "COLUMNS": "200"}).stdout
 
     box.cli("cancel", str(run.id))
@@ -179,6 +185,14 @@ def test_kdtui_cancel_scancels_the_job_and_the_run_is_cancelled(box, slurm, monk
     assert run.status == "cancelled"
     box.wait(lambda: not in_queue(slurm, run.job_id), "the job to leave the queue", 60)
     assert job_field(slurm, run.job_id, "JobState") == "CANCELLED"
+    assert box.run(other.id).status == "running"  # the other task of the array goes on
+
+    # stopping the engine with its runs scancels their jobs and re-queues the runs to resume
+    box.cli("engine", "stop", "--runs")
+
+    assert not in_queue(slurm, other.job_id)
+    other = box.run(other.id)
+    assert (other.status, other.resume) == ("queued", 1)
 
 
 @pytest.mark.parametrize(

@@ -141,9 +141,9 @@ def stop_workers(home: Path, timeout: float, workers: list[dict]) -> list[int]:
     try:
         jobs = {str(w["job"]) for w in workers if w.get("job")}
         if jobs:  # the Slurm backend's: cancelled, their runs re-queued like a worker's
-            from engine.daemon.backends.slurm import scancel
+            from engine.daemon.backends.slurm import scancel_and_wait
 
-            scancel(sorted(jobs))
+            scancel_and_wait(sorted(jobs), timeout)
         pids = {int(w["pid"]) for w in workers if w.get("pid")}
         for run in store.runs(status="running"):  # workers started after the snapshot
             if run.pid and is_worker_process(run.pid):

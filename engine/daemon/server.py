@@ -274,8 +274,8 @@ class Engine:
     # ------------------------------------------------------------ state for clients
     def state(self) -> dict[str, Any]:
         by_slot = {w.slot.name: w for w in self.workers.values() if w.slot is not None}
-        # a Slurm engine's slots are made per job: its template, then one per job
-        slots = list(self.slots)
+        # a Slurm engine's slots are made per job: one each
+        slots = list(self.slots) if self.backend.fixed_slots else []
         names = {s.name for s in slots}
         slots += [
             w.slot for w in self.workers.values() if w.slot is not None and w.slot.name not in names

@@ -52,6 +52,7 @@ class Handle(Protocol):
 class Backend(Protocol):
     name: str
     slots: list[Slot]  # every slot there is (a Slurm backend: one template per kind)
+    fixed_slots: bool  # engine status lists `slots`, idle ones too (else: each handle's slot)
 
     def preflight(self) -> None:
         """Check with the real scheduler that it takes such jobs (ValueError: why, the fix);

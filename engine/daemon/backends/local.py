@@ -32,6 +32,7 @@ class Backend:
     def __init__(self, options: Options, home: Path):
         self.options = options
         self.slots = slots_for(options)  # ValueError: a bad --gpus
+        self.fixed_slots = True
 
     def preflight(self) -> None:
         pass  # slots_for already checked --gpus

@@ -170,7 +170,8 @@ class Backend:
         self.minutes = time_minutes(options.time)
         self.extra = slurm_options(options.slurm_option)
         gpu = "slurm" if options.gpus_per_job else None
-        self.slots = [Slot(0, gpu, "slurm")]
+        self.slots = [Slot(0, gpu, "slurm")]  # the kind of slot its jobs have; not listed
+        self.fixed_slots = False
         self._next_poll = 0.0
         self._poll_failing = False
         self._user = getpass.getuser()
@@ -225,11 +226,12 @@ class Backend:
         )
 
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
-        """Slurm queues: as many slots as there are groups to place (slurm0, slurm1, ...); with
-        --gpus-per-job, GPU ones and, for runs with device = "cpu", as many CPU ones."""
+        """Slurm queues: as many slots as there are groups to place; with --gpus-per-job, GPU
+        ones and, for runs with device = "cpu", as many CPU ones. A started job's slot is named
+        after it (`slurm:123_0`)."""
         kinds = ["slurm", None] if self.options.gpus_per_job else [None]
         return [
-            Slot(len(kinds) * i + k, gpu, f"slurm{len(kinds) * i + k}")
+            Slot(len(kinds) * i + k, gpu, "slurm")
             for i in range(wanted)
             for k, gpu in enumerate(kinds)
         ]
@@ -294,8 +296,9 @@ class Backend:
         for launch, job in zip(launches, jobs):
             ids = [r.id for r in launch.runs]
             job_id = str(job.job_id)
+            slot = Slot(launch.slot.index, launch.slot.gpu, f"slurm:{job_id}")
             handles.append(
-                SlurmJob(job_id, ids, launch.slot, now, launch.output, folder=self.folder(job_id))
+                SlurmJob(job_id, ids, slot, now, launch.output, folder=self.folder(job_id))
             )
         self._next_poll = 0.0  # show the new jobs' state at once
         return handles
@@ -389,7 +392,7 @@ class Backend:
                 jobs[run.job_id] = SlurmJob(
                     run.job_id,
                     [],
-                    self.slots[0],
+                    Slot(len(jobs), self.slots[0].gpu, f"slurm:{run.job_id}"),
                     time.time(),
                     run.path / layout.WORKER_OUTPUT,
                     state=(run.job_state or "PENDING").split(" ")[0],
@@ -409,6 +412,29 @@ def scancel(job_ids: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)
     return done.stderr.strip() or f"exit status {done.returncode}" if done.returncode else None
+
+
+def scancel_and_wait(job_ids: list[str], timeout: float) -> None:
+    """scancel, then wait (at most `timeout` s) until squeue no longer lists them running: their
+    workers are gone before their runs are touched."""
+    scancel(job_ids)
+    wanted = set(job_ids)
+
+    def gone() -> bool:
+        try:
+            done = subprocess.run(
+                ["squeue", "--noheader", "--array", "--format=%i"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return True  # nothing more to learn
+        return done.returncode != 0 or not wanted & set(done.stdout.split())
+
+    deadline = time.monotonic() + timeout
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _one_line(e: BaseException) -> str:
