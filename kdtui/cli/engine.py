@@ -34,7 +34,9 @@ def with_engine_options(command):
     option, made from their one declaration (engine.daemon.options)."""
     params = []
     for spec in engine_options.specs():
-        extra = {"min": spec.min} if spec.min is not None else {}
+        extra: dict = {"min": spec.min} if spec.min is not None else {}
+        if spec.multiple:
+            extra["metavar"] = "KEY=VALUE"
         option = typer.Option(
             spec.flag,
             help=spec.help,
