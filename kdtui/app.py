@@ -111,7 +111,6 @@ class KdApp(App):
             "question_mark,f1",
             "help",
             "Help",
-            key_display="?",
             tooltip="Keys: what each key of this screen does",
         ),
         Binding("ctrl+c", "help_quit", show=False, system=True),

@@ -67,7 +67,11 @@ DROP_ORDER = (
 )
 
 
-def fit_columns(head, body, width: int) -> list[int]:
+# `kdtui ls`: id, status, experiment, point, progress and best top-1 stay
+LS_DROP_ORDER = ("fingerprint", "device", "img/s", "head", "teacher→student", "method")
+
+
+def fit_columns(head, body, width: int, drop: tuple[str, ...] = DROP_ORDER) -> list[int]:
     """Indices of the columns that fit in `width`, so an 80-column SSH terminal
     shows whole names and figures instead of every cell cut to "qui…"."""
 
@@ -76,7 +80,7 @@ def fit_columns(head, body, width: int) -> list[int]:
         return max([words] + [len(c[i]) for c in body]) + 3
 
     keep = list(range(len(head)))
-    for name in DROP_ORDER:
+    for name in drop:
         if sum(need(i) for i in keep) + 1 <= width:
             break
         keep.remove(head.index(name))

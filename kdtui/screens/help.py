@@ -21,6 +21,14 @@ from engine.core.inert import printable
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
 
+# modal screens do not see the app's keys: each carries this one
+HELP_KEY = Binding(
+    "question_mark,f1",
+    "app.help",
+    "Help",
+    tooltip="Keys: what each key of this screen does",
+)
+
 # how each screen reads in the help title (the class name otherwise)
 SCREEN_NAMES = {
     "RunsScreen": "runs view",
@@ -29,6 +37,10 @@ SCREEN_NAMES = {
     "ComposerScreen": "composer",
     "MembersScreen": "a leaderboard row's runs",
     "ConfigScreen": "a run's config",
+    "ConfirmScreen": "confirmation",
+    "ChoiceScreen": "choice",
+    "PathScreen": "file name",
+    "ExperimentPicker": "experiment picker",
 }
 
 
@@ -39,8 +51,7 @@ def screen_name(screen: Screen) -> str:
 def key_rows(app: App, screen: Screen) -> list[tuple[str, str, str]]:
     """(where, key, what it does) for every described binding active on `screen`: the
     screen's own first, then the app's; a key bound twice is listed once."""
-    rows: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
+    found: dict[tuple[int, str], list] = {}  # (node, action) -> [where, keys, what]
     for key, active in screen.active_bindings.items():
         node, binding = active.node, active.binding
         if isinstance(node, App):
@@ -50,10 +61,13 @@ def key_rows(app: App, screen: Screen) -> list[tuple[str, str, str]]:
         else:
             continue  # a widget's cursor keys (arrows, page up) are not this screen's keys
         what = binding.tooltip or binding.description
-        if not what or key in seen:
+        if not what:
             continue
-        seen.add(key)
-        rows.append((where, app.get_key_display(binding), what))
+        shown = app.get_key_display(binding.with_key(key, binding.key_display))
+        entry = found.setdefault((id(node), binding.action), [where, [], what])
+        if shown not in entry[1]:
+            entry[1].append(shown)
+    rows = [(where, " ".join(keys), what) for where, keys, what in found.values()]
     rows.sort(key=lambda r: r[0] != "here")  # stable: each group keeps the BINDINGS order
     return rows
 
