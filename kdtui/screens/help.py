@@ -60,9 +60,9 @@ def key_rows(app: App, screen: Screen) -> list[tuple[str, str, str]]:
             where = "here"
         else:
             continue  # a widget's cursor keys (arrows, page up) are not this screen's keys
-        what = binding.tooltip or binding.description
-        if not what:
-            continue
+        what = binding.tooltip
+        if not what or binding.system:
+            continue  # ours all say what they do; Textual's own (tab, copy) are not ours
         shown = app.get_key_display(binding.with_key(key, binding.key_display))
         entry = found.setdefault((id(node), binding.action), [where, [], what])
         if shown not in entry[1]:
@@ -94,14 +94,15 @@ class HelpScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#help-keys", DataTable)
-        columns = ("key", "what it does", "where")
+        columns = ("key", "what it does")
         for column in columns:
             table.add_column(column, key=column)
         cells = []
-        for where, key, what in self.rows:
-            row = [Text(printable(key), style="bold"), Text(printable(what)), Text(where)]
-            row[2].stylize("dim")
-            cells.append(row)
+        for i, (where, key, what) in enumerate(self.rows):
+            if where == "everywhere" and (i == 0 or self.rows[i - 1][0] != where):
+                cells.append([Text(""), Text("on every screen:", style="bold dim")])
+            cells.append([Text(printable(key), style="bold"), Text(printable(what))])
+        for row in cells:
             table.add_row(*row)
         set_widths(table, dict(zip(columns, content_widths(columns, cells))))
         table.focus()
