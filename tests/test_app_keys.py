@@ -338,3 +338,26 @@ async def test_80x24_shows_8_runs_and_z_cycles_the_detail_panels(tmp_path, monke
         # every sweep point is whole at 80 columns too: the name shortens instead
         name = table.get_row_at(0)[2].plain
         assert name.endswith("lr=0.05 f=2 wd=0.0001 seed=0") and "…" in name
+
+
+def test_the_readme_key_map_lists_every_key_the_app_binds():
+    import re
+    from pathlib import Path
+
+    from kdtui.app import KdApp
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("### Keys") :]
+    section = section[: section.index("\n## ")]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    names = {"esc": "escape", "?": "question_mark", "/": "slash"}
+    documented = {
+        names.get(k, k) for row in rows for k in re.findall(r"`([^`]+)`", row.split("|")[1])
+    }
+    bound = {
+        key
+        for kind in [KdApp, *screens().values()]
+        for binding in kind.BINDINGS
+        for key in binding.key.split(",")
+    }
+    assert bound <= documented, bound - documented
