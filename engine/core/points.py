@@ -17,15 +17,6 @@ ABBREVIATIONS = {
     "weight_decay": "wd",
     "batch_size": "bs",
     "temperature": "T",
-    "momentum": "mom",
-    "epochs": "ep",
-    "warmup": "wu",
-    "milestones": "ms",
-    "schedule": "sched",
-    "optimizer": "opt",
-    "ce_weight": "ce",
-    "kd_weight": "kd",
-    "feat_weight": "feat",
     "learning_rate": "lr",
 }
 

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from engine.core import leaderboard as lb
 from engine.core import planning, schema
+from engine.core.points import short_point
 from kdtui.cli.common import console
 from kdtui.inert import text
 
@@ -37,7 +38,7 @@ def plan_table(exp: schema.Experiment) -> Table:
             c.data.dataset,
             f"{c.optim.lr:g}",
             str(c.optim.epochs),
-            p.label,
+            short_point(p.label),
         )
     return t
 

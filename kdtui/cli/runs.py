@@ -289,5 +289,5 @@ def rm(
 
 def _describe(r: Run) -> str:
     who = "teacher" if r.role == "teacher" else r.method
-    label = f" {r.label}" if r.label and r.role != "teacher" else ""
+    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
     return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

@@ -72,8 +72,8 @@ class RunsScreen(Screen):
         Binding("q", "app.quit", "Quit", tooltip="Quit the app (training goes on)"),
     ]
     HELP_NOTES = (
-        "↑/↓ select a run: its curves and log follow · the table scrolls right for more columns",
-        "at 24 lines the log sits behind z: plots, log, none (the table then shows every run)",
+        "↑/↓ pick a run: its curves and log follow · ←/→ scroll to more columns",
+        "at 24 lines the log is behind z (plots, log, none)",
     )
     PANELS = ("plots", "log", "none")
     COMPACT_BELOW = 32  # lines: below, the runs table keeps 8 rows and the log waits behind z
@@ -266,7 +266,9 @@ class RunsScreen(Screen):
             return
         run = self.selected
         verb = "Stop" if run.status == "running" else "Cancel"
-        prompt = printable(f"{verb} run #{run.id} {run.experiment} {run.label}?").rstrip() + (
+        prompt = printable(
+            f"{verb} run #{run.id} {run.experiment} {short_point(run.label)}?"
+        ).rstrip() + (
             "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
         )
 
@@ -337,7 +339,7 @@ class RunsScreen(Screen):
         except Exception as e:
             app.call_from_thread(self.notify, str(e), severity="error")
             return
-        title = f"run #{run.id} · {run.experiment} {run.label}".rstrip()
+        title = f"run #{run.id} · {run.experiment} {short_point(run.label)}".rstrip()
         title = printable(title + f" · fingerprint {run.fingerprint or 'none'}")
         app.call_from_thread(
             app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
