@@ -34,6 +34,7 @@ from kdtui.widgets.cells import short_path
 POLL_S = 0.5  # metrics show up within a second of being written
 ENGINE_EVERY = 4  # read the engine's status every 4th poll
 ANNOUNCE_LINES = 4  # runs named in a toast for many that ended at once
+ANNOUNCE_WAIT_S = 1.0  # runs ending within a second (two polls) share one toast
 
 
 class Watch:
@@ -148,6 +149,7 @@ class KdApp(App):
         self._poll_again = False
         self._tick_count = 0
         self._last_runs: list[Run] | None = None
+        self._ended: list[Run] = []  # ended since the last toast (see _announce_ended)
         self._log_text = ""
         self._log_reset = False
         self.settings = self._load_settings()
@@ -447,6 +449,17 @@ class KdApp(App):
             and old.status != r.status
             and r.status in ("done", "failed", "cancelled")
         ]
+        if not finished:
+            return
+        # a fused group's runs end a few commits apart: gather them for one toast
+        if not self._ended:
+            self.set_timer(ANNOUNCE_WAIT_S, self._announce_ended)
+        self._ended += finished
+
+    def _announce_ended(self) -> None:
+        finished, self._ended = self._ended, []
+        latest = {r.id: self.runs_by_id.get(r.id, r) for r in finished}
+        finished = list(latest.values())
         if len(finished) == 1:
             self._announce(finished[0])
         elif finished:

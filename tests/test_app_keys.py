@@ -286,11 +286,10 @@ async def test_thirteen_fused_runs_ending_together_make_one_toast(tmp_path, monk
         for r in runs:
             store.claim(r.id)
         await until(pilot, lambda: all(r.status == "running" for r in app.runs))
-        with store.conn:  # one commit: the engine's fused group finishing at once
-            for r in runs:
-                store.conn.execute(
-                    "UPDATE runs SET status='done', best_top1=90 WHERE id=?", (r.id,)
-                )
+        for r in runs:  # as the engine ends a fused group: one commit per run
+            store.update(r.id, best_top1=90.0)
+            store.finish(r.id, "done")
+            await pilot.pause(0.05)  # the app polls in between: the ends span polls
         await until(pilot, lambda: notifications(app), what="the toast")
         await pilot.pause(1.2)  # more polls: still one toast
         (toast,) = app._notifications
