@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from engine.core import layout, runlog
@@ -34,7 +36,8 @@ from kdtui.widgets.cells import short_path
 POLL_S = 0.5  # metrics show up within a second of being written
 ENGINE_EVERY = 4  # read the engine's status every 4th poll
 ANNOUNCE_LINES = 4  # runs named in a toast for many that ended at once
-ANNOUNCE_WAIT_S = 1.0  # runs ending within a second (two polls) share one toast
+ANNOUNCE_WAIT_S = 1.0  # runs ending less than a second (two polls) apart share one toast
+ANNOUNCE_MAX_S = 5.0  # ... said at the latest this long after the first ended
 
 
 class Watch:
@@ -150,6 +153,8 @@ class KdApp(App):
         self._tick_count = 0
         self._last_runs: list[Run] | None = None
         self._ended: list[Run] = []  # ended since the last toast (see _announce_ended)
+        self._ended_since = 0.0
+        self._ended_timer: Timer | None = None
         self._log_text = ""
         self._log_reset = False
         self.settings = self._load_settings()
@@ -451,13 +456,20 @@ class KdApp(App):
         ]
         if not finished:
             return
-        # a fused group's runs end a few commits apart: gather them for one toast
+        # a fused group's runs end a few commits apart: gather them for one toast, said
+        # once no run has ended for ANNOUNCE_WAIT_S (at the latest ANNOUNCE_MAX_S after
+        # the first)
+        now = time.monotonic()
         if not self._ended:
-            self.set_timer(ANNOUNCE_WAIT_S, self._announce_ended)
+            self._ended_since = now
         self._ended += finished
+        if self._ended_timer is not None:
+            self._ended_timer.stop()
+        wait = min(ANNOUNCE_WAIT_S, max(0.0, self._ended_since + ANNOUNCE_MAX_S - now))
+        self._ended_timer = self.set_timer(wait, self._announce_ended)
 
     def _announce_ended(self) -> None:
-        finished, self._ended = self._ended, []
+        finished, self._ended, self._ended_timer = self._ended, [], None
         latest = {r.id: self.runs_by_id.get(r.id, r) for r in finished}
         finished = list(latest.values())
         if len(finished) == 1:
