@@ -1092,7 +1092,8 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
             )
             await until(pilot, lambda: screen.query_one("#acc", CurvePlot).points == 4)
             assert screen.query_one("#loss", CurvePlot).points > 0
-            assert any("run finished" in n for n in notifications(app))
+            # the toast waits a second for other runs ending with it (one toast for many)
+            await until(pilot, lambda: any("run finished" in n for n in notifications(app)))
             await pilot.press("l")
             await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
             board = app.screen
