@@ -92,7 +92,8 @@ def fit_columns(head, body, width: int, drop: tuple[str, ...] = DROP_ORDER) -> l
     for name in drop:
         if sum(need(i) for i in keep) + 1 <= width:
             break
-        keep.remove(head.index(name))
+        if name in head:  # a column only some listings have (kdtui ls's slurm job)
+            keep.remove(head.index(name))
     return keep
 
 
