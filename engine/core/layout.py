@@ -11,7 +11,11 @@ format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
         tui.json                      the app's settings (bell, pinned baseline)
         cache/teacher-<key>/          disk teacher-logit caches
         runs/<id>-<suffix>/           one folder per run:
+            run.json                  submit-time data: id, uuid, experiment (engine.core.runfolder)
             config.toml               its resolved config, as stored
+            metrics.jsonl events.jsonl  append-only records: the source of truth the store
+                                      ingests (engine.core.runfolder)
+            cancel                    present while a cancel is asked (the worker polls it)
             log.txt                   its log (engine.core.runlog)
             worker.log                its worker's raw output (warnings, tracebacks)
             last.pth prev.pth best.pth  checkpoints (engine.core.checkpoint)
@@ -60,6 +64,10 @@ def home_path(home: str | os.PathLike | None) -> Path:
 
 # ---------------------------------------------------------------- a run's folder
 CONFIG = "config.toml"
+META = "run.json"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+CANCEL = "cancel"
 LOG = "log.txt"
 WORKER_OUTPUT = "worker.log"
 LAST, PREV, BEST = "last.pth", "prev.pth", "best.pth"

@@ -1,9 +1,16 @@
-"""The store: one SQLite database (WAL) and one folder per run. Torch-free.
+"""The store: one folder per run (the source of truth) and a SQLite index of them. Torch-free.
 
-Every process (app, CLI, engine, workers) opens its own connection; WAL
-lets the app read while workers append metrics. Run ids come from
-AUTOINCREMENT and run folders are created exclusively, so nothing is ever
-reused or overwritten.
+Workers write only their run folder (engine.core.runfolder) and never open the
+database; the front ends and the engine (on the local disk where `kdtui` runs)
+ingest folders into SQLite incrementally: per run a byte offset into
+metrics.jsonl and events.jsonl, advanced in the transaction that applies the
+new lines, so ingesting again adds nothing and a crash at any point loses
+nothing. Every change the store itself makes to a run (claim, cancel,
+requeue, finish) is an event appended to the run's folder and then ingested,
+so `rebuild` recreates the whole database from the folders. Readers ingest
+what they read (`run`, `runs`, `metrics`: the active runs, or the ones asked
+for). Run ids come from AUTOINCREMENT and run folders are created exclusively,
+so nothing is ever reused or overwritten.
 """
 
 from __future__ import annotations
@@ -21,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import fingerprint as fpmod
-from engine.core import layout, liveness, planning, reading, safefs, schema, writing
-from engine.core import metrics as M
+from engine.core import layout, liveness, planning, reading, runfolder, safefs, schema, writing
 from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -34,7 +40,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     name TEXT NOT NULL,
     source TEXT,
     config_toml TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    uuid TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,9 +72,6 @@ CREATE TABLE IF NOT EXISTS runs (
     last_top5 REAL,
     teacher_top1 REAL,
     params INTEGER,
-    trained_params INTEGER,
-    fingerprint TEXT,
-    identity TEXT,
     images_per_s REAL,
     eta_s REAL,
     host TEXT,
@@ -82,7 +86,11 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     started REAL,
     ended REAL,
-    heartbeat REAL
+    heartbeat REAL,
+    trained_params INTEGER,
+    fingerprint TEXT,
+    identity TEXT,
+    uuid TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -106,14 +114,23 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
+CREATE INDEX IF NOT EXISTS runs_uuid ON runs(uuid);
+CREATE TABLE IF NOT EXISTS ingested (
+    run_id INTEGER PRIMARY KEY,
+    metrics_at INTEGER NOT NULL DEFAULT 0,
+    events_at INTEGER NOT NULL DEFAULT 0,
+    bad_lines INTEGER NOT NULL DEFAULT 0
+);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
+    ("uuid", "TEXT"),  # version 3: the run folder's uuid (run.json), unique across stores
 )
+ACTIVE = ("queued", "running")  # the runs whose folders an idle poll looks at
 
 
 class StoreError(Exception):
@@ -168,6 +185,7 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    uuid: str | None = None
 
     @property
     def path(self) -> Path:
@@ -255,11 +273,49 @@ class Store:
                 for name, sql_type in ADDED_COLUMNS:
                     if name not in have:
                         con.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
+            have_exp = {r[1] for r in con.execute("PRAGMA table_info(experiments)")}
+            if have_exp and "uuid" not in have_exp:
+                con.execute("ALTER TABLE experiments ADD COLUMN uuid TEXT")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     con.execute(statement)
             self._backfill_fingerprints(con)
+            if have:
+                self._write_legacy_folders(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _write_legacy_folders(self, con) -> None:
+        """Runs of a store from before run folders were the source of truth get run.json,
+        metrics.jsonl and events.jsonl written from their rows, offsets at the end: from
+        then on `rebuild` and `import` know them too. A folder that is gone is skipped."""
+        for exp in con.execute("SELECT id FROM experiments WHERE uuid IS NULL").fetchall():
+            con.execute(
+                "UPDATE experiments SET uuid=? WHERE id=?", (runfolder.new_uuid(), exp["id"])
+            )
+        for row in con.execute("SELECT * FROM runs WHERE uuid IS NULL ORDER BY id").fetchall():
+            run = Run(**dict(row))
+            uid = runfolder.new_uuid()
+            con.execute("UPDATE runs SET uuid=? WHERE id=?", (uid, run.id))
+            run.uuid = uid
+            if not run.dir or not os.path.isdir(run.dir):
+                continue
+            try:
+                runfolder.write_meta(run.path, self._meta(con, run))
+                metrics = [
+                    runfolder.metric_record(m["epoch"], m["step"], m["name"], m["value"], m["time"])
+                    for m in con.execute(
+                        "SELECT * FROM metrics WHERE run_id=? ORDER BY id", (run.id,)
+                    )
+                ]
+                runfolder.append_records(run.path / layout.METRICS, metrics, cut_torn=True)
+                state = {c: getattr(run, c) for c in runfolder.STATE_COLUMNS}
+                runfolder.append_records(
+                    run.path / layout.EVENTS,
+                    [runfolder.event_record("migrated", state, when=liveness.row_time(run))],
+                )
+            except (OSError, FileExistsError):
+                continue
+            self._set_offsets(con, run.id, *self._sizes(run.path), 0)
 
     def _backfill_fingerprints(self, con) -> None:
         """Fingerprints of runs stored before they existed; a config that no longer parses
@@ -384,8 +440,9 @@ class Store:
         created: list[Run] = []
         with self._tx() as con:
             exp_id = con.execute(
-                "INSERT INTO experiments(name, source, config_toml, created) VALUES (?,?,?,?)",
-                (exp.name, source, written, now),
+                "INSERT INTO experiments(name, source, config_toml, created, uuid) "
+                "VALUES (?,?,?,?,?)",
+                (exp.name, source, written, now, runfolder.new_uuid()),
             ).lastrowid
             teacher_run: int | None = None
             files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
@@ -406,9 +463,9 @@ class Store:
                         cfg.teacher.from_run = str(depends_on)
                 teacher = self._teacher_source(con, cfg, files, depends_on)
                 ident = fpmod.identity(cfg, teacher=teacher)
-                run_id = self._insert_run(con, exp_id, plan, cfg, depends_on, status, now, ident)
-                if holder is not None:
-                    con.execute("UPDATE runs SET pid=? WHERE id=?", (holder, run_id))
+                run_id = self._insert_run(
+                    con, exp_id, plan, cfg, depends_on, status, now, ident, holder
+                )
                 if plan.role == "teacher":
                     teacher_run = run_id
                 created.append(run_id)
@@ -424,6 +481,7 @@ class Store:
         status: str,
         now: float,
         ident: dict,
+        holder: int | None = None,
     ) -> int:
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
@@ -431,8 +489,8 @@ class Store:
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
-               priority, fuse_key, epochs, created, fingerprint, identity)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               priority, fuse_key, epochs, created, fingerprint, identity, uuid)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
@@ -455,12 +513,43 @@ class Store:
                 now,
                 fpmod.digest(ident),
                 fpmod.dumps(ident),
+                runfolder.new_uuid(),
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
         safefs.write_new(run_dir / layout.CONFIG, toml_text)
         con.execute("UPDATE runs SET dir=? WHERE id=?", (str(run_dir), run_id))
+        row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        runfolder.write_meta(run_dir, self._meta(con, Run(**dict(row))))
+        runfolder.append_event(run_dir, "submitted", {"status": status, "pid": holder}, fsync=False)
+        self._ingest_run(con, run_id)
         return run_id
+
+    def _meta(self, con, run: Run) -> dict:
+        """run.json for a row: what the folder must hold besides its events and metrics."""
+        exp = con.execute("SELECT * FROM experiments WHERE id=?", (run.experiment_id,)).fetchone()
+        teacher = None
+        if run.depends_on is not None:
+            t = con.execute(
+                "SELECT id, uuid, dir FROM runs WHERE id=?", (run.depends_on,)
+            ).fetchone()
+            if t is not None:
+                teacher = {"id": t["id"], "uuid": t["uuid"] or "", "folder": Path(t["dir"]).name}
+        return {
+            "format": runfolder.FORMAT,
+            "id": run.id,
+            "uuid": run.uuid,
+            "experiment": {
+                "id": exp["id"],
+                "uuid": exp["uuid"],
+                "name": exp["name"],
+                "source": exp["source"],
+                "config_toml": exp["config_toml"],
+                "created": exp["created"],
+            },
+            "teacher": teacher,
+            "row": {c: getattr(run, c) for c in runfolder.META_COLUMNS},
+        }
 
     def _make_run_dir(self, run_id: int) -> Path:
         while True:
@@ -511,6 +600,7 @@ class Store:
 
     # ------------------------------------------------------------ queries
     def run(self, run_id: int) -> Run:
+        self._ingest_quietly([int(run_id)])
         row = self.conn.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone()
         if row is None:
             raise StoreError(f"no run {run_id} in {self.home}")
@@ -524,6 +614,9 @@ class Store:
         ids: Iterable[int] | None = None,
     ) -> list[Run]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if ids is not None:
+            ids = [int(i) for i in ids]
+        self._ingest_quietly(ids)
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
@@ -532,7 +625,6 @@ class Store:
             sql += " AND experiment=?"
             args.append(experiment)
         if ids is not None:
-            ids = [int(i) for i in ids]
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args += ids
         return [Run(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args)]
@@ -540,16 +632,14 @@ class Store:
     def runs_without_config(self) -> list[Run]:
         """Every run, its `config_toml` left empty: what the app polls twice a second (the
         configs are most of a row's bytes; a run's own is read when it is opened)."""
+        self._ingest_quietly()
         columns = ", ".join(c for c in RUN_COLUMNS if c != "config_toml")
         sql = f"SELECT {columns}, '' AS config_toml FROM runs ORDER BY id"
         return [Run(**dict(r)) for r in self.conn.execute(sql)]
 
     def cancel_requested(self, run_id: int) -> bool:
-        """Whether someone asked this run to stop (the worker checks at every log step)."""
-        row = self.conn.execute(
-            "SELECT cancel_requested FROM runs WHERE id=?", (int(run_id),)
-        ).fetchone()
-        return bool(row and row[0])
+        """Whether someone asked this run to stop: its folder's `cancel` file."""
+        return runfolder.cancel_requested(self.run(run_id).path)
 
     def find(self, ref: str) -> list[Run]:
         """Runs named by a run id or an experiment name (CLI arguments)."""
@@ -582,32 +672,176 @@ class Store:
         return self.conn.execute("SELECT * FROM experiments ORDER BY id").fetchall()
 
     def changed_since(self, version: float) -> bool:
+        self._ingest_quietly()
         row = self.conn.execute("SELECT MAX(COALESCE(heartbeat, created)) FROM runs").fetchone()
         return (row[0] or 0) > version
 
+    # ------------------------------------------------------------ ingesting run folders
+    def ingest(self, ids: Iterable[int] | None = None, *, everything: bool = False) -> int:
+        """Apply what run folders gained since they were last read; the number of runs that
+        changed. Default: the queued and running runs (an idle poll: two stats a run);
+        `ids`: those runs; `everything`: every run."""
+        con = self.conn
+        sql = (
+            "SELECT r.id, r.dir, COALESCE(i.metrics_at, 0), COALESCE(i.events_at, 0) "
+            "FROM runs r LEFT JOIN ingested i ON i.run_id = r.id"
+        )
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            if not ids:
+                return 0
+            rows = con.execute(f"{sql} WHERE r.id IN ({','.join('?' * len(ids))})", ids).fetchall()
+        elif everything:
+            rows = con.execute(sql).fetchall()
+        else:
+            rows = con.execute(f"{sql} WHERE r.status IN ('queued', 'running')").fetchall()
+        changed = 0
+        for run_id, run_dir, m_at, e_at in rows:
+            if not run_dir:
+                continue
+            m_size, e_size = self._sizes(Path(run_dir))
+            if m_size <= m_at and e_size <= e_at:
+                continue  # the idle case: nothing new
+            if con.in_transaction:
+                changed += self._ingest_run(con, run_id)[1]
+            else:
+                with self._tx() as tx:
+                    changed += self._ingest_run(tx, run_id)[1]
+        return changed
+
+    def _ingest_quietly(self, ids: Iterable[int] | None = None) -> None:
+        """A reader's ingest: a read-only (full) disk or a busy database leaves the rows as
+        they are (the next read tries again)."""
+        if self.read_only:
+            return
+        with contextlib.suppress(sqlite3.OperationalError, OSError):
+            self.ingest(ids)
+
+    @staticmethod
+    def _sizes(run_dir: Path) -> tuple[int, int]:
+        out = []
+        for name in (layout.METRICS, layout.EVENTS):
+            try:
+                out.append(os.stat(run_dir / name).st_size)
+            except OSError:
+                out.append(0)
+        return out[0], out[1]
+
+    @staticmethod
+    def _set_offsets(con, run_id: int, metrics_at: int, events_at: int, bad: int) -> None:
+        con.execute(
+            "INSERT INTO ingested(run_id, metrics_at, events_at, bad_lines) VALUES (?,?,?,?) "
+            "ON CONFLICT(run_id) DO UPDATE SET metrics_at=excluded.metrics_at, "
+            "events_at=excluded.events_at, bad_lines=bad_lines+excluded.bad_lines",
+            (run_id, metrics_at, events_at, bad),
+        )
+
+    def _ingest_run(self, con, run_id: int) -> tuple[sqlite3.Row | None, bool]:
+        """Inside a transaction: apply one run folder's new lines, advance its offsets.
+        Returns (the row after, whether anything changed)."""
+        row = con.execute(
+            "SELECT r.dir, COALESCE(i.metrics_at, 0), COALESCE(i.events_at, 0) "
+            "FROM runs r LEFT JOIN ingested i ON i.run_id = r.id WHERE r.id=?",
+            (int(run_id),),
+        ).fetchone()
+        if row is None or not row[0]:
+            return row, False
+        run_dir = Path(row[0])
+        metrics = runfolder.read_records(run_dir / layout.METRICS, row[1], runfolder.check_metric)
+        events = runfolder.read_records(run_dir / layout.EVENTS, row[2], runfolder.check_event)
+        if metrics.end == row[1] and events.end == row[2]:
+            return con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone(), False
+        heartbeat = 0.0
+        batch: list[tuple] = []
+        for r in metrics.records:
+            if "rewind" in r:
+                con.executemany(_INSERT_METRIC, batch)
+                batch = []
+                con.execute(
+                    "DELETE FROM metrics WHERE run_id=? AND epoch>=?", (run_id, r["rewind"])
+                )
+                continue
+            batch.append((run_id, r["epoch"], r["step"], r["name"], r["value"], r["time"]))
+            heartbeat = max(heartbeat, r["time"])
+        con.executemany(_INSERT_METRIC, batch)
+        state = runfolder.fold_state(events.records)
+        heartbeat = max(heartbeat, state.pop("heartbeat", 0.0))
+        for e in events.records:
+            if "message" in e:
+                con.execute(
+                    "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
+                    (run_id, e["time"], e["kind"], e["message"]),
+                )
+        bad = len(metrics.bad) + len(events.bad)
+        for name, chunk in ((layout.METRICS, metrics), (layout.EVENTS, events)):
+            for at, why in chunk.bad:
+                con.execute(
+                    "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
+                    (run_id, time.time(), "bad-line", f"{run_dir / name} at byte {at}: {why}"),
+                )
+        cols = "".join(f"{k}=?, " for k in state)
+        con.execute(
+            f"UPDATE runs SET {cols}heartbeat=MAX(COALESCE(heartbeat, 0), ?) WHERE id=?",
+            (*state.values(), heartbeat, run_id),
+        )
+        self._set_offsets(con, run_id, metrics.end, events.end, bad)
+        return con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone(), True
+
+    def _record(
+        self,
+        run_id: int,
+        kind: str,
+        values: dict | None = None,
+        message: str | None = None,
+        *,
+        unless=None,
+    ) -> Run:
+        """A change the store makes to a run: an event in its folder, then ingested, in one
+        transaction with a fresh read of the row. `unless(row)`: true to change nothing
+        (raises _Unchanged); `values` may be a function of the row (absolute values)."""
+        with self._tx() as con:
+            row, _ = self._ingest_run(con, int(run_id))
+            if row is None:
+                raise StoreError(f"no run {run_id} in {self.home}")
+            run = Run(**dict(row))
+            if unless is not None and unless(run):
+                raise _Unchanged(run)
+            if callable(values):
+                values = values(run)
+            runfolder.append_event(run.path, kind, values, message)
+            row, _ = self._ingest_run(con, run.id)
+        return Run(**dict(row))
+
     # ------------------------------------------------------------ lifecycle
     def update(self, run_id: int, **values: Any) -> None:
-        bad = set(values) - set(RUN_COLUMNS)
+        bad = set(values) - set(runfolder.STATE_COLUMNS)
         if bad:
             raise KeyError(f"unknown run columns {bad}")
-        cols = ", ".join(f"{k}=?" for k in values)
-        self.conn.execute(f"UPDATE runs SET {cols} WHERE id=?", (*values.values(), int(run_id)))
+        self._record(run_id, "set", values)
 
     def claim(self, run_id: int, **values: Any) -> bool:
         """queued -> running, atomically; False when someone else got it first."""
         values.setdefault("started", time.time())
         values.setdefault("host", socket.gethostname())
-        cols = ", ".join(f"{k}=?" for k in values)
-        with self._tx() as con:
-            cur = con.execute(
-                f"UPDATE runs SET status='running', heartbeat=?, error=NULL, "
-                f"attempts=attempts+1, {cols} WHERE id=? AND status='queued'",
-                (time.time(), *values.values(), int(run_id)),
+        try:
+            self._record(
+                run_id,
+                "claimed",
+                lambda run: {
+                    "status": "running",
+                    "error": None,
+                    "attempts": run.attempts + 1,
+                    **values,
+                },
+                unless=lambda run: run.status != "queued",
             )
-            return cur.rowcount == 1
+        except _Unchanged:
+            return False
+        return True
 
     def next_queued(self, limit: int = 50) -> list[Run]:
         """Queued runs in order: priority first, then FIFO."""
+        self._ingest_quietly()
         rows = self.conn.execute(
             "SELECT * FROM runs WHERE status='queued' ORDER BY priority DESC, id LIMIT ?", (limit,)
         ).fetchall()
@@ -615,28 +849,29 @@ class Store:
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         assert status in FINISHED, status
-        self.conn.execute(
-            "UPDATE runs SET status=?, error=COALESCE(?, error), ended=?, pid=NULL, heartbeat=? "
-            "WHERE id=?",
-            (status, error, time.time(), time.time(), int(run_id)),
-        )
-        self.event(run_id, status, error or "")
+        values: dict[str, Any] = {"status": status, "ended": time.time(), "pid": None}
+        if error is not None:
+            values["error"] = error
+        self._record(run_id, status, values, error or "")
 
     def requeue(self, run_id: int, *, resume: bool = True, holder: int | None = None) -> Run:
         """Back to the queue; `holder` (a foreground pid) keeps the engine off it."""
         run = self.run(run_id)
         if run.status not in ("failed", "cancelled", "running"):
             raise StoreError(f"run {run_id} is {run.status}; only failed or cancelled runs resume")
-        self.conn.execute(
-            "UPDATE runs SET status='queued', resume=?, cancel_requested=0, pid=?, "
-            "ended=NULL, heartbeat=? WHERE id=?",
-            (1 if resume else 0, holder, time.time(), int(run_id)),
-        )
-        self.event(run_id, "queued", "resume" if resume else "restart")
-        return self.run(run_id)
+        runfolder.clear_cancel(run.path)
+        values = {
+            "status": "queued",
+            "resume": 1 if resume else 0,
+            "cancel_requested": 0,
+            "pid": holder,
+            "ended": None,
+        }
+        return self._record(run_id, "queued", values, "resume" if resume else "restart")
 
     def request_cancel(self, run_id: int) -> str:
-        """Queued runs are cancelled now; running ones are asked to stop; dead ones end now."""
+        """Queued runs are cancelled now; running ones are asked to stop (their folder's
+        `cancel` file, which the worker polls); dead ones end now."""
         run = self.run(run_id)
         if run.status == "queued":
             self.finish(run_id, "cancelled", "cancelled before start")
@@ -647,8 +882,8 @@ class Store:
                 return "cancelled"
             return self.request_cancel(run_id)  # it changed meanwhile: ask again
         if run.status == "running":
-            self.update(run_id, cancel_requested=1)
-            self.event(run_id, "cancel", "cancel requested")
+            runfolder.request_cancel(run.path)
+            self._record(run_id, "cancel", {"cancel_requested": 1}, "cancel requested")
             return "cancelling"
         return run.status
 
@@ -663,9 +898,13 @@ class Store:
             raise StoreError(
                 f"run {run_id} is the teacher of queued/running runs {[r[0] for r in dependants]}"
             )
+        # in the folder first: if it cannot be deleted, `rebuild` still knows it was removed
+        with contextlib.suppress(OSError):
+            runfolder.append_event(run.path, runfolder.REMOVED)
         with self._tx() as con:
             con.execute("DELETE FROM metrics WHERE run_id=?", (run.id,))
             con.execute("DELETE FROM events WHERE run_id=?", (run.id,))
+            con.execute("DELETE FROM ingested WHERE run_id=?", (run.id,))
             con.execute("UPDATE runs SET depends_on=NULL WHERE depends_on=?", (run.id,))
             con.execute("DELETE FROM runs WHERE id=?", (run.id,))
         return run
@@ -674,17 +913,12 @@ class Store:
     def add_metrics(
         self, run_id: int, rows: Iterable[tuple[int, int, str, float]], when: float | None = None
     ) -> None:
-        """rows of (epoch, step, name, value), committed at once."""
-        when = when or time.time()
-        data = [(int(run_id), int(e), int(s), n, float(v), when) for e, s, n, v in rows]
-        if not data:
+        """rows of (epoch, step, name, value), appended to the run's folder and ingested."""
+        rows = list(rows)
+        if not rows:
             return
-        with self._tx() as con:
-            con.executemany(
-                "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)",
-                data,
-            )
-            con.execute("UPDATE runs SET heartbeat=? WHERE id=?", (when, int(run_id)))
+        runfolder.append_metrics(self.run(run_id).path, rows, when=when)
+        self.ingest([run_id])
 
     def metrics(
         self,
@@ -693,6 +927,7 @@ class Store:
         since_id: int = 0,
         names: Sequence[str] | None = None,
     ) -> list[Metric]:
+        self._ingest_quietly([int(run_id)])
         sql = "SELECT * FROM metrics WHERE run_id=? AND id>?"
         args: list[Any] = [int(run_id), int(since_id)]
         if names:
@@ -702,6 +937,7 @@ class Store:
 
     def series(self, run_id: int, name: str) -> list[tuple[int, int, float]]:
         """(epoch, step, value) of one metric, in order."""
+        self._ingest_quietly([int(run_id)])
         return [
             (r[0], r[1], r[2])
             for r in self.conn.execute(
@@ -715,6 +951,7 @@ class Store:
     ) -> dict[str, tuple[list[float], list[float]]]:
         """name -> (epochs, mean value per epoch over the runs): a seed group's curves."""
         ids, names = [int(i) for i in run_ids], list(names)
+        self._ingest_quietly(ids)
         rows = self.conn.execute(
             f"SELECT name, epoch, AVG(value) FROM metrics WHERE run_id IN "
             f"({','.join('?' * len(ids))}) AND name IN ({','.join('?' * len(names))}) "
@@ -729,24 +966,29 @@ class Store:
         return series
 
     def truncate_metrics(self, run_id: int, after_epoch: int) -> None:
-        """Drop metrics of epochs beyond a checkpoint before resuming from it."""
-        self.conn.execute(
-            "DELETE FROM metrics WHERE run_id=? AND epoch>?", (int(run_id), int(after_epoch))
+        """Metrics of epochs beyond `after_epoch` stop counting (a rewind marker)."""
+        run = self.run(run_id)
+        runfolder.append_records(
+            run.path / layout.METRICS, [{"rewind": int(after_epoch) + 1}], cut_torn=True
         )
+        self.ingest([run_id])
 
     # ------------------------------------------------------------ crash safety
     def settle_gone(self, run: Run, status: str, error: str) -> bool:
         """End a running row whose process is gone, unless it changed since `run` was read."""
         assert status in FINISHED, status
         now = time.time()
-        cur = self.conn.execute(
-            "UPDATE runs SET status=?, error=?, ended=?, pid=NULL, heartbeat=? "
-            "WHERE id=? AND status='running' AND pid IS ?",
-            (status, error, now, now, int(run.id), run.pid),
-        )
-        if cur.rowcount == 1:
-            self.event(run.id, status, error)
-        return cur.rowcount == 1
+        try:
+            self._record(
+                run.id,
+                status,
+                {"status": status, "error": error, "ended": now, "pid": None},
+                error,
+                unless=lambda row: row.status != "running" or row.pid != run.pid,
+            )
+        except _Unchanged:
+            return False
+        return True
 
     def commit_epoch(
         self,
@@ -756,87 +998,21 @@ class Store:
         *,
         before_commit=None,
     ) -> None:
-        """An epoch's metrics and the run row's progress/accuracy, in one transaction.
-
-        So a kill leaves either both or neither; what a kill after the
-        checkpoint but before this loses is replayed from the checkpoint
-        on resume (`rewind`).
-        """
-        bad = set(values) - set(RUN_COLUMNS)
-        if bad:
-            raise KeyError(f"unknown run columns {bad}")
-        when = time.time()
-        data = [(int(run_id), int(e), int(s), n, float(v), when) for e, s, n, v in rows]
-        cols = ", ".join(f"{k}=?" for k in values)
-        with self._tx() as con:
-            con.executemany(
-                "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)",
-                data,
-            )
-            con.execute(
-                f"UPDATE runs SET {cols}, heartbeat=? WHERE id=?",
-                (*values.values(), when, int(run_id)),
-            )
-            if before_commit is not None:
-                before_commit()
+        """An epoch's metrics (fsynced), then the run row's progress/accuracy as an event
+        (engine.worker does the same on its folder; this is for callers holding a store)."""
+        run = self.run(run_id)
+        runfolder.append_metrics(run.path, list(rows), fsync=True)
+        if before_commit is not None:
+            before_commit()
+        runfolder.append_event(run.path, "epoch", values)
+        self.ingest([run_id])
 
     def rewind(self, run_id: int, epochs: int, commit: dict | None = None) -> dict[str, int]:
-        """Make the store agree with a checkpoint of `epochs` finished epochs.
-
-        Drops metrics of later epochs (and the unfinished one), records the
-        checkpoint's own epoch metrics when the kill came before they were
-        committed (`commit`: {"epoch", "step", "time", "metrics"}), and
-        recomputes epoch, best and last accuracy from what remains.
-        Returns {"dropped": rows deleted, "replayed": rows added}.
-        """
-        replayed = 0
-        with self._tx() as con:
-            dropped = con.execute(
-                "DELETE FROM metrics WHERE run_id=? AND epoch>=?", (int(run_id), int(epochs))
-            ).rowcount
-            if commit and int(commit.get("epoch", -1)) == epochs - 1:
-                for name, value in commit.get("metrics", {}).items():
-                    have = con.execute(
-                        "SELECT 1 FROM metrics WHERE run_id=? AND name=? AND epoch=? LIMIT 1",
-                        (int(run_id), name, epochs - 1),
-                    ).fetchone()
-                    if have is None:
-                        con.execute(
-                            "INSERT INTO metrics(run_id, epoch, step, name, value, time) "
-                            "VALUES (?,?,?,?,?,?)",
-                            (
-                                int(run_id),
-                                epochs - 1,
-                                int(commit.get("step", 0)),
-                                name,
-                                float(value),
-                                float(commit.get("time", time.time())),
-                            ),
-                        )
-                        replayed += 1
-            top1 = con.execute(
-                "SELECT epoch, value FROM metrics WHERE run_id=? AND name=? ORDER BY epoch, id",
-                (int(run_id), M.TEST_TOP1),
-            ).fetchall()
-            top5 = con.execute(
-                "SELECT value FROM metrics WHERE run_id=? AND name=? "
-                "ORDER BY epoch DESC, id DESC LIMIT 1",
-                (int(run_id), M.TEST_TOP5),
-            ).fetchone()
-            best = max(top1, key=lambda r: r[1]) if top1 else None
-            con.execute(
-                "UPDATE runs SET epoch=?, step=0, best_top1=?, best_epoch=?, last_top1=?, "
-                "last_top5=? WHERE id=?",
-                (
-                    int(epochs),
-                    best[1] if best else None,
-                    best[0] + 1 if best else None,
-                    top1[-1][1] if top1 else None,
-                    top5[0] if top5 else None,
-                    int(run_id),
-                ),
-            )
-        return {"dropped": dropped, "replayed": replayed}
+        """Make the run agree with a checkpoint of `epochs` finished epochs
+        (engine.core.runfolder.rewind on its folder, then ingested)."""
+        out = runfolder.rewind(self.run(run_id).path, epochs, commit)
+        self.ingest([run_id])
+        return out
 
     def remove_run_dir(self, run: Run) -> str | None:
         """Delete a run's folder only as a real directory inside the real runs/ (else why not)."""
@@ -846,15 +1022,29 @@ class Store:
 
     # ------------------------------------------------------------ events
     def event(self, run_id: int | None, kind: str, message: str = "") -> None:
+        if run_id is not None:
+            self._record(run_id, kind, None, message)
+            return
         self.conn.execute(
             "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
             (run_id, time.time(), kind, message),
         )
 
     def events(self, since_id: int = 0) -> list[sqlite3.Row]:
+        self._ingest_quietly()
         return self.conn.execute(
             "SELECT * FROM events WHERE id>? ORDER BY id", (since_id,)
         ).fetchall()
+
+
+_INSERT_METRIC = "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)"
+
+
+class _Unchanged(Exception):
+    """A guarded change that did not apply (the row had changed); carries the row."""
+
+    def __init__(self, run: Run):
+        self.run = run
 
 
 class _Transaction:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,20 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def worker_command(home: str | os.PathLike, run_dirs: list[Path]) -> list[str]:
+    """The worker's command line, in one place (the local engine spawns it; a cluster
+    backend submits it): run folders only, the store folder for the disk teacher cache.
+    The worker never opens the store's database."""
+    return [
+        sys.executable,
+        "-m",
+        "engine.worker",
+        "--home",
+        os.fspath(home),
+        *(os.fspath(d) for d in run_dirs),
+    ]
 
 
 def exit_text(code: int) -> str:
