@@ -80,6 +80,7 @@ STATE_COLUMNS = (
     "started",
     "ended",
     "priority",
+    "heartbeat",  # set explicitly only by tests and tools; else the latest record's time
 )
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 # submit-time row data kept in run.json ("row")
@@ -383,8 +384,10 @@ def fold_state(events: list[dict]) -> dict:
     """The row's state after these events (the columns they set, plus `heartbeat`)."""
     state: dict[str, Any] = {}
     for e in events:
-        state.update(e.get("set", {}))
-        state["heartbeat"] = max(state.get("heartbeat", 0.0), e["time"])
+        values = e.get("set", {})
+        state.update(values)
+        if "heartbeat" not in values:
+            state["heartbeat"] = max(state.get("heartbeat") or 0.0, e["time"])
     return state
 
 

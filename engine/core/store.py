@@ -20,10 +20,11 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -765,7 +766,12 @@ class Store:
             heartbeat = max(heartbeat, r["time"])
         con.executemany(_INSERT_METRIC, batch)
         state = runfolder.fold_state(events.records)
-        heartbeat = max(heartbeat, state.pop("heartbeat", 0.0))
+        if any("heartbeat" in e.get("set", {}) for e in events.records):
+            heartbeat = state.pop("heartbeat")  # set on purpose: as given
+            when = "?"
+        else:
+            heartbeat = max(heartbeat, state.pop("heartbeat", 0.0))
+            when = "MAX(COALESCE(heartbeat, 0), ?)"
         for e in events.records:
             if "message" in e:
                 con.execute(
@@ -781,7 +787,7 @@ class Store:
                 )
         cols = "".join(f"{k}=?, " for k in state)
         con.execute(
-            f"UPDATE runs SET {cols}heartbeat=MAX(COALESCE(heartbeat, 0), ?) WHERE id=?",
+            f"UPDATE runs SET {cols}heartbeat={when} WHERE id=?",
             (*state.values(), heartbeat, run_id),
         )
         self._set_offsets(con, run_id, metrics.end, events.end, bad)
@@ -1036,6 +1042,159 @@ class Store:
             "SELECT * FROM events WHERE id>? ORDER BY id", (since_id,)
         ).fetchall()
 
+    # ------------------------------------------------------------ rebuild and import
+    def _insert_experiment(self, con, exp: dict, exp_id: int | None) -> int:
+        return con.execute(
+            "INSERT INTO experiments(id, name, source, config_toml, created, uuid) "
+            "VALUES (?,?,?,?,?,?)",
+            (
+                exp_id,
+                exp["name"],
+                exp.get("source"),
+                exp["config_toml"],
+                exp.get("created") or time.time(),
+                exp["uuid"],
+            ),
+        ).lastrowid
+
+    def _insert_folder(
+        self,
+        con,
+        run_dir: Path,
+        meta: dict,
+        config: str,
+        run_id: int | None,
+        exp_id: int,
+        depends_on: int | None,
+    ) -> int:
+        """A run's row from its folder (run.json, config.toml), then its records ingested."""
+        row = dict(meta["row"])
+        row.setdefault("created", time.time())
+        values = {
+            "id": run_id,
+            "experiment_id": exp_id,
+            **row,
+            "depends_on": depends_on,
+            "config_toml": config,
+            "dir": str(run_dir),
+            "uuid": meta["uuid"],
+        }
+        names = ", ".join(values)
+        run_id = con.execute(
+            f"INSERT INTO runs({names}) VALUES ({','.join('?' * len(values))})",
+            tuple(values.values()),
+        ).lastrowid
+        self._ingest_run(con, run_id)
+        return run_id
+
+    def _check_imports(self, paths: Sequence[str | os.PathLike]) -> list[tuple[Path, dict, str]]:
+        """Every folder of an import, checked whole before anything is copied."""
+        folders: list[Path] = []
+        for p in paths:
+            folders += _import_candidates(Path(p).absolute())
+        checked: list[tuple[Path, dict, str]] = []
+        uuids: dict[str, Path] = {}
+        for d in folders:
+            try:
+                meta = runfolder.check_folder(d)
+                config = safefs.read_text(d / layout.CONFIG)
+                reading.loads(config, file=str(d / layout.CONFIG), resolved=True)
+            except runfolder.FolderError as e:
+                raise ImportRefused(str(e)) from None
+            except FileNotFoundError:
+                raise ImportRefused(
+                    f"{d / layout.CONFIG}: missing; not a whole run folder"
+                ) from None
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise ImportRefused(f"{d / layout.CONFIG}: {e}") from None
+            if meta["uuid"] in uuids:
+                raise ImportRefused(f"{d} and {uuids[meta['uuid']]} are the same run (uuid)")
+            uuids[meta["uuid"]] = d
+            row = self.conn.execute("SELECT id FROM runs WHERE uuid=?", (meta["uuid"],)).fetchone()
+            if row is not None:
+                raise ImportRefused(
+                    f"{d} is run {row[0]} of this store already (uuid {meta['uuid']}); "
+                    "nothing imported"
+                )
+            checked.append((d, meta, config))
+        return sorted(checked, key=lambda t: t[1]["id"])  # teachers before their students
+
+    def import_folders(self, paths: Sequence[str | os.PathLike]) -> list[tuple[Path, Run]]:
+        """Add run folders copied from another machine: copied into runs/ under new ids.
+
+        Everything is checked first (only plain files; run.json, metrics and events well
+        formed; the config valid; no run already here by its uuid), and any failure
+        leaves the store as it was (one transaction; the folders made are removed). A
+        teacher run imported with its students (or already here) stays their teacher. A
+        run that was queued or running where it came from arrives cancelled (`kdtui
+        resume` continues it here)."""
+        checked = self._check_imports(paths)
+        made: list[Path] = []
+        done: list[tuple[Path, int]] = []
+        try:
+            with self._tx() as con:
+                new_ids: dict[str, int] = {}  # uuid -> id here
+                for d, meta, config in checked:
+                    run_id = self._import_one(con, d, meta, config, new_ids, made)
+                    done.append((d, run_id))
+        except BaseException:
+            for path in made:
+                safefs.remove_run_dir(self.runs_dir, path)
+            raise
+        return [(d, self.run(i)) for d, i in done]
+
+    def _import_one(
+        self, con, d: Path, meta: dict, config: str, new_ids: dict[str, int], made: list[Path]
+    ) -> int:
+        exp = meta["experiment"]
+        have = con.execute("SELECT id FROM experiments WHERE uuid=?", (exp["uuid"],)).fetchone()
+        exp_id = have[0] if have else self._insert_experiment(con, exp, None)
+        teacher = meta.get("teacher")
+        dep = None
+        if teacher:
+            dep = new_ids.get(teacher["uuid"])
+            if dep is None:
+                hit = con.execute("SELECT id FROM runs WHERE uuid=?", (teacher["uuid"],)).fetchone()
+                dep = hit[0] if hit else None
+        # the next id, reserved (AUTOINCREMENT never hands it out again) before its folder
+        run_id = con.execute(
+            "INSERT INTO runs(experiment_id, experiment, method, student_arch, dataset, "
+            "config_toml, dir, created) VALUES (?, '', '', '', '', '', '', 0)",
+            (exp_id,),
+        ).lastrowid
+        con.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        new_dir = self._make_run_dir(run_id)
+        made.append(new_dir)
+        new_teacher = None
+        if dep is not None and teacher:
+            dep_dir = con.execute("SELECT dir FROM runs WHERE id=?", (dep,)).fetchone()[0]
+            new_teacher = {"id": dep, "uuid": teacher["uuid"], "folder": Path(dep_dir).name}
+            cfg = reading.loads(config, file=str(d / layout.CONFIG), resolved=True)
+            if cfg.teacher.from_run == str(teacher["id"]):
+                cfg.teacher.from_run = str(dep)
+                config = writing.resolved_toml(cfg)
+        for entry in os.scandir(d):
+            if entry.name not in (layout.META, layout.CONFIG, layout.CANCEL):
+                _copy_file(Path(entry.path), new_dir / entry.name)
+        safefs.write_new(new_dir / layout.CONFIG, config)
+        new_meta = {
+            **meta,
+            "id": run_id,
+            "experiment": {**exp, "id": exp_id},
+            "teacher": new_teacher,
+        }
+        runfolder.write_meta(new_dir, new_meta)
+        self._insert_folder(con, new_dir, new_meta, config, run_id, exp_id, dep)
+        new_ids[meta["uuid"]] = run_id
+        status, host = con.execute("SELECT status, host FROM runs WHERE id=?", (run_id,)).fetchone()
+        if status in ACTIVE:
+            where = f" on {host}" if host else ""
+            why = f"imported while {status}{where}; `kdtui resume {run_id}` continues it"
+            values = {"status": "cancelled", "error": why, "pid": None, "ended": time.time()}
+            runfolder.append_event(new_dir, "cancelled", values, why)
+            self._ingest_run(con, run_id)
+        return run_id
+
 
 _INSERT_METRIC = "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)"
 
@@ -1099,3 +1258,118 @@ def fuse_key(cfg: schema.Experiment) -> str | None:
         str(cfg.run.teacher_cache_mb),
     ]
     return "|".join(parts)
+
+
+# ---------------------------------------------------------------- rebuild and import
+@dataclass
+class Rebuilt:
+    """What `rebuild` did: runs back, folders skipped (with why), the old database's name."""
+
+    runs: int = 0
+    metrics: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    old_db: Path | None = None
+
+
+def _run_folders(runs_dir: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(runs_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if layout.RUN_DIR_NAME.match(e.name) and e.is_dir(follow_symlinks=False)
+    ]
+
+
+def rebuild(home: str | Path | None = None) -> Rebuilt:
+    """Recreate the database from the run folders: every run (its id kept), its status,
+    metrics and events back. An existing database is moved aside first (with its -wal,
+    so it stays readable), never deleted. The caller makes sure no engine runs."""
+    home = layout.home_path(home)
+    out = Rebuilt()
+    db = home / layout.DB
+    if db.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out.old_db = db.with_name(f"{layout.DB}.before-rebuild-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{db}{suffix}", f"{out.old_db}{suffix}")
+    store = Store(home)
+    found: list[tuple[Path, dict]] = []
+    for run_dir in _run_folders(store.runs_dir):
+        try:
+            meta = runfolder.read_meta(run_dir)
+        except runfolder.FolderError as e:
+            out.skipped.append((run_dir.name, str(e)))
+            continue
+        if any(e["kind"] == runfolder.REMOVED for e in runfolder.read_events(run_dir)):
+            out.skipped.append((run_dir.name, "removed with `kdtui rm`"))
+            continue
+        found.append((run_dir, meta))
+    found.sort(key=lambda t: t[1]["id"])
+    with store._tx() as con:
+        seen: set[int] = set()
+        for run_dir, meta in found:
+            if meta["id"] in seen:
+                out.skipped.append((run_dir.name, f"run id {meta['id']} is taken by another"))
+                continue
+            try:
+                config = safefs.read_text(run_dir / layout.CONFIG)
+            except (OSError, UnicodeDecodeError) as e:
+                out.skipped.append((run_dir.name, f"{layout.CONFIG}: {e}"))
+                continue
+            seen.add(meta["id"])
+            exp = meta["experiment"]
+            if con.execute("SELECT 1 FROM experiments WHERE id=?", (exp["id"],)).fetchone() is None:
+                store._insert_experiment(con, exp, exp["id"])
+            teacher = meta.get("teacher")
+            depends_on = teacher["id"] if teacher and teacher["id"] in seen else None
+            store._insert_folder(con, run_dir, meta, config, meta["id"], exp["id"], depends_on)
+            out.runs += 1
+        out.metrics = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    store.close()
+    return out
+
+
+class ImportRefused(StoreError):
+    """A folder that cannot be imported; nothing of the whole import was kept."""
+
+
+def _import_candidates(path: Path) -> list[Path]:
+    """A run folder, or a folder of run folders (another store's runs/, or the store)."""
+    if os.path.lexists(path / layout.META) or os.path.islink(path):
+        return [path]
+    if not path.is_dir():
+        raise ImportRefused(f"{path}: no such folder")
+    inner = path / layout.RUNS if (path / layout.RUNS).is_dir() else path
+    found = [
+        Path(e.path)
+        for e in sorted(os.scandir(inner), key=lambda e: e.name)
+        if os.path.lexists(Path(e.path) / layout.META) or e.is_symlink()
+    ]
+    if not found:
+        raise ImportRefused(f"{path}: holds no run folder (a folder with {layout.META})")
+    return found
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """A plain file copied without following a link at either end."""
+    fd = safefs.open_fd(src, os.O_RDONLY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImportRefused(f"{src} is not a plain file")
+        out = safefs.open_fd(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
