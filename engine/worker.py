@@ -406,7 +406,9 @@ def resume_member(r: Folder, m: Member) -> None:
     moved = ckptmod.set_aside_bad(infos)  # kept for inspection, out of the next resume's way
     if note and moved:
         note += f"; damaged file kept as {', '.join(p.name for p in moved)}"
-    replayed = runfolder.rewind(run_dir, m.epoch, commit_of(state))["replayed"]
+    replayed = runfolder.rewind(
+        run_dir, m.epoch, commit_of(state), f"resumed from {used.name} at epoch {m.epoch}"
+    )["replayed"]
     if note:
         runlog.append(run_dir, note)
         runfolder.append_event(run_dir, "fallback", message=note)

@@ -429,13 +429,15 @@ def accuracy(metrics: list[dict]) -> dict:
     }
 
 
-def rewind(run_dir: Path, epochs: int, commit: dict | None = None) -> dict[str, int]:
+def rewind(
+    run_dir: Path, epochs: int, commit: dict | None = None, message: str | None = None
+) -> dict[str, int]:
     """Make the folder agree with a checkpoint of `epochs` finished epochs.
 
     Appends a rewind marker (later epochs and the unfinished one no longer count), the
     checkpoint's own epoch metrics that never reached the file (`commit`: {"epoch",
     "step", "time", "metrics"}), and a `rewind` event with the row's epoch and accuracy
-    recomputed. Returns {"dropped": metrics that stop counting, "replayed": added}.
+    recomputed (`message`: where it resumed from). Returns {"dropped": metrics that stop counting, "replayed": added}.
     """
     run_dir = Path(run_dir)
     have = read_metrics(run_dir)
@@ -450,7 +452,8 @@ def rewind(run_dir: Path, epochs: int, commit: dict | None = None) -> dict[str, 
                     metric_record(epochs - 1, int(commit.get("step", 0)), name, value, when)
                 )
     append_records(run_dir / METRICS, [{"rewind": int(epochs)}, *replay], fsync=True, cut_torn=True)
-    append_event(run_dir, "rewind", {"epoch": int(epochs), "step": 0, **accuracy(kept + replay)})
+    values = {"epoch": int(epochs), "step": 0, **accuracy(kept + replay)}
+    append_event(run_dir, "rewind", values, message)
     return {"dropped": len(have) - len(kept), "replayed": len(replay)}
 
 

@@ -131,7 +131,11 @@ ADDED_COLUMNS = (
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
     ("uuid", "TEXT"),  # version 3: the run folder's uuid (run.json), unique across stores
 )
-ACTIVE = ("queued", "running")  # the runs whose folders an idle poll looks at
+ACTIVE = ("queued", "running")  # not finished
+# an idle poll looks only at running runs' folders: only a worker writes a folder without
+# ingesting what it wrote, and a worker trains only claimed (running) runs; everything the
+# store writes (submit, claim, cancel, ...) is ingested in the same transaction
+POLLED = "running"
 
 
 class StoreError(Exception):
@@ -439,6 +443,17 @@ class Store:
         plans = planning.expand(exp)
         now = time.time()
         created: list[Run] = []
+        made: list[Path] = []
+        try:
+            self._submit(exp, plans, written, source, status, holder, now, created, made)
+        except BaseException:
+            for path in made:  # rolled back: no folder may outlive its row (rebuild reads them)
+                safefs.remove_run_dir(self.runs_dir, path)
+            raise
+        return [self.run(i) for i in created]
+
+    def _submit(self, exp, plans, written, source, status, holder, now, created, made) -> None:
+        """submit's transaction; the ids it creates go into `created`, folders into `made`."""
         with self._tx() as con:
             exp_id = con.execute(
                 "INSERT INTO experiments(name, source, config_toml, created, uuid) "
@@ -465,12 +480,11 @@ class Store:
                 teacher = self._teacher_source(con, cfg, files, depends_on)
                 ident = fpmod.identity(cfg, teacher=teacher)
                 run_id = self._insert_run(
-                    con, exp_id, plan, cfg, depends_on, status, now, ident, holder
+                    con, exp_id, plan, cfg, depends_on, status, now, ident, holder, made
                 )
                 if plan.role == "teacher":
                     teacher_run = run_id
                 created.append(run_id)
-        return [self.run(i) for i in created]
 
     def _insert_run(
         self,
@@ -483,6 +497,7 @@ class Store:
         now: float,
         ident: dict,
         holder: int | None = None,
+        made: list[Path] | None = None,
     ) -> int:
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
@@ -518,6 +533,8 @@ class Store:
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
+        if made is not None:
+            made.append(run_dir)
         safefs.write_new(run_dir / layout.CONFIG, toml_text)
         con.execute("UPDATE runs SET dir=? WHERE id=?", (str(run_dir), run_id))
         row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -680,8 +697,8 @@ class Store:
     # ------------------------------------------------------------ ingesting run folders
     def ingest(self, ids: Iterable[int] | None = None, *, everything: bool = False) -> int:
         """Apply what run folders gained since they were last read; the number of runs that
-        changed. Default: the queued and running runs (an idle poll: two stats a run);
-        `ids`: those runs; `everything`: every run."""
+        changed. Default: the running runs (an idle poll: two stats a run; see POLLED);
+        `ids`: those runs; `everything`: every run (the engine, once when it starts)."""
         con = self.conn
         sql = (
             "SELECT r.id, r.dir, COALESCE(i.metrics_at, 0), COALESCE(i.events_at, 0) "
@@ -695,7 +712,7 @@ class Store:
         elif everything:
             rows = con.execute(sql).fetchall()
         else:
-            rows = con.execute(f"{sql} WHERE r.status IN ('queued', 'running')").fetchall()
+            rows = con.execute(f"{sql} WHERE r.status=?", (POLLED,)).fetchall()
         changed = 0
         for run_id, run_dir, m_at, e_at in rows:
             if not run_dir:

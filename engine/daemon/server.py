@@ -74,6 +74,7 @@ class Engine:
 
     def recover(self) -> None:
         """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
+        self.store.ingest(everything=True)  # what changed in any folder while none watched
         groups: dict[int, list[Run]] = {}
         for run in self.store.runs(status="running"):
             if run.pid and run_process_alive(run.pid, row_time(run)):
