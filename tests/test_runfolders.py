@@ -310,3 +310,35 @@ def test_a_hostile_folder_is_refused_with_one_error_and_nothing_is_imported(tmp_
     assert dest.runs() == []
     src.close()
     dest.close()
+
+
+def test_a_store_from_before_run_folders_gets_them_written_when_opened(home):
+    from engine.core import store as storemod
+
+    old = Store(home)
+    a, b = old.submit(reading.loads(tiny("old", seeds=[0, 1]), file="o.toml"))
+    assert old.claim(a.id, pid=None)
+    old.add_metrics(a.id, [(0, 1, "train/loss", 1.0), (0, 1, "test/top1", 50.0)])
+    old.finish(a.id, "done")
+    # what a version-2 store had: rows and metrics in SQLite, no records in the folders
+    old.conn.execute("UPDATE runs SET uuid=NULL")
+    old.conn.execute("UPDATE experiments SET uuid=NULL")
+    old.conn.execute("DELETE FROM ingested")
+    old.conn.execute("PRAGMA user_version = 2")
+    for run in (a, b):
+        for name in (layout.META, layout.METRICS, layout.EVENTS):
+            (run.path / name).unlink(missing_ok=True)
+    old.close()
+    before = dump(home)
+
+    Store(home).close()  # the migration writes the folders' records from the rows
+    assert runfolder.read_state(a.path)["status"] == "done"
+    assert len(runfolder.read_metrics(a.path)) == 2
+    for suffix in ("", "-wal", "-shm"):
+        (home / f"{layout.DB}{suffix}").unlink(missing_ok=True)
+    assert storemod.rebuild(home).runs == 2
+    after = dump(home)
+    for rows in (before["runs"], after["runs"]):
+        for row in rows:
+            row.pop("uuid")
+    assert after["runs"] == before["runs"] and after["metrics"] == before["metrics"]
