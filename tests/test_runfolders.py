@@ -304,6 +304,12 @@ def test_a_hostile_folder_is_refused_with_one_error_and_nothing_is_imported(tmp_
     assert "'epoch'" in out.stderr
     assert dest.runs() == [] and sorted(os.listdir(dest.runs_dir)) == listing
 
+    meta = json.loads((b.path / layout.META).read_text())
+    meta["row"]["seed"] = {"nested": 1}  # well-formed JSON, not what a column takes
+    (b.path / layout.META).write_text(json.dumps(meta))
+    out = kdtui(dest.home, "import", b.path, check=False)
+    assert out.returncode == 2 and "row.'seed' is not a plain value" in out.stderr
+
     (a.path / layout.META).write_text("{broken")
     out = kdtui(dest.home, "import", a.path, check=False)
     assert out.returncode == 2 and "run.json: not JSON" in out.stderr

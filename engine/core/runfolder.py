@@ -173,6 +173,12 @@ def check_meta(meta: Any, path: Path) -> None:
         raise FolderError(f"{path}: unknown keys row.{sorted(unknown)[0]!r}")
     for key in ("experiment", "role", "method", "student_arch", "dataset"):
         need(row, key, str, "row.")
+    for key, value in row.items():
+        if not _plain(value):
+            raise FolderError(f"{path}: key row.{key!r} is not a plain value")
+    for key, value in meta["experiment"].items():
+        if not _plain(value):
+            raise FolderError(f"{path}: key experiment.{key!r} is not a plain value")
 
 
 # ---------------------------------------------------------------- appending
@@ -334,12 +340,23 @@ def check_metric(r) -> str | None:
         if not isinstance(r.get(key), int) or isinstance(r.get(key), bool):
             return f"key {key!r} is missing or not an integer"
     for key in ("value", "time"):
-        if not _number(r.get(key)):
+        if not _number(r.get(key)) or math.isnan(r[key]):
             return f"key {key!r} is missing or not a number"
+    for key in ("epoch", "step"):
+        if not _plain(r[key]):
+            return f"key {key!r} is out of range"
     return None
 
 
-_SCALAR = (str, int, float, type(None))
+def _plain(value) -> bool:
+    """What a SQLite column takes: text, a 64-bit integer, a finite float, or null."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (str, type(None)))
 
 
 def check_event(r) -> str | None:
@@ -356,7 +373,7 @@ def check_event(r) -> str | None:
     if bad:
         return f"key 'set.{bad[0]}' is not a run column"
     for k, v in values.items():
-        if not isinstance(v, _SCALAR):
+        if not _plain(v):
             return f"key 'set.{k}' is not a plain value"
     if values.get("status", "queued") not in STATUSES:
         return f"key 'set.status' is {values['status']!r}, not one of {', '.join(STATUSES)}"
