@@ -4,7 +4,7 @@ Every file name kdtui reads or writes is spelled here once; the run log's line
 format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
 
     $KDTUI_HOME or ./.kdtui/          the store (private: 0700)
-        kdtui.db (+ -wal, -shm)       SQLite: runs, metrics, events (engine.core.store)
+        kdtui.db (+ -wal, -shm)       SQLite: the index of the run folders (engine.core.store)
         engine.lock                   held by the running engine (engine.daemon.lock)
         engine.log, engine.json       the engine's log and its state for clients
         engine-options.json           options saved by `kdtui engine start`
@@ -49,6 +49,11 @@ STORE_FILES = (
     ENGINE_STATE,
     ENGINE_OPTIONS,
 )
+
+
+def db_set_aside(stamp: str) -> str:
+    """Where `kdtui store rebuild` keeps the database it replaces (with its -wal, -shm)."""
+    return f"{DB}.before-rebuild-{stamp}"
 
 
 def default_home() -> Path:

@@ -1309,7 +1309,7 @@ def rebuild(home: str | Path | None = None) -> Rebuilt:
     db = home / layout.DB
     if db.exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out.old_db = db.with_name(f"{layout.DB}.before-rebuild-{stamp}")
+        out.old_db = db.with_name(layout.db_set_aside(stamp))
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(f"{db}{suffix}", f"{out.old_db}{suffix}")
