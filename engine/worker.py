@@ -1,8 +1,11 @@
-"""Run one run, or one fused group of runs, and record everything in the store.
+"""Run one run, or one fused group of runs, writing only their run folders.
 
-`python -m engine.worker RUN_ID [RUN_ID ...]` is what the engine spawns;
-`kdtui run` calls `execute` in its own process. Workers only ever run
-configs read from the store.
+`python -m engine.worker [--home HOME] RUN_DIR [RUN_DIR ...]` is what the
+engine spawns (engine.daemon.processes.worker_command); `kdtui run` calls
+`execute` in its own process. A worker never opens the SQLite store: it
+reads each run's config.toml, run.json and events.jsonl (its state: resume?
+how far?) and appends metrics and events (engine.core.runfolder), which the
+store ingests. `--home` only places the disk teacher cache.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ from pathlib import Path
 import torch
 
 from engine.core import checkpoint as ckptmod
-from engine.core import faults, layout, runlog, safefs
+from engine.core import faults, layout, reading, runfolder, runlog, safefs
 from engine.core.metrics import IMAGES_PER_S, STEP_LR, TEST_TOP1, TEST_TOP5, loss_name
 from engine.core.registry import METHODS, resolve
 from engine.core.schema import Experiment, strong_view
-from engine.core.store import Run, Store, StoreError
 from engine.data import DeviceLoader, build_data
 from engine.train import (
     CachedTeacherSource,
@@ -42,30 +44,45 @@ class SetupError(RuntimeError):
     """A run cannot start (missing teacher, bad checkpoint, missing data)."""
 
 
-class StoreCallbacks:
-    """Commits metrics as they are produced, so a crash loses at most a log window."""
+class Folder:
+    """One run as the worker sees it: its folder, run.json, state (folded events), config."""
 
-    def __init__(self, store: Store, run_ids: dict[str, int], extra=None):
-        self.store = store
-        self.ids = run_ids
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir).absolute()
+        self.meta = runfolder.read_meta(self.dir)
+        self.state = runfolder.read_state(self.dir)
+        self.id: int = self.meta["id"]
+        path = self.dir / layout.CONFIG
+        self.config = reading.loads(safefs.read_text(path), file=str(path), resolved=True)
+
+    @property
+    def status(self) -> str:
+        return self.state.get("status", "queued")
+
+
+class FolderCallbacks:
+    """Appends metrics and events as they are produced: a step's with one write (a crash
+    loses at most a log window), an epoch's fsynced."""
+
+    def __init__(self, dirs: dict[str, Path], extra=None):
+        self.dirs = dirs
         self.extra = extra
         self.epoch_started: dict[str, float] = {}
         self.steps_per_epoch: dict[str, int] = {}
         self.epoch_times: dict[str, list[float]] = {}
         self.finished: set[str] = set()
 
-    def _id(self, m: Member) -> int:
-        return self.ids[m.name]
-
     def on_start(self, m, info):
-        self.store.update(
-            self._id(m),
-            epochs=info["epochs"],
-            params=info["params"],
-            trained_params=info["trainable_params"],
-            steps_per_epoch=info["steps_per_epoch"],
-            epoch=m.epoch,
-            heartbeat=time.time(),
+        runfolder.append_event(
+            self.dirs[m.name],
+            "setup",
+            dict(
+                epochs=info["epochs"],
+                params=info["params"],
+                trained_params=info["trainable_params"],
+                steps_per_epoch=info["steps_per_epoch"],
+                epoch=m.epoch,
+            ),
         )
         self.epoch_started[m.name] = time.perf_counter()
         self.steps_per_epoch[m.name] = info["steps_per_epoch"]
@@ -81,11 +98,12 @@ class StoreCallbacks:
     def on_step(self, m, epoch, step, losses, lr):
         rows = [(epoch, m.step, loss_name(k), v) for k, v in losses.items()]
         rows.append((epoch, m.step, STEP_LR, lr))
-        self.store.add_metrics(self._id(m), rows)
+        run_dir = self.dirs[m.name]
+        runfolder.append_metrics(run_dir, rows)
         values = dict(step=step, epoch=epoch)
         if not self.epoch_times.get(m.name):  # no whole epoch timed yet: ETA from the steps
             values.update(eta_s=self.first_epoch_eta(m, epoch, step))
-        self.store.update(self._id(m), **values)
+        runfolder.append_event(run_dir, "step", values, fsync=False)
         faults.point("step", epoch + 1)
         if self.extra:
             self.extra.on_step(m, epoch, step, losses, lr)
@@ -116,14 +134,14 @@ class StoreCallbacks:
                 best_top1=m.best_top1,
                 best_epoch=m.best_epoch + 1,
             )
-        # metrics and row in one transaction, after the checkpoint that carries them: a kill
-        # before the commit is replayed from last.pth on resume (resume_member)
-        self.store.commit_epoch(
-            self._id(m),
-            [(epoch, m.step, k, v) for k, v in metrics.items()],
-            values,
-            before_commit=lambda: faults.point("metrics-open", m.epoch),
+        # after the checkpoint that carries them: the metrics (fsynced), then the row's
+        # values; a kill before the metrics are whole is replayed from last.pth on resume
+        run_dir = self.dirs[m.name]
+        runfolder.append_metrics(
+            run_dir, [(epoch, m.step, k, v) for k, v in metrics.items()], fsync=True
         )
+        faults.point("metrics-open", m.epoch)
+        runfolder.append_event(run_dir, "epoch", values)
         faults.point("metrics", m.epoch)
         if self.extra:
             self.extra.on_epoch(m, epoch, metrics)
@@ -131,7 +149,7 @@ class StoreCallbacks:
     def on_end(self, m):
         # final status now, not when the whole fused group ends: the engine and the app
         # see a cancelled or finished member at once
-        self.store.finish(self._id(m), m.status, m.error if m.status != "done" else None)
+        _finish_folder(self.dirs[m.name], m.status, m.error if m.status != "done" else None)
         self.finished.add(m.name)
         if self.extra:
             self.extra.on_end(m)
@@ -139,12 +157,19 @@ class StoreCallbacks:
     def should_stop(self, m):
         if self.extra and self.extra.should_stop(m):
             return True
-        return self.store.cancel_requested(self._id(m))
+        return runfolder.cancel_requested(self.dirs[m.name])
 
     def log(self, m, message):
         runlog.append(Path(m.dir), message)
         if self.extra:
             self.extra.log(m, message)
+
+
+def _finish_folder(run_dir: Path, status: str, error: str | None) -> None:
+    values = {"status": status, "ended": time.time(), "pid": None}
+    if error is not None:
+        values["error"] = error
+    runfolder.append_event(run_dir, status, values, error or "")
 
 
 def _try_log(run_dir: Path, message: str) -> None:
@@ -155,7 +180,7 @@ def _try_log(run_dir: Path, message: str) -> None:
         print(message, file=sys.stderr, flush=True)  # worker.log, if it has room
 
 
-def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
+def teacher_checkpoint(run: Folder, cfg: Experiment) -> Path:
     t = cfg.teacher
     if t.checkpoint:
         path = Path(t.checkpoint).expanduser()
@@ -163,23 +188,29 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
             raise SetupError(f"teacher.checkpoint {t.checkpoint!r} does not exist")
         return path
     if t.from_run:
-        try:
-            dep = store.run(int(t.from_run))
-        except (ValueError, StoreError):
+        teacher = run.meta.get("teacher")
+        if not teacher or str(teacher["id"]) != str(t.from_run):
             raise SetupError(
-                f"teacher.from_run = {t.from_run!r} is not a run in this store"
-            ) from None
-        if dep.status != "done":
-            raise SetupError(
-                f"teacher run {dep.id} ({dep.experiment}) is {dep.status}"
-                + (f": {dep.error}" if dep.error else "")
+                f"teacher.from_run = {t.from_run!r}: its run folder is not recorded in "
+                f"{run.dir / layout.META}"
             )
-        if dep.head != "student":
+        try:
+            dep = Folder(run.dir.parent / teacher["folder"])
+        except (runfolder.FolderError, OSError, ValueError) as e:
+            raise SetupError(f"teacher run {t.from_run}: {e}") from None
+        if dep.status != "done":
+            error = dep.state.get("error")
             raise SetupError(
-                f"run {dep.id} uses a {dep.head} head ({dep.method}) and cannot "
+                f"teacher run {dep.id} ({dep.meta['row']['experiment']}) is {dep.status}"
+                + (f": {error}" if error else "")
+            )
+        head = dep.meta["row"].get("head", "student")
+        if head != "student":
+            raise SetupError(
+                f"run {dep.id} uses a {head} head ({dep.meta['row']['method']}) and cannot "
                 "serve as a teacher; use a vanilla or logit-distilled run"
             )
-        path = Path(dep.dir) / layout.BEST
+        path = dep.dir / layout.BEST
         if not path.exists():
             raise SetupError(f"teacher run {dep.id} has no best checkpoint at {path}")
         info = ckptmod.inspect(path)
@@ -189,51 +220,62 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
     raise SetupError("no teacher source (checkpoint, from_run) in the resolved config")
 
 
-def execute(
-    store: Store,
-    run_ids: list[int],
+def execute(store, run_ids: list[int], *, callbacks=None, resume: bool | None = None):
+    """`kdtui run`'s call: train runs of `store` (one fused group) here, through their
+    folders; returns their final rows (ingested)."""
+    dirs = [store.run(i).path for i in run_ids]
+    train(dirs, home=store.home, callbacks=callbacks, resume=resume)
+    return [store.run(i) for i in run_ids]
+
+
+def train(
+    run_dirs: list[Path],
     *,
+    home: Path | None = None,
     callbacks=None,
     resume: bool | None = None,
-) -> list[Run]:
-    """Train the given runs (one fused group) to the end; returns their final rows."""
-    runs = [store.run(i) for i in run_ids]
+) -> list[Folder]:
+    """Train the runs in these folders (one fused group) to the end; their final states."""
+    runs = [Folder(d) for d in run_dirs]
     cfgs = [r.config for r in runs]
-    names = {str(r.id): r.id for r in runs}
-    cb = StoreCallbacks(store, names, callbacks)
+    dirs = {str(r.id): r.dir for r in runs}
+    cb = FolderCallbacks(dirs, callbacks)
     try:
         runtime = pick_runtime(cfgs[0].run)
         for r in runs:
-            store.update(
-                r.id,
-                pid=os.getpid(),
-                host=socket.gethostname(),
-                device=_device_name(runtime),
-                torch_version=torch.__version__,
-                started=r.started or time.time(),
-                error=None,
+            runfolder.append_event(
+                r.dir,
+                "started",
+                dict(
+                    pid=os.getpid(),
+                    host=socket.gethostname(),
+                    device=_device_name(runtime),
+                    torch_version=torch.__version__,
+                    started=r.state.get("started") or time.time(),
+                    error=None,
+                ),
             )
             runlog.append(
-                Path(r.dir),
+                r.dir,
                 f"worker pid {os.getpid()} on {socket.gethostname()}, "
                 f"{_device_name(runtime)}, torch {torch.__version__}, "
                 f"{torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() != 1)}",
             )
-        members, data, teacher_source = prepare(store, runs, cfgs, runtime, cb, resume)
+        members, data, teacher_source = prepare(runs, cfgs, runtime, cb, resume, home)
     except Exception as e:  # setup failures fail every run of the group, with the reason
-        why = _reason(e, store, Path(runs[0].dir))
+        why = _reason(e, runs[0].dir)
         for r in runs:
-            _try_log(Path(r.dir), traceback.format_exc())
-            _try_finish(store, r.id, "failed", why)
+            _try_log(r.dir, traceback.format_exc())
+            _try_finish(r.dir, r.id, "failed", why)
         if callbacks is not None and hasattr(callbacks, "on_setup_error"):
             callbacks.on_setup_error(e)
-        return [store.run(r.id) for r in runs]
+        return [Folder(r.dir) for r in runs]
     try:
         fit(members, data, teacher_source, runtime, cb)
     except Exception as e:
         for m in members:
             if m.active:
-                m.status, m.error = "failed", _reason(e, store, m.dir)
+                m.status, m.error = "failed", _reason(e, m.dir)
                 if safefs.is_disk_full(e):
                     m.error += f"; free some space, then `kdtui resume {m.name}`"
                 _try_log(m.dir, traceback.format_exc())
@@ -243,42 +285,42 @@ def execute(
             if m.active:
                 m.status, m.error = "cancelled", f"{why}; `kdtui resume {m.name}` continues it"
                 _try_log(m.dir, m.error)
-        _finish(store, [m for m in members if m.name not in cb.finished])
+        _finish(dirs, [m for m in members if m.name not in cb.finished])
         raise
-    _finish(store, [m for m in members if m.name not in cb.finished])
-    return [store.run(r.id) for r in runs]
+    _finish(dirs, [m for m in members if m.name not in cb.finished])
+    return [Folder(r.dir) for r in runs]
 
 
-def _finish(store: Store, members: list[Member]) -> None:
+def _finish(dirs: dict[str, Path], members: list[Member]) -> None:
     for m in members:
         status = m.status if m.status != "running" else "failed"
         error = m.error if status != "done" else None
-        _try_finish(store, int(m.name), status, error)
+        _try_finish(dirs[m.name], int(m.name), status, error)
 
 
-def _try_finish(store: Store, run_id: int, status: str, error: str | None) -> None:
+def _try_finish(run_dir: Path, run_id: int, status: str, error: str | None) -> None:
     """The final status; when even that cannot be written (a full disk), say why on stderr
     (worker.log) and leave the row to the engine, which sees the process gone."""
     try:
-        store.finish(run_id, status, error)
+        _finish_folder(run_dir, status, error)
     except Exception as e:
         print(f"run {run_id}: could not record {status} ({error}): {_one_line(e)}", file=sys.stderr)
 
 
-def _reason(e: BaseException, store: Store, run_dir: Path) -> str:
+def _reason(e: BaseException, run_dir: Path) -> str:
     """One line for the run's error: "no space left on device: PATH" for a full disk."""
     if safefs.is_disk_full(e):
-        chain, x = [], e
-        while x is not None and len(chain) < 8:
-            chain.append(x)
-            x = x.__cause__ or x.__context__
-        sqlite = any(type(x).__module__ == "sqlite3" for x in chain)
-        return str(safefs.DiskFull(safefs.full_path(e, store.db_path if sqlite else run_dir)))
+        return str(safefs.DiskFull(safefs.full_path(e, run_dir)))
     return _one_line(e)
 
 
 def prepare(
-    store: Store, runs: list[Run], cfgs: list[Experiment], runtime: Runtime, cb, resume: bool | None
+    runs: list[Folder],
+    cfgs: list[Experiment],
+    runtime: Runtime,
+    cb,
+    resume: bool | None,
+    home: Path | None = None,
 ):
     cfg0 = cfgs[0]
     data_seed = cfg0.data.data_seed if cfg0.data.data_seed >= 0 else cfg0.seeds[0]
@@ -294,7 +336,7 @@ def prepare(
     teacher = None
     teacher_source = None
     if any(METHODS[c.distill.method].needs_teacher for c in cfgs):
-        path = teacher_checkpoint(store, cfg0)
+        path = teacher_checkpoint(runs[0], cfg0)
         teacher = load_teacher(cfg0.teacher.arch, path, info.num_classes)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         teacher.to(runtime.device, memory_format=memory_format).eval()
@@ -302,11 +344,11 @@ def prepare(
             p.requires_grad_(False)
         ev = evaluate(teacher, data.test, runtime)
         for r in runs:
-            store.update(r.id, teacher_top1=ev["top1"])
+            runfolder.append_event(r.dir, "teacher", {"teacher_top1": ev["top1"]})
             runlog.append(
-                Path(r.dir), f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
+                r.dir, f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
             )
-        teacher_source = make_teacher_source(store, runs, cfgs, teacher, path, data, runtime)
+        teacher_source = make_teacher_source(runs, cfgs, teacher, path, data, runtime, home)
     members = []
     labels = data.train.labels.cpu() if _needs_train_labels(cfgs) else None
     for r, cfg in zip(runs, cfgs):
@@ -316,18 +358,18 @@ def prepare(
             teacher,
             info.num_classes,
             runtime,
-            Path(r.dir),
+            r.dir,
             input_shape=input_shape,
             train_labels=labels,
         )
-        want_resume = r.resume if resume is None else resume
-        ckptmod.clean_temp(Path(r.dir))  # half-written by a killed process
+        want_resume = bool(r.state.get("resume")) if resume is None else resume
+        ckptmod.clean_temp(r.dir)  # half-written by a killed process
         if want_resume:
-            resume_member(store, r, m)
-        elif any(i.exists for i in ckptmod.survey(Path(r.dir))) or store.metrics(r.id)[:1]:
+            resume_member(r, m)
+        elif any(i.exists for i in ckptmod.survey(r.dir)) or runfolder.read_metrics(r.dir)[:1]:
             # a restart from scratch: nothing is overwritten, old files move aside
-            _archive(Path(r.dir))
-            store.rewind(r.id, 0)
+            _archive(r.dir)
+            runfolder.rewind(r.dir, 0)
         members.append(m)
     if len({m.epoch for m in members}) > 1:
         raise SetupError(
@@ -336,16 +378,17 @@ def prepare(
     return members, data, teacher_source
 
 
-def resume_member(store: Store, r: Run, m: Member) -> None:
+def resume_member(r: Folder, m: Member) -> None:
     """Continue `m` from its newest valid checkpoint; never start over silently.
 
     last.pth missing or damaged: the newest valid of prev.pth and best.pth,
     said in the log and as a `fallback` event, and only the metrics after it
     are dropped. No valid checkpoint after finished epochs: SetupError
     (`kdtui resume --restart` starts over). The checkpoint's own epoch
-    metrics are recorded if the process died before committing them.
+    metrics are recorded if the process died before writing them.
     """
-    run_dir = Path(r.dir)
+    run_dir = r.dir
+    recorded_epoch = int(r.state.get("epoch") or 0)
     infos = ckptmod.survey(run_dir)
     failed: dict[str, str] = {}
     used = state = None
@@ -358,8 +401,8 @@ def resume_member(store: Store, r: Run, m: Member) -> None:
         used = info
         break
     if used is None:
-        if r.epoch == 0 and not any(i.exists for i in infos):
-            store.rewind(r.id, 0)  # the unfinished first epoch's step metrics
+        if recorded_epoch == 0 and not any(i.exists for i in infos):
+            runfolder.rewind(run_dir, 0)  # the unfinished first epoch's step metrics
             runlog.append(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
             return
         found = [failed.get(i.name) or i.describe() for i in infos]
@@ -369,24 +412,28 @@ def resume_member(store: Store, r: Run, m: Member) -> None:
     if used is not last and not (last.ok and last.name not in failed):
         why = "is missing" if not last.exists else (last.problem or "cannot be loaded")
         note = f"last.pth {why}; resuming from {used.name} at epoch {m.epoch}"
-        if r.epoch > m.epoch:
+        if recorded_epoch > m.epoch:
             which = (
-                f"epoch {r.epoch}" if r.epoch == m.epoch + 1 else f"epochs {m.epoch + 1}-{r.epoch}"
+                f"epoch {recorded_epoch}"
+                if recorded_epoch == m.epoch + 1
+                else f"epochs {m.epoch + 1}-{recorded_epoch}"
             )
             note += f"; the metrics of {which} are dropped (trained again)"
     moved = ckptmod.set_aside_bad(infos)  # kept for inspection, out of the next resume's way
     if note and moved:
         note += f"; damaged file kept as {', '.join(p.name for p in moved)}"
-    replayed = store.rewind(r.id, m.epoch, commit_of(state))["replayed"]
+    replayed = runfolder.rewind(
+        run_dir, m.epoch, commit_of(state), f"resumed from {used.name} at epoch {m.epoch}"
+    )["replayed"]
     if note:
         runlog.append(run_dir, note)
-        store.event(r.id, "fallback", note)
+        runfolder.append_event(run_dir, "fallback", message=note)
     runlog.append(
         run_dir,
         f"resumed from {used.path} at epoch {m.epoch}"
         + (
             f"; epoch {m.epoch}'s metrics recorded from the checkpoint (the process had died "
-            "before committing them)"
+            "before writing them)"
             if replayed
             else ""
         ),
@@ -401,7 +448,13 @@ def _needs_train_labels(cfgs: list[Experiment]) -> bool:
 
 
 def make_teacher_source(
-    store: Store, runs: list[Run], cfgs: list[Experiment], teacher, path: Path, data, runtime
+    runs: list[Folder],
+    cfgs: list[Experiment],
+    teacher,
+    path: Path,
+    data,
+    runtime,
+    home: Path | None = None,
 ):
     """One teacher pass per batch for the whole group; through the exact logit cache when
     `[run] teacher_cache` is on and every member reads only the teacher's logits."""
@@ -423,7 +476,7 @@ def make_teacher_source(
 
     def note(message: str) -> None:
         for r in runs:
-            runlog.append(Path(r.dir), message)
+            runlog.append(r.dir, message)
 
     train = data.train
     if not logit_only:
@@ -461,7 +514,7 @@ def make_teacher_source(
             dtype=dtype,
             limit_bytes=run.teacher_cache_mb * 2**20,
             device=runtime.device,
-            home=store.home,
+            home=home,
         )
         where = str(cache.path) if cache.path else f"memory on {cache.device}"
         note(
@@ -499,10 +552,13 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.worker", description="Train runs from the kdtui store."
+        prog="python -m engine.worker",
+        description="Train runs from their run folders (never opens the SQLite store).",
     )
-    parser.add_argument("run_ids", nargs="+", type=int)
-    parser.add_argument("--home", default=None, help="store directory (default $KDTUI_HOME)")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (one fused group)")
+    parser.add_argument(
+        "--home", default=None, help="the store folder: where the disk teacher cache lives"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -510,13 +566,13 @@ def main(argv: list[str] | None = None) -> int:
         "its last checkpoint; finished runs stay as they are",
     )
     args = parser.parse_args(argv)
-    store = Store(args.home)
-    ids = args.run_ids
+    home = Path(args.home) if args.home else None
+    dirs = args.run_dirs
     if args.resume:
-        ids = [i for i in ids if not store.run(i).finished]
-        if not ids:
+        dirs = [d for d in dirs if Folder(d).status not in runfolder.FINISHED]
+        if not dirs:
             return 0
-    results = execute(store, ids, resume=True if args.resume else None)
+    results = train(dirs, home=home, resume=True if args.resume else None)
     return 0 if all(r.status == "done" for r in results) else 1
 
 

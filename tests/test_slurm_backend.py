@@ -1,7 +1,8 @@
 """The Slurm backend end to end, on the local one-node cluster (tests/slurm/cluster.sh).
 
 A real engine (`kdtui engine start --backend slurm`) submits real jobs through submitit; the
-jobs train tiny digits runs and write the store; the tests read what a user would: the store's
+jobs train tiny digits runs and write their run folders (never the database), which the engine
+ingests; the tests read what a user would: the store's
 rows and metrics, `kdtui ls`, the leaderboard, Slurm's own view of the job (scontrol). Runs are
 held at a known step by `KDTUI_HOLD` (engine.core.faults) while a hold file exists, so a requeue
 or a cancel hits a run mid-epoch, never a race.
@@ -18,6 +19,7 @@ import pytest
 from engine.core import layout
 from engine.daemon import client
 from tests.test_engine import ROOT, Box, tiny
+from tests.test_runfolders import dump
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -93,6 +95,26 @@ def test_a_two_point_sweep_is_one_job_array_and_both_runs_land_on_the_leaderboar
     assert all(row["best_top1_mean"] is not None for row in board["rows"])
     first_metric = min(m.time for m in box.store.metrics(a.id) + box.store.metrics(b.id))
     print(f"submit to first metric: {first_metric - min(a.created, b.created):.1f} s")
+
+    # the jobs wrote only run folders; the engine's job columns are events there too, so the
+    # database deleted and rebuilt from the folders is the same, job ids and nodes included
+    box.cli("engine", "stop")
+    box.store.close()
+    before = dump(box.home)
+    for suffix in ("", "-wal", "-shm"):
+        (box.home / f"{layout.DB}{suffix}").unlink(missing_ok=True)
+    rebuilt = box.cli("store", "rebuild", env={**os.environ, "COLUMNS": "400"}).stdout
+    assert "2 runs" in rebuilt
+    assert dump(box.home) == before
+    rebuilt = {r["id"]: r for r in dump(box.home)["runs"]}
+    for run in (a, b):
+        row = rebuilt[run.id]
+        assert (row["job_id"], row["job_node"], row["job_state"]) == (
+            run.job_id,
+            run.job_node,
+            "COMPLETED",
+        )
+        assert row["status"] == "done"
 
 
 def test_a_student_is_submitted_only_once_its_teacher_run_is_done(box, slurm):

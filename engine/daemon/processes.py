@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +56,31 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def worker_argv(run_ids: list[int], home: Path, *, resume: bool = False) -> list[str]:
-    """The worker's command line after `python -m engine.worker`: every backend runs this."""
-    return [*map(str, run_ids), "--home", str(home), *(["--resume"] if resume else [])]
+def worker_argv(
+    home: str | os.PathLike, run_dirs: list[Path], *, resume: bool = False
+) -> list[str]:
+    """The worker's arguments, in one place (every backend starts the worker with them):
+    run folders only, the store folder for the disk teacher cache; `resume`: a restarted
+    batch job. The worker never opens the store's database."""
+    return [
+        "--home",
+        os.fspath(home),
+        *(os.fspath(d) for d in run_dirs),
+        *(["--resume"] if resume else []),
+    ]
+
+
+def worker_process(argv: list[str]) -> list[str]:
+    """`python -m engine.worker ARGV`: a worker as a process of its own (the local backend;
+    the Slurm backend calls the worker's main with the same ARGV in submitit's process)."""
+    return [sys.executable, "-m", "engine.worker", *argv]
+
+
+def worker_command(
+    home: str | os.PathLike, run_dirs: list[Path], *, resume: bool = False
+) -> list[str]:
+    """The whole command line of a worker for these run folders."""
+    return worker_process(worker_argv(home, run_dirs, resume=resume))
 
 
 def exit_text(code: int) -> str:

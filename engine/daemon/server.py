@@ -1,6 +1,7 @@
 """The engine process: the loop that places queued runs on free slots, and its process.
 
-`Engine.step` is one pass: reap finished workers, find dead ones, escalate
+`Engine.step` is one pass: ingest the run folders of queued and running runs
+(workers write only their folders), reap finished workers, find dead ones, escalate
 ignored cancels, then start ready runs (engine.daemon.scheduling decides where).
 `serve` runs it in this process until SIGTERM; `__main__` detaches it first.
 """
@@ -73,6 +74,7 @@ class Engine:
 
     def recover(self) -> None:
         """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
+        self.store.ingest(everything=True)  # what changed in any folder while none watched
         groups: dict[int, list[Run]] = {}
         running = self.store.runs(status="running")
         adopted = set()
@@ -118,6 +120,7 @@ class Engine:
 
     # ------------------------------------------------------------ one pass
     def step(self) -> None:
+        self.store.ingest()  # what the workers appended to their run folders since
         self.reap()
         running = self.store.runs(status="running")
         self.find_dead(running)
@@ -244,7 +247,7 @@ class Engine:
             if not claimed:
                 continue
             runs = self.store.runs(ids=claimed)
-            launch = Launch(slot, runs, worker_argv(claimed, self.store.home))
+            launch = Launch(slot, runs, worker_argv(self.store.home, [r.path for r in runs]))
             fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
             for r in runs:
                 runlog.note(r.path, f"engine: placed on {slot.name}{fused}")

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from engine.core.devices import ENGINE_GPU_ENV
 from engine.core.store import Run
 from engine.daemon.backends.base import Launch
 from engine.daemon.options import Options
-from engine.daemon.processes import WorkerProcess, child_env, signal_group
+from engine.daemon.processes import WorkerProcess, child_env, signal_group, worker_process
 from engine.daemon.scheduling import Slot, slots_for, unplaceable
 
 log = logging.getLogger("kdtui.engine")
@@ -54,7 +53,7 @@ class Backend:
             extra["OMP_NUM_THREADS"] = str(max(1, cpus // len(self.slots)))
         if slot.gpu is not None:
             extra["CUDA_DEVICE_ORDER"] = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        cmd = [sys.executable, "-m", "engine.worker", *launch.argv]
+        cmd = worker_process(launch.argv)
         out_path = launch.output
         try:
             out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

@@ -39,7 +39,7 @@ from engine.core.devices import HOST_DEVICES, cuda_index
 from engine.core.store import Run
 from engine.daemon.backends.base import Launch
 from engine.daemon.options import Options, slurm_options, time_minutes
-from engine.daemon.processes import source_root
+from engine.daemon.processes import source_root, worker_argv
 from engine.daemon.scheduling import Slot
 
 log = logging.getLogger("kdtui.engine")
@@ -67,21 +67,21 @@ MAX_TIMEOUT_REQUEUES = 100  # submitit's count of time-limit requeues (preemptio
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
-    """What a Slurm job runs: `python -m engine.worker ARGV` in this (submitit's) process.
+    """What a Slurm job runs: the worker's main with `processes.worker_argv` (the local
+    backend's command line) in this (submitit's) process; it only touches run folders.
 
     Checkpointable: on preemption or timeout submitit requeues the same call; the worker has
     its checkpoints on disk, so a restarted job (SLURM_RESTART_COUNT > 0) resumes its runs.
     """
 
-    def __init__(self, argv: list[str], output: str):
-        self.argv = list(argv)
+    def __init__(self, home: str, run_dirs: list[str], output: str):
+        self.home = home
+        self.run_dirs = list(run_dirs)
         self.output = output
 
     def __call__(self) -> int:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        argv = list(self.argv)
-        if restarts and "--resume" not in argv:
-            argv.append("--resume")
+        argv = worker_argv(self.home, [Path(d) for d in self.run_dirs], resume=restarts > 0)
         fd = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -282,7 +282,10 @@ class Backend:
         os.environ["PYTHONUNBUFFERED"] = "1"
         try:
             ex = self.executor(len(launches), gpus)
-            calls = [WorkerJob(launch.argv, str(launch.output)) for launch in launches]
+            calls = [
+                WorkerJob(str(self.home), [str(r.path) for r in launch.runs], str(launch.output))
+                for launch in launches
+            ]
             if len(calls) == 1:
                 jobs = [ex.submit(calls[0])]
             else:
