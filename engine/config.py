@@ -42,9 +42,12 @@ INT_MAX = 2**53  # integers without a stated range (exact as floats, fit SQLite)
 SEED_MAX = 2**32 - 1  # numpy's and most seeders' range
 EPOCHS_MAX = 100_000
 STEPS_MAX = 1_000_000_000
+NPROC_MAX = 256  # processes of one run on one node (GPUs, or CPU processes)
+NNODES_MAX = 4096
 NAME_MAX = 128
 TEXT_MAX = {"name": NAME_MAX, "description": 20_000}  # other strings (paths, refs): 4096
 DEVICE_RE = re.compile(r"auto|cpu|mps|xpu|cuda(:[0-9]{1,3})?")
+_CUDA_N = re.compile(r"cuda:[0-9]{1,3}")
 
 
 class ConfigError(ValueError):
@@ -238,6 +241,24 @@ class RunConfig:
     teacher_cache_mb: int = _f(2048, "cache size limit in MiB", min=1, max=1 << 20)
     max_steps: int = _f(
         0, "stop each epoch after N steps (0: full epochs; for smoke tests)", min=0, max=STEPS_MAX
+    )
+    nproc_per_node: int = _f(
+        1,
+        "processes per node: N > 1 trains this run data-parallel (DDP under torchrun) on N "
+        "GPUs, or N CPU processes on a CPU box; data.batch_size is per process",
+        min=1,
+        max=NPROC_MAX,
+    )
+    nnodes: int = _f(
+        1,
+        "nodes of a data-parallel run (more than one needs the Slurm backend)",
+        min=1,
+        max=NNODES_MAX,
+    )
+    sync_bn: bool = _f(
+        False,
+        "SyncBatchNorm in the student and projectors when the run spans several processes "
+        "(batch statistics over the effective batch; GPUs only)",
     )
 
 
@@ -925,6 +946,67 @@ def check_point(exp: Experiment, parser: _Parser) -> None:
                 parser.fail("optim.milestones", "must be increasing")
         if exp.optim.warmup_epochs >= exp.optim.epochs and exp.optim.warmup_epochs:
             parser.fail("optim.warmup_epochs", "must be shorter than optim.epochs")
+    if world_size(exp) > 1 and parser.ok("run"):
+        check_data_parallel(exp, parser)
+
+
+def world_size(exp: Experiment) -> int:
+    """Processes that train one run together (`nproc_per_node` x `nnodes`)."""
+    return exp.run.nproc_per_node * exp.run.nnodes
+
+
+def effective_batch(exp: Experiment) -> int:
+    """Images per optimiser step: `data.batch_size` is per process."""
+    return exp.data.batch_size * world_size(exp)
+
+
+def check_data_parallel(exp: Experiment, parser: _Parser) -> None:
+    """What a run of several processes cannot combine with (each refusal says why)."""
+    r = exp.run
+    n = f"nproc_per_node = {r.nproc_per_node}" + (f", nnodes = {r.nnodes}" if r.nnodes > 1 else "")
+    if r.compile:
+        parser.fail(
+            "run.compile",
+            f"torch.compile is not combined with data-parallel training ({n}) yet; set "
+            "compile = false, or nproc_per_node = 1 to compile",
+        )
+    if r.teacher_cache != "off":
+        parser.fail(
+            "run.teacher_cache",
+            f"the teacher cache is per process and a data-parallel run ({n}) gives each "
+            'process other images every epoch; set teacher_cache = "off"',
+        )
+    if _CUDA_N.fullmatch(r.device):
+        parser.fail(
+            "run.device",
+            f"{r.device!r} names one GPU but this run takes {r.nproc_per_node} ({n}); use "
+            'device = "cuda" (the engine picks the GPUs) or "auto"',
+        )
+    elif r.device in ("mps", "xpu"):
+        parser.fail(
+            "run.device",
+            f"data-parallel training ({n}) runs on CUDA GPUs (NCCL) or CPUs (gloo); use "
+            'device = "cuda", "cpu" or "auto"',
+        )
+    elif r.device == "cpu" and r.sync_bn:
+        parser.fail(
+            "run.sync_bn",
+            "SyncBatchNorm runs on GPUs only (torch refuses CPU tensors); set sync_bn = false "
+            "for a CPU run",
+        )
+
+
+def check_local(exp: Experiment, file: str | None = None) -> None:
+    """Refuse what the local engine and `kdtui run` cannot place: several nodes."""
+    nodes = max([exp.run.nnodes, *exp.sweep.get("run.nnodes", [])])
+    if nodes > 1:
+        raise ConfigError(
+            f"{nodes} nodes: a run across several nodes needs the Slurm backend, which this "
+            "kdtui does not have yet; the local engine and `kdtui run` train on one box: set "
+            "nnodes = 1 (and nproc_per_node = the GPUs of this box)",
+            file=file,
+            key="run.nnodes",
+        )
 
 
 def strong_view(exp: Experiment) -> bool:
