@@ -401,3 +401,57 @@ def test_the_failure_named_is_the_cause_not_the_rank_that_saw_it():
     # only torchrun's SIGTERMs: its first observed failure
     reason = launch.failure_reason({0: stopped, 1: stopped}, (1, stopped), 2)
     assert reason.startswith("rank 1 of 2 was killed by SIGTERM")
+
+
+# ---------------------------------------------------------------- identity and the store
+
+FP = """
+name = "fp"
+[data]
+dataset = "digits"
+batch_size = {batch}
+[student]
+arch = "resnet8"
+[optim]
+epochs = 3
+[run]
+{run}
+"""
+
+
+def fingerprint(batch: int, run: str = "") -> tuple[str, dict]:
+    exp = c.loads(FP.format(batch=batch, run=run), file="fp.toml")
+    return fp.fingerprint(exp), fp.identity(exp)["run"]
+
+
+def test_world_size_and_effective_batch_enter_the_fingerprint_above_one_process():
+    one, ident = fingerprint(32)
+    # computed by the code before these keys existed: one-process runs keep their identity
+    assert one == "59771f9f0e4d4006"
+    assert not {"world_size", "effective_batch", "sync_bn", "nproc_per_node"} & ident.keys()
+    assert fingerprint(32, "sync_bn = true")[0] == one  # nothing to synchronise alone
+    two, ident = fingerprint(32, "nproc_per_node = 2")
+    assert ident["world_size"] == 2 and ident["effective_batch"] == 64
+    assert ident["sync_bn"] is False
+    # the same images per step on one process is another experiment (BatchNorm sees 64)
+    assert len({one, two, fingerprint(64)[0]}) == 3
+    assert fingerprint(32, "nproc_per_node = 2\nsync_bn = true")[0] != two
+    assert fingerprint(32, "nproc_per_node = 2\ndevice = 'cpu'\nthreads = 3")[0] == two
+
+
+def test_every_run_stores_its_world_size_and_effective_batch(store):
+    exp = c.loads(FP.format(batch=32, run="nproc_per_node = 4"), file="x.toml")
+    (run,) = store.submit(exp)
+    assert (run.world_size, run.effective_batch) == (4, 128)
+
+
+def test_a_store_from_before_world_sizes_backfills_one_process(tmp_path):
+    first = Store(tmp_path / "home")
+    (run,) = first.submit(c.loads(FP.format(batch=48, run=""), file="x.toml"))
+    first.conn.execute("UPDATE runs SET world_size=NULL, effective_batch=NULL")
+    first.conn.execute("PRAGMA user_version = 2")
+    first.close()
+    again = Store(tmp_path / "home")
+    row = again.run(run.id)
+    assert (row.world_size, row.effective_batch) == (1, 48)
+    again.close()
