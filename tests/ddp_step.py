@@ -38,13 +38,17 @@ BATCH = 16  # per rank; one process steps on WORLD * BATCH
 TEACHER = "resnet14"
 
 
-def experiment(method: str, batch: int, world: int, teacher: str) -> cfgmod.Experiment:
+def experiment(
+    method: str, batch: int, world: int, teacher: str, loader: str = "device"
+) -> cfgmod.Experiment:
     return cfgmod.loads(
         f"""
 name = "ddp-step"
 [data]
 dataset = "digits"
 batch_size = {batch}
+loader = "{loader}"
+num_workers = 0
 [teacher]
 arch = "{TEACHER}"
 checkpoint = "{teacher}"
@@ -63,7 +67,9 @@ nproc_per_node = {world}
     )
 
 
-def first_step(method: str, teacher_path: str, group: Group, *, bn: str) -> dict:
+def first_step(
+    method: str, teacher_path: str, group: Group, *, bn: str, loader: str = "device"
+) -> dict:
     """The first step of a run with `method`, on this process's shard.
 
     bn = "eval": BatchNorm normalises with its (initial) running statistics, so the loss is
@@ -71,7 +77,7 @@ def first_step(method: str, teacher_path: str, group: Group, *, bn: str) -> dict
     "train": each process normalises with its own shard's batch statistics (what a
     data-parallel run without sync_bn does), which makes the two differ.
     """
-    cfg = experiment(method, BATCH * WORLD // group.world, group.world, teacher_path)
+    cfg = experiment(method, BATCH * WORLD // group.world, group.world, teacher_path, loader)
     runtime = pick_runtime(cfg.run, group)
     distributed.init(group, runtime.device)
     data = build_data(cfg.data, seed=0, rank=group.rank, world=group.world)
@@ -90,6 +96,13 @@ def first_step(method: str, teacher_path: str, group: Group, *, bn: str) -> dict
     )
     if group.parallel:
         data_parallel(m)
+    m.distiller.train()
+    if bn == "eval":
+        for module in m.distiller.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    m.distiller.eval()
+    before = evaluate(m.distiller.forward_test, data.test, runtime)  # the same model everywhere
     m.distiller.train()
     if bn == "eval":
         for module in m.distiller.modules():
@@ -118,6 +131,7 @@ def first_step(method: str, teacher_path: str, group: Group, *, bn: str) -> dict
     sync_buffers(m, group)
     m.distiller.eval()
     out["eval"] = evaluate(m.distiller.forward_test, data.test, runtime)
+    out["eval_before"] = before
     return out
 
 
@@ -129,6 +143,10 @@ def main() -> None:
         for method in METHODS
         for bn in ("eval", "train")
     }
+    # the reference DataLoader path: its own permutation, so only the evaluation compares
+    results[("dataloader", "eval")] = first_step(
+        "vanilla", teacher, group, bn="eval", loader="dataloader"
+    )
     if group.main:
         torch.save(results, out)
     distributed.shutdown()

@@ -211,6 +211,14 @@ def test_first_step_on_two_processes_equals_one_step_on_the_concatenated_batch(t
                 assert worst > 1e-2, (method, worst)  # per-process batch statistics
         if method == "simkd":  # the student's own classifier is unused: DDP copes
             assert "student.fc.weight" in unused
+    # the DataLoader path shards a permutation of its own (not the one-process order), so its
+    # step differs; its evaluation of the initial model must not
+    loader = two[("dataloader", "eval")]
+    assert loader["samples"] == 32
+    one = ddp_step.first_step("vanilla", str(teacher), SINGLE, bn="eval", loader="dataloader")
+    for k in ("top1", "top5"):
+        assert one["eval_before"][k] == loader["eval_before"][k]
+    assert one["eval_before"]["loss"] == pytest.approx(loader["eval_before"]["loss"], rel=1e-6)
 
 
 # ---------------------------------------------------------------- kdtui run, kill, resume
