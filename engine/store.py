@@ -926,4 +926,7 @@ def fuse_key(cfg: cfgmod.Experiment) -> str | None:
         cfg.run.teacher_cache_dtype,
         str(cfg.run.teacher_cache_mb),
     ]
+    world = cfgmod.world_size(cfg)
+    if world > 1:  # one launcher starts the group's processes (absent at 1: older keys hold)
+        parts.append(f"world={world}")
     return "|".join(parts)

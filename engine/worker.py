@@ -298,7 +298,9 @@ def _record_start(store: Store, runs: list[Run], cfgs: list[Experiment], runtime
             r.id,
             pid=pid,
             host=socket.gethostname(),
-            device=_device_name(runtime),
+            device=_device_name(runtime)
+            if not group.parallel
+            else f"{group.world}× " + _device_name(runtime),
             torch_version=torch.__version__,
             started=r.started or time.time(),
             error=None,

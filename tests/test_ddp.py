@@ -463,3 +463,14 @@ def test_a_store_from_before_world_sizes_backfills_one_process(tmp_path):
     row = again.run(run.id)
     assert (row.world_size, row.effective_batch) == (1, 48)
     again.close()
+
+
+def test_runs_of_other_world_sizes_never_fuse(store):
+    exp = c.loads(
+        EXP.format(teacher=ROOT / "pyproject.toml").replace("nproc_per_node = 2", "")
+        + '[sweep]\n"run.nproc_per_node" = [1, 2, 2]\n',
+        file="x.toml",
+    )
+    one, two, three = store.submit(exp)
+    assert one.fuse_key and one.fuse_key != two.fuse_key == three.fuse_key
+    assert "world=" not in one.fuse_key  # one process: the key it always had
