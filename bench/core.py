@@ -38,9 +38,10 @@ from pathlib import Path
 import torch
 
 from bench.stats import median_spread
-from engine import config as cfgmod
 from engine.cache import TeacherCache, cached_logits
-from engine.data import NUM_VIEWS, Batch, DeviceLoader, time_loader
+from engine.core import schema
+from engine.core.views import NUM_VIEWS
+from engine.data import Batch, DeviceLoader, time_loader
 from engine.distill.base import TeacherOut, build_distiller
 from engine.models import build_model
 from engine.train import (
@@ -126,8 +127,8 @@ def _synthetic_arrays(c: BenchConfig, seed: int = 0):
     return x, y
 
 
-def _data_config(c: BenchConfig) -> cfgmod.DataConfig:
-    d = cfgmod.DataConfig()
+def _data_config(c: BenchConfig) -> schema.DataConfig:
+    d = schema.DataConfig()
     d.dataset, d.batch_size, d.num_classes = "synthetic", c.batch, c.classes
     return d
 
@@ -188,8 +189,8 @@ def _endless(loader: DeviceLoader, start_epoch: int = 0) -> Iterator[Batch]:
 
 
 # ---------------------------------------------------------------- configs and members
-def _experiment(c: BenchConfig, method: str, lr: float, runtime_cfg: cfgmod.RunConfig):
-    exp = cfgmod.Experiment()
+def _experiment(c: BenchConfig, method: str, lr: float, runtime_cfg: schema.RunConfig):
+    exp = schema.Experiment()
     exp.name = f"bench-{method}"
     exp.seeds = [0]
     exp.data = _data_config(c)
@@ -236,7 +237,7 @@ def stock_precision():
 # ---------------------------------------------------------------- the bench
 class Bench:
     def __init__(self, cfg: BenchConfig, log: Callable[[str], None] = lambda s: None):
-        run = cfgmod.RunConfig()
+        run = schema.RunConfig()
         run.device = cfg.device
         self.runtime = pick_runtime(run)
         self.cuda = self.runtime.device.type == "cuda"

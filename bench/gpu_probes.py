@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from engine import config as cfgmod
 from engine.cache import TeacherCache
-from engine.config import DataConfig
+from engine.core import layout, planning, reading, schema
+from engine.core.schema import DataConfig
 from engine.data import build_data
 from engine.models import build_model
 from engine.train import (
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _experiment(method: str, device: str, *, epochs: int, sweep: str = ""):
     # 4 steps an epoch on the GPU; 2 on the CPU (a dry run)
     train, test, batch = (256, 128, 64) if device == "cuda" else (64, 32, 32)
-    return cfgmod.loads(
+    return reading.loads(
         f"""
 name = "gpu-check-{method}"
 [data]
@@ -102,7 +102,7 @@ class Probes:
         self.tmp = Path(tempfile.mkdtemp(prefix="kdtui-probes-"))
 
     def _runtime(self, **kw):
-        run = cfgmod.RunConfig(device=self.device, threads=0 if self.cuda else 1, **kw)
+        run = schema.RunConfig(device=self.device, threads=0 if self.cuda else 1, **kw)
         return pick_runtime(run)
 
     def _teacher(self, runtime):
@@ -111,7 +111,7 @@ class Probes:
 
     def _members(self, exp, runtime, teacher, backend):
         out = []
-        for i, plan in enumerate(cfgmod.expand(exp)):
+        for i, plan in enumerate(planning.expand(exp)):
             d = self.tmp / f"{exp.name}-{i}-{time.monotonic_ns()}"
             d.mkdir()
             out.append(build_member(f"m{i}", plan.config, teacher, 10, runtime, d, backend=backend))
@@ -308,7 +308,7 @@ class Probes:
         torch.manual_seed(7)
         if self.cuda:
             torch.cuda.manual_seed_all(8)
-        m.restore(m.dir / "last.pth")
+        m.restore(m.dir / layout.LAST)
         got = [torch.rand(4)] + ([torch.rand(4, device="cuda")] if self.cuda else [])
         same = [bool(torch.equal(a, b.to(a.device))) for a, b in zip(want, got)]
         return {
@@ -321,7 +321,7 @@ class Probes:
     def device_mapping(self) -> dict:
         """The engine for real: a `device = "cpu"` run goes to a CPU slot, a `cuda:0` run to
         GPU 0's slot (on a CPU box: refused with the fix), both in a fresh store."""
-        from engine.store import Store
+        from engine.core.store import Store
 
         home = self.tmp / "engine-home"
         env = {**os.environ, "KDTUI_HOME": str(home)}

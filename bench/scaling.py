@@ -34,8 +34,8 @@ from bench.core import (
     _sync,
     _synthetic_arrays,
 )
-from engine import config as cfgmod
 from engine import distributed
+from engine.core.schema import RunConfig
 from engine.data import DeviceLoader
 from engine.distributed import SINGLE
 from engine.models import build_model
@@ -84,7 +84,7 @@ def launch(cfg: BenchConfig, procs: int, device: str) -> float:
 def rank(out: str, device: str, options: dict) -> None:
     """One process of a measurement (see the module docstring)."""
     group = distributed.from_env() or SINGLE
-    run = cfgmod.RunConfig(device=device, nproc_per_node=group.world)
+    run = RunConfig(device=device, nproc_per_node=group.world)
     run.threads = threads_per_process(group.world)
     runtime = pick_runtime(run, group)
     distributed.init(group, runtime.device)

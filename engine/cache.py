@@ -47,12 +47,11 @@ from typing import Any
 
 import torch
 
-from engine.data import NUM_VIEWS
+from engine.core import cachefiles
+from engine.core.views import NUM_VIEWS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TEACHER_BATCH = 16  # also the bucket size of miss batches (few distinct shapes on CUDA)
-SLOT_BYTES = 4
-FORMAT = 1  # on-disk layout version
 
 
 class CacheError(RuntimeError):
@@ -82,7 +81,7 @@ class CacheStats:
 
 def capacity_for(limit_bytes: int, num_samples: int, num_classes: int, dtype: torch.dtype) -> int:
     """Value rows that fit in `limit_bytes` next to the slot table (never more than all views)."""
-    slot_bytes = num_samples * NUM_VIEWS * SLOT_BYTES
+    slot_bytes = num_samples * NUM_VIEWS * cachefiles.SLOT_BYTES
     row_bytes = num_classes * torch.empty((), dtype=dtype).element_size()
     rows = (limit_bytes - slot_bytes) // row_bytes
     if rows < 1:
@@ -133,9 +132,9 @@ class TeacherCache:
     def _open_disk(self, limit_bytes: int, n_slots: int) -> None:
         assert self.path is not None
         self.path.mkdir(parents=True, exist_ok=True)
-        meta_path = self.path / "meta.json"
+        meta_path = self.path / cachefiles.META
         meta = {
-            "format": FORMAT,
+            "format": cachefiles.FORMAT,
             "key": self.key,
             "num_samples": self.num_samples,
             "num_classes": self.num_classes,
@@ -158,16 +157,16 @@ class TeacherCache:
             # the size is fixed when the cache is created; a smaller limit later does not shrink it
             self.capacity = capacity
             self.slots = torch.from_file(
-                str(self.path / "slots.i32"), shared=True, size=n_slots, dtype=torch.int32
+                str(self.path / cachefiles.SLOTS), shared=True, size=n_slots, dtype=torch.int32
             )
             self.values = torch.from_file(
-                str(self.path / "values.bin"),
+                str(self.path / cachefiles.VALUES),
                 shared=True,
                 size=capacity * self.num_classes,
                 dtype=self.dtype,
             ).view(capacity, self.num_classes)
             self._header = torch.from_file(
-                str(self.path / "count.i64"), shared=True, size=1, dtype=torch.int64
+                str(self.path / cachefiles.COUNT), shared=True, size=1, dtype=torch.int64
             )
 
     @contextlib.contextmanager
@@ -175,7 +174,7 @@ class TeacherCache:
         if self.path is None:
             yield
             return
-        with open(self.path / "lock", "a+") as f:
+        with open(self.path / cachefiles.LOCK, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -191,7 +190,10 @@ class TeacherCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tables (what the limit bounds)."""
-        return self.slots.numel() * SLOT_BYTES + self.values.numel() * self.values.element_size()
+        return (
+            self.slots.numel() * cachefiles.SLOT_BYTES
+            + self.values.numel() * self.values.element_size()
+        )
 
     @property
     def fill(self) -> float:
@@ -326,7 +328,7 @@ def open_cache(
             num_classes,
             dtype=dtype,
             limit_bytes=limit_bytes,
-            path=Path(home) / "cache" / f"teacher-{key}",
+            path=cachefiles.folder(home, key),
             key=key,
         )
     cached = _MEMORY.get(key)

@@ -43,15 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.core.views import CROPS, PAD, encode_view
 from engine.strong_aug import StrongParams, StrongTransform, draw_params, rand_augment_u8
 
 if TYPE_CHECKING:  # pragma: no cover
-    from engine.config import DataConfig
+    from engine.core.schema import DataConfig
 
-PAD = 4  # zero padding of the random crop (the CIFAR recipe)
-CROPS = 2 * PAD + 1  # offsets per axis: 0..8
-NUM_VIEWS = CROPS * CROPS * 2  # 162
-NO_AUG_VIEW = (PAD * CROPS + PAD) * 2  # centre crop, no flip: the un-augmented image
 STRONG_STREAM = 2  # epoch_seed stream of the strong view's draws (0: order/weak view)
 RANK_STREAM = 1000  # DataLoader path, rank r > 0: its workers' augmentation on stream 1000 r
 
@@ -137,18 +134,6 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     h = _splitmix64(h ^ (epoch & _M64))
     h = _splitmix64(h ^ (stream & _M64))
     return h & ((1 << 63) - 1)
-
-
-def encode_view(dy: Tensor | int, dx: Tensor | int, flip: Tensor | int) -> Tensor | int:
-    """View id of a pad-4 crop at (dy, dx) in the padded image, then an optional flip."""
-    return (dy * CROPS + dx) * 2 + flip
-
-
-def decode_view(view: Tensor | int) -> tuple[Any, Any, Any]:
-    """Inverse of `encode_view`: (dy, dx, flip)."""
-    flip = view % 2
-    cell = view // 2
-    return cell // CROPS, cell % CROPS, flip
 
 
 def shard_positions(n: int, rank: int, world: int, *, pad: bool) -> Tensor:
@@ -814,7 +799,7 @@ def build_data(
     runs with different model seeds can still share batches. `loader =
     "device"` on a folder falls back to the DataLoader path (folders do not
     fit in memory in general). `strong`: training batches also carry MLKD's
-    strong view (`Batch.strong`; see `engine.config.strong_view`). rank, world: this
+    strong view (`Batch.strong`; see `engine.core.schema.strong_view`). rank, world: this
     process's shard of a run on several processes (module docstring).
     """
     data_seed = cfg.data_seed if cfg.data_seed >= 0 else seed

@@ -21,13 +21,10 @@ This module holds the launcher's rules; `engine.worker.launch` calls torchrun wi
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import time
-from pathlib import Path
 
-from engine import safefs
-from engine.store import Run, Store
+from engine.core import runlog
+from engine.core.store import Run, Store
 
 RESTARTS = 0  # a failed rank fails the run; `kdtui resume` continues it from its checkpoint
 MONITOR_S = 0.5  # how often torchrun's agent looks at its ranks
@@ -102,6 +99,4 @@ def settle(store: Store, runs: list[Run], reason: str) -> None:
             continue  # rank 0 recorded how it ended
         why = f"{reason}; `kdtui resume {r.id}` continues it"
         store.finish(r.id, "failed", why)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with contextlib.suppress(OSError):  # the row says it; a full disk must not hide it
-            safefs.append_text(Path(r.dir) / "log.txt", f"{stamp} failed: {why}\n")
+        runlog.note(r.dir, f"failed: {why}")  # the row says it; a full disk must not hide it

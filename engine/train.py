@@ -32,10 +32,12 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint as ckptmod
-from engine import distributed, faults, safefs
-from engine.config import Experiment, OptimConfig, RunConfig
-from engine.daemon import ENGINE_GPU_ENV, worker_device
+from engine import distributed
+from engine.core import checkpoint as ckptmod
+from engine.core import faults, safefs
+from engine.core import metrics as M
+from engine.core.devices import ENGINE_GPU_ENV, worker_device
+from engine.core.schema import Experiment, OptimConfig, RunConfig
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 from engine.distributed import SINGLE, Group
 from engine.models import build_model, load_checkpoint_file
@@ -69,7 +71,7 @@ class Runtime:
 def pick_runtime(run: RunConfig, group: Group = SINGLE) -> Runtime:
     """Device, precision and process-wide switches for a run (or a fused group).
 
-    Under the engine a worker sees only its slot's GPU, as cuda:0 (`engine.daemon.
+    Under the engine a worker sees only its slot's GPU, as cuda:0 (`engine.core.devices.
     worker_device` maps `cuda:N`); the device is made current, so that synchronize(),
     memory statistics and new tensors without an index all use it. A rank of a run on
     several processes takes GPU `local_rank` of the ones it sees (the engine shows the
@@ -257,7 +259,7 @@ class Member:
 
     def save(self, tag: str) -> Path:
         """Sealed, atomic, never through a symlink; `last` keeps the one before as prev.pth
-        (engine.checkpoint). Carries the epoch's metrics (`commit_state`)."""
+        (engine.core.checkpoint). Carries the epoch's metrics (`commit_state`)."""
         state = {**self.checkpoint_state(), **commit_state(self)}
         return ckptmod.write(
             self.dir / f"{tag}.pth",
@@ -643,10 +645,10 @@ def fit(
                 group, [float(es[0]), float(es[1]), float(seen)], dev
             )
             metrics = {
-                "train/top1": 100.0 * correct / max(count, 1),
-                "lr": lr_at(m.cfg.optim, epoch),
-                "images_per_s": seen_all / max(train_time, 1e-9),
-                "epoch_time": train_time,
+                M.TRAIN_TOP1: 100.0 * correct / max(count, 1),
+                M.EPOCH_LR: lr_at(m.cfg.optim, epoch),
+                M.IMAGES_PER_S: seen_all / max(train_time, 1e-9),
+                M.EPOCH_TIME: train_time,
                 **extra,
             }
             last_epoch = m.epoch == m.cfg.optim.epochs
@@ -655,7 +657,7 @@ def fit(
                 sync_buffers(m, group)  # every rank scores the model rank 0 saves
                 m.distiller.eval()
                 ev = evaluate(m.distiller.forward_test, data.test, runtime)
-                metrics.update({f"test/{k}": v for k, v in ev.items()})
+                metrics.update({M.test_name(k): v for k, v in ev.items()})
                 m.last = ev
                 if ev["top1"] > m.best_top1:
                     m.best_top1, m.best_epoch = ev["top1"], epoch
@@ -703,18 +705,18 @@ def _diverged_message(m: Member, epoch: int, i: int, values: dict, lr: float) ->
 
 def _epoch_line(m: Member, metrics: dict) -> str:
     test = (
-        f" test top1 {metrics['test/top1']:.2f} top5 {metrics['test/top5']:.2f} (head: {m.head})"
-        if "test/top1" in metrics
+        f" test top1 {metrics[M.TEST_TOP1]:.2f} top5 {metrics[M.TEST_TOP5]:.2f} (head: {m.head})"
+        if M.TEST_TOP1 in metrics
         else ""
     )
     cache = (
-        f" teacher cache {100 * metrics['teacher_cache/hit_rate']:.0f}% hits"
-        if "teacher_cache/hit_rate" in metrics
+        f" teacher cache {100 * metrics[M.CACHE_HIT_RATE]:.0f}% hits"
+        if M.CACHE_HIT_RATE in metrics
         else ""
     )
     return (
-        f"epoch {m.epoch}/{m.cfg.optim.epochs} train top1 {metrics['train/top1']:.2f} "
-        f"lr {metrics['lr']:.4g} {metrics['images_per_s']:.0f} img/s{cache}{test}"
+        f"epoch {m.epoch}/{m.cfg.optim.epochs} train top1 {metrics[M.TRAIN_TOP1]:.2f} "
+        f"lr {metrics[M.EPOCH_LR]:.4g} {metrics[M.IMAGES_PER_S]:.0f} img/s{cache}{test}"
     )
 
 
@@ -817,9 +819,9 @@ class CachedTeacherSource:
         self.cache.flush(wait=True)  # a disk cache fed from a GPU: store the last misses
         st = self.cache.stats
         out = {
-            "teacher_cache/hit_rate": st.hit_rate,
-            "teacher_cache/fill": self.cache.fill,
-            "teacher_cache/teacher_rows": float(st.teacher_rows),
+            M.CACHE_HIT_RATE: st.hit_rate,
+            M.CACHE_FILL: self.cache.fill,
+            M.CACHE_TEACHER_ROWS: float(st.teacher_rows),
         }
         st.history.append(st.hit_rate)
         st.reset()

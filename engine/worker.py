@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint as ckptmod
-from engine import config as cfgmod
-from engine import distributed, faults, safefs
-from engine.config import Experiment, effective_batch, strong_view, world_size
+from engine import distributed
+from engine.core import checkpoint as ckptmod
+from engine.core import faults, layout, reading, runlog, safefs
+from engine.core.metrics import IMAGES_PER_S, STEP_LR, TEST_TOP1, TEST_TOP5, loss_name
+from engine.core.registry import METHODS, resolve
+from engine.core.schema import ConfigError, Experiment, effective_batch, strong_view, world_size
+from engine.core.store import Run, Store, StoreError
 from engine.data import DeviceLoader, build_data
 from engine.distributed import SINGLE, Group
-from engine.registry import METHODS, resolve
-from engine.store import Run, Store, StoreError
 from engine.train import (
     CachedTeacherSource,
     Member,
@@ -85,11 +86,8 @@ class StoreCallbacks:
             self.extra.on_start(m, info)
 
     def on_step(self, m, epoch, step, losses, lr):
-        rows = [
-            (epoch, m.step, f"train/{'loss' if k == 'loss' else 'loss_' + k}", v)
-            for k, v in losses.items()
-        ]
-        rows.append((epoch, m.step, "train/lr", lr))
+        rows = [(epoch, m.step, loss_name(k), v) for k, v in losses.items()]
+        rows.append((epoch, m.step, STEP_LR, lr))
         self.store.add_metrics(self._id(m), rows)
         self.store.update(self._id(m), step=step, epoch=epoch)
         faults.point("step", epoch + 1)
@@ -103,11 +101,11 @@ class StoreCallbacks:
         self.epoch_started[m.name] = now
         recent = times[-3:]
         eta = (m.cfg.optim.epochs - m.epoch) * sum(recent) / len(recent)
-        values = dict(epoch=m.epoch, step=0, images_per_s=metrics["images_per_s"], eta_s=eta)
-        if "test/top1" in metrics:
+        values = dict(epoch=m.epoch, step=0, images_per_s=metrics[IMAGES_PER_S], eta_s=eta)
+        if TEST_TOP1 in metrics:
             values.update(
-                last_top1=metrics["test/top1"],
-                last_top5=metrics["test/top5"],
+                last_top1=metrics[TEST_TOP1],
+                last_top5=metrics[TEST_TOP5],
                 best_top1=m.best_top1,
                 best_epoch=m.best_epoch + 1,
             )
@@ -134,13 +132,10 @@ class StoreCallbacks:
     def should_stop(self, m):
         if self.extra and self.extra.should_stop(m):
             return True
-        row = self.store.conn.execute(
-            "SELECT cancel_requested FROM runs WHERE id=?", (self._id(m),)
-        ).fetchone()
-        return bool(row and row[0])
+        return self.store.cancel_requested(self._id(m))
 
     def log(self, m, message):
-        append_log(Path(m.dir), message)
+        runlog.append(Path(m.dir), message)
         if self.extra:
             self.extra.log(m, message)
 
@@ -148,7 +143,7 @@ class StoreCallbacks:
 class FollowerCallbacks:
     """The callbacks of ranks 1..N-1 of a run on several processes: they write nothing
     (rank 0 records the run), but they reach the test-only crash points, so a test can
-    SIGKILL one rank at a chosen step (engine.faults)."""
+    SIGKILL one rank at a chosen step (engine.core.faults)."""
 
     def on_start(self, m, info):
         pass
@@ -169,17 +164,10 @@ class FollowerCallbacks:
         pass
 
 
-def append_log(run_dir: Path, message: str) -> None:
-    """Lines in the run's log.txt (never through a symlink; DiskFull when the disk is full)."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    lines = "".join(f"{stamp} {line}\n" for line in message.rstrip().splitlines())
-    safefs.append_text(Path(run_dir) / "log.txt", lines)
-
-
 def _try_log(run_dir: Path, message: str) -> None:
-    """append_log on a failure path: a full disk must not hide the failure itself."""
+    """runlog.append on a failure path: a full disk must not hide the failure itself."""
     try:
-        append_log(run_dir, message)
+        runlog.append(run_dir, message)
     except OSError:
         print(message, file=sys.stderr, flush=True)  # worker.log, if it has room
 
@@ -208,7 +196,7 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
                 f"run {dep.id} uses a {dep.head} head ({dep.method}) and cannot "
                 "serve as a teacher; use a vanilla or logit-distilled run"
             )
-        path = Path(dep.dir) / "best.pth"
+        path = Path(dep.dir) / layout.BEST
         if not path.exists():
             raise SetupError(f"teacher run {dep.id} has no best checkpoint at {path}")
         info = ckptmod.inspect(path)
@@ -312,7 +300,7 @@ def _record_start(store: Store, runs: list[Run], cfgs: list[Experiment], runtime
                 f"), batch {cfg.data.batch_size} per process, effective batch "
                 f"{effective_batch(cfg)}" + (", SyncBatchNorm" if cfg.run.sync_bn else "") + ";"
             )
-        append_log(
+        runlog.append(
             Path(r.dir),
             f"{who} on {socket.gethostname()}, "
             f"{_device_name(runtime)}, torch {torch.__version__}, "
@@ -377,7 +365,7 @@ def prepare(
         ev = evaluate(teacher, data.test, runtime)
         for r in runs if group.main else ():
             store.update(r.id, teacher_top1=ev["top1"])
-            append_log(
+            runlog.append(
                 Path(r.dir), f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
             )
         teacher_source = make_teacher_source(store, runs, cfgs, teacher, path, data, runtime)
@@ -461,7 +449,7 @@ def resume_member(store: Store, r: Run, m: Member) -> str | None:
     if used is None:
         if r.epoch == 0 and not any(i.exists for i in infos):
             store.rewind(r.id, 0)  # the unfinished first epoch's step metrics
-            append_log(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
+            runlog.append(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
             return None
         found = [failed.get(i.name) or i.describe() for i in infos]
         raise SetupError(ckptmod.refusal(r.id, run_dir, found))
@@ -480,9 +468,9 @@ def resume_member(store: Store, r: Run, m: Member) -> str | None:
         note += f"; damaged file kept as {', '.join(p.name for p in moved)}"
     replayed = store.rewind(r.id, m.epoch, commit_of(state))["replayed"]
     if note:
-        append_log(run_dir, note)
+        runlog.append(run_dir, note)
         store.event(r.id, "fallback", note)
-    append_log(
+    runlog.append(
         run_dir,
         f"resumed from {used.path} at epoch {m.epoch}"
         + (
@@ -540,7 +528,7 @@ def make_teacher_source(
 
     def note(message: str) -> None:
         for r in runs:
-            append_log(Path(r.dir), message)
+            runlog.append(Path(r.dir), message)
 
     train = data.train
     if not logit_only:
@@ -596,7 +584,7 @@ def make_teacher_source(
 
 def _archive(run_dir: Path) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("last.pth", "prev.pth", "best.pth"):
+    for name in layout.CHECKPOINTS:
         p = run_dir / name
         if p.exists():
             p.rename(run_dir / f"{p.stem}.{stamp}.pth")
@@ -650,8 +638,8 @@ def launch(store: Store, run_ids: list[int]) -> int:
     runs = store.runs(ids=run_ids)
     try:
         cfg = runs[0].config
-        cfgmod.check_local(cfg, file=f"run {runs[0].id} config")
-    except cfgmod.ConfigError as e:
+        reading.check_local(cfg, file=f"run {runs[0].id} config")
+    except ConfigError as e:
         rules.settle(store, runs, str(e))
         return 1
     nproc = cfg.run.nproc_per_node

@@ -21,21 +21,17 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from engine.inert import printable
-from engine.store import RUN_COLUMNS, Run, Store
+from engine.core import layout, runlog
+from engine.core import metrics as M
+from engine.core.inert import printable
+from engine.core.store import Run, Store
+from engine.daemon import client as engine
 from kdtui.messages import DataChanged, Polled, Snapshot
 from kdtui.screens.runs import RunsScreen
 from kdtui.widgets.cells import short_path
 
 POLL_S = 0.5  # metrics show up within a second of being written
 ENGINE_EVERY = 4  # read the engine's status every 4th poll
-LOG_TAIL_BYTES = 16_384
-LOG_CHUNK_BYTES = 262_144
-_RUN_SQL = (
-    "SELECT "
-    + ", ".join(c for c in RUN_COLUMNS if c != "config_toml")
-    + ", '' AS config_toml FROM runs ORDER BY id"
-)
 
 
 class Watch:
@@ -53,55 +49,22 @@ class Watch:
         for m in metrics:
             xs, ys = self.series.setdefault(m.name, ([], []))
             # per-step curves run on the global step, per-epoch ones on the epoch
-            xs.append(m.step if m.name.startswith("train/") else m.epoch)
+            xs.append(m.step if M.per_step(m.name) else m.epoch)
             ys.append(m.value)
             self.last_id = max(self.last_id, m.id)
         self.version += 1
 
 
-def read_log(path: Path, offset: int | None) -> tuple[str, int | None, bool]:
-    """New text of a log since `offset` (its tail the first time); handles truncation."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return "", offset, False
-    reset = False
-    if offset is None:
-        start, reset = max(0, size - LOG_TAIL_BYTES), True
-    elif size < offset:  # rotated or truncated: start over
-        start, reset = 0, True
-    else:
-        start = offset
-    if size - start > LOG_CHUNK_BYTES:
-        start, reset = size - LOG_CHUNK_BYTES, True
-    if start == size:
-        return "", size, reset
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(size - start)
-    except OSError:
-        return "", offset, False
-    text = data.decode("utf-8", errors="replace")
-    if reset and start > 0:  # drop the partial first line of a tail
-        text = text.partition("\n")[2]
-    return text, start + len(data), reset
-
-
 def engine_status(home: Path) -> Any:
-    """The engine's status dict, or None when it is not running (or not installed)."""
+    """The engine's status dict, or None when it is not running (or cannot be read)."""
     try:
-        from engine import daemon
-    except ImportError:
-        return None
-    try:
-        return daemon.status(home)
+        return engine.status(home)
     except Exception:
         return None
 
 
 def engine_text(status: Any) -> str:
-    """One line for the header: is the engine up, and how busy (engine.daemon.status shape)."""
+    """One line for the header: is the engine up, and how busy (engine.daemon.client.status shape)."""
     if not status:
         return "engine stopped"
     if not isinstance(status, dict):
@@ -179,7 +142,7 @@ class KdApp(App):
     # ------------------------------------------------------------ settings
     @property
     def settings_path(self) -> Path:
-        return self.home / "tui.json"
+        return self.home / layout.APP_SETTINGS
 
     def _load_settings(self) -> dict:
         try:
@@ -289,11 +252,7 @@ class KdApp(App):
         if not self.start_engine:
             return "engine start disabled (runs stay queued)", "warning"
         try:
-            from engine import daemon
-        except ImportError:
-            return "the engine is not installed yet: runs stay queued", "warning"
-        try:
-            pid = daemon.ensure_running(self.home)
+            pid = engine.ensure_running(self.home)
         except Exception as e:  # a user-facing failure, not a crash of the app
             return f"could not start the engine: {e}", "error"
         return f"engine running (pid {pid})", "information"
@@ -326,7 +285,7 @@ class KdApp(App):
         if watch is not None:
             run = self.runs_by_id.get(watch.run_id)
             if run is not None and run.dir:
-                log_path = Path(run.dir) / "log.txt"
+                log_path = Path(run.dir) / layout.LOG
         self.run_worker(
             partial(
                 self._read,
@@ -352,14 +311,15 @@ class KdApp(App):
         """Thread side: read what changed and post it to the app."""
         snap = Snapshot(watch_id=watch_id, since_id=since_id, log_offset=log_offset)
         try:
-            con = self.store.conn
-            runs = [Run(**dict(r)) for r in con.execute(_RUN_SQL)]
+            runs = self.store.runs_without_config()
             if runs != self._last_runs:
                 snap.runs = self._last_runs = runs
             if watch_id is not None:
                 snap.metrics = self.store.metrics(watch_id, since_id=since_id)
                 if log_path is not None:
-                    snap.log_text, snap.log_offset, snap.log_reset = read_log(log_path, log_offset)
+                    snap.log_text, snap.log_offset, snap.log_reset = runlog.read_new(
+                        log_path, log_offset
+                    )
             if read_engine:
                 snap.engine, snap.engine_read = engine_status(self.home), True
         except Exception as e:  # a locked or half-migrated database must not kill the UI
@@ -417,8 +377,8 @@ class KdApp(App):
             self._log_text, self._log_reset = text, True
         else:
             self._log_text += text
-        if len(self._log_text) > LOG_CHUNK_BYTES:  # nobody looked for a while: keep the tail
-            self._log_text = self._log_text[-LOG_TAIL_BYTES:].partition("\n")[2]
+        if len(self._log_text) > runlog.CHUNK_BYTES:  # nobody looked for a while: keep the tail
+            self._log_text = self._log_text[-runlog.TAIL_BYTES :].partition("\n")[2]
             self._log_reset = True
 
     def header_text(self) -> str:

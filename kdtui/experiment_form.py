@@ -3,11 +3,11 @@
 `ExperimentForm` holds the experiment as a TOML document. An existing file is
 a tomlkit document, so saving it unchanged gives back the same bytes and an
 edit rewrites only its own line: comments, order and layout stay. A new or
-cloned experiment is saved through `engine.config.dumps` (tomli-w) with a
+cloned experiment is saved through `engine.core.writing.dumps` (tomli-w) with a
 header. A field shows the sweep over its key when there is one ("0.01, 0.05",
 wherever the file spells it), else the key's value, else the default; typing a
 list into a field sweeps it. The form validates by handing the document to
-`engine.config.parse` + `expand`, so it says what `kdtui validate` says. What
+`engine.core.reading.parse` + `engine.core.planning.expand`, so it says what `kdtui validate` says. What
 the form cannot edit (a projector list, keys without a field, keys a later
 version adds) stays in the document and is listed read-only, never dropped.
 The composer screen only binds widgets to this class.
@@ -28,9 +28,9 @@ from tomlkit.container import Container
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Table
 
-from engine import config as cfgmod
-from engine.config import MISSING, drop_sweep, get_key, get_sweep, set_key, set_sweep
-from engine.registry import ARCHS, DATASETS, METHODS
+from engine.core import planning, reading, schema, writing
+from engine.core.dotted import MISSING, drop_sweep, get_key, get_sweep, set_key, set_sweep
+from engine.core.registry import ARCHS, DATASETS, METHODS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,11 +68,11 @@ class Field:
 
 
 def _help(section: str, key: str) -> str:
-    return cfgmod.field_help(section, key)
+    return schema.field_help(section, key)
 
 
 def _choices(key: str) -> tuple:
-    for f in fields(cfgmod.OptimConfig):
+    for f in fields(schema.OptimConfig):
         if f.name == key:
             return tuple((c, c) for c in f.metadata["choices"])
     raise KeyError(key)
@@ -340,16 +340,16 @@ def _body(node: Any) -> Container | None:
     return node.value if isinstance(node, Table) else None
 
 
-def new_header(exp: cfgmod.Experiment, path: str) -> str:
+def new_header(exp: schema.Experiment, path: str) -> str:
     description = exp.description or "a knowledge-distillation experiment"
     return NEW_HEADER.format(name=exp.name, description=description, path=path)
 
 
-def sweep_size(exp: cfgmod.Experiment, n_runs: int) -> str:
+def sweep_size(exp: schema.Experiment, n_runs: int) -> str:
     parts = [f"{k.split('.')[-1]} ×{len(v)}" for k, v in exp.sweep.items()]
     if len(exp.seeds) > 1:
         parts.append(f"seeds ×{len(exp.seeds)}")
-    if any(p.role == "teacher" for p in cfgmod.expand(exp)):
+    if any(p.role == "teacher" for p in planning.expand(exp)):
         parts.append("+ teacher")
     plural = "s" if n_runs != 1 else ""
     return f"{n_runs} run{plural}" + (f" ({' · '.join(parts)})" if parts else "")
@@ -378,7 +378,7 @@ class ExperimentForm:
         self._source: str | None = None  # the teacher source chosen in the form
         self._slots: dict[str, tuple] = {}  # where removed keys stood (see _unset)
         self._clean = self.doc.unwrap()
-        self.experiment: cfgmod.Experiment | None = None
+        self.experiment: schema.Experiment | None = None
         self.error: Exception | None = None
         self.n_runs = 0
         self.check()
@@ -477,7 +477,7 @@ class ExperimentForm:
                     return METHODS[method].options[name].default
             return MISSING
         try:
-            return cfgmod.field_default(sec, name)
+            return schema.field_default(sec, name)
         except KeyError:
             return MISSING
 
@@ -651,13 +651,13 @@ class ExperimentForm:
 
     # ------------------------------------------------------------ checking and saving
     def check(self) -> bool:
-        """The document through engine.config: the same verdict as `kdtui validate`."""
+        """The document through engine.core.reading: the same verdict as `kdtui validate`."""
         self.experiment, self.error, self.n_runs = None, None, 0
         try:
-            exp = cfgmod.parse(self.doc.unwrap(), file=self.file, text=tomlkit.dumps(self.doc))
-            self.n_runs = len(cfgmod.expand(exp))
+            exp = reading.parse(self.doc.unwrap(), file=self.file, text=tomlkit.dumps(self.doc))
+            self.n_runs = len(planning.expand(exp))
             self.experiment = exp
-        except (cfgmod.ConfigError, TypeError, ValueError) as e:
+        except (schema.ConfigError, TypeError, ValueError) as e:
             self.error = e
         return self.experiment is not None
 
@@ -666,7 +666,7 @@ class ExperimentForm:
         if self.experiment is not None:
             return f"valid · {sweep_size(self.experiment, self.n_runs)}"
         e = self.error
-        if isinstance(e, cfgmod.ConfigError):
+        if isinstance(e, schema.ConfigError):
             return f"{e.key}: {e.reason}" if e.key else e.reason
         return str(e)
 
@@ -674,19 +674,19 @@ class ExperimentForm:
     def error_key(self) -> str | None:
         """The field an error is about (a sweep's error is its key's)."""
         e = self.error
-        if not isinstance(e, cfgmod.ConfigError) or not e.key:
+        if not isinstance(e, schema.ConfigError) or not e.key:
             return None
         key = e.key.removeprefix("sweep.")
         return "teacher.source" if key == "teacher" else key
 
     def text(self, path: str = "") -> str:
         """The file to write: the document itself for an opened file (comments kept); for a
-        new one, the experiment as engine.config writes it, under a header (`path` in it)."""
+        new one, the experiment as engine.core.writing writes it, under a header (`path` in it)."""
         if not self.new:
             return tomlkit.dumps(self.doc)
         if self.experiment is None:
             return tomlkit.dumps(self.doc)
-        return cfgmod.dumps(self.experiment, header=new_header(self.experiment, path))
+        return writing.dumps(self.experiment, header=new_header(self.experiment, path))
 
     def saved(self, text: str) -> None:
         """After writing `text`: from now on the form edits that file."""

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import curves as curvesmod
-from engine.store import Store
+from engine.core import curves as curvesmod
+from engine.core import metrics as M
+from engine.core.store import Store
 
 FORMATS = ("pdf", "png", "svg")
-DEFAULT_METRICS = ("test/top1", "train/loss")  # the compare view's two panels
+DEFAULT_METRICS = (M.TEST_TOP1, M.LOSS)  # the compare view's two panels
 PANEL_W, PANEL_H = 3.4, 2.3  # inches
 MAX_COLS = 2
 # Okabe & Ito's colour-blind-safe palette, then line styles once it runs out

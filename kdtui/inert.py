@@ -13,7 +13,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from engine.inert import printable
+from engine.core.inert import printable
 
 
 class InertConsole(Console):

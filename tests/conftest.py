@@ -28,7 +28,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def store(home):
-    from engine.store import Store
+    from engine.core.store import Store
 
     s = Store(home)
     yield s

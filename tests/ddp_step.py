@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from engine import config as cfgmod
 from engine import distributed
+from engine.core import reading, schema
 from engine.data import build_data
 from engine.distributed import SINGLE, Group
 from engine.train import (
@@ -40,8 +40,8 @@ TEACHER = "resnet14"
 
 def experiment(
     method: str, batch: int, world: int, teacher: str, loader: str = "device"
-) -> cfgmod.Experiment:
-    return cfgmod.loads(
+) -> schema.Experiment:
+    return reading.loads(
         f"""
 name = "ddp-step"
 [data]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from engine import config as c
-from engine.store import Store
+from engine.core import planning, reading, schema, writing
+from engine.core.store import Store
 
 T0 = 1_700_000_000.0  # fixed time: nothing in view depends on the wall clock
 
@@ -83,7 +83,9 @@ def seed_store(store: Store) -> dict[str, list[int]]:
     """A fixed study: finished seeds, a running sweep point with curves, queued and failed runs."""
     ids: dict[str, list[int]] = {}
     for name, text in STUDY.items():
-        ids[name] = [r.id for r in store.submit(c.loads(text), source=f"experiments/{name}.toml")]
+        ids[name] = [
+            r.id for r in store.submit(reading.loads(text), source=f"experiments/{name}.toml")
+        ]
     done = {
         **dict(zip(ids["baseline-r8x4"], (72.50, 72.94, 73.09))),
         **dict(zip(ids["kd-r32x4-r8x4"], (73.81, 74.27))),
@@ -269,14 +271,14 @@ async def test_compose_with_the_keyboard_writes_a_valid_toml(project):
         await until(pilot, path.exists, what="the saved file")
     text = path.read_text()
     assert text.startswith("# kd-digits:")  # a header comment for whoever edits it by hand
-    exp = c.load(path)  # what `kdtui validate` does
+    exp = reading.load(path)  # what `kdtui validate` does
     assert exp.name == "kd-digits" and exp.seeds == [0, 1]
     assert exp.data.dataset == "digits" and exp.student.arch == "resnet8"
     assert exp.data.batch_size == 32
     assert exp.distill.method == "kd" and exp.option("temperature") == 2
     assert exp.teacher.arch == "resnet20" and exp.teacher.train
     assert exp.sweep == {"optim.lr": [0.01, 0.05]} and exp.optim.epochs == 1
-    assert len(c.expand(exp)) == 5
+    assert len(planning.expand(exp)) == 5
 
     from typer.testing import CliRunner
 
@@ -297,9 +299,9 @@ async def test_an_invalid_value_shows_the_validator_message_and_blocks_saving(pr
         await type_into(pilot, "f-name", "broken")
         await type_into(pilot, "f-optim-lr", "-1")
         await pilot.pause()
-        # exactly engine.config's verdict on the same TOML
-        with pytest.raises(c.ConfigError) as err:
-            c.loads('name = "broken"\n[optim]\nlr = -1\n')
+        # exactly engine.core.reading's verdict on the same TOML
+        with pytest.raises(schema.ConfigError) as err:
+            reading.loads('name = "broken"\n[optim]\nlr = -1\n')
         assert err.value.reason in composer.message
         assert composer.message == "optim.lr: -1.0 is below the minimum 0.0"
         status = str(app.screen.query_one("#status").render())
@@ -364,7 +366,7 @@ async def test_open_an_experiment_file_edit_and_save_it_back(project):
     assert path.read_text().startswith(header)  # the file's own header survives the save
     (project / "teachers").mkdir()
     (project / "teachers" / "wrn_40_2.pth").write_bytes(b"")  # load checks that it exists
-    exp = c.load(path)
+    exp = reading.load(path)
     assert exp.name == "simkd-wrn" and exp.optim.epochs == 30
     assert exp.option("factor") == 4 and exp.run.max_steps == 3  # kept from the file
     assert exp.teacher.checkpoint == "teachers/wrn_40_2.pth"
@@ -402,9 +404,11 @@ async def open_file(pilot, relative: Path, files: list[Path], *, jump: bool = Fa
     return app.screen
 
 
-def dry_run_plan(exp: c.Experiment) -> list[tuple]:
+def dry_run_plan(exp: schema.Experiment) -> list[tuple]:
     """What `kdtui run --dry-run` lists, and every resolved key of every run."""
-    return [(p.role, p.seed, p.label, c.resolved_toml(p.config)) for p in c.expand(exp)]
+    return [
+        (p.role, p.seed, p.label, writing.resolved_toml(p.config)) for p in planning.expand(exp)
+    ]
 
 
 def comment_lines(text: str) -> list[str]:
@@ -421,10 +425,10 @@ async def test_every_experiment_file_opens_in_the_composer_and_saves_to_the_same
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.loaded)
         for relative in files:
-            original = c.load(ROOT / "experiments" / relative)
+            original = reading.load(ROOT / "experiments" / relative)
             composer = await open_file(pilot, relative, files, jump=True)
             assert composer.experiment is not None, f"{relative}: {composer.message}"
-            assert composer.n_runs == len(c.expand(original)), relative
+            assert composer.n_runs == len(planning.expand(original)), relative
             await pilot.press("ctrl+s")
             await until(
                 pilot,
@@ -438,7 +442,9 @@ async def test_every_experiment_file_opens_in_the_composer_and_saves_to_the_same
     for relative in files:
         before = (ROOT / "experiments" / relative).read_text()
         saved = project / "experiments" / relative
-        assert dry_run_plan(c.load(saved)) == dry_run_plan(c.load(ROOT / "experiments" / relative))
+        assert dry_run_plan(reading.load(saved)) == dry_run_plan(
+            reading.load(ROOT / "experiments" / relative)
+        )
         after = saved.read_text()
         assert all(line in after for line in comment_lines(before)), relative
 
@@ -464,9 +470,9 @@ async def test_a_sweep_in_a_file_is_shown_in_its_field_and_edits_change_the_run_
         await until(pilot, lambda: not composer.dirty, what="the save")
     text = path.read_text()
     assert all(line in text for line in comment_lines(before))
-    exp = c.load(path)
+    exp = reading.load(path)
     assert exp.sweep == {"distill.factor": [2, 4, 8], "optim.lr": [0.01, 0.05]}
-    assert exp.teacher.from_run == "digits/teacher-resnet20" and len(c.expand(exp)) == 6
+    assert exp.teacher.from_run == "digits/teacher-resnet20" and len(planning.expand(exp)) == 6
 
 
 async def test_quickstart_opens_with_its_method_sweep_and_its_teachers_own_training(project):
@@ -485,7 +491,7 @@ async def test_quickstart_opens_with_its_method_sweep_and_its_teachers_own_train
         assert composer.message == "valid · 3 runs (method ×2 · + teacher)"
         await pilot.press("ctrl+s")
         await until(pilot, lambda: not composer.dirty, what="the save")
-    teacher, *students = c.expand(c.load(path))
+    teacher, *students = planning.expand(reading.load(path))
     assert teacher.role == "teacher" and teacher.config.optim.epochs == 10
     assert [s.config.distill.method for s in students] == ["kd", "simkd"]
     assert path.read_text().startswith("# Quickstart: the whole loop on a CPU")
@@ -532,7 +538,7 @@ async def test_what_the_form_cannot_edit_is_shown_read_only_and_saved_as_it_was(
         assert not isinstance(projectors, Input)  # a list of tables: read-only
         from kdtui.experiment_form import show
 
-        written = c.load(path).distill.options["projectors"]
+        written = reading.load(path).distill.options["projectors"]
         assert str(projectors.render()) == f"{show(written)}  (read-only: edit the file)"
         assert "\n" not in show(written) and "weight = " in show(written)
         kept = str(composer.query_one("#kept").render())
@@ -545,10 +551,10 @@ async def test_what_the_form_cannot_edit_is_shown_read_only_and_saved_as_it_was(
         await until(pilot, lambda: not composer.dirty, what="the save")
     after = path.read_text()
     assert after == before.replace("epochs = 240", "epochs = 220")
-    exp = c.load(path)
+    exp = reading.load(path)
     assert (
         exp.distill.options["projectors"]
-        == c.load(ROOT / "experiments" / relative).distill.options["projectors"]
+        == reading.load(ROOT / "experiments" / relative).distill.options["projectors"]
     )
 
 
@@ -557,9 +563,9 @@ async def test_clone_keeps_the_teacher_by_name_and_paths_as_written(project):
 
     home = project / ".kdtui"
     store = Store(home)
-    store.submit(c.loads('name = "digits/teacher"\n[student]\narch = "resnet20"\n'))
+    store.submit(reading.loads('name = "digits/teacher"\n[student]\narch = "resnet20"\n'))
     (student,) = store.submit(
-        c.loads(
+        reading.loads(
             'name = "kd-r20-r8"\n[data]\nroot = "datasets/digits"\n'
             '[teacher]\narch = "resnet20"\nfrom_run = "digits/teacher"\n'
             '[student]\narch = "resnet8"\n[distill]\nmethod = "kd"\n'
@@ -584,7 +590,7 @@ async def test_clone_keeps_the_teacher_by_name_and_paths_as_written(project):
         await pilot.press("ctrl+s")
         path = project / "experiments" / "kd-r20-r8-copy.toml"
         await until(pilot, path.exists, what="the saved clone")
-    exp = c.load(path)
+    exp = reading.load(path)
     assert exp.teacher.from_run == "digits/teacher" and exp.data.root == "datasets/digits"
 
 
@@ -822,7 +828,7 @@ async def test_enter_on_a_grouped_row_shows_its_member_runs(seeded):
 
 
 async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
-    from engine import export
+    from engine.core import leaderboard
     from kdtui.screens.leaderboard import COLUMNS, LeaderboardScreen
 
     home, _ = seeded
@@ -857,8 +863,8 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
     assert path.parent == project / "exports" and path.suffix == ".md"
     assert f"exports/{path.name}" in shown  # the path, as the user would type it
     text = path.read_text()
-    rows = export.build_rows(Store(home).runs())
-    assert text.splitlines()[0] == "| " + " | ".join(export.COLUMNS) + " |"
+    rows = leaderboard.build_rows(Store(home).runs())
+    assert text.splitlines()[0] == "| " + " | ".join(leaderboard.COLUMNS) + " |"
     assert "| kd-r32x4-r8x4 | kd | resnet32x4→resnet8x4 | student | 74.04 ± 0.33 |" in text
     assert len(text.splitlines()) == 2 + len(rows)
 
@@ -1028,7 +1034,7 @@ def test_the_app_never_imports_torch():
         "for pkg in (kdtui.screens, kdtui.widgets):\n"
         "    for m in pkgutil.iter_modules(pkg.__path__):\n"
         "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
-        "import engine.daemon\n"
+        "import engine.daemon.client, engine.daemon.server\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"
@@ -1041,7 +1047,7 @@ def test_the_app_never_imports_torch():
 
 def test_the_app_draws_the_runs_table_on_a_real_terminal(seeded):
     """Started as a user starts it, on a pseudo-terminal; its speed is `kdtui bench --only app`."""
-    from bench.app import paint_seconds
+    from kdtui.appbench import paint_seconds
 
     home, _ = seeded
     env = {"KDTUI_HOME": str(home), "PYTHONPATH": str(ROOT)}
@@ -1052,7 +1058,7 @@ def test_the_app_draws_the_runs_table_on_a_real_terminal(seeded):
 @pytest.mark.slow
 async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
     """The real engine: a tiny digits run queued from the composer, watched to done, ranked."""
-    from engine import daemon
+    from engine.daemon import client as daemon
     from kdtui.screens.compose import ComposerScreen
     from kdtui.screens.leaderboard import LeaderboardScreen
     from kdtui.screens.runs import RunsScreen

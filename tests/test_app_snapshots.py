@@ -12,7 +12,7 @@ import pytest
 from test_app import make_app, seed_store, until
 from textual.widgets import Input
 
-from engine.store import Store
+from engine.core.store import Store
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -123,7 +123,7 @@ def test_bench_help_and_bad_part_are_clear():
 def test_the_app_table_says_when_a_target_is_missed():
     from rich.console import Console
 
-    from bench.cli import render_app
+    from kdtui.cli.bench import render_app
 
     def spread(median, worst):
         return {"median": median, "min": median, "max": worst, "n": 5}
@@ -149,7 +149,7 @@ def test_the_app_table_says_when_a_target_is_missed():
 def test_the_scaling_row_gives_images_per_second_and_efficiency():
     from rich.console import Console
 
-    from bench.cli import render
+    from kdtui.cli.bench import render
 
     def spread(median):
         return {"median": median, "min": median, "max": median, "n": 3}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from engine import cache as cachemod
-from engine import config as c
 from engine.cache import TeacherCache, cached_logits, capacity_for, miss_bucket
-from engine.data import NUM_VIEWS
+from engine.core import reading, schema
+from engine.core.views import NUM_VIEWS
 from engine.models import build_model
 from engine.worker import execute
 
@@ -33,8 +33,10 @@ def teacher_ckpt(tmp_path):
     return path
 
 
-def kd_experiment(ckpt, cache: str = "off", dtype: str = "fp32", seed: int = 0) -> c.Experiment:
-    return c.loads(
+def kd_experiment(
+    ckpt, cache: str = "off", dtype: str = "fp32", seed: int = 0
+) -> schema.Experiment:
+    return reading.loads(
         f"""
 name = "kd-cache"
 seeds = [{seed}]
@@ -132,7 +134,7 @@ max_steps = 2
 threads = 1
 teacher_cache = "memory"
 """
-    (run,) = store.submit(c.loads(text))
+    (run,) = store.submit(reading.loads(text))
     assert execute(store, [run.id])[0].status == "done"
     assert "teacher cache off: simkd" in (run.path / "log.txt").read_text()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.store import Store
+from engine.core.store import Store
 from kdtui.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

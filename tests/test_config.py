@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import config as c
+from engine.core import planning, reading, schema, writing
 
 BASE = """
 name = "kd-r20-r8"
@@ -41,11 +41,11 @@ def in_tmp(tmp_path, monkeypatch):
 def load_text(tmp_path, text, name="exp.toml", overrides=None):
     path = tmp_path / name
     path.write_text(text)
-    return c.load(path, overrides)
+    return reading.load(path, overrides)
 
 
-def error_of(tmp_path, text, overrides=None) -> c.ConfigError:
-    with pytest.raises(c.ConfigError) as info:
+def error_of(tmp_path, text, overrides=None) -> schema.ConfigError:
+    with pytest.raises(schema.ConfigError) as info:
         load_text(tmp_path, text, overrides=overrides)
     return info.value
 
@@ -122,25 +122,25 @@ def test_teacher_source_is_required_for_distillation(tmp_path):
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(c.ConfigError, match="no such file"):
-        c.load(tmp_path / "nope.toml")
+    with pytest.raises(schema.ConfigError, match="no such file"):
+        reading.load(tmp_path / "nope.toml")
 
 
 def test_round_trip_is_stable(tmp_path):
     exp = load_text(tmp_path, BASE)
-    text = c.dumps(exp)
-    again = c.loads(text)
+    text = writing.dumps(exp)
+    again = reading.loads(text)
     assert again == exp
-    assert c.dumps(again) == text
-    full = c.loads(c.resolved_toml(exp), resolved=True)
+    assert writing.dumps(again) == text
+    full = reading.loads(writing.resolved_toml(exp), resolved=True)
     assert full == exp
 
 
 def test_save_writes_a_header_comment_and_loads_back(tmp_path):
     exp = load_text(tmp_path, BASE)
-    path = c.save(exp, tmp_path / "out" / "x.toml", header="made by a test")
+    path = writing.save(exp, tmp_path / "out" / "x.toml", header="made by a test")
     assert path.read_text().startswith("# made by a test\n")
-    assert c.load(path) == exp
+    assert reading.load(path) == exp
 
 
 def test_command_line_overrides(tmp_path):
@@ -153,7 +153,7 @@ def test_command_line_overrides(tmp_path):
 def test_bad_override_is_reported_like_a_file_error(tmp_path):
     e = error_of(tmp_path, BASE, overrides=["optim.epohcs=3"])
     assert "did you mean 'epochs'" in str(e)
-    with pytest.raises(c.ConfigError, match="KEY=VALUE"):
+    with pytest.raises(schema.ConfigError, match="KEY=VALUE"):
         load_text(tmp_path, BASE, overrides=["optim.epochs"])
 
 
@@ -162,7 +162,7 @@ def test_a_list_value_is_a_sweep_and_seeds_repeat_each_point(tmp_path):
         tmp_path,
         BASE.replace("seeds = [0]", "seeds = [0, 1]").replace("lr = 0.05", "lr = [0.01, 0.05]"),
     )
-    plans = c.expand(exp)
+    plans = planning.expand(exp)
     assert [(p.config.optim.lr, p.seed) for p in plans] == [
         (0.01, 0),
         (0.01, 1),
@@ -174,7 +174,7 @@ def test_a_list_value_is_a_sweep_and_seeds_repeat_each_point(tmp_path):
 
 def test_sweep_table_over_method_keeps_each_methods_options(tmp_path):
     text = BASE + '\n[sweep]\n"distill.method" = ["vanilla", "kd", "simkd"]\n'
-    plans = c.expand(load_text(tmp_path, text))
+    plans = planning.expand(load_text(tmp_path, text))
     by_method = {p.config.distill.method: p.config.distill.options for p in plans}
     assert by_method["vanilla"] == {}
     assert by_method["kd"]["temperature"] == 4.0
@@ -193,7 +193,7 @@ def test_each_sweep_point_is_validated(tmp_path):
 
 def test_train_one_teacher_adds_a_teacher_run_first(tmp_path):
     text = BASE.replace('checkpoint = "teacher.pth"', "train = true\n[teacher.optim]\nepochs = 5")
-    plans = c.expand(load_text(tmp_path, text))
+    plans = planning.expand(load_text(tmp_path, text))
     assert [p.role for p in plans] == ["teacher", "student"]
     teacher = plans[0].config
     assert teacher.distill.method == "vanilla" and teacher.student.arch == "resnet20"
@@ -214,7 +214,7 @@ def test_config_module_is_torch_free():
     import sys
 
     code = (
-        "import kdtui.cli, engine.config, engine.store, engine.export, sys; "
+        "import kdtui.cli, engine.core.reading, engine.core.planning, engine.core.writing, engine.core.store, engine.core.leaderboard, engine.core.export, sys; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

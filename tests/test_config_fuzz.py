@@ -23,7 +23,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import config as cfgmod
+from engine.core import planning, reading, registry, schema, writing
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,8 +42,8 @@ FUZZ = settings(
 )
 
 KNOWN_KEYS = sorted(
-    {f"{sec}.{f}" for sec, cls in cfgmod.SECTIONS.items() for f in cfgmod._metas(cls)}
-    | {f"distill.{k}" for s in cfgmod.METHODS.values() for k in s.options}
+    {f"{sec}.{f}" for sec, cls in schema.SECTIONS.items() for f in schema.field_meta(cls)}
+    | {f"distill.{k}" for s in registry.METHODS.values() for k in s.options}
 )
 HUGE = [2**53 + 1, 2**63, -(2**63) - 1, 2**64, 10**30, 2**1000, -(10**400)]
 odd_text = st.text(
@@ -58,7 +58,7 @@ scalars = st.one_of(
     st.sampled_from(HUGE),
     st.floats(allow_nan=True, allow_infinity=True),
     odd_text,
-    st.sampled_from(list(cfgmod.METHODS) + list(cfgmod.ARCHS)[:5] + ["digits", "synthetic"]),
+    st.sampled_from(list(registry.METHODS) + list(registry.ARCHS)[:5] + ["digits", "synthetic"]),
     st.dates(),
     st.datetimes(),
     st.times(),
@@ -82,7 +82,7 @@ documents = st.fixed_dictionaries(
         "name": st.sampled_from(["fuzz", "a/b-1.0+x"]) | odd_text | values,
         "description": odd_text,
         "seeds": st.lists(st.integers(min_value=-5, max_value=2**33), max_size=4) | values,
-        **{sec: section_table(sec) | values for sec in cfgmod.SECTIONS},
+        **{sec: section_table(sec) | values for sec in schema.SECTIONS},
         "sweep": st.dictionaries(
             st.sampled_from(KNOWN_KEYS) | keys, st.lists(scalars, max_size=4) | values, max_size=3
         )
@@ -91,15 +91,16 @@ documents = st.fixed_dictionaries(
 ).flatmap(lambda doc: st.dictionaries(keys, values, max_size=2).map(lambda extra: {**extra, **doc}))
 
 
-def accepted_survives_submit(exp: cfgmod.Experiment) -> None:
+def accepted_survives_submit(exp: schema.Experiment) -> None:
     """What the store does with an accepted experiment must not fail either."""
-    plans = cfgmod.expand(exp)
-    assert plans and len(plans) <= cfgmod.RUNS_MAX + 1
-    again = cfgmod.loads(cfgmod.dumps(exp))  # saved and reloaded: still valid
+    plans = planning.expand(exp)
+    assert plans and len(plans) <= schema.RUNS_MAX + 1
+    again = reading.loads(writing.dumps(exp))  # saved and reloaded: still valid
     assert again.name == exp.name
     for plan in plans[:5]:
-        one = cfgmod.loads(cfgmod.resolved_toml(plan.config))
-        stack: list = [cfgmod.to_dict(one)]
+        # as the store stores it and the worker reads it back: a resolved config
+        one = reading.loads(writing.resolved_toml(plan.config), resolved=True)
+        stack: list = [writing.to_dict(one)]
         while stack:  # every number fits SQLite and is finite
             v = stack.pop()
             if isinstance(v, dict):
@@ -114,8 +115,8 @@ def accepted_survives_submit(exp: cfgmod.Experiment) -> None:
 
 def check(text: str) -> None:
     try:
-        exp = cfgmod.loads(text, file="fuzz.toml")
-    except cfgmod.ConfigError as e:
+        exp = reading.loads(text, file="fuzz.toml")
+    except schema.ConfigError as e:
         assert str(e).startswith("fuzz.toml") and e.errors
         return
     accepted_survives_submit(exp)
@@ -212,8 +213,8 @@ def test_any_bytes_on_disk_load_as_an_experiment_or_a_config_error(raw, folder):
     path = folder / "fuzz.toml"
     path.write_bytes(raw)
     try:
-        exp = cfgmod.load(path)
-    except cfgmod.ConfigError as e:
+        exp = reading.load(path)
+    except schema.ConfigError as e:
         assert str(e).startswith(str(path)) and e.errors
         return
     accepted_survives_submit(exp)

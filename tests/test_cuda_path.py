@@ -19,14 +19,15 @@ import torch
 import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
-from engine import config as c
 from engine import worker
 from engine.cache import TeacherCache, cached_logits
-from engine.config import DataConfig
-from engine.data import NUM_VIEWS, build_data
+from engine.core import planning, reading, schema
+from engine.core.registry import METHODS
+from engine.core.schema import DataConfig
+from engine.core.views import NUM_VIEWS
+from engine.data import build_data
 from engine.distill.kd import KD
 from engine.models import build_model
-from engine.registry import METHODS
 from engine.train import (
     NullCallbacks,
     Runtime,
@@ -49,7 +50,7 @@ def tiny_data():
 
 
 def experiment(method: str, *, epochs: int = 3, sweep: str = ""):
-    return c.loads(
+    return reading.loads(
         f"""
 name = "cuda-path"
 [data]
@@ -78,7 +79,7 @@ log_every = 1
 
 def members_for(exp, tmp_path, backend, teacher, data):
     out = []
-    for i, plan in enumerate(c.expand(exp)):
+    for i, plan in enumerate(planning.expand(exp)):
         d = tmp_path / f"m{i}"
         d.mkdir()
         out.append(
@@ -97,14 +98,14 @@ def members_for(exp, tmp_path, backend, teacher, data):
 
 
 def data_for(exp):
-    return build_data(exp.data, seed=0, strong=c.strong_view(exp))
+    return build_data(exp.data, seed=0, strong=schema.strong_view(exp))
 
 
 def teacher_source(exp, teacher, data):
     """The worker's own teacher source for this experiment's group (no cache: no store)."""
     if not exp.method.needs_teacher:
         return None
-    cfgs = [p.config for p in c.expand(exp)]
+    cfgs = [p.config for p in planning.expand(exp)]
     return worker.make_teacher_source(None, [], cfgs, teacher, None, data, CPU)
 
 
@@ -340,7 +341,7 @@ def test_a_checkpoint_restores_the_cuda_rng(tmp_path):
 
 def test_deterministic_true_switches_to_deterministic_kernels_and_off_again(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    run = c.RunConfig(device="cpu", deterministic=True, threads=1)
+    run = schema.RunConfig(device="cpu", deterministic=True, threads=1)
     try:
         pick_runtime(run)
         assert torch.are_deterministic_algorithms_enabled()
@@ -362,22 +363,22 @@ def test_deterministic_true_switches_to_deterministic_kernels_and_off_again(monk
 
 # ---------------------------------------------------------------- 5: devices under the engine
 def test_a_worker_refuses_a_gpu_it_was_not_given(monkeypatch):
-    from engine.daemon import ENGINE_GPU_ENV, DeviceError
+    from engine.core.devices import ENGINE_GPU_ENV, DeviceError
 
     monkeypatch.setenv(ENGINE_GPU_ENV, "3")
     with pytest.raises(DeviceError, match="placed this run on GPU 3"):
-        pick_runtime(c.RunConfig(device="cuda:1", threads=1))
+        pick_runtime(schema.RunConfig(device="cuda:1", threads=1))
     monkeypatch.setenv(ENGINE_GPU_ENV, "")  # a CPU slot
-    assert pick_runtime(c.RunConfig(device="cpu", threads=1)).device.type == "cpu"
-    assert pick_runtime(c.RunConfig(device="auto", threads=1)).device.type == (
+    assert pick_runtime(schema.RunConfig(device="cpu", threads=1)).device.type == "cpu"
+    assert pick_runtime(schema.RunConfig(device="auto", threads=1)).device.type == (
         "cuda" if torch.cuda.is_available() else "cpu"
     )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_run_device_becomes_the_current_cuda_device(monkeypatch):
-    from engine.daemon import ENGINE_GPU_ENV
+    from engine.core.devices import ENGINE_GPU_ENV
 
     monkeypatch.setenv(ENGINE_GPU_ENV, "0")
-    rt = pick_runtime(c.RunConfig(device="cuda:0", threads=1))
+    rt = pick_runtime(schema.RunConfig(device="cuda:0", threads=1))
     assert rt.device == torch.device("cuda", 0) and torch.cuda.current_device() == 0

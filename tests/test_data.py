@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from engine import data as D
-from engine.config import DataConfig
+from engine.core import views as V
+from engine.core.schema import DataConfig
 
 
 def synth(**kw) -> DataConfig:
@@ -75,18 +76,18 @@ def test_crop_flip_and_normalise_are_bit_identical_to_torchvision():
 
 def test_no_aug_view_is_the_plain_image():
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    dy, dx, flip = D.decode_view(torch.full((3,), D.NO_AUG_VIEW))
+    dy, dx, flip = V.decode_view(torch.full((3,), V.NO_AUG_VIEW))
     assert torch.equal(D.crop_flip_u8(images, dy, dx, flip), images)
 
 
 def test_view_id_round_trip():
     dy, dx, flip = torch.meshgrid(torch.arange(9), torch.arange(9), torch.arange(2), indexing="ij")
-    views = D.encode_view(dy.flatten(), dx.flatten(), flip.flatten())
-    assert sorted(views.tolist()) == list(range(D.NUM_VIEWS)) == list(range(162))
-    back = D.decode_view(views)
+    views = V.encode_view(dy.flatten(), dx.flatten(), flip.flatten())
+    assert sorted(views.tolist()) == list(range(V.NUM_VIEWS)) == list(range(162))
+    back = V.decode_view(views)
     assert all(torch.equal(a, b.flatten()) for a, b in zip(back, (dy, dx, flip), strict=True))
-    assert D.NO_AUG_VIEW == (4 * 9 + 4) * 2 == D.encode_view(4, 4, 0)
-    assert D.decode_view(D.encode_view(8, 3, 1)) == (8, 3, 1)
+    assert V.NO_AUG_VIEW == (4 * 9 + 4) * 2 == V.encode_view(4, 4, 0)
+    assert V.decode_view(V.encode_view(8, 3, 1)) == (8, 3, 1)
 
 
 # ------------------------------------------------------------------ device loader
@@ -95,7 +96,7 @@ def test_batches_carry_the_views_they_were_augmented_with():
     x_tr, *_ = D.load_arrays(synth())
     info = d.info
     for b in collect(d.train, epoch=2)[:3]:
-        dy, dx, flip = D.decode_view(b.view)
+        dy, dx, flip = V.decode_view(b.view)
         assert torch.equal(b.x, D.augment_batch(x_tr[b.index], dy, dx, flip, info.mean, info.std))
     assert len({v for b in collect(d.train) for v in b.view.tolist()}) > 100
 
@@ -142,7 +143,7 @@ def test_test_loader_is_plain_and_in_order():
     batches = collect(d.test, 3)
     assert [len(b.index) for b in batches] == [64, 6] and len(d.test) == 2
     assert torch.equal(torch.cat([b.index for b in batches]), torch.arange(70))
-    assert all((b.view == D.NO_AUG_VIEW).all() for b in batches)
+    assert all((b.view == V.NO_AUG_VIEW).all() for b in batches)
     x = torch.cat([b.x for b in batches])
     assert torch.equal(x, D.normalize_u8(x_te, info.mean, info.std))
     assert torch.equal(torch.cat([b.y for b in batches]), y_te)
@@ -160,7 +161,7 @@ def test_test_loader_is_plain_and_in_order():
 )
 def test_augmentation_switches(kw, flips, crops):
     views = torch.cat([b.view for b in collect(D.build_data(synth(**kw), seed=0).train)])
-    dy, dx, flip = D.decode_view(views)
+    dy, dx, flip = V.decode_view(views)
     assert bool(flip.any()) == flips
     assert bool(((dy != 4) | (dx != 4)).any()) == crops
 

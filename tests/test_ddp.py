@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine import config as c
-from engine import faults, launch
-from engine import fingerprint as fp
+from engine import launch
+from engine.core import faults, reading, schema
+from engine.core import fingerprint as fp
+from engine.core.store import Store, StoreError
 from engine.data import DeviceLoader, ShardSampler, TorchDataLoader, shard_positions
 from engine.distributed import SINGLE, Group
-from engine.store import Store, StoreError
 from engine.train import build_member, pick_runtime
 from engine.worker import SetupError, execute, resume_member
 
@@ -308,21 +308,21 @@ def test_what_a_data_parallel_run_cannot_combine_with_is_refused_by_key():
         'device = "cpu"\nsync_bn = true': "run.sync_bn",
     }
     for extra, key in cases.items():
-        with pytest.raises(c.ConfigError) as e:
-            c.loads(base + extra, file="x.toml")
+        with pytest.raises(schema.ConfigError) as e:
+            reading.loads(base + extra, file="x.toml")
         assert e.value.key == key, (extra, str(e.value))
         assert "nproc_per_node = 2" in str(e.value) or key == "run.sync_bn"
-    c.loads(base + 'device = "cuda"\nsync_bn = true', file="x.toml")  # fine on GPUs
-    c.loads("name = 'x'\n[run]\ncompile = true\nsync_bn = true", file="x.toml")  # one process
-    with pytest.raises(c.ConfigError, match="run.nproc_per_node"):
-        c.loads("name = 'x'\n[run]\nnproc_per_node = 0", file="x.toml")
+    reading.loads(base + 'device = "cuda"\nsync_bn = true', file="x.toml")  # fine on GPUs
+    reading.loads("name = 'x'\n[run]\ncompile = true\nsync_bn = true", file="x.toml")  # one process
+    with pytest.raises(schema.ConfigError, match="run.nproc_per_node"):
+        reading.loads("name = 'x'\n[run]\nnproc_per_node = 0", file="x.toml")
 
 
 def test_several_nodes_need_the_slurm_backend(tmp_path, store):
     f = tmp_path / "nodes.toml"
     f.write_text("name = 'nodes'\n[run]\nnproc_per_node = 2\nnnodes = 2\n")
-    exp = c.load(f)  # a valid experiment...
-    assert c.world_size(exp) == 4 and c.effective_batch(exp) == 4 * 64
+    exp = reading.load(f)  # a valid experiment...
+    assert schema.world_size(exp) == 4 and schema.effective_batch(exp) == 4 * 64
     with pytest.raises(StoreError, match=r"nodes.toml: run.nnodes: 2 nodes: .*Slurm backend"):
         store.submit(exp, source=str(f))  # ...that this box cannot run: nothing is stored
     assert store.runs() == []
@@ -332,7 +332,7 @@ def test_several_nodes_need_the_slurm_backend(tmp_path, store):
 
 
 def test_sync_bn_on_a_cpu_run_is_refused_at_start():
-    run = c.RunConfig(device="auto", nproc_per_node=2, sync_bn=True, threads=1)
+    run = schema.RunConfig(device="auto", nproc_per_node=2, sync_bn=True, threads=1)
     if torch.cuda.is_available():
         pytest.skip("this box has a GPU: auto means CUDA")
     with pytest.raises(RuntimeError, match=r"run.sync_bn = true .* GPUs only"):
@@ -340,7 +340,7 @@ def test_sync_bn_on_a_cpu_run_is_refused_at_start():
 
 
 def test_more_processes_than_gpus_is_an_error_naming_both():
-    run = c.RunConfig(device="cuda", nproc_per_node=64, threads=1)
+    run = schema.RunConfig(device="cuda", nproc_per_node=64, threads=1)
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(
         RuntimeError, match=rf"nproc_per_node = 64 but this process sees {seen} GPU"
@@ -363,7 +363,7 @@ threads = 1
 
 
 def test_a_checkpoint_of_another_world_size_is_refused_on_resume(store):
-    exp = c.loads(ONE, file="one.toml")
+    exp = reading.loads(ONE, file="one.toml")
     (run,) = store.submit(exp)
     assert execute(store, [run.id])[0].status == "done"
     # the same run built as one of two processes (what a resume under another world size is)
@@ -378,7 +378,7 @@ def test_a_checkpoint_of_another_world_size_is_refused_on_resume(store):
 
 
 def test_a_worker_started_outside_its_group_is_refused(store):
-    exp = c.loads("name = 'x'\n[run]\nnproc_per_node = 2\nthreads = 1\n", file="x.toml")
+    exp = reading.loads("name = 'x'\n[run]\nnproc_per_node = 2\nthreads = 1\n", file="x.toml")
     (run,) = store.submit(exp)
     (row,) = execute(store, [run.id])  # one process for a run of two
     assert row.status == "failed" and "trains on 2 processes" in row.error
@@ -428,7 +428,7 @@ epochs = 3
 
 
 def fingerprint(batch: int, run: str = "") -> tuple[str, dict]:
-    exp = c.loads(FP.format(batch=batch, run=run), file="fp.toml")
+    exp = reading.loads(FP.format(batch=batch, run=run), file="fp.toml")
     return fp.fingerprint(exp), fp.identity(exp)["run"]
 
 
@@ -448,14 +448,14 @@ def test_world_size_and_effective_batch_enter_the_fingerprint_above_one_process(
 
 
 def test_every_run_stores_its_world_size_and_effective_batch(store):
-    exp = c.loads(FP.format(batch=32, run="nproc_per_node = 4"), file="x.toml")
+    exp = reading.loads(FP.format(batch=32, run="nproc_per_node = 4"), file="x.toml")
     (run,) = store.submit(exp)
     assert (run.world_size, run.effective_batch) == (4, 128)
 
 
 def test_a_store_from_before_world_sizes_backfills_one_process(tmp_path):
     first = Store(tmp_path / "home")
-    (run,) = first.submit(c.loads(FP.format(batch=48, run=""), file="x.toml"))
+    (run,) = first.submit(reading.loads(FP.format(batch=48, run=""), file="x.toml"))
     first.conn.execute("UPDATE runs SET world_size=NULL, effective_batch=NULL")
     first.conn.execute("PRAGMA user_version = 2")
     first.close()
@@ -466,7 +466,7 @@ def test_a_store_from_before_world_sizes_backfills_one_process(tmp_path):
 
 
 def test_runs_of_other_world_sizes_never_fuse(store):
-    exp = c.loads(
+    exp = reading.loads(
         EXP.format(teacher=ROOT / "pyproject.toml").replace("nproc_per_node = 2", "")
         + '[sweep]\n"run.nproc_per_node" = [1, 2, 2]\n',
         file="x.toml",

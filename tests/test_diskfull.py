@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
-from engine import daemon, safefs
-from engine.store import Store
+from engine.core import layout, reading, runlog, safefs
+from engine.core.liveness import pid_alive
+from engine.core.store import Store
+from engine.daemon import client, server
+from engine.daemon.options import Options
+from engine.daemon.scheduling import build_slots
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny
@@ -62,24 +65,24 @@ def temp_files(root: Path) -> list[Path]:
 
 def test_state_writes_on_a_full_disk_leave_no_temp_file_and_never_raise(small_disk):
     store = Store(small_disk / "home")
-    engine = daemon.Engine(store, daemon.Options(), daemon.build_slots([]))
+    engine = server.Engine(store, Options(), build_slots([]))
     engine.write_state()
-    assert json.loads((store.home / daemon.STATE_NAME).read_text())["pid"] == os.getpid()
+    assert json.loads((store.home / layout.ENGINE_STATE).read_text())["pid"] == os.getpid()
     filler = fill(small_disk)
     engine.started += 1  # the state changed: it must be written again
     engine.write_state()  # ENOSPC: logged, not raised
-    daemon._append(store.home / "log.txt", "engine: a line")  # nor here
+    runlog.note(store.home, "engine: a line")  # nor here
     with pytest.raises(safefs.DiskFull, match=f"no space left on device: {store.home}"):
         safefs.write_private(store.home / "x.json", "x" * 100_000)
     assert temp_files(small_disk) == []
     filler.unlink()
     engine.write_state()
-    assert json.loads((store.home / daemon.STATE_NAME).read_text())["started"] == engine.started
+    assert json.loads((store.home / layout.ENGINE_STATE).read_text())["started"] == engine.started
 
 
 def test_a_store_on_a_full_disk_can_still_be_read_and_says_why_it_cannot_change(small_disk):
     box = Box(small_disk)
-    (run,) = box.store.submit(cfgmod.loads(tiny("full"), file="full.toml"))
+    (run,) = box.store.submit(reading.loads(tiny("full"), file="full.toml"))
     box.store.close()  # no connection holds SQLite's shared memory: it cannot be sized now
     filler = fill(small_disk)
     env = {"KDTUI_HOME": str(box.home), "PYTHONPATH": str(test_engine.ROOT), "COLUMNS": "300"}
@@ -110,7 +113,7 @@ def test_a_run_that_fills_the_disk_fails_saying_so_and_resumes_once_space_is_fre
         assert failed.error.startswith(f"no space left on device: {box.home}"), failed.error
         assert "`kdtui resume 1`" in failed.error
         engine = box.engine_pid()
-        assert daemon.pid_alive(engine)  # the engine survives
+        assert pid_alive(engine)  # the engine survives
         assert temp_files(small_disk) == []  # no half-written checkpoint left behind
         listed = box.cli("ls")  # the store stays readable
         assert "failed" in listed.stdout
@@ -121,5 +124,5 @@ def test_a_run_that_fills_the_disk_fails_saying_so_and_resumes_once_space_is_fre
         assert box.epochs_tested(1) == [0, 1, 2]
         assert box.engine_pid() == engine
     finally:
-        daemon.stop(box.home, timeout=5, stop_runs=True)
+        client.stop(box.home, timeout=5, stop_runs=True)
         box.store.close()

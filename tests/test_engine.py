@@ -19,18 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
-from engine import daemon
-from engine.daemon import (
+from engine.core import devices, layout, reading, runlog
+from engine.core.liveness import pid_alive, run_process_alive
+from engine.core.store import Store
+from engine.daemon import client
+from engine.daemon.lock import EXIT_RUNNING
+from engine.daemon.scheduling import (
     build_slots,
     dependency,
     discover_gpus,
-    last_log_line,
     parse_gpus,
     place,
-    run_process_alive,
+    unplaceable,
 )
-from engine.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,25 +145,25 @@ def test_cpu_runs_take_cpu_slots_and_cuda_n_runs_wait_for_gpu_n():
 
 def test_a_device_no_slot_can_serve_is_refused_with_the_fix():
     gpu_box = build_slots(["0", "2"])
-    assert daemon.unplaceable("cuda:2", gpu_box) is None
-    assert daemon.unplaceable("cpu", gpu_box) is None
-    why = daemon.unplaceable("cuda:1", gpu_box)
+    assert unplaceable("cuda:2", gpu_box) is None
+    assert unplaceable("cpu", gpu_box) is None
+    why = unplaceable("cuda:1", gpu_box)
     assert "run.device = 'cuda:1'" in why and "GPU 0, 2" in why and "--gpus" in why
-    why = daemon.unplaceable("cuda", build_slots([]))
+    why = unplaceable("cuda", build_slots([]))
     assert "no GPU" in why and 'device = "auto"' in why
-    assert daemon.unplaceable("auto", build_slots([])) is None
-    assert daemon.unplaceable("mps", build_slots([])) is None  # a Mac: the host's GPU
+    assert unplaceable("auto", build_slots([])) is None
+    assert unplaceable("mps", build_slots([])) is None  # a Mac: the host's GPU
     assert [s.name for s, _ in place([Queued(1)], gpu_box, {1: "mps"})] == ["cpu0"]
 
 
 def test_a_worker_sees_its_slots_gpu_as_cuda_0():
-    wd = daemon.worker_device
+    wd = devices.worker_device
     assert wd("cuda:3", "3") == "cuda:0"  # GPU 3 as the engine numbers them
     assert wd("cuda", "3") == "cuda:0" and wd("auto", "3") == "auto"
     assert wd("cpu", "") == "cpu" and wd("auto", "") == "auto" and wd("mps", "") == "mps"
-    with pytest.raises(daemon.DeviceError, match=r"placed this run on GPU 3.*\"cuda:3\""):
+    with pytest.raises(devices.DeviceError, match=r"placed this run on GPU 3.*\"cuda:3\""):
         wd("cuda:1", "3")
-    with pytest.raises(daemon.DeviceError, match="CPU slot"):
+    with pytest.raises(devices.DeviceError, match="CPU slot"):
         wd("cuda", "")
     # not under the engine (`kdtui run`): torch's own numbering
     assert wd("cuda:1", None) == "cuda:1" and wd("auto", None) == "auto"
@@ -208,12 +209,12 @@ def test_a_dead_worker_is_reported_by_the_last_line_the_run_logged(tmp_path):
         "2026-01-01 10:00:00 epoch 2/3 train top1 40.00\n2026-01-01 10:00:01 engine: placed\n"
     )
     (tmp_path / "worker.log").write_text("Traceback (most recent call last):\nMemoryError: oom\n")
-    assert last_log_line(tmp_path) == "epoch 2/3 train top1 40.00"  # killed: where it stopped
-    assert last_log_line(tmp_path, output_first=True) == "MemoryError: oom"  # crashed: why
+    assert runlog.last_line(tmp_path) == "epoch 2/3 train top1 40.00"  # killed: where it stopped
+    assert runlog.last_line(tmp_path, output_first=True) == "MemoryError: oom"  # crashed: why
 
 
 def test_the_engine_and_its_commands_import_without_torch():
-    code = "import sys, engine.daemon, kdtui.commands; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('engine.worker', 'engine.train')))"
+    code = "import sys, engine.daemon.client, engine.daemon.server, kdtui.cli.engine, kdtui.cli.runs; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('engine.worker', 'engine.train')))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
@@ -254,7 +255,7 @@ class Box:
         return self.store.run(run_id)
 
     def engine_pid(self) -> int:
-        st = daemon.status(self.home)
+        st = client.status(self.home)
         assert st is not None, "no engine running"
         return int(st["pid"])
 
@@ -267,7 +268,9 @@ class Box:
             time.sleep(0.1)
         rows = [(r.id, r.status, r.epoch, r.error) for r in self.store.runs()]
         log = (
-            (self.home / daemon.LOG_NAME).read_text() if (self.home / "engine.log").exists() else ""
+            (self.home / layout.ENGINE_LOG).read_text()
+            if (self.home / "engine.log").exists()
+            else ""
         )
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\nruns: {rows}\n{log}")
 
@@ -306,7 +309,7 @@ def our_processes(home: Path) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if str(home).encode() in cmdline and daemon.pid_alive(int(entry)):
+        if str(home).encode() in cmdline and pid_alive(int(entry)):
             mine.append(int(entry))
     return mine
 
@@ -319,7 +322,7 @@ def box(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on two cores stay sane
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     yield box
-    daemon.stop(box.home, timeout=5, stop_runs=True)
+    client.stop(box.home, timeout=5, stop_runs=True)
     left = our_processes(box.home)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
@@ -346,7 +349,7 @@ def test_submit_returns_at_once_and_the_engine_trains_three_runs_in_order_in_one
     out = box.cli("submit", exp).stdout
     assert time.monotonic() - t0 < 10  # queued and engine started, nothing trained yet
     assert "queued 3 runs (1, 2, 3)" in out and "engine started" in out
-    assert [s["name"] for s in daemon.status(box.home)["slots"]] == ["cpu0"]
+    assert [s["name"] for s in client.status(box.home)["slots"]] == ["cpu0"]
 
     follow = box.cli("logs", "3", "-f", timeout=120)  # returns when run 3 ends
     assert "epoch 1/1" in follow.stdout and "run 3 done" in follow.stderr
@@ -381,16 +384,16 @@ def test_cancel_a_queued_run_at_once_and_running_ones_even_if_their_worker_hangs
     assert "cancelling" in box.cli("cancel", "1").stdout
     box.wait_status(1, "cancelled", timeout=20)
     assert box.run(1).error == "cancelled during epoch 1"  # stopped by itself, no signal
-    box.wait(lambda: not daemon.pid_alive(first.pid), "the worker of run 1 to exit", 20)
+    box.wait(lambda: not pid_alive(first.pid), "the worker of run 1 to exit", 20)
 
     # a frozen worker cannot stop by itself: the engine escalates to signals
     third = box.wait_training(3)
     os.kill(third.pid, signal.SIGSTOP)
     box.cli("cancel", "3")
     box.wait_status(3, "cancelled", timeout=30)
-    assert not daemon.pid_alive(third.pid)
+    assert not pid_alive(third.pid)
     assert "SIGTERM" in (box.home / "engine.log").read_text()
-    assert daemon.pid_alive(box.engine_pid())
+    assert pid_alive(box.engine_pid())
 
 
 @pytest.mark.slow
@@ -423,20 +426,20 @@ def test_after_the_engine_is_killed_workers_train_on_and_a_restart_resumes_what_
     engine = box.engine_pid()
 
     os.kill(engine, signal.SIGKILL)
-    box.wait(lambda: not daemon.pid_alive(engine), "the engine to die")
-    assert daemon.pid_alive(run.pid)  # the worker does not need the engine
-    assert daemon.status(box.home) is None
+    box.wait(lambda: not pid_alive(engine), "the engine to die")
+    assert pid_alive(run.pid)  # the worker does not need the engine
+    assert client.status(box.home) is None
 
     box.cli("engine", "start")
-    st = daemon.status(box.home)
+    st = client.status(box.home)
     assert st["slots"][0]["worker"] == run.pid  # adopted, not trained twice
     assert box.run(2).status == "queued"  # its slot is taken by the adopted worker
 
     # now the machine "crashes": engine and worker die together
     os.kill(box.engine_pid(), signal.SIGKILL)
-    box.wait(lambda: daemon.status(box.home) is None, "the engine to die")
+    box.wait(lambda: client.status(box.home) is None, "the engine to die")
     os.kill(run.pid, signal.SIGKILL)
-    box.wait(lambda: not daemon.pid_alive(run.pid), "the worker to die")
+    box.wait(lambda: not pid_alive(run.pid), "the worker to die")
     assert box.run(1).status == "running"  # nobody is left to notice
 
     box.cli("engine", "start")
@@ -452,7 +455,7 @@ def test_the_engine_outlives_the_command_that_started_it_and_is_one_per_store(bo
     started = box.cli("engine", "start")
     assert "engine started: pid" in started.stdout
     pid = box.engine_pid()
-    assert daemon.pid_alive(pid)  # the starting command has exited; the engine has not
+    assert pid_alive(pid)  # the starting command has exited; the engine has not
     assert os.getsid(pid) != os.getsid(0)  # its own session: no terminal hangs it up
     parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert parent != os.getpid()
@@ -462,14 +465,14 @@ def test_the_engine_outlives_the_command_that_started_it_and_is_one_per_store(bo
     assert f"already running for {box.home} (pid {pid}" in " ".join(again.stderr.split())
 
     # the lock, not a pid file, keeps a second engine out
-    (box.home / daemon.STATE_NAME).unlink()
+    (box.home / layout.ENGINE_STATE).unlink()
     raw = subprocess.run(
         [sys.executable, "-m", "engine.daemon", "--home", str(box.home)],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert raw.returncode == daemon.EXIT_RUNNING and f"pid {pid}" in raw.stderr
+    assert raw.returncode == EXIT_RUNNING and f"pid {pid}" in raw.stderr
 
     # private store, no network
     assert stat.S_IMODE(os.stat(box.home).st_mode) == 0o700
@@ -479,7 +482,7 @@ def test_the_engine_outlives_the_command_that_started_it_and_is_one_per_store(bo
     assert not [f for f in fds if f.startswith("socket:")]
 
     assert "stopped" in box.cli("engine", "stop").stdout
-    assert not daemon.pid_alive(pid) and daemon.status(box.home) is None
+    assert not pid_alive(pid) and client.status(box.home) is None
 
 
 @pytest.mark.slow
@@ -543,9 +546,9 @@ def test_runs_of_a_foreground_kdtui_run_are_left_alone_until_it_dies(box):
         [sys.executable, "-c", "import time; time.sleep(60)", "kdtui", "run", "held.toml"]
     )
     try:
-        exp = cfgmod.loads(tiny("held"), file="held.toml")
+        exp = reading.loads(tiny("held"), file="held.toml")
         (run,) = box.store.submit(exp, source="held.toml", holder=holder.pid)
-        daemon.ensure_running(box.home)
+        client.ensure_running(box.home)
         time.sleep(1.5)
         assert box.run(run.id).status == "queued" and box.run(run.id).pid == holder.pid
     finally:
@@ -553,3 +556,32 @@ def test_runs_of_a_foreground_kdtui_run_are_left_alone_until_it_dies(box):
         holder.wait()
     done = box.wait_status(run.id, "done")  # adopted once its holder is gone
     assert done.pid is None
+
+
+def test_engine_options_are_declared_once_and_reach_every_command_line():
+    """`kdtui engine start`, `python -m engine.daemon` and the command line a client starts the
+    engine with are all made from engine.daemon.options.Options."""
+    import argparse
+
+    from typer.main import get_command
+
+    from engine.daemon import options
+    from kdtui.cli import app
+
+    start = get_command(app).commands["engine"].commands["start"]
+    typer_flags = {flag: param for param in start.params for flag in param.opts}
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    for spec in options.specs():
+        assert spec.flag in typer_flags and spec.flag in parser._option_string_actions
+        assert typer_flags[spec.flag].hidden == spec.hidden
+        if not spec.hidden:
+            assert typer_flags[spec.flag].help == spec.help
+    assert len(typer_flags) == len(options.specs()) + 2  # and --foreground, --home
+    chosen = options.Options(
+        gpus="0,2", slots_per_gpu=2, cpu_slots=3, recover=False, cancel_grace=1.5, poll=0.1
+    )
+    assert options.from_namespace(parser.parse_args(chosen.argv())) == chosen
+    assert options.from_namespace(parser.parse_args([])) == options.Options()
+    with pytest.raises(SystemExit):  # the same minimum as `kdtui engine start`
+        parser.parse_args(["--cpu-slots=0"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as c
+from engine.core import planning, reading, schema, writing
 from kdtui.experiment_form import MISSING, ExperimentForm, parse_text, show
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,9 +18,11 @@ def opened(path: Path) -> ExperimentForm:
     return ExperimentForm(path.read_text(), file=str(path))
 
 
-def plan(exp: c.Experiment) -> list[tuple]:
+def plan(exp: schema.Experiment) -> list[tuple]:
     """What `kdtui run --dry-run` lists, and every resolved key of every run."""
-    return [(p.role, p.seed, p.label, c.resolved_toml(p.config)) for p in c.expand(exp)]
+    return [
+        (p.role, p.seed, p.label, writing.resolved_toml(p.config)) for p in planning.expand(exp)
+    ]
 
 
 def comments(text: str) -> list[str]:
@@ -33,7 +35,7 @@ def comments(text: str) -> list[str]:
 def test_every_experiment_file_opens_valid_and_saves_back_byte_for_byte(path):
     form = opened(path)
     assert form.experiment is not None, form.message
-    assert form.n_runs == len(c.expand(c.load(path)))
+    assert form.n_runs == len(planning.expand(reading.load(path)))
     assert form.text() == path.read_text() and not form.dirty
 
 
@@ -50,12 +52,12 @@ def test_a_sweep_in_the_file_is_the_fields_value_and_editing_it_keeps_the_commen
     text = form.text()
     assert '"distill.factor" = [2, 4, 8]' in text and '"optim.lr" = [0.01, 0.05]' in text
     assert all(line in text for line in comments(path.read_text()))
-    exp = c.loads(text)
+    exp = reading.loads(text)
     assert exp.sweep == {"distill.factor": [2, 4, 8], "optim.lr": [0.01, 0.05]}
     # one value again: the sweep goes, the value sits in its table
     form.set("optim.lr", 0.1)
     form.set("distill.factor", parse_text("4", "value"))
-    exp = c.loads(form.text())
+    exp = reading.loads(form.text())
     assert exp.sweep == {} and exp.optim.lr == 0.1 and exp.option("factor") == 4
 
 
@@ -70,7 +72,7 @@ def test_a_sweep_over_a_choice_and_over_the_method_is_shown_as_its_values():
     assert quick.message == "valid · 4 runs (method ×3 · + teacher)"
     quick.set("distill.method", ["kd", "simkd"])
     assert quick.n_runs == 3 and quick.methods == ["kd", "simkd"]
-    assert c.loads(quick.text()).sweep == {"distill.method": ["kd", "simkd"]}
+    assert reading.loads(quick.text()).sweep == {"distill.method": ["kd", "simkd"]}
 
 
 def test_a_nested_sweep_table_is_edited_where_it_is():
@@ -79,7 +81,7 @@ def test_a_nested_sweep_table_is_edited_where_it_is():
     form.set("optim.lr", [0.1, 0.2, 0.3])
     assert "[sweep.optim]\nlr = [0.1, 0.2, 0.3]" in form.text() and form.n_runs == 3
     form.set("optim.lr", 0.3)
-    assert "sweep" not in form.text() and c.loads(form.text()).optim.lr == 0.3
+    assert "sweep" not in form.text() and reading.loads(form.text()).optim.lr == 0.3
 
 
 def test_switching_method_away_and_back_restores_the_options_with_their_comments():
@@ -92,12 +94,12 @@ def test_switching_method_away_and_back_restores_the_options_with_their_comments
     assert "[teacher]" not in form.text() and form.experiment is not None
     form.set("distill.method", "dkd")
     assert "nckd_weight = 8.0   # beta" in form.text()
-    assert plan(c.loads(form.text())) == plan(c.load(path))
+    assert plan(reading.loads(form.text())) == plan(reading.load(path))
 
 
 def test_what_the_form_cannot_edit_is_read_only_and_kept():
     path = DIGITS / "simkd_multi_r20_mbv2.toml"
-    projectors = c.load(path).distill.options["projectors"]
+    projectors = reading.load(path).distill.options["projectors"]
     assert isinstance(projectors, list) and isinstance(projectors[0], dict)
     form = opened(path)
     assert not form.editable("distill.projectors")  # a list of tables
@@ -107,7 +109,7 @@ def test_what_the_form_cannot_edit_is_read_only_and_kept():
         + "]"
     )
     form.set("optim.epochs", 3)
-    assert c.loads(form.text()).distill.options["projectors"] == projectors
+    assert reading.loads(form.text()).distill.options["projectors"] == projectors
     cifar = opened(ROOT / "experiments" / "cifar100" / "at_r32x4_r8x4.toml")
     assert dict(cifar.kept()) == {
         "data.root": "data",
@@ -137,7 +139,7 @@ def test_the_teachers_own_optim_is_in_the_form():
     form.set("teacher.optim.epochs", 10)
     form.set("teacher.optim.lr", 0.1)
     form.set("teacher.optim.schedule", "constant")
-    teacher, *students = c.expand(form.experiment)
+    teacher, *students = planning.expand(form.experiment)
     assert teacher.role == "teacher"
     o = teacher.config.optim
     assert (o.epochs, o.lr, o.schedule) == (10, 0.1, "constant")
@@ -187,7 +189,7 @@ def test_a_new_experiment_is_written_by_tomli_w_under_a_header():
     text = form.text("experiments/kd-digits.toml")
     assert text.startswith("# kd-digits: a knowledge-distillation experiment\n")
     assert "# check: kdtui validate experiments/kd-digits.toml" in text
-    assert plan(c.loads(text)) == plan(form.experiment)
+    assert plan(reading.loads(text)) == plan(form.experiment)
     form.saved(text)
     assert not form.new and not form.dirty and form.text() == text
 
@@ -212,7 +214,7 @@ def test_an_emptied_field_unsets_its_key_and_the_default_applies():
     assert '[distill]\nmethod = "kd"' in form.text()
     assert form.dirty
     form.set("distill.temperature", 4.0)  # typed back: same experiment, no longer dirty
-    assert not form.dirty and plan(form.experiment) == plan(c.load(path))
+    assert not form.dirty and plan(form.experiment) == plan(reading.load(path))
 
 
 def test_a_value_cleared_and_typed_again_goes_back_to_its_line():

@@ -7,8 +7,9 @@ import io
 
 import pytest
 
-from engine import config as c
-from engine import export as x
+from engine.core import export as x
+from engine.core import leaderboard as lb
+from engine.core import reading
 
 STUDY = """
 name = "study"
@@ -37,7 +38,7 @@ def in_a_folder_with_the_teacher(tmp_path, monkeypatch):
 
 
 def finished_study(store):
-    runs = store.submit(c.loads(STUDY))
+    runs = store.submit(reading.loads(STUDY))
     accs = {("vanilla", 0): 80.0, ("vanilla", 1): 82.0, ("kd", 0): 85.0, ("kd", 1): 86.0}
     for r in runs:
         best = accs[(r.method, r.seed)]
@@ -55,27 +56,27 @@ def finished_study(store):
 
 def test_seeds_are_grouped_as_mean_and_std_and_ranked(store):
     finished_study(store)
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     assert [r.method for r in rows] == ["kd", "vanilla"]
     kd = rows[0]
     assert kd.n == 2 and kd.best_mean == 85.5
     assert abs(kd.best_std - 0.7071) < 1e-3
     assert kd.head == "student"
-    assert x.fmt_acc(kd.best_mean, kd.best_std) == "85.50 ± 0.71"
+    assert lb.fmt_acc(kd.best_mean, kd.best_std) == "85.50 ± 0.71"
 
 
 def test_gap_closed_uses_the_vanilla_baseline_and_the_measured_teacher(store):
     finished_study(store)
-    kd = x.build_rows(store.runs())[0]
+    kd = lb.build_rows(store.runs())[0]
     # (85.5 - 81) / (90 - 81)
     assert abs(kd.gap - 0.5) < 1e-9
-    assert x.fmt_gap(kd.gap) == "50%"
+    assert lb.fmt_gap(kd.gap) == "50%"
 
 
 def test_markdown_is_a_github_table_with_escaped_pipes(store):
     finished_study(store)
     store.conn.execute("UPDATE runs SET experiment='a|b'")
-    text = x.to_markdown(x.build_rows(store.runs()))
+    text = x.to_markdown(lb.build_rows(store.runs()))
     lines = text.strip().splitlines()
     assert lines[0].startswith("| # | experiment |")
     assert set(lines[1].replace("|", "").split()) <= {"---", "---:"}
@@ -87,14 +88,14 @@ def test_markdown_is_a_github_table_with_escaped_pipes(store):
 
 def test_csv_has_numbers_not_formatted_strings(store):
     finished_study(store)
-    rows = list(csv.DictReader(io.StringIO(x.to_csv(x.build_rows(store.runs())))))
+    rows = list(csv.DictReader(io.StringIO(x.to_csv(lb.build_rows(store.runs())))))
     assert rows[0]["method"] == "kd" and float(rows[0]["best_top1_mean"]) == 85.5
     assert rows[0]["head"] == "student" and rows[0]["n"] == "2"
 
 
 def test_latex_is_booktabs_with_the_best_value_in_bold(store):
     finished_study(store)
-    tex = x.to_latex(x.build_rows(store.runs()))
+    tex = x.to_latex(lb.build_rows(store.runs()))
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "\\textbf{85.50}" in tex
     assert "\\textbf{81.00}" not in tex
@@ -104,7 +105,7 @@ def test_latex_is_booktabs_with_the_best_value_in_bold(store):
 def test_unfinished_runs_are_listed_after_finished_ones(store):
     runs = finished_study(store)
     store.update(runs[0].id, status="running", best_top1=None, last_top1=None)
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     vanilla = [r for r in rows if r.method == "vanilla"][0]
     assert vanilla.n == 1 and "running" in vanilla.status
 
@@ -135,7 +136,7 @@ def submit(store, text=DIGITS, *overrides, tmp_path=None, **done):
     folder = Path(tmp_path or tempfile.mkdtemp())
     path = folder / "exp.toml"
     path.write_text(text)
-    runs = store.submit(c.load(path, list(overrides)))
+    runs = store.submit(reading.load(path, list(overrides)))
     for r in runs:
         if done:
             store.update(r.id, status="done", epoch=r.epochs, **done)
@@ -152,7 +153,7 @@ def test_overrides_are_separate_rows_labelled_by_what_differs_and_a_failed_run_s
     store.finish(f.id, "failed", "CUDA out of memory")
     (g,) = submit(store, DIGITS, "optim.epochs=4")  # a config of its own that only failed
     store.finish(g.id, "failed", "boom")
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     names = [r.name for r in rows]
     assert names == [
         "digits-kd [epochs=3 lr=0.1]",
@@ -167,23 +168,23 @@ def test_overrides_are_separate_rows_labelled_by_what_differs_and_a_failed_run_s
     note = next(m.note for m in second.members if m.id == f.id)
     assert note.startswith("failed: not in the mean") and "out of memory" in note
     assert failed.best_mean is None and failed.status == "failed"
-    assert x.cells(failed, 4)[5] == "–"
+    assert lb.cells(failed, 4)[5] == "–"
 
 
 def test_two_seeds_of_one_config_are_one_row_of_n_2(store):
     submit(store, DIGITS, "seeds=[0]", best_top1=80.0, last_top1=80.0)
     submit(store, DIGITS, "seeds=[1]", "run.threads=1", best_top1=82.0, last_top1=82.0)
-    (row,) = x.build_rows(store.runs())
-    assert row.n == 2 and row.best_mean == 81.0 and x.fmt_n(row) == "2"
+    (row,) = lb.build_rows(store.runs())
+    assert row.n == 2 and row.best_mean == 81.0 and lb.fmt_n(row) == "2"
     assert row.label == ""  # nothing differs
 
 
 def test_a_rerun_of_a_seed_counts_once_the_latest_run(store):
     (first,) = submit(store, DIGITS, best_top1=80.0, last_top1=80.0)
     (again,) = submit(store, DIGITS, best_top1=84.0, last_top1=84.0)
-    (row,) = x.build_rows(store.runs())
+    (row,) = lb.build_rows(store.runs())
     assert row.n == 1 and row.reruns == 1 and row.best_mean == 84.0
-    assert x.fmt_n(row) == "1 (+1 rerun)"
+    assert lb.fmt_n(row) == "1 (+1 rerun)"
     assert [m.counted for m in row.members] == [False, True]
     assert row.members[0].note == f"rerun: run {again.id} counts for seed 0"
 
@@ -194,9 +195,9 @@ def test_running_runs_stay_out_of_the_mean_and_a_running_row_ranks_after_finishe
     store.update(running.id, status="running", best_top1=99.0)
     (other,) = submit(store, DIGITS, "optim.lr=0.2")
     store.update(other.id, status="running", best_top1=90.0)
-    done, in_progress = x.build_rows(store.runs())
+    done, in_progress = lb.build_rows(store.runs())
     assert done.best_mean == 70.0 and done.n == 1 and "running×1" in done.status
-    assert in_progress.best_mean is None and x.fmt_best(in_progress) == "(90.00)"
+    assert in_progress.best_mean is None and lb.fmt_best(in_progress) == "(90.00)"
 
 
 # ---------------------------------------------------------------- gap closed
@@ -220,11 +221,11 @@ def gap_study(store):
 
 def test_gap_closed_is_the_formula_and_names_its_baseline(store):
     runs = gap_study(store)
-    kd = next(r for r in x.build_rows(store.runs()) if r.method == "kd")
+    kd = next(r for r in lb.build_rows(store.runs()) if r.method == "kd")
     assert kd.gap == (85.0 - 75.0) / (95.0 - 75.0)
     assert kd.baseline == 75.0 and kd.baseline_runs == [runs["vanilla"].id]
     assert kd.baseline_label == f"digits-kd [method=vanilla] (#{runs['vanilla'].id})"
-    assert x.cells(kd, 1)[x.COLUMNS.index("baseline")] == kd.baseline_label
+    assert lb.cells(kd, 1)[lb.COLUMNS.index("baseline")] == kd.baseline_label
     csv_row = next(r for r in csv.DictReader(io.StringIO(x.to_csv([kd]))) if r["method"] == "kd")
     assert csv_row["gap_closed"] == "0.5000" and csv_row["baseline"] == kd.baseline_label
     assert csv_row["baseline_run_ids"] == str(runs["vanilla"].id)
@@ -233,10 +234,10 @@ def test_gap_closed_is_the_formula_and_names_its_baseline(store):
 def test_no_baseline_with_the_same_recipe_is_a_dash_with_the_reason_never_a_borrowed_one(store):
     gap_study(store)
     (other,) = submit(store, DIGITS, "optim.epochs=5", best_top1=90.0, teacher_top1=95.0)
-    row = next(r for r in x.build_rows(store.runs()) if other.id in r.run_ids)
+    row = next(r for r in lb.build_rows(store.runs()) if other.id in r.run_ids)
     assert row.gap is None and row.baseline is None and row.baseline_label == ""
     assert row.gap_note.startswith("no finished vanilla resnet8 run on the same data")
-    assert x.cells(row, 1)[x.COLUMNS.index("gap closed")] == "–"
+    assert lb.cells(row, 1)[lb.COLUMNS.index("gap closed")] == "–"
     (line,) = [r for r in csv.DictReader(io.StringIO(x.to_csv([row])))]
     assert line["gap_closed"] == "" and line["gap_note"] == row.gap_note
 
@@ -244,28 +245,28 @@ def test_no_baseline_with_the_same_recipe_is_a_dash_with_the_reason_never_a_borr
 def test_a_teacher_not_above_its_baseline_gives_no_gap(store):
     runs = gap_study(store)
     store.update(runs["kd"].id, teacher_top1=70.0)
-    kd = next(r for r in x.build_rows(store.runs()) if r.method == "kd")
+    kd = next(r for r in lb.build_rows(store.runs()) if r.method == "kd")
     assert kd.gap is None and kd.baseline == 75.0
     assert kd.gap_note.startswith("teacher not above baseline (70.00 <= 75.00)")
 
 
 def test_a_finished_gap_does_not_drift_when_unrelated_runs_are_added(store):
     gap_study(store)
-    before = next(r for r in x.build_rows(store.runs()) if r.method == "kd").gap
+    before = next(r for r in lb.build_rows(store.runs()) if r.method == "kd").gap
     # vanilla runs of other recipes, students of other experiments: none is its baseline
     submit(store, DIGITS.replace('"kd"', '"vanilla"'), "optim.epochs=9", best_top1=10.0)
     submit(store, DIGITS.replace('"kd"', '"vanilla"'), "optim.lr=0.5", best_top1=99.0)
     submit(store, DIGITS, "optim.lr=0.3", best_top1=50.0, teacher_top1=60.0)
-    after = next(r for r in x.build_rows(store.runs()) if r.method == "kd" and r.n == 1)
+    after = next(r for r in lb.build_rows(store.runs()) if r.method == "kd" and r.n == 1)
     assert after.gap == before == 0.5
 
 
 def test_a_pinned_baseline_replaces_the_matched_one_for_its_student(store):
     gap_study(store)
     (other,) = submit(store, DIGITS.replace('"kd"', '"vanilla"'), "optim.epochs=9", best_top1=80.0)
-    rows = x.build_rows(store.runs())
-    pin = x.pin_of(next(r for r in rows if other.id in r.run_ids))
-    kd = next(r for r in x.build_rows(store.runs(), pin=pin) if r.method == "kd")
+    rows = lb.build_rows(store.runs())
+    pin = lb.pin_of(next(r for r in rows if other.id in r.run_ids))
+    kd = next(r for r in lb.build_rows(store.runs(), pin=pin) if r.method == "kd")
     assert kd.gap == (85.0 - 80.0) / (95.0 - 80.0)
     assert kd.baseline_label.startswith("pinned: digits-kd") and kd.baseline_runs == [other.id]
 
@@ -280,14 +281,14 @@ arch = "resnet20"
 [optim]
 epochs = 2
 """
-    (t,) = store.submit(c.loads(teacher))
+    (t,) = store.submit(reading.loads(teacher))
     store.update(t.id, status="done", best_top1=95.0, last_top1=95.0)
     runs = submit(store, KD_AND_VANILLA.replace('checkpoint = "t.pth"', 'from_run = "teacher-r20"'))
     for r in runs:
         kd = r.method == "kd"
         store.update(r.id, status="done", best_top1=85.0 if kd else 75.0, last_top1=80.0)
         store.update(r.id, teacher_top1=95.0 if kd else None)
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     assert [r.is_teacher for r in rows] == [True, False, False]  # teacher-r20 teaches kd
     tex = x.to_latex(rows)
     assert "\\textbf{95.00}" not in tex and "\\textbf{85.00}" in tex
@@ -297,7 +298,7 @@ epochs = 2
 
 def test_member_runs_are_listed_in_every_format(store):
     runs = gap_study(store)
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     md = x.export(rows, "md", runs=True)
     assert "| # | experiment | run | seed | status |" in md
     members = list(csv.DictReader(io.StringIO(x.export(rows, "csv", runs=True))))
@@ -308,7 +309,7 @@ def test_member_runs_are_listed_in_every_format(store):
 
 def test_every_export_names_each_rows_fingerprint(store):
     gap_study(store)
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     md, tex = x.to_markdown(rows), x.to_latex(rows)
     lines = list(csv.DictReader(io.StringIO(x.to_csv(rows))))
     for row, line in zip(rows, lines):

@@ -1,7 +1,7 @@
 """A worker SIGKILLed at each commit point of an epoch loses no epoch on resume.
 
 Each case starts a real worker process (`python -m engine.worker`) with
-KDTUI_FAULT=POINT@EPOCH (engine.faults), so it kills itself with SIGKILL at
+KDTUI_FAULT=POINT@EPOCH (engine.core.faults), so it kills itself with SIGKILL at
 that point, then does what a user does: `kdtui resume RUN` (the row is a
 dead `running` one), and the resumed run trains to the end. Every epoch's
 metrics must then be in the store exactly once, the run row must agree with
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ckptmod
-from engine import config as c
-from engine import faults
-from engine.store import Store
+from engine.core import checkpoint as ckptmod
+from engine.core import faults, reading
+from engine.core.store import Store
 from engine.worker import execute
 from tests.test_resume import EXP, assert_every_epoch_once
 
@@ -45,7 +44,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[int, float]:
     store = Store(tmp_path_factory.mktemp("reference") / "home")
-    (run,) = store.submit(c.loads(EXP, file="resume.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="resume.toml"))
     assert execute(store, [run.id])[0].status == "done"
     top1 = {m.epoch: m.value for m in store.metrics(run.id, names=["test/top1"])}
     store.close()
@@ -82,7 +81,7 @@ def sealed_epoch(path: Path) -> int | None:
 def test_a_worker_killed_at_any_commit_point_resumes_with_every_epoch_exactly_once(
     store, spec, uninterrupted
 ):
-    (run,) = store.submit(c.loads(EXP, file="resume.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="resume.toml"))
     kill_at(store, run.id, spec)
 
     # it died exactly there

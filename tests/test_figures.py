@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine import config as c
-from engine import export as exportmod
-from engine.store import Store
+from engine.core import leaderboard as lb
+from engine.core import reading
+from engine.core.store import Store
 from kdtui import figure
 from kdtui.cli import app
 
@@ -86,7 +86,7 @@ def study(tmp_path, monkeypatch, store):
     """Three seeds each of vanilla and KD, every run finished and logged."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.pth").write_bytes(b"teacher weights")
-    runs = store.submit(c.loads(STUDY))
+    runs = store.submit(reading.loads(STUDY))
     for r in runs:
         log_run(store, r)
     return runs
@@ -110,7 +110,7 @@ def test_seeds_of_one_config_become_one_line_with_a_std_band(study, store, tmp_p
         assert len(gids(fig, panel, "curve")) == 2
         assert len(gids(fig, panel, "band")) == 2
     # labels are the leaderboard's row names
-    names = {row.name for row in exportmod.build_rows(store.runs())}
+    names = {row.name for row in lb.build_rows(store.runs())}
     assert {g.label for g in out.groups} == names == {"study [method=vanilla]", "study [method=kd]"}
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["study [method=vanilla] (n=3)", "study [method=kd] (n=3)"]
@@ -144,7 +144,7 @@ def test_the_legend_sits_below_the_panels_not_over_a_curve(study, store, tmp_pat
 def test_one_run_per_seed_and_running_seeds_show_how_far_they_got(study, store, tmp_path):
     kd = [r for r in study if r.method == "kd"]
     # seed 0 rerun (counted: the latest done), a new seed 3 still running at epoch 2
-    rerun = store.submit(c.loads(STUDY.replace("seeds = [0, 1, 2]", "seeds = [0, 3]")))
+    rerun = store.submit(reading.loads(STUDY.replace("seeds = [0, 1, 2]", "seeds = [0, 3]")))
     for r in rerun:
         if r.method == "kd":
             log_run(

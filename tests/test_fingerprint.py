@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from engine import config as c
-from engine import fingerprint as fp
-from engine.store import SCHEMA_VERSION, Store
+from engine.core import fingerprint as fp
+from engine.core import planning, reading
+from engine.core.store import SCHEMA_VERSION, Store
 
 BASE = """
 name = "fp"
@@ -30,11 +30,11 @@ def exp(tmp_path, *overrides: str, ckpt: str = "t.pth"):
     path.write_text(BASE.format(ckpt=tmp_path / ckpt))
     if not (tmp_path / ckpt).exists():  # load() checks that the checkpoint exists
         (tmp_path / ckpt).write_bytes(b"weights")
-    return c.load(path, list(overrides))
+    return reading.load(path, list(overrides))
 
 
 def one(tmp_path, *overrides, **kw) -> str:
-    (plan,) = c.expand(exp(tmp_path, *overrides, **kw))
+    (plan,) = planning.expand(exp(tmp_path, *overrides, **kw))
     return fp.fingerprint(plan.config)
 
 
@@ -107,20 +107,20 @@ def test_a_teacher_checkpoint_enters_by_its_content_not_its_path(tmp_path):
 def test_resubmitting_a_trained_teacher_experiment_groups_with_the_earlier_one(store):
     """store.submit rewrites `train = true` to a run id; the fingerprint keeps the recipe."""
     text = BASE.replace('checkpoint = "{ckpt}"', "train = true")
-    first = store.submit(c.loads(text))
-    again = store.submit(c.loads(text.replace("seeds = [0]", "seeds = [1]")))
+    first = store.submit(reading.loads(text))
+    again = store.submit(reading.loads(text.replace("seeds = [0]", "seeds = [1]")))
     assert first[1].config.teacher.from_run != again[1].config.teacher.from_run
     assert [r.fingerprint for r in first] == [r.fingerprint for r in again]
     assert first[0].fingerprint != first[1].fingerprint
     # naming the teacher run by experiment gives the same student fingerprint as training it
-    named = store.submit(c.loads(text.replace("train = true", f'from_run = "{first[0].id}"')))
+    named = store.submit(reading.loads(text.replace("train = true", f'from_run = "{first[0].id}"')))
     assert named[0].fingerprint == first[1].fingerprint
     ident = json.loads(first[1].identity)
     assert ident["teacher"] == {"arch": "resnet20", "source": f"run:{first[0].fingerprint}"}
     assert fp.digest(ident) == first[1].fingerprint
     # a different teacher recipe is a different experiment
     longer = store.submit(
-        c.loads(text.replace("[student]", "[teacher.optim]\nepochs = 5\n[student]"))
+        reading.loads(text.replace("[student]", "[teacher.optim]\nepochs = 5\n[student]"))
     )
     assert longer[1].fingerprint != first[1].fingerprint
 
@@ -128,8 +128,10 @@ def test_resubmitting_a_trained_teacher_experiment_groups_with_the_earlier_one(s
 def test_an_older_store_gets_the_new_columns_and_fingerprints_from_its_configs(home, tmp_path):
     (tmp_path / "t.pth").write_bytes(b"weights")
     store = Store(home)
-    runs = store.submit(c.loads(BASE.format(ckpt=tmp_path / "t.pth")))
-    teacher_trained = store.submit(c.loads(BASE.replace('checkpoint = "{ckpt}"', "train = true")))
+    runs = store.submit(reading.loads(BASE.format(ckpt=tmp_path / "t.pth")))
+    teacher_trained = store.submit(
+        reading.loads(BASE.replace('checkpoint = "{ckpt}"', "train = true"))
+    )
     expected = [r.fingerprint for r in runs + teacher_trained]
     # turn it into a version-1 store: no fingerprint, identity or trained_params columns
     con = store.conn

@@ -12,7 +12,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from engine import config as cfgmod
+from engine.core import reading, schema
 from kdtui.cli import app
 from tests.hostile import COMMANDS, args_for, corpus, materialize, verdict
 
@@ -82,7 +82,7 @@ def test_validate_stops_listing_after_twenty_errors(tmp_path):
     result = runner.invoke(app, ["validate", str(f)])
     out = plain(result.output)
     assert result.exit_code == 2
-    assert out.count("error:") == cfgmod.ERRORS_MAX and "stopped after 20 errors" in out
+    assert out.count("error:") == schema.ERRORS_MAX and "stopped after 20 errors" in out
 
 
 def test_a_bad_value_does_not_cascade_into_errors_about_keys_that_were_right(tmp_path):
@@ -91,7 +91,7 @@ def test_a_bad_value_does_not_cascade_into_errors_about_keys_that_were_right(tmp
         'name = "one"\n[teacher]\narch = "resnet99"\ntrain = true\n[student]\narch = "resnet8"\n'
         '[distill]\nmethod = "kd"\n'
     )
-    e = pytest.raises(cfgmod.ConfigError, cfgmod.load, f).value
+    e = pytest.raises(schema.ConfigError, reading.load, f).value
     assert [x.key for x in e.errors] == ["teacher.arch"]  # not also "needs a teacher"
 
 
@@ -117,7 +117,7 @@ def test_more_than_a_thousand_runs_need_yes_and_nothing_is_queued_without_it(tmp
         assert not home.exists()
     queued = runner.invoke(app, ["submit", str(f), "--no-start", "--yes", "--home", str(home)])
     assert queued.exit_code == 0, queued.output
-    from engine.store import Store
+    from engine.core.store import Store
 
     assert len(Store(home).runs()) == 1001
 

@@ -14,10 +14,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from engine import config as cfgmod
-from engine import export as exportmod
-from engine.inert import printable
-from engine.store import Store
+from engine.core import export as exportmod
+from engine.core import leaderboard, reading
+from engine.core.inert import printable
+from engine.core.store import Store
 from kdtui.cli import app
 from kdtui.inert import InertConsole, text
 from tests.test_engine import box, tiny  # noqa: F401  (the real-engine fixture)
@@ -123,7 +123,7 @@ def test_control_characters_in_a_stored_run_are_escaped_in_ls_logs_and_exports(
 
 
 def test_the_markdown_export_escapes_html_and_pipes():
-    row = exportmod.Row(
+    row = leaderboard.Row(
         '<img src=x onerror="alert(1)"> & | co',
         "",
         "student",
@@ -142,7 +142,7 @@ def test_the_markdown_export_escapes_html_and_pipes():
     assert "\\&" in latex and "<img" in latex  # LaTeX has no HTML, only its own specials
     csv_text = exportmod.to_csv(
         [
-            exportmod.Row(
+            leaderboard.Row(
                 "a\x1bb\rc", "", "student", "kd", "", "r8", "digits", "student", [1], ["done"]
             )
         ]
@@ -165,7 +165,7 @@ async def test_the_app_shows_stored_names_labels_and_notices_as_escaped_text(tmp
     monkeypatch.chdir(tmp_path)
     home = tmp_path / ".kdtui"
     store = Store(home)
-    (run,) = store.submit(cfgmod.loads('name = "x"\n[optim]\nepochs = 1\n'))
+    (run,) = store.submit(reading.loads('name = "x"\n[optim]\nepochs = 1\n'))
     poison(store, run.id)
     store.conn.execute("UPDATE runs SET label=? WHERE id=?", ("[bold red]boom[/] seed=0", run.id))
     store.close()

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine import config as c
-from engine import export as exportmod
-from engine import records
-from engine.store import Store
+from engine.core import leaderboard as lb
+from engine.core import reading, records
+from engine.core.store import Store
 from kdtui.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +69,7 @@ def log_run(store: Store, run, epochs: int = EPOCHS) -> dict[str, list[tuple[int
 @pytest.fixture
 def sweep(store):
     """Four runs: three done and logged, one still queued (nothing logged)."""
-    runs = store.submit(c.loads(SWEEP))
+    runs = store.submit(reading.loads(SWEEP))
     logged = {}
     for r in runs[:3]:
         logged[r.id] = log_run(store, r)
@@ -162,7 +161,7 @@ def test_tensorboard_export_needs_a_folder_and_names_the_fix(sweep, home, tmp_pa
 
 def test_tensorboard_is_loaded_by_the_export_alone():
     code = (
-        "import kdtui.cli, engine.tbexport, engine.records, engine.curves, sys; "
+        "import kdtui.cli, engine.core.tbexport, engine.core.records, engine.core.curves, sys; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorboard', 'torch')]; "
         "assert not bad, bad"
     )
@@ -205,7 +204,7 @@ def test_leaderboard_json_has_the_rows_their_figures_and_member_runs(sweep, home
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["schema"] == 1 and doc["kind"] == "leaderboard"
-    rows = exportmod.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     assert [r["name"] for r in doc["rows"]] == [row.name for row in rows]
     for rec in doc["rows"]:
         assert tuple(rec) == records.ROW_FIELDS
@@ -223,7 +222,7 @@ def test_leaderboard_json_has_the_rows_their_figures_and_member_runs(sweep, home
 
 def test_json_escapes_control_characters_in_names(home, store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    runs = store.submit(c.loads(SWEEP))
+    runs = store.submit(reading.loads(SWEEP))
     store.update(runs[0].id, error="bad \x1b[31mred\x1b[0m \u202e")
     text = runner.invoke(app, ["ls", "--json"]).stdout
     assert "\x1b" not in text and "\u202e" not in text

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_app_side_modules_do_not_import_torch_at_start_up():
     code = (
-        "import kdtui.cli, kdtui.app, engine.config, engine.store, engine.export, "
-        "engine.registry, engine.daemon, sys; "
+        "import kdtui.cli, kdtui.app, engine.core.reading, engine.core.planning, engine.core.writing, engine.core.store, engine.core.leaderboard, engine.core.export, "
+        "engine.core.registry, engine.daemon.client, engine.daemon.server, sys; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

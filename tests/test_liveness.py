@@ -1,7 +1,7 @@
 """A `running` run whose process is gone is seen for what it is, by every reader.
 
 `kdtui ls`, cancel, resume and rm (and the app, through the same
-engine.liveness check) treat it as dead; the engine's recovery honours a
+engine.core.liveness check) treat it as dead; the engine's recovery honours a
 cancel asked while nobody watched; `kdtui run` stopped by SIGTERM or SIGHUP
 (a dropped SSH session) ends its runs cancelled and resumable and says how
 to resume them.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ckptmod
-from engine import config as cfgmod
-from engine import daemon, liveness
-from engine.store import Store
+from engine.core import checkpoint as ckptmod
+from engine.core import layout, liveness, reading
+from engine.core.store import Store
+from engine.daemon import client
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny
@@ -56,7 +56,7 @@ def holder():
 
 
 def test_the_liveness_check_trusts_only_a_live_kdtui_process_of_this_host(store, holder):
-    runs = store.submit(cfgmod.loads(tiny("live", seeds=[0, 1, 2, 3]), file="live.toml"))
+    runs = store.submit(reading.loads(tiny("live", seeds=[0, 1, 2, 3]), file="live.toml"))
     store.claim(runs[0].id, pid=holder.pid)
     store.claim(runs[1].id, pid=1)  # init: alive, but no kdtui process
     store.claim(runs[2].id, pid=None)  # claimed; the engine sets the pid a fork later
@@ -67,12 +67,12 @@ def test_the_liveness_check_trusts_only_a_live_kdtui_process_of_this_host(store,
     assert not liveness.process_gone(c)
     assert liveness.process_gone(c, now=time.time() + liveness.UNCLAIMED_GRACE_S + 1)
     assert not liveness.process_gone(d)
-    queued = store.submit(cfgmod.loads(tiny("q"), file="q.toml"))[0]
+    queued = store.submit(reading.loads(tiny("q"), file="q.toml"))[0]
     assert liveness.shown_status(queued) == "queued"
 
 
 def test_ls_cancel_resume_and_rm_see_a_dead_run_for_what_it_is(store, home, holder):
-    runs = store.submit(cfgmod.loads(tiny("dead", seeds=[0, 1, 2, 3]), file="dead.toml"))
+    runs = store.submit(reading.loads(tiny("dead", seeds=[0, 1, 2, 3]), file="dead.toml"))
     alive, *dead = (r.id for r in runs)
     store.claim(alive, pid=holder.pid)
     for run_id in dead:
@@ -106,10 +106,10 @@ def test_ls_cancel_resume_and_rm_see_a_dead_run_for_what_it_is(store, home, hold
 
 
 def test_engine_recovery_honours_a_cancel_asked_while_the_worker_was_dead(box):
-    (run,) = box.store.submit(cfgmod.loads(tiny("orphan"), file="orphan.toml"))
+    (run,) = box.store.submit(reading.loads(tiny("orphan"), file="orphan.toml"))
     box.store.claim(run.id, pid=1)
     box.store.update(run.id, cancel_requested=1)  # `kdtui cancel` while no engine ran
-    daemon.ensure_running(box.home)  # recovery runs before the engine reports "started"
+    client.ensure_running(box.home)  # recovery runs before the engine reports "started"
     after = box.run(run.id)
     assert after.status == "cancelled", (after.status, after.error)
     assert "cancelled (worker 1 gone)" in after.error
@@ -122,10 +122,10 @@ def test_an_adopted_worker_that_finishes_is_not_logged_as_died(box):
     box.cli("submit", box.write("adopt.toml", tiny("adopt", epochs=2, steps=6)))
     run = box.wait_training(1)
     os.kill(box.engine_pid(), signal.SIGKILL)
-    box.wait(lambda: daemon.status(box.home) is None, "the engine to die")
+    box.wait(lambda: client.status(box.home) is None, "the engine to die")
     box.cli("engine", "start")  # adopts the live worker
     box.wait_status(1, "done")
-    log = box.home / daemon.LOG_NAME
+    log = box.home / layout.ENGINE_LOG
     line = box.wait(
         lambda: next(
             (x for x in log.read_text().splitlines() if f"] worker {run.pid} (runs [1])" in x),

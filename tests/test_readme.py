@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import export
-from engine.store import Store
+from engine.core import leaderboard
+from engine.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -63,7 +63,7 @@ def test_the_readme_quickstart_table_is_what_the_quickstart_produces(tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     store = Store(home)
-    rows = export.build_rows(store.runs())
+    rows = leaderboard.build_rows(store.runs())
     table = quickstart_table()
     assert len(rows) == len(table)
     for line in table:
@@ -73,7 +73,7 @@ def test_the_readme_quickstart_table_is_what_the_quickstart_produces(tmp_path):
         measured = {
             "head": row.head,
             "best": f"{row.best_mean:.2f}",
-            "gap": export.fmt_gap(row.gap),
+            "gap": leaderboard.fmt_gap(row.gap),
             "trained params": f"{row.trained_params:,}",
         }
         written = {

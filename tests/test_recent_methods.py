@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import config as c
+from engine.core import reading, schema
+from engine.core.registry import METHODS, method_label
 from engine.data import Batch, build_data
 from engine.distill.base import TeacherOut, build_distiller
 from engine.distill.crd import draw_negatives, mix32, nce_loss
 from engine.distill.losses import standardize
 from engine.distill.mlkd import mlkd_masks
 from engine.models import build_model
-from engine.registry import METHODS, method_label
 
 
 # ---------------------------------------------------------------- formulas in plain Python
@@ -126,9 +126,10 @@ def test_logit_stand_is_an_option_of_every_logit_method_and_names_the_run():
 
 
 def test_the_leaderboard_method_column_says_kd_plus_ls(store):
-    from engine import export as x
+    from engine.core import export as x
+    from engine.core import leaderboard as lb
 
-    exp = c.loads(
+    exp = reading.loads(
         """
 name = "ls"
 [data]
@@ -147,7 +148,7 @@ kd_weight = 9.0
     )
     (run,) = store.submit(exp)
     assert store.run(run.id).method == "kd+ls"
-    rows = x.build_rows(store.runs())
+    rows = lb.build_rows(store.runs())
     assert [r.method for r in rows] == ["kd+ls"]
     assert "kd+ls" in x.export(rows, "md")
 
@@ -261,11 +262,15 @@ arch = "resnet8"
 [distill]
 method = "mlkd"
 """
-    with pytest.raises(c.ConfigError, match=r"x\.toml:5: data\.strong_view: method 'mlkd' trains"):
-        c.loads(text, file="x.toml")
-    exp = c.loads(text.replace('"off"', '"auto"'))
-    assert c.strong_view(exp)
-    assert not c.strong_view(c.loads(text.replace('"off"', '"auto"').replace("mlkd", "kd")))
+    with pytest.raises(
+        schema.ConfigError, match=r"x\.toml:5: data\.strong_view: method 'mlkd' trains"
+    ):
+        reading.loads(text, file="x.toml")
+    exp = reading.loads(text.replace('"off"', '"auto"'))
+    assert schema.strong_view(exp)
+    assert not schema.strong_view(
+        reading.loads(text.replace('"off"', '"auto"').replace("mlkd", "kd"))
+    )
 
 
 # ---------------------------------------------------------------- CRD
@@ -573,7 +578,7 @@ def test_reviewkd_loss_against_the_teachers_preactivation_maps():
 
 
 def test_the_teacher_source_gives_preactivation_maps_to_the_methods_that_read_them():
-    from engine.config import RunConfig
+    from engine.core.schema import RunConfig
     from engine.train import pick_runtime, plain_teacher_source
 
     runtime = pick_runtime(RunConfig(device="cpu", threads=1))
@@ -678,7 +683,7 @@ def test_cutout_paints_fixmatchs_grey_square():
 
 
 def _digits(strong: bool, loader: str = "device", seed: int = 3):
-    cfg = c.DataConfig(dataset="digits", batch_size=16, loader=loader, num_workers=0)
+    cfg = schema.DataConfig(dataset="digits", batch_size=16, loader=loader, num_workers=0)
     return build_data(cfg, seed=seed, strong=strong)
 
 
@@ -709,7 +714,7 @@ def test_the_dataloader_path_yields_the_strong_view_reproducibly():
 
 
 def test_the_teacher_also_sees_the_strong_view_when_a_member_reads_it():
-    from engine.config import RunConfig
+    from engine.core.schema import RunConfig
     from engine.train import pick_runtime, plain_teacher_source
 
     runtime = pick_runtime(RunConfig(device="cpu", threads=1))
@@ -742,7 +747,7 @@ def test_kdtui_methods_lists_every_method_with_reference_head_and_option_default
         check=True,
     ).stdout
     assert out.rstrip().endswith("NO-TORCH")  # the CLI stays torch-free
-    from kdtui.cli import _toml_value
+    from engine.core.writing import toml_value
 
     blocks = {b.split()[0]: b for b in out.split("\n\n") if b.strip()}
     for name, spec in METHODS.items():
@@ -751,7 +756,7 @@ def test_kdtui_methods_lists_every_method_with_reference_head_and_option_default
         assert ("reused teacher classifier" if spec.head == "teacher" else "student's") in block
         rows = {line.split()[0]: line for line in block.splitlines()[3:] if line.strip()}
         for key, opt in spec.options.items():
-            assert _toml_value(opt.default) in rows[key], (name, key)
+            assert toml_value(opt.default) in rows[key], (name, key)
     assert "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020" in out
     assert "[4.0, 3.0, 5.0, 2.0, 6.0]" in blocks["mlkd"]
 
@@ -813,7 +818,7 @@ log_every = 1
 def test_each_new_method_trains_a_few_steps_on_digits_through_the_worker(case, store, teacher_file):
     from engine.worker import execute
 
-    exp = c.loads(_method_toml(case, teacher_file))
+    exp = reading.loads(_method_toml(case, teacher_file))
     (run,) = store.submit(exp)
     result = execute(store, [run.id])[0]
     assert result.status == "done", result.error
@@ -830,7 +835,7 @@ def test_each_new_method_trains_a_few_steps_on_digits_through_the_worker(case, s
 def test_mlkd_through_the_teacher_cache_takes_weak_views_from_it(store, teacher_file):
     from engine.worker import execute
 
-    exp = c.loads(_method_toml("mlkd", teacher_file, extra='teacher_cache = "memory"'))
+    exp = reading.loads(_method_toml("mlkd", teacher_file, extra='teacher_cache = "memory"'))
     (run,) = store.submit(exp)
     assert execute(store, [run.id])[0].status == "done"
     log = (store.run(run.id).path / "log.txt").read_text()
@@ -843,7 +848,7 @@ def test_a_resumed_crd_run_restores_its_memory_banks_and_ends_like_an_uninterrup
     from engine.worker import execute
     from tests.test_train import CrashAfterEpoch
 
-    exp = c.loads(_method_toml("crd", teacher_file, epochs=2))
+    exp = reading.loads(_method_toml("crd", teacher_file, epochs=2))
     (a,) = store.submit(exp)
     (b,) = store.submit(exp)
     assert execute(store, [a.id])[0].status == "done"
@@ -866,7 +871,7 @@ def test_a_resumed_crd_run_restores_its_memory_banks_and_ends_like_an_uninterrup
 def test_the_new_options_leave_the_fingerprints_of_existing_experiments_alone():
     """kd runs submitted before logit_stand and the strong view existed keep grouping with
     new ones: neither key enters the identity at its default; kd+ls is another experiment."""
-    from engine import fingerprint as fp
+    from engine.core import fingerprint as fp
 
     text = """
 name = "kd"
@@ -880,8 +885,8 @@ arch = "resnet8"
 [distill]
 method = "kd"
 """
-    ident = fp.identity(c.loads(text))
+    ident = fp.identity(reading.loads(text))
     assert "logit_stand" not in ident["distill"] and "strong_view" not in ident["data"]
-    ls = fp.identity(c.loads(text + "logit_stand = true\n"))
+    ls = fp.identity(reading.loads(text + "logit_stand = true\n"))
     assert ls["distill"]["logit_stand"] is True
     assert fp.digest(ls) != fp.digest(ident)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint as ckptmod
-from engine import config as c
+from engine.core import checkpoint as ckptmod
+from engine.core import reading
+from engine.core.store import Store
 from engine.models import build_model, load_checkpoint_file
-from engine.store import Store
 from engine.worker import execute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def kdtui(store: Store, *args: str) -> subprocess.CompletedProcess:
 
 
 def crashed_after(store: Store, n: int):
-    (run,) = store.submit(c.loads(EXP, file="resume.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="resume.toml"))
     assert execute(store, [run.id], callbacks=StopAfterEpoch(n))[0].status == "failed"
     return store.run(run.id)
 
@@ -212,7 +212,7 @@ def test_no_valid_checkpoint_is_refused_with_the_restart_command_and_nothing_que
 
 
 def test_a_run_that_never_finished_an_epoch_resumes_from_the_start(store):
-    (run,) = store.submit(c.loads(EXP, file="resume.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="resume.toml"))
     store.claim(run.id, pid=1)  # pid 1 is no kdtui process: the run is dead
     store.add_metrics(run.id, [(0, 1, "train/loss", 2.3)])
     out = kdtui(store, "resume", str(run.id), "--no-start")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import config as c
 from engine import data as D
 from engine import worker
-from engine.config import DataConfig
+from engine.core import planning, reading, schema
+from engine.core import views as V
+from engine.core.schema import DataConfig
+from engine.core.store import fuse_key
 from engine.models import build_model
-from engine.store import fuse_key
 from engine.worker import execute
 
 
@@ -22,8 +23,10 @@ def teacher_ckpt(tmp_path):
     return path
 
 
-def sweep(ckpt, lrs: str = "[0.05, 0.2]", method: str = "simkd", more: str = "") -> c.Experiment:
-    return c.loads(
+def sweep(
+    ckpt, lrs: str = "[0.05, 0.2]", method: str = "simkd", more: str = ""
+) -> schema.Experiment:
+    return reading.loads(
         f"""
 name = "fused"
 seeds = [3]
@@ -91,8 +94,8 @@ def test_fused_students_get_the_losses_they_get_alone(store, teacher_ckpt, monke
 
 def test_opting_out_of_fusion_gives_runs_their_own_key(teacher_ckpt):
     exp = sweep(teacher_ckpt, more="fuse = false")
-    assert all(fuse_key(p.config) is None for p in c.expand(exp))
-    keys = {fuse_key(p.config) for p in c.expand(sweep(teacher_ckpt))}
+    assert all(fuse_key(p.config) is None for p in planning.expand(exp))
+    keys = {fuse_key(p.config) for p in planning.expand(sweep(teacher_ckpt))}
     assert len(keys) == 1 and None not in keys
 
 
@@ -124,7 +127,7 @@ def test_device_loader_batches_equal_torchvisions_pil_pipeline_for_their_views()
     mean, std = d.info.mean, d.info.std
     checked = 0
     for b in d.train.batches(3):
-        dy, dx, flip = D.decode_view(b.view)
+        dy, dx, flip = V.decode_view(b.view)
         for i in range(0, b.x.shape[0], 5):
             img = x_train[b.index[i]]
             pil = TF.to_pil_image(img)
@@ -173,7 +176,7 @@ compile = true
 threads = 1
 log_every = 1
 """
-    (run,) = store.submit(c.loads(text))
+    (run,) = store.submit(reading.loads(text))
     assert execute(store, [run.id])[0].status == "done"
     student_calls = [n for kind, n in calls if kind == "compiled"]
     # 80 = 32 + 32 + 16: the teacher's and the student's compiled fns see only full batches

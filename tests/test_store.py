@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from engine import config as c
-from engine.store import Store, StoreError
+from engine.core import reading
+from engine.core.store import Store, StoreError
 
 EXP = """
 name = "simkd-digits"
@@ -32,7 +32,7 @@ epochs = 2
 
 
 def submit(store, text=EXP, **kw):
-    return store.submit(c.loads(text, file="exp.toml"), source="exp.toml", **kw)
+    return store.submit(reading.loads(text, file="exp.toml"), source="exp.toml", **kw)
 
 
 def test_submit_creates_one_queued_row_and_folder_per_run(store):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine import config as c
-from engine import export as x
-from engine.store import Store
+from engine.core import leaderboard as lb
+from engine.core import reading
+from engine.core.store import Store
 from kdtui.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def test_cifar100_files_use_the_published_recipe():
     for path in EXPERIMENTS:
         if "cifar100" not in path.parts:
             continue
-        exp = c.load(path)
+        exp = reading.load(path)
         mobile = exp.student.arch.startswith(("mobilenet", "shufflenet"))
         lr, epochs = OWN_RECIPE.get(path.name, (0.01 if mobile else 0.05, 240))
         assert exp.data.dataset == "cifar100" and exp.data.batch_size == 64
@@ -112,7 +112,7 @@ def test_a_two_lr_two_seed_sweep_trains_four_runs_and_ranks_them_as_mean_and_std
     store = Store(home)
     students = [r for r in store.runs() if r.role == "student"]
     assert len(students) == 4 and all(r.status == "done" for r in students)
-    rows = [r for r in x.build_rows(store.runs()) if r.role == "student"]
+    rows = [r for r in lb.build_rows(store.runs()) if r.role == "student"]
     assert sorted(r.label for r in rows) == ["lr=0.01", "lr=0.05"]
     assert all(r.n == 2 and r.best_std is not None and r.head == "teacher" for r in rows)
     board = runner.invoke(app, ["leaderboard"], env={"COLUMNS": "250"})
@@ -139,9 +139,9 @@ def test_the_files_the_readme_and_the_issue_name_exist():
 
 def test_students_take_the_teacher_experiment_of_their_own_directory():
     for path in EXPERIMENTS:
-        exp = c.load(path)
+        exp = reading.load(path)
         if exp.method.needs_teacher and path.parent.name in ("cifar100", "digits"):
-            teacher = c.load(path.parent / f"teacher_{exp.teacher.arch}.toml")
+            teacher = reading.load(path.parent / f"teacher_{exp.teacher.arch}.toml")
             assert exp.teacher.from_run == teacher.name, path.name
 
 
@@ -204,10 +204,10 @@ epochs = 1
 max_steps = 3
 log_every = 1
 """
-    (run,) = store.submit(c.loads(text))
+    (run,) = store.submit(reading.loads(text))
     result = execute(store, [run.id])[0]
     assert result.status == "done", result.error
-    assert result.best_top1 is not None and result.head == c.loads(text).method.head
+    assert result.best_top1 is not None and result.head == reading.loads(text).method.head
     names = {m.name for m in store.metrics(run.id)}
     assert "train/loss" in names and "test/top1" in names
 
@@ -232,7 +232,7 @@ def test_dkd_files_carry_mdistillers_beta_for_every_pair_it_tunes():
     files = {}
     for path in EXPERIMENTS:
         if path.name.startswith("dkd_") and "cifar100" in path.parts:
-            exp = c.load(path)
+            exp = reading.load(path)
             files[(exp.teacher.arch, exp.student.arch)] = (exp, path.read_text())
     assert set(MDISTILLER_DKD_BETA) <= set(files)
     for pair, (exp, text) in files.items():

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from engine import config as c
+from engine.core import reading
+from engine.core.store import Store
 from engine.data import Batch
 from engine.distill.base import TeacherOut, build_distiller
 from engine.models import build_model
-from engine.store import Store
 from engine.worker import execute
 
 TINY = """
@@ -165,7 +165,7 @@ def _final(store: Store, run_id: int) -> dict:
 
 
 def test_a_run_resumed_after_epoch_1_ends_exactly_like_an_uninterrupted_one(store):
-    exp = c.loads(TINY)
+    exp = reading.loads(TINY)
     (a,) = store.submit(exp)
     (b,) = store.submit(exp)
     assert execute(store, [a.id])[0].status == "done"
@@ -199,7 +199,7 @@ class PoisonAfterEpoch(CrashAfterEpoch):
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message_and_keeps_checkpoints(store):
-    (run,) = store.submit(c.loads(TINY))
+    (run,) = store.submit(reading.loads(TINY))
     result = execute(store, [run.id], callbacks=PoisonAfterEpoch(0))[0]
     assert result.status == "failed"
     assert "not finite" in result.error and "epoch 2" in result.error
@@ -213,7 +213,7 @@ def test_kd_from_a_teacher_trained_first_records_teacher_accuracy_and_head(store
     text = TINY.replace('method = "vanilla"', 'method = "kd"').replace(
         "[student]", '[teacher]\narch = "resnet8"\ntrain = true\n[student]'
     )
-    runs = store.submit(c.loads(text))
+    runs = store.submit(reading.loads(text))
     teacher, student = runs
     assert execute(store, [teacher.id])[0].status == "done"
     result = execute(store, [student.id])[0]
@@ -228,7 +228,7 @@ def test_a_student_whose_teacher_run_failed_fails_with_the_reason(store):
     text = TINY.replace('method = "vanilla"', 'method = "kd"').replace(
         "[student]", '[teacher]\narch = "resnet8"\ntrain = true\n[student]'
     )
-    teacher, student = store.submit(c.loads(text))
+    teacher, student = store.submit(reading.loads(text))
     store.finish(teacher.id, "failed", "out of memory")
     result = execute(store, [student.id])[0]
     assert result.status == "failed"
@@ -241,7 +241,7 @@ def test_a_wrong_teacher_checkpoint_names_the_mismatched_keys(store, tmp_path):
     text = TINY.replace('method = "vanilla"', 'method = "kd"').replace(
         "[student]", f'[teacher]\narch = "resnet8"\ncheckpoint = "{path}"\n[student]'
     )
-    (run,) = store.submit(c.loads(text))
+    (run,) = store.submit(reading.loads(text))
     result = execute(store, [run.id])[0]
     assert result.status == "failed"
     assert "unexpected" in result.error.lower() or "missing" in result.error.lower()

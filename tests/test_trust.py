@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfgmod
-from engine import daemon, safefs
-from engine.store import Store, StoreError
+from engine.core import reading, runlog, safefs
+from engine.core.store import Store, StoreError
+from engine.daemon import client
+from engine.daemon.lock import EngineError, acquire_lock, lock_holder
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_UID = 54321  # nobody's; only root can hand a folder to it
@@ -96,7 +97,7 @@ def test_a_store_owned_by_another_user_is_refused(tmp_path):
     assert "KDTUI_HOME" in str(e.value)
     out = kdtui(home, "engine", "start")
     assert out.returncode == 2 and f"owned by uid {OTHER_UID}" in one_line(out.stderr)
-    assert daemon.status(home) is None
+    assert client.status(home) is None
 
 
 def test_a_store_prepared_by_another_user_cannot_make_the_engine_truncate_a_victims_file(
@@ -144,10 +145,10 @@ def test_a_symlinked_engine_lock_is_refused_and_its_target_left_alone(tmp_path, 
     assert victim.read_text() == "years of work\n"
 
     # planted after the store was checked (a race): the lock is opened with O_NOFOLLOW
-    with pytest.raises(daemon.EngineError, match="symbolic link"):
-        daemon.acquire_lock(home)
-    with pytest.raises(daemon.EngineError, match="symbolic link"):
-        daemon.lock_holder(home)
+    with pytest.raises(EngineError, match="symbolic link"):
+        acquire_lock(home)
+    with pytest.raises(EngineError, match="symbolic link"):
+        lock_holder(home)
     assert victim.read_text() == "years of work\n"
 
 
@@ -170,7 +171,7 @@ def test_logs_and_state_are_never_written_through_a_planted_link(tmp_path, victi
     (run_dir / "log.txt").symlink_to(victim)
     with pytest.raises(safefs.UnsafePath, match="symbolic link"):
         safefs.append_text(run_dir / "log.txt", "epoch 1\n")
-    daemon._append(run_dir / "log.txt", "engine: placed")  # the engine: skipped, not followed
+    runlog.note(run_dir, "engine: placed")  # the engine: skipped, not followed
     # engine.json goes through a temp file whose (predictable) name may be planted too
     state = tmp_path / "engine.json"
     (tmp_path / f".engine.json.{os.getpid()}.tmp").symlink_to(victim)
@@ -189,7 +190,7 @@ def test_a_run_config_is_never_written_through_a_link(store, victim, monkeypatch
 
     monkeypatch.setattr(store, "_make_run_dir", planted)
     with pytest.raises(safefs.UnsafePath):
-        store.submit(cfgmod.loads(EXP, file="x.toml"))
+        store.submit(reading.loads(EXP, file="x.toml"))
     assert victim.read_text() == "years of work\n"
     assert store.runs() == []  # the transaction rolled back
 
@@ -198,7 +199,7 @@ def test_a_run_config_is_never_written_through_a_link(store, victim, monkeypatch
 
 
 def finished_run(store: Store):
-    (run,) = store.submit(cfgmod.loads(EXP, file="x.toml"))
+    (run,) = store.submit(reading.loads(EXP, file="x.toml"))
     store.finish(run.id, "failed", "for the test")
     return store.run(run.id)
 

@@ -1,4 +1,4 @@
-"""Distillation methods: one module each, registered in engine.registry.METHODS."""
+"""Distillation methods: one module each, registered in engine.core.registry.METHODS."""
 
 from engine.distill.base import Distiller, TeacherOut, build_distiller
 

@@ -186,7 +186,7 @@ def build_distiller(
     `needs_train_labels` (CRD: a memory bank row per sample, negatives of other classes)
     get them, the others never see them.
     """
-    from engine.registry import METHODS, resolve
+    from engine.core.registry import METHODS, resolve
 
     spec = METHODS[method]
     cls = resolve(spec.impl)

@@ -1,6 +1,6 @@
 """Model zoo: build a model by its registry name, load published checkpoints.
 
-The names live in the torch-free `engine.registry.ARCHS`; this package is
+The names live in the torch-free `engine.core.registry.ARCHS`; this package is
 the torch side. Checkpoint loading accepts our own files and the ones
 RepDistiller/SimKD publish, and refuses a file that does not fit with a
 message that says exactly which keys or shapes differ, instead of a
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.registry import ARCHS, resolve
+from engine.core.registry import ARCHS, resolve
 
 from .base import FeatureModel, Features, count_params, feature_shapes, stage_shapes
 

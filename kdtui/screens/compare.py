@@ -16,6 +16,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Static
 
+from engine.core import metrics as M
 from kdtui.inert import text
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.plots import COLORS, CurvePlot
@@ -114,18 +115,7 @@ class CompareScreen(Screen):
                 else f"{statistics.fmean(values):.2f}"
                 + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
             )
-            marks = ",".join("?" * len(ids))
-            rows = store.conn.execute(
-                f"SELECT name, epoch, AVG(value) FROM metrics WHERE run_id IN ({marks}) "
-                "AND name IN ('test/top1', 'train/loss') GROUP BY name, epoch ORDER BY epoch",
-                list(ids),
-            ).fetchall()
-            series: dict[str, tuple[list[float], list[float]]] = {}
-            for name, epoch, value in rows:
-                xs, ys = series.setdefault(name, ([], []))
-                xs.append(epoch)
-                ys.append(value)
-            curves.append(series)
+            curves.append(store.epoch_means(ids, (M.TEST_TOP1, M.LOSS)))
         diff = differences(configs)
         app.call_from_thread(self.show_result, diff, best, curves)
 
@@ -141,7 +131,7 @@ class CompareScreen(Screen):
             table.add_row(*row)
         labels = ["key", *LETTERS[: len(self.groups)]]
         set_widths(table, dict(zip(labels, content_widths(labels, rows))))
-        for plot_id, metric in (("#cmp-top1", "test/top1"), ("#cmp-loss", "train/loss")):
+        for plot_id, metric in (("#cmp-top1", M.TEST_TOP1), ("#cmp-loss", M.LOSS)):
             self.query_one(plot_id, CurvePlot).set_series(
                 {LETTERS[i]: s[metric] for i, s in enumerate(curves) if metric in s}
             )

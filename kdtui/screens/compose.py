@@ -24,10 +24,10 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Header, Input, Label, Select, Static
 
-from engine import config as cfgmod
-from engine.inert import printable
-from engine.registry import METHODS
-from engine.store import StoreError
+from engine.core import schema
+from engine.core.inert import printable
+from engine.core.registry import METHODS
+from engine.core.store import StoreError
 from kdtui.experiment_form import MISSING, ExperimentForm, Field, TOMLKitError, parse_text, show
 from kdtui.widgets.cells import short_path
 from kdtui.widgets.footer import KeyFooter
@@ -133,7 +133,7 @@ class ComposerScreen(Screen):
         return self.form.methods[0]
 
     @property
-    def experiment(self) -> cfgmod.Experiment | None:
+    def experiment(self) -> schema.Experiment | None:
         return self.form.experiment
 
     @property
@@ -471,11 +471,11 @@ class ComposerScreen(Screen):
             self.notify(f"saved {short_path(target)}")
 
     @work(thread=True, group="queue", exit_on_error=False)
-    def queue(self, exp: cfgmod.Experiment, path: Path) -> None:
+    def queue(self, exp: schema.Experiment, path: Path) -> None:
         app = self.app
         try:
             runs = app.store.submit(exp, source=short_path(path))
-        except (StoreError, cfgmod.ConfigError) as e:
+        except (StoreError, schema.ConfigError) as e:
             app.call_from_thread(self.notify, f"not queued: {e}", severity="error")
             return
         message, severity = app.engine_up()

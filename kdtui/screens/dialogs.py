@@ -15,7 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.inert import printable
+from engine.core.inert import printable
 from kdtui.widgets.cells import short_path
 from kdtui.widgets.footer import KeyFooter
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from textual.screen import Screen
 
-from engine.store import StoreError
+from engine.core.store import StoreError
 from kdtui import figure
 from kdtui.widgets.cells import short_path
 

@@ -1,4 +1,4 @@
-"""The leaderboard: `kdtui leaderboard`'s table (engine.export), sortable, filterable, exportable."""
+"""The leaderboard: `kdtui leaderboard`'s table (engine.core.leaderboard), sortable, filterable, exportable."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
-from engine import export as exportmod
-from engine.export import Row
-from engine.inert import printable
+from engine.core import export as exportmod
+from engine.core import leaderboard as lb
+from engine.core.inert import printable
+from engine.core.leaderboard import Row
 from kdtui.inert import text
 from kdtui.messages import DataChanged
 from kdtui.widgets.cells import STATUS_STYLE, short_path
@@ -45,8 +46,8 @@ COLUMNS = (
     "status",
     "fingerprint",
 )
-_EXPORT_INDEX = {name: i for i, name in enumerate(exportmod.COLUMNS)}
-NUMERIC = {*exportmod.NUMERIC, "epochs", PIN_COLUMN}  # right-aligned, sorted high first
+_EXPORT_INDEX = {name: i for i, name in enumerate(lb.COLUMNS)}
+NUMERIC = {*lb.NUMERIC, "epochs", PIN_COLUMN}  # right-aligned, sorted high first
 STATUS_FILTERS = ("all", "running", "queued", "done", "failed", "cancelled")
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
 FORMAT_NAMES = {"md": "Markdown", "csv": "CSV", "latex": "LaTeX"}
@@ -71,11 +72,11 @@ class Board:
 
     def build(self, runs: list, pin_key: str | None) -> None:
         """Rows from the runs; a pinned row is the baseline of its student and data set."""
-        rows = exportmod.build_rows(runs)
+        rows = lb.build_rows(runs)
         pinned = next((r for r in rows if row_key(r) == pin_key), None) if pin_key else None
-        pin = exportmod.pin_of(pinned) if pinned is not None else None
+        pin = lb.pin_of(pinned) if pinned is not None else None
         if pin is not None:
-            rows = exportmod.build_rows(runs, pin=pin)
+            rows = lb.build_rows(runs, pin=pin)
             pinned = next((r for r in rows if row_key(r) == pin_key), None)
         self.rows = rows
         self.rank = {row_key(r): i for i, r in enumerate(rows, 1)}
@@ -90,8 +91,8 @@ class Board:
         return row.best_mean - pin.best_mean
 
     def cells(self, row: Row) -> list[str]:
-        """engine.export's cells for the row (as the CLI prints them), in COLUMNS order."""
-        cli = exportmod.cells(row, self.rank[row_key(row)])
+        """engine.core.leaderboard's cells for the row (as the CLI prints them), in COLUMNS order."""
+        cli = lb.cells(row, self.rank[row_key(row)])
         delta = self.delta(row)
         pin = "–" if delta is None else f"{delta:+.2f}"
         return [pin if c == PIN_COLUMN else cli[_EXPORT_INDEX[c]] for c in COLUMNS]

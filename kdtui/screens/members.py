@@ -12,9 +12,9 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
-from engine import export as exportmod
-from engine.export import Row
-from engine.inert import printable
+from engine.core import leaderboard as lb
+from engine.core.inert import printable
+from engine.core.leaderboard import Row
 from kdtui.widgets.cells import STATUS_STYLE
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
@@ -29,15 +29,15 @@ def detail_lines(row: Row) -> list[str]:
     lines = [f"fingerprint {fp} · {row.role} · {row.pair} · head {row.head}"]
     if len(row.names) > 1:
         lines.append(f"experiments with this config: {', '.join(row.names)}")
-    n = exportmod.fmt_n(row)
+    n = lb.fmt_n(row)
     lines.append(
-        f"best top-1 {exportmod.fmt_best(row)} · n {n} (done runs only, one per seed: the latest)"
+        f"best top-1 {lb.fmt_best(row)} · n {n} (done runs only, one per seed: the latest)"
     )
-    params = exportmod.fmt_params(row.trained_params)
-    lines.append(f"trained params {params} · student alone {exportmod.fmt_params(row.params)}")
+    params = lb.fmt_params(row.trained_params)
+    lines.append(f"trained params {params} · student alone {lb.fmt_params(row.params)}")
     if row.gap is not None:
         lines.append(
-            f"gap closed {exportmod.fmt_gap(row.gap)} = ({row.best_mean:.2f} − "
+            f"gap closed {lb.fmt_gap(row.gap)} = ({row.best_mean:.2f} − "
             f"{row.baseline:.2f}) / ({row.teacher_top1:.2f} − {row.baseline:.2f}) "
             f"against {row.baseline_label}"
         )
@@ -77,9 +77,9 @@ class MembersScreen(ModalScreen[None]):
                 str(m.id),
                 str(m.seed),
                 m.status,
-                exportmod.fmt_top1(m.best),
-                exportmod.fmt_top1(m.last),
-                exportmod.fmt_top1(m.teacher_top1),
+                lb.fmt_top1(m.best),
+                lb.fmt_top1(m.last),
+                lb.fmt_top1(m.teacher_top1),
                 m.note,
             ]
             cells = [

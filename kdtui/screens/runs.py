@@ -12,9 +12,10 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from engine import config as cfgmod
-from engine import liveness
-from engine.inert import printable
+from engine.core import checkpoint as ckptmod
+from engine.core import liveness, writing
+from engine.core import metrics as M
+from engine.core.inert import printable
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
@@ -28,12 +29,6 @@ EMPTY = (
     "[b]o[/b]  open one from experiments/*.toml\n\n"
     "Headless: kdtui submit experiments/x.toml"
 )
-
-
-def loss_label(name: str) -> str:
-    """train/loss -> total, train/loss_kd -> kd."""
-    tail = name.removeprefix("train/loss")
-    return tail.lstrip("_") or "total"
 
 
 class RunsScreen(Screen):
@@ -169,21 +164,21 @@ class RunsScreen(Screen):
             self._drawn_version = key
             series = watch.series
             self.query_one("#loss", CurvePlot).set_series(
-                {loss_label(n): s for n, s in series.items() if n.startswith("train/loss")}
+                {M.loss_term(n): s for n, s in series.items() if M.is_loss(n)}
             )
             acc = {}
-            if "test/top1" in series:
-                acc["top1"] = series["test/top1"]
-            if "test/top5" in series:
-                acc["top5"] = series["test/top5"]
+            if M.TEST_TOP1 in series:
+                acc["top1"] = series[M.TEST_TOP1]
+            if M.TEST_TOP5 in series:
+                acc["top5"] = series[M.TEST_TOP5]
             self.query_one("#acc", CurvePlot).set_series(acc)
             lr_plot = self.query_one("#lr", CurvePlot)
-            if "train/lr" in series:
+            if M.STEP_LR in series:
                 lr_plot.xlabel_text = "per step"
-                lr_plot.set_series({"lr": series["train/lr"]})
+                lr_plot.set_series({"lr": series[M.STEP_LR]})
             else:
                 lr_plot.xlabel_text = "per epoch"
-                lr_plot.set_series({"lr": series["lr"]} if "lr" in series else {})
+                lr_plot.set_series({"lr": series[M.EPOCH_LR]} if M.EPOCH_LR in series else {})
         feed = app.take_log()
         log = self.query_one(LogTail)
         if feed is not None:
@@ -271,11 +266,9 @@ class RunsScreen(Screen):
 
     @work(thread=True, group="action", exit_on_error=False)
     def _resume(self, run_id: int) -> None:
-        from kdtui.commands import resume_check  # the CLI's rule: never restart silently
-
         app = self.app
         try:
-            why, _ = resume_check(app.store.run(run_id))
+            why, _ = ckptmod.resume_check(app.store.run(run_id))  # never restarts silently
             if why:
                 raise ValueError(why)
             app.store.requeue(run_id, resume=True)
@@ -298,7 +291,7 @@ class RunsScreen(Screen):
         app = self.app
         try:  # as the user wrote it: teacher from_run by name, paths as written
             run = app.store.run(run_id)
-            raw = cfgmod.to_dict(app.store.written_config(run_id), full=False)
+            raw = writing.to_dict(app.store.written_config(run_id), full=False)
         except Exception as e:
             app.call_from_thread(self.notify, f"cannot clone: {e}", severity="error")
             return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from engine.inert import printable
+from engine.core.inert import printable
 
 STATUS_STYLE = {
     "queued": "yellow",
@@ -15,7 +15,7 @@ STATUS_STYLE = {
     "done": "green",
     "failed": "bold red",
     "cancelled": "magenta",
-    "dead": "bold red reverse",  # marked running, its process gone (engine.liveness)
+    "dead": "bold red reverse",  # marked running, its process gone (engine.core.liveness)
 }
 STATUS_ICON = {
     "queued": "◌",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine.inert import printable
+from engine.core.inert import printable
 
 ERROR_WORDS = ("Traceback", "Error", "error:", "FAILED", " nan")
 

@@ -9,7 +9,7 @@ from textual.app import RenderResult
 from textual.content import Content
 from textual_plotext import PlotextPlot
 
-from engine.inert import printable
+from engine.core.inert import printable
 
 # RGB so the legend in the border title can use exactly the curve's colour
 COLORS = (

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widgets import DataTable
 
-from engine import liveness
+from engine.core import liveness
 from kdtui.inert import text
 from kdtui.widgets import cells
 from kdtui.widgets.tables import content_widths, set_widths

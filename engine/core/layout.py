@@ -1,0 +1,72 @@
+"""Where things live on disk: the store folder and a run's folder. Torch-free.
+
+Every file name kdtui reads or writes is spelled here once; the run log's line
+format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
+
+    $KDTUI_HOME or ./.kdtui/          the store (private: 0700)
+        kdtui.db (+ -wal, -shm)       SQLite: runs, metrics, events (engine.core.store)
+        engine.lock                   held by the running engine (engine.daemon.lock)
+        engine.log, engine.json       the engine's log and its state for clients
+        engine-options.json           options saved by `kdtui engine start`
+        tui.json                      the app's settings (bell, pinned baseline)
+        cache/teacher-<key>/          disk teacher-logit caches
+        runs/<id>-<suffix>/           one folder per run:
+            config.toml               its resolved config, as stored
+            log.txt                   its log (engine.core.runlog)
+            worker.log                its worker's raw output (warnings, tracebacks)
+            last.pth prev.pth best.pth  checkpoints (engine.core.checkpoint)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+# ---------------------------------------------------------------- the store folder
+HOME_ENV = "KDTUI_HOME"
+DB = "kdtui.db"
+RUNS = "runs"
+CACHE = "cache"
+ENGINE_LOCK = "engine.lock"
+ENGINE_LOG = "engine.log"
+ENGINE_STATE = "engine.json"
+ENGINE_OPTIONS = "engine-options.json"
+APP_SETTINGS = "tui.json"
+# every file of the store itself: none may be a symlink, so nothing kdtui writes lands in
+# someone else's file
+STORE_FILES = (
+    DB,
+    f"{DB}-wal",
+    f"{DB}-shm",
+    ENGINE_LOCK,
+    ENGINE_LOG,
+    ENGINE_STATE,
+    ENGINE_OPTIONS,
+)
+
+
+def default_home() -> Path:
+    """The store: $KDTUI_HOME, else ./.kdtui."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.cwd() / ".kdtui"
+
+
+def home_path(home: str | os.PathLike | None) -> Path:
+    """A store folder as given (`--home`, ~ expanded), else the default one; absolute."""
+    return (Path(home).expanduser() if home else default_home()).absolute()
+
+
+# ---------------------------------------------------------------- a run's folder
+CONFIG = "config.toml"
+LOG = "log.txt"
+WORKER_OUTPUT = "worker.log"
+LAST, PREV, BEST = "last.pth", "prev.pth", "best.pth"
+CHECKPOINTS = (LAST, PREV, BEST)  # preference order on equal epochs
+RUN_DIR_NAME = re.compile(r"^\d{4,}-[0-9a-f]{6}$")
+
+
+def run_dir_name(run_id: int) -> str:
+    """`0012-a3f9c1`: the id, then a random suffix, so a reused id never reuses a folder."""
+    return f"{run_id:04d}-{secrets.token_hex(3)}"

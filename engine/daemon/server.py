@@ -1,0 +1,441 @@
+"""The engine process: the loop that places queued runs on free slots, and its process.
+
+`Engine.step` is one pass: reap finished workers, find dead ones, escalate
+ignored cancels, then start ready runs (engine.daemon.scheduling decides where).
+`serve` runs it in this process until SIGTERM; `__main__` detaches it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.core import layout, runlog, safefs
+from engine.core.devices import ENGINE_GPU_ENV
+from engine.core.layout import home_path
+from engine.core.liveness import is_worker_process, process_gone, row_time, run_process_alive
+from engine.core.store import Run, Store, StoreError
+from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
+from engine.daemon.options import Options
+from engine.daemon.processes import WorkerProcess, child_env, exit_text, signal_group
+from engine.daemon.scheduling import Slot, dependency, place, slots_for, unplaceable
+
+log = logging.getLogger("kdtui.engine")
+
+
+@dataclass
+class Engine:
+    store: Store
+    options: Options
+    slots: list[Slot]
+    started: float = field(default_factory=time.time)
+    workers: dict[int, WorkerProcess] = field(default_factory=dict)
+    stopping: bool = False
+    _last_state: str = ""
+    _state_failing: bool = False
+    _waiting: dict[int, str] = field(default_factory=dict)
+    _devices: dict[int, str] = field(default_factory=dict)  # run id -> [run] device
+
+    # ------------------------------------------------------------ lifecycle
+    def serve(self) -> None:
+        while not self.stopping:
+            try:
+                self.step()
+            except Exception:  # a bad row or a busy database never kills the queue
+                log.exception("engine step failed; continuing")
+            self.write_state()
+            deadline = time.monotonic() + self.options.poll
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(min(0.1, self.options.poll))
+        busy = [w.pid for w in self.workers.values()]
+        log.info(
+            "engine stopping; %s",
+            f"workers {busy} keep training and the next engine adopts them"
+            if busy
+            else "no workers running",
+        )
+        self.write_state()
+
+    def recover(self) -> None:
+        """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
+        groups: dict[int, list[Run]] = {}
+        for run in self.store.runs(status="running"):
+            if run.pid and run_process_alive(run.pid, row_time(run)):
+                if is_worker_process(run.pid):
+                    groups.setdefault(run.pid, []).append(run)
+                continue  # a foreground `kdtui run`: watched, not ours
+            if run.cancel_requested:  # cancelled while nobody watched: what was asked, not a retry
+                how = f"worker {run.pid} gone" if run.pid else "no worker"
+                if self.store.settle_gone(run, "cancelled", f"cancelled ({how})"):
+                    runlog.note(run.path, f"engine: cancelled ({how})")
+                    log.info("run %d: cancel requested and its worker is gone: cancelled", run.id)
+                continue
+            if self.options.recover:
+                self.store.requeue(run.id, resume=True)
+                runlog.note(run.path, "engine: worker gone after a restart; re-queued")
+                log.info("run %d: worker gone after a restart; re-queued to resume", run.id)
+            else:
+                self._fail(run, "worker gone while the engine was down")
+        for pid, runs in groups.items():
+            slot = self._free_slot_for(runs[0].gpu)
+            self.workers[pid] = WorkerProcess(pid, [r.id for r in runs], slot, time.time())
+            log.info(
+                "adopted worker %d (runs %s) on %s",
+                pid,
+                [r.id for r in runs],
+                slot.name if slot else "no slot",
+            )
+
+    def _free_slot_for(self, gpu: str | None) -> Slot | None:
+        busy = {w.slot for w in self.workers.values()}
+        for s in self.slots:
+            if s not in busy and s.gpu == gpu:
+                return s
+        return None
+
+    # ------------------------------------------------------------ one pass
+    def step(self) -> None:
+        self.reap()
+        running = self.store.runs(status="running")
+        self.find_dead(running)
+        self.escalate_cancels(running)
+        ready = self.ready_runs()
+        busy = {w.slot for w in self.workers.values()}
+        free = [s for s in self.slots if s not in busy]
+        if not ready or not free:
+            return
+        devices = {r.id: self._device_of(r) for r in ready}
+        for run in list(ready):
+            reason = unplaceable(devices[run.id], self.slots)
+            if reason:
+                self._fail(run, reason)
+                ready.remove(run)
+        gpu_slots = any(s.gpu is not None for s in self.slots)
+        for slot, ids in place(ready, free, devices, gpu_slots_exist=gpu_slots):
+            self.launch(slot, ids)
+
+    def _device_of(self, run: Run) -> str:
+        if run.id not in self._devices:  # a run's config never changes: parse it once
+            self._devices[run.id] = _requested_device(run)
+        return self._devices[run.id]
+
+    def reap(self) -> None:
+        for pid, w in list(self.workers.items()):
+            code = w.exit_code()
+            if code is None:
+                continue
+            del self.workers[pid]
+            how = exit_text(code)
+            left = [
+                run
+                for run in self.store.runs(ids=w.run_ids)
+                if run.status == "running" and run.pid in (pid, None)
+            ]
+            if w.proc is None and not left:
+                how = "exited"  # adopted: no exit status to read, but every run ended itself
+            for run in left:
+                self._worker_gone(run, how, output=w.output, crashed=code > 0)
+            log.info("worker %d (runs %s) %s", pid, w.run_ids, how)
+
+    def find_dead(self, running: list[Run]) -> None:
+        """Running rows whose process is gone and is not a worker we are watching."""
+        ours = {rid for w in self.workers.values() for rid in w.run_ids}
+        for run in running:
+            if run.id in ours or not process_gone(run):
+                continue
+            self._worker_gone(run, "died" if run.pid else "never started")
+
+    def _worker_gone(
+        self, run: Run, how: str, *, output: Path | None = None, crashed: bool = False
+    ) -> None:
+        run = self.store.run(run.id)
+        if run.status != "running":
+            return  # it finished itself in the meantime
+        if run.cancel_requested:
+            self.store.finish(run.id, "cancelled", f"cancelled (worker {how})")
+            runlog.note(run.path, f"engine: cancelled (worker {how})")
+            return
+        line = runlog.last_line(run.dir, output_first=crashed, output=output)
+        if crashed and safefs.low_on_space(run.dir) and "no space left" not in line:
+            line = f"{line}; " if line else ""
+            line += str(safefs.DiskFull(run.dir))  # the worker could not even say so itself
+        self._fail(
+            run,
+            f"worker {how}" + (f"; last log line: {line}" if line else ""),
+        )
+
+    def _fail(self, run: Run, reason: str) -> None:
+        self.store.finish(run.id, "failed", reason)
+        hint = "" if "kdtui resume" in reason else f"; `kdtui resume {run.id}` continues it"
+        runlog.note(run.path, f"engine: failed: {reason}{hint}")
+        log.info("run %d failed: %s", run.id, reason)
+
+    def escalate_cancels(self, running: list[Run]) -> None:
+        """A worker that ignores a cancel gets SIGTERM after the grace period, then SIGKILL."""
+        by_id = {r.id: r for r in running}
+        now = time.monotonic()
+        grace = self.options.cancel_grace
+        for w in self.workers.values():
+            live = [by_id[i] for i in w.run_ids if i in by_id]
+            # every run cancelled, or every run ended and the process still hangs on; a fused
+            # worker still training some of its runs keeps going
+            if not all(r.cancel_requested for r in live):
+                w.cancel_seen = None
+                continue
+            if w.cancel_seen is None:
+                w.cancel_seen = now
+            elif w.term_sent is None and now - w.cancel_seen > grace:
+                log.info(
+                    "worker %d still running %.0f s after its runs were cancelled or ended: SIGTERM",
+                    w.pid,
+                    grace,
+                )
+                signal_group(w.pid, signal.SIGTERM)
+                signal_group(w.pid, signal.SIGCONT)  # a stopped process must run to die
+                w.term_sent = now
+            elif w.term_sent is not None and w.kill_sent is None and now - w.term_sent > grace:
+                log.info("worker %d survived SIGTERM: SIGKILL", w.pid)
+                signal_group(w.pid, signal.SIGKILL)
+                w.kill_sent = now
+
+    def ready_runs(self) -> list[Run]:
+        ready = []
+        teachers: dict[int, Run | None] = {}
+        for run in self.store.runs(status="queued"):
+            if run.pid:
+                if run_process_alive(run.pid, row_time(run)):
+                    continue  # a foreground `kdtui run` will train it
+                self.store.update(run.id, pid=None)
+                self.store.event(run.id, "adopted", f"holder {run.pid} is gone")
+                log.info("run %d: its foreground holder %d is gone; queued here", run.id, run.pid)
+            if run.depends_on is not None and run.depends_on not in teachers:
+                try:
+                    teachers[run.depends_on] = self.store.run(run.depends_on)
+                except StoreError:
+                    teachers[run.depends_on] = None
+            state, reason = dependency(run, teachers.get(run.depends_on))
+            if state == "ready":
+                ready.append(run)
+                self._waiting.pop(run.id, None)
+            elif state == "fail":
+                self._fail(run, reason)
+            elif self._waiting.get(run.id) != reason:
+                self._waiting[run.id] = reason
+                log.info("run %d: %s", run.id, reason)
+        return ready
+
+    def launch(self, slot: Slot, run_ids: list[int]) -> None:
+        claimed = [i for i in run_ids if self.store.claim(i, gpu=slot.gpu, pid=None)]
+        if not claimed:
+            return
+        runs = self.store.runs(ids=claimed)
+        first = runs[0].path
+        out_path = first / layout.WORKER_OUTPUT
+        extra = {"CUDA_VISIBLE_DEVICES": slot.gpu or "", ENGINE_GPU_ENV: slot.gpu or ""}
+        if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
+            cpus = os.cpu_count() or 1
+            extra["OMP_NUM_THREADS"] = str(max(1, cpus // len(self.slots)))
+        if slot.gpu is not None:
+            extra["CUDA_DEVICE_ORDER"] = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
+        for r in runs:
+            runlog.note(r.path, f"engine: placed on {slot.name}{fused}")
+            if r.path != first:
+                runlog.note(
+                    r.path,
+                    name=layout.WORKER_OUTPUT,
+                    message=f"engine: output of this fused worker: {out_path}",
+                )
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine.worker",
+            *map(str, claimed),
+            "--home",
+            str(self.store.home),
+        ]
+        try:
+            out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with os.fdopen(out_fd, "a") as out:
+                out.write(
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} engine: {' '.join(cmd)} "
+                    f"(CUDA_VISIBLE_DEVICES={extra['CUDA_VISIBLE_DEVICES']!r})\n"
+                )
+                out.flush()
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(extra),
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as e:
+            why = str(safefs.DiskFull(out_path)) if safefs.is_disk_full(e) else str(e)
+            for r in runs:
+                self._fail(r, f"could not start a worker: {why}")
+            return
+        for i in claimed:
+            self.store.update(i, pid=proc.pid)
+        self.workers[proc.pid] = WorkerProcess(proc.pid, claimed, slot, time.time(), proc, out_path)
+        log.info("worker %d: runs %s on %s", proc.pid, claimed, slot.name)
+
+    # ------------------------------------------------------------ state for clients
+    def state(self) -> dict[str, Any]:
+        by_slot = {w.slot.name: w for w in self.workers.values() if w.slot is not None}
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "home": str(self.store.home),
+            "cwd": os.getcwd(),
+            "options": asdict(self.options),
+            "stopping": self.stopping,
+            "slots": [
+                {
+                    "name": s.name,
+                    "gpu": s.gpu,
+                    "worker": by_slot[s.name].pid if s.name in by_slot else None,
+                    "runs": by_slot[s.name].run_ids if s.name in by_slot else [],
+                }
+                for s in self.slots
+            ],
+            "workers": [
+                {
+                    "pid": w.pid,
+                    "runs": w.run_ids,
+                    "slot": w.slot.name if w.slot else None,
+                    "started": w.started,
+                    "adopted": w.proc is None,
+                }
+                for w in self.workers.values()
+            ],
+        }
+
+    def write_state(self) -> None:
+        text = json.dumps(self.state(), indent=1)
+        if text != self._last_state:
+            try:
+                safefs.write_private(self.store.home / layout.ENGINE_STATE, text)
+            except OSError as e:  # a full disk: clients read a stale snapshot until space is back
+                if not self._state_failing:
+                    log.warning("could not write %s: %s", layout.ENGINE_STATE, e)
+                self._state_failing = True
+                return
+            if self._state_failing:
+                log.info("%s written again", layout.ENGINE_STATE)
+            self._state_failing = False
+            self._last_state = text
+
+
+def _requested_device(run: Run) -> str:
+    """The run's `[run] device` from its stored config ("auto" if it cannot be read)."""
+    try:
+        return run.config.run.device
+    except Exception:  # a row the worker will reject with the reason; do not stall the queue
+        return "auto"
+
+
+def setup_logging(stream) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s engine[%(process)d] %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def detach(home: Path) -> int | None:
+    """Fork a session-less grandchild that owns nothing of the caller; the parent reports.
+
+    Returns None in the engine process; in the parent, the exit code once
+    the engine has taken (or failed to take) the store's lock.
+    """
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        with os.fdopen(r) as f:
+            word = f.read().strip()
+        print(word, flush=True)
+        if word.startswith("started"):
+            return 0
+        return EXIT_RUNNING if word.startswith("running") else 1
+    os.close(r)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    logfd = safefs.open_fd(home / layout.ENGINE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    os.close(null)
+    os.close(logfd)
+    os.environ["KDTUI_ENGINE_READY_FD"] = str(w)
+    return None
+
+
+def _report(word: str) -> None:
+    fd = os.environ.pop("KDTUI_ENGINE_READY_FD", None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), f"{word}\n".encode())
+        os.close(int(fd))
+
+
+def serve(home: Path, options: Options) -> int:
+    """Run the engine in this process until SIGTERM/SIGINT; the exit code."""
+    try:
+        slots = slots_for(options)
+    except ValueError as e:
+        log.error("%s", e)
+        _report("error")
+        return 2
+    store = Store(home)
+    try:
+        acquire_lock(home)
+    except EngineRunning as e:
+        log.error("%s", e)
+        _report(f"running {e.pid or 0}")
+        return EXIT_RUNNING
+    engine = Engine(store, options, slots)
+
+    def on_signal(signum, frame):
+        engine.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.info(
+        "engine pid %d on %s: %d slot(s) %s",
+        os.getpid(),
+        home,
+        len(slots),
+        ", ".join(s.name for s in slots),
+    )
+    engine.recover()
+    engine.write_state()
+    _report(f"started {os.getpid()}")  # after recovery: a client sees adopted workers at once
+    engine.serve()
+    return 0
+
+
+def serve_in_terminal(home: str | Path | None, options: Options) -> int:
+    """`kdtui engine start --foreground`: the engine in this process, logging here and to engine.log."""
+    home = home_path(home)
+    Store(home).close()
+    setup_logging(sys.stderr)
+    log_path = home / layout.ENGINE_LOG
+    logfile = logging.StreamHandler(
+        os.fdopen(safefs.open_fd(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
+    )
+    logfile.setFormatter(log.handlers[0].formatter)
+    log.addHandler(logfile)
+    return serve(home, options)

@@ -1,0 +1,279 @@
+"""`kdtui ls`, `cancel`, `resume`, `logs`, `rm`: the runs of a store."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from engine.core import checkpoint as ckptmod
+from engine.core import layout, liveness, runlog
+from engine.core import leaderboard as lb
+from engine.core.inert import printable
+from engine.core.store import STATUSES, Run, Store, StoreError
+from kdtui.cli.common import (
+    ExperimentOpt,
+    HomeOpt,
+    JsonOpt,
+    NoStartOpt,
+    console,
+    err,
+    fail,
+    start_engine,
+)
+from kdtui.cli.render import add_text_row, progress_text
+from kdtui.inert import text
+
+RefsArg = Annotated[
+    list[str], typer.Argument(help="Run ids or experiment names.", show_default=False)
+]
+
+
+def _find(store: Store, refs: list[str]) -> list[Run]:
+    runs: dict[int, Run] = {}
+    for ref in refs:
+        try:
+            for r in store.find(ref):
+                runs[r.id] = r
+        except StoreError as e:
+            raise fail(str(e)) from None
+    return [runs[i] for i in sorted(runs)]
+
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "done": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "dead": "bold red",
+}
+
+
+def list_runs(
+    status: Annotated[
+        str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
+    ] = None,
+    experiment: ExperimentOpt = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """List runs with status and progress."""
+    store = Store(home)
+    runs = store.runs(status=status, experiment=experiment)
+    if as_json:
+        from engine.core import records
+
+        sys.stdout.write(records.dumps(records.runs_document(runs, str(store.home))))
+        return
+    t = Table()
+    for col in (
+        "id",
+        "status",
+        "experiment",
+        "point",
+        "method",
+        "teacher→student",
+        "progress",
+        "best top-1",
+        "head",
+        "img/s",
+        "device",
+        "fingerprint",
+    ):
+        t.add_column(col, no_wrap=col in ("id", "status", "fingerprint"))
+    dead = []
+    for r in runs:
+        best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
+        speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
+        shown = liveness.shown_status(r)
+        if shown == liveness.DEAD:
+            dead.append(r.id)
+        add_text_row(
+            t,
+            str(r.id),
+            text(shown, style=STATUS_STYLE.get(shown, "")),
+            r.experiment,
+            r.label,
+            r.method,
+            r.pair,
+            progress_text(r),
+            best,
+            r.head,
+            speed,
+            r.device or "–",
+            (r.fingerprint or "–")[: lb.FP_SHOWN],
+        )
+    if not runs:
+        console.print(f"no runs in {store.home}")
+        return
+    console.print(t)
+    if dead:
+        ids = " ".join(map(str, dead))
+        console.print(
+            f"dead: run {ids} is marked running but its process is gone; "
+            f"`kdtui resume {ids}` continues, `kdtui cancel {ids}` ends it",
+            highlight=False,
+        )
+
+
+def cancel(refs: RefsArg, home: HomeOpt = None) -> None:
+    """Cancel runs: queued ones at once, running ones at their next log step."""
+    store = Store(home)
+    acted = 0
+    for r in _find(store, refs):
+        if r.finished:
+            if len(refs) == 1 and refs[0].isdigit():
+                console.print(f"run {r.id} is already {r.status}")
+            continue
+        outcome = store.request_cancel(r.id)
+        acted += 1
+        if outcome == "cancelled" and r.status == "running":
+            console.print(f"run {r.id} cancelled (its process was gone)")
+        elif outcome == "cancelled":
+            console.print(f"run {r.id} cancelled (it was queued)")
+        elif outcome == "cancelling":
+            console.print(f"run {r.id} cancelling: its worker stops at the next log step")
+        else:
+            console.print(f"run {r.id} is already {outcome}")
+    if not acted and not (len(refs) == 1 and refs[0].isdigit()):
+        console.print("nothing to cancel: every run named is finished")
+
+
+def resume(
+    refs: RefsArg,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start over from epoch 0 (old checkpoints are kept aside, metrics dropped).",
+        ),
+    ] = False,
+    no_start: NoStartOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Re-queue failed, cancelled or dead runs to continue from their last checkpoint."""
+    store = Store(home)
+    runs = _find(store, refs)
+    named = {int(x) for x in refs if x.isdigit()}
+    checked = [(r, *ckptmod.resume_check(r, restart)) for r in runs]
+    # nothing is queued while one named run cannot resume: each refusal says why and the fix
+    refusals = [
+        why
+        for r, why, _ in checked
+        if why and (r.id in named or r.status in ("failed", "cancelled"))
+    ]
+    if refusals:
+        for why in refusals[:-1]:
+            fail(why)
+        raise fail(refusals[-1])
+    done = []
+    for r, why, note in checked:
+        if why:
+            continue
+        if note:
+            err.print(note, highlight=False)
+        store.requeue(r.id, resume=not restart)
+        done.append(r.id)
+        what = "from scratch" if restart else "from its last checkpoint"
+        console.print(f"run {r.id} queued to continue {what}")
+    if not done:
+        raise fail("no failed or cancelled run among those named", 1)
+    if not no_start and not start_engine(store, console):
+        raise typer.Exit(1)
+
+
+def logs(
+    run: Annotated[int, typer.Argument(help="Run id.", show_default=False)],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing until the run finishes (exit 1 if not done)."
+        ),
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 20,
+    worker: Annotated[
+        bool,
+        typer.Option("--worker", help="The worker's raw output (warnings, tracebacks) instead."),
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show the end of a run's log; -f follows it live."""
+    store = Store(home)
+    try:
+        r = store.run(run)
+    except StoreError as e:
+        raise fail(str(e)) from None
+    path = r.path / (layout.WORKER_OUTPUT if worker else layout.LOG)
+    shown, pos = runlog.tail(path, lines)
+    sys.stdout.writelines(printable(line, keep="\n\t") for line in shown)
+    sys.stdout.flush()
+    if not follow:
+        if not shown:
+            err.print(f"run {run} is {r.status}; nothing logged yet ({path})")
+        return
+    try:
+        while True:
+            status = store.run(run).status
+            chunk = runlog.read_from(path, pos)
+            if chunk:
+                pos += len(chunk)
+                sys.stdout.write(printable(chunk.decode(errors="replace"), keep="\n\t"))
+                sys.stdout.flush()
+            elif status in ("done", "failed", "cancelled"):
+                break  # nothing new after the run had finished: the log is complete
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        return
+    except StoreError as e:
+        raise fail(str(e)) from None
+    final = store.run(run)
+    tail = f": {final.error}" if final.error and final.status != "done" else ""
+    err.print(f"run {run} {final.status}{tail}")
+    if final.status != "done":
+        raise typer.Exit(1)
+
+
+def rm(
+    refs: RefsArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Remove finished runs: their rows, metrics and folders. Asks first."""
+    store = Store(home)
+    runs = _find(store, refs)
+    busy = [r for r in runs if not r.finished and not liveness.process_gone(r)]
+    if busy:
+        raise fail(
+            f"run {', '.join(str(r.id) for r in busy)} is still {busy[0].status}; "
+            "`kdtui cancel` it first"
+        )
+    for r in runs:
+        console.print(f"  {_describe(r)} ({r.status})  {r.dir}")
+    if not yes and not typer.confirm(
+        f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
+    ):
+        raise typer.Exit(1)
+    removed = 0
+    for r in runs:
+        if not r.finished:  # dead: its process is gone
+            store.settle_gone(r, "failed", f"process {r.pid} gone; removed")
+        try:
+            store.delete(r.id)
+        except StoreError as e:
+            err.print(text((f"kept run {r.id}:", "red"), " ", str(e)))
+            continue
+        kept = store.remove_run_dir(r)  # only a real folder inside the real runs/
+        if kept:
+            err.print(text((f"kept the folder of run {r.id}:", "red"), " ", kept))
+        removed += 1
+    console.print(f"removed {removed} run{'s' * (removed != 1)}")
+
+
+def _describe(r: Run) -> str:
+    who = "teacher" if r.role == "teacher" else r.method
+    label = f" {r.label}" if r.label and r.role != "teacher" else ""
+    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"
