@@ -259,6 +259,27 @@ def test_a_two_process_run_trains_to_done_and_records_each_metric_once(finished)
 
 
 @pytest.mark.slow
+def test_world_size_and_effective_batch_show_in_ls_the_leaderboard_and_every_export(finished):
+    home = str(finished.home)
+    runs = finished.store.runs()
+    ls = kdtui("ls", "--home", home).stdout
+    assert "eff. batch" in ls and ls.count("64 = 2×32") == len(runs)
+    board = kdtui("leaderboard", "--home", home).stdout
+    assert "eff. batch" in board and board.count("64 = 2×32") == 2  # one row per lr
+    md = kdtui("export", "-f", "md", "--home", home).stdout
+    assert md.count("| 64 = 2×32 |") == 2
+    csv_text = kdtui("export", "-f", "csv", "--home", home).stdout
+    rows = list(__import__("csv").DictReader(csv_text.splitlines()))
+    assert [(r["world_size"], r["effective_batch"]) for r in rows] == [("2", "64")] * 2
+    tex = kdtui("export", "-f", "latex", "--home", home).stdout
+    assert tex.count("2 processes, effective batch 64") == 2
+    js = __import__("json").loads(kdtui("ls", "--json", "--home", home).stdout)
+    assert {(r["world_size"], r["effective_batch"]) for r in js["runs"]} == {(2, 64)}
+    js = __import__("json").loads(kdtui("leaderboard", "--json", "--home", home).stdout)
+    assert {(r["world_size"], r["effective_batch"]) for r in js["rows"]} == {(2, 64)}
+
+
+@pytest.mark.slow
 def test_sigkill_of_one_rank_fails_the_run_cleanly_and_resume_completes_it(
     tmp_path, teacher, finished
 ):

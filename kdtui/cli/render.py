@@ -58,6 +58,7 @@ DROP_ORDER = (
     "fingerprint",
     "baseline",
     "trained params",
+    "eff. batch",
     "epochs",
     "last top-1",
     "status",

@@ -81,6 +81,7 @@ def list_runs(
         "best top-1",
         "head",
         "img/s",
+        "eff. batch",
         "device",
         "fingerprint",
     ):
@@ -104,6 +105,7 @@ def list_runs(
             best,
             r.head,
             speed,
+            lb.fmt_batch(r.effective_batch, r.world_size),
             r.device or "–",
             (r.fingerprint or "–")[: lb.FP_SHOWN],
         )
