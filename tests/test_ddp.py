@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from engine import launch
-from engine.core import faults, reading, schema
+from engine.core import faults, layout, reading, schema
 from engine.core import fingerprint as fp
+from engine.core import metrics as M
 from engine.core.store import Store, StoreError
 from engine.data import DeviceLoader, ShardSampler, TorchDataLoader, shard_positions
 from engine.distributed import SINGLE, Group
@@ -53,7 +54,7 @@ max_steps = 4
 log_every = 2
 nproc_per_node = 2
 """
-EPOCH_METRICS = ("lr", "train/top1", "images_per_s", "epoch_time", "test/top1", "test/top5")
+EPOCH_METRICS = (M.EPOCH_LR, M.TRAIN_TOP1, M.IMAGES_PER_S, M.EPOCH_TIME, M.TEST_TOP1, M.TEST_TOP5)
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -245,12 +246,10 @@ def test_a_two_process_run_trains_to_done_and_records_each_metric_once(finished)
     assert len({r.fuse_key for r in runs}) == 1  # one teacher pass, one launcher for both
     for r in runs:
         assert epoch_counts(store, r.id) == {(e, n): 1 for e in range(3) for n in EPOCH_METRICS}
-        steps = collections.Counter(
-            (m.epoch, m.step) for m in store.metrics(r.id, names=["train/loss"])
-        )
+        steps = collections.Counter((m.epoch, m.step) for m in store.metrics(r.id, names=[M.LOSS]))
         assert set(steps.values()) == {1}  # rank 1 logs nothing
         assert (r.world_size, r.effective_batch) == (2, 64)
-        log = (r.path / "log.txt").read_text()
+        log = (r.path / layout.LOG).read_text()
         assert log.count("2 processes (gloo), batch 32 per process, effective batch 64") == 1
         assert log.count("epoch 3/3") == 1
         assert r.teacher_top1 is not None
@@ -310,7 +309,7 @@ def test_sigkill_of_one_rank_fails_the_run_cleanly_and_resume_completes_it(
     reference = next(r for r in finished.store.runs() if "lr=0.05" in r.label)
 
     def top1(s: Store, i: int) -> list[float]:
-        return [m.value for m in s.metrics(i, names=["test/top1"])]
+        return [m.value for m in s.metrics(i, names=[M.TEST_TOP1])]
 
     assert top1(store, run.id) == top1(finished.store, reference.id)
     store.close()
