@@ -1038,6 +1038,10 @@ def test_gpu_panel_reads_nvml_guarded_and_maps_runs(monkeypatch):
     assert text.splitlines()[-1].strip() == "#12"  # GPU 1 runs #12
     assert "idle" in text.splitlines()[1]
     assert gpu_index(None, "cuda:3 NVIDIA A100") == 3 and gpu_index(None, "cpu") is None
+    # a run of two processes on GPUs 0 and 1 shows on both
+    runs.append(SimpleNamespace(id=15, status="running", gpu="0,1", device="2× cuda:0 H100"))
+    lines = render_gpus(gpus, runs).plain.splitlines()
+    assert lines[1].split() == ["#15"] and lines[-1].split() == ["#12", "#15"]
 
 
 def test_gpu_panel_is_hidden_without_a_driver(monkeypatch):
