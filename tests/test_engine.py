@@ -31,6 +31,7 @@ from engine.daemon.scheduling import (
     parse_gpus,
     place,
     unplaceable,
+    worker_env,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +190,19 @@ def test_a_run_of_n_processes_holds_the_free_slots_until_enough_are_free():
     # what it holds is its kind of slot only: a GPU run behind it goes on
     gpu_box = build_slots(["0"])  # gpu0, cpu0
     assert names(place(queued, gpu_box, {1: "cpu", 2: "cuda"}, nprocs={1: 2})) == [(["gpu0"], [2])]
+
+
+def test_a_worker_sees_the_gpus_of_its_slots_and_a_cpu_group_a_share_of_the_cores():
+    gpu_box = build_slots(["0", "2", "3"])
+    (slots, _), *_ = place([Queued(1)], gpu_box, {1: "cuda"}, nprocs={1: 2})
+    env = worker_env(slots, len(gpu_box), {}, cpus=16)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,2" and env[devices.ENGINE_GPU_ENV] == "0,2"
+    assert "OMP_NUM_THREADS" not in env  # GPU ranks: torchrun's default
+    cpu_box = build_slots([], cpu_slots=4)
+    (slots, _), *_ = place([Queued(1)], cpu_box, nprocs={1: 2})
+    env = worker_env(slots, len(cpu_box), {}, cpus=16)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "4"  # per process
+    assert "OMP_NUM_THREADS" not in worker_env(slots, 4, {"OMP_NUM_THREADS": "1"}, cpus=16)
 
 
 def test_a_run_of_more_processes_than_the_engine_has_slots_is_refused_naming_both():

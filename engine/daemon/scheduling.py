@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.core.devices import HOST_DEVICES, cuda_index
+from engine.core.devices import ENGINE_GPU_ENV, HOST_DEVICES, cuda_index
 from engine.core.store import Run
 from engine.daemon.options import Options
 
@@ -232,6 +232,28 @@ def place(
             slots.remove(s)
         placed.append((chosen, [r.id for r in group]))
     return placed
+
+
+def group_gpus(slots: Sequence[Slot]) -> str | None:
+    """The GPUs of a worker's slots as CUDA_VISIBLE_DEVICES lists them ("0,2"); None: CPU."""
+    return ",".join(s.gpu for s in slots if s.gpu is not None) or None
+
+
+def worker_env(
+    slots: Sequence[Slot], slot_count: int, environ: dict[str, str], cpus: int
+) -> dict[str, str]:
+    """What the engine adds to a worker's environment on `slots` (of `slot_count` in all).
+
+    Its GPUs, and only them (CUDA_VISIBLE_DEVICES: the N GPUs of a run of N processes,
+    rank r on the r-th; "" hides every GPU from a CPU worker); on CPU slots each process
+    gets a slot's share of the cores (OMP_NUM_THREADS, unless the engine's own is set)."""
+    gpu = group_gpus(slots)
+    extra = {"CUDA_VISIBLE_DEVICES": gpu or "", ENGINE_GPU_ENV: gpu or ""}
+    if gpu is None and "OMP_NUM_THREADS" not in environ:
+        extra["OMP_NUM_THREADS"] = str(max(1, cpus // max(slot_count, 1)))
+    if gpu is not None:
+        extra["CUDA_DEVICE_ORDER"] = environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    return extra
 
 
 def dependency(run: Run, teacher: Run | None) -> tuple[str, str]:

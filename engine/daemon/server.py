@@ -20,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import layout, runlog, safefs
-from engine.core.devices import ENGINE_GPU_ENV
 from engine.core.layout import home_path
 from engine.core.liveness import is_worker_process, process_gone, row_time, run_process_alive
 from engine.core.store import Run, Store, StoreError
 from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
 from engine.daemon.options import Options
 from engine.daemon.processes import WorkerProcess, child_env, exit_text, signal_group
-from engine.daemon.scheduling import Slot, dependency, place, slots_for, unplaceable
+from engine.daemon.scheduling import (
+    Slot,
+    dependency,
+    group_gpus,
+    place,
+    slots_for,
+    unplaceable,
+    worker_env,
+)
 
 log = logging.getLogger("kdtui.engine")
 
@@ -253,19 +260,14 @@ class Engine:
     def launch(self, slots: tuple[Slot, ...], run_ids: list[int]) -> None:
         """Start one worker for `run_ids` on `slots`: one slot, or one per process of a run
         of several (its GPUs, all of them shown to the worker, which launches the ranks)."""
-        gpu = ",".join(s.gpu for s in slots if s.gpu is not None) or None
+        gpu = group_gpus(slots)
         claimed = [i for i in run_ids if self.store.claim(i, gpu=gpu, pid=None)]
         if not claimed:
             return
         runs = self.store.runs(ids=claimed)
         first = runs[0].path
         out_path = first / layout.WORKER_OUTPUT
-        extra = {"CUDA_VISIBLE_DEVICES": gpu or "", ENGINE_GPU_ENV: gpu or ""}
-        if gpu is None and "OMP_NUM_THREADS" not in os.environ:
-            cpus = os.cpu_count() or 1  # per process: a slot's share of the cores
-            extra["OMP_NUM_THREADS"] = str(max(1, cpus // len(self.slots)))
-        if gpu is not None:
-            extra["CUDA_DEVICE_ORDER"] = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        extra = worker_env(slots, len(self.slots), dict(os.environ), os.cpu_count() or 1)
         fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
         where = ", ".join(s.name for s in slots)
         if len(slots) > 1:
