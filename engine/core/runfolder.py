@@ -101,6 +101,8 @@ META_COLUMNS = (
     "created",
     "fingerprint",
     "identity",
+    "world_size",  # processes training the run (engine.core.schema.world_size)
+    "effective_batch",  # images per optimiser step: batch_size x world_size
 )
 REMOVED = "removed"  # the event `kdtui rm` leaves when it cannot delete the folder
 
@@ -277,6 +279,16 @@ def append_event(
     record = event_record(kind, values, message)
     append_records(Path(run_dir) / EVENTS, [record], fsync=fsync)
     return record
+
+
+def append_finish(run_dir: Path, status: str, error: str | None = None) -> dict:
+    """The event that ends a run (done, failed, cancelled): what a worker or a launcher
+    writes when it ends one; the store's `finish` writes the same."""
+    assert status in ("done", "failed", "cancelled"), status
+    values: dict[str, Any] = {"status": status, "ended": time.time(), "pid": None}
+    if error is not None:
+        values["error"] = error
+    return append_event(run_dir, status, values, error or "")
 
 
 # ---------------------------------------------------------------- reading

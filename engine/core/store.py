@@ -30,6 +30,7 @@ from typing import Any
 
 from engine.core import fingerprint as fpmod
 from engine.core import layout, liveness, planning, reading, runfolder, safefs, schema, writing
+from engine.core.reading import tomllib
 from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -91,6 +92,8 @@ CREATE TABLE IF NOT EXISTS runs (
     trained_params INTEGER,
     fingerprint TEXT,
     identity TEXT,
+    world_size INTEGER,
+    effective_batch INTEGER,
     uuid TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
@@ -123,13 +126,18 @@ CREATE TABLE IF NOT EXISTS ingested (
     bad_lines INTEGER NOT NULL DEFAULT 0
 );
 """
-SCHEMA_VERSION = 3
+# 2: fingerprints; 3: world size (issue 14); 4: run folders are the source of truth (uuid,
+# `ingested`). Both flavours of 3 (world size, or an unmerged branch's run folders) migrate.
+SCHEMA_VERSION = 4
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
-    ("uuid", "TEXT"),  # version 3: the run folder's uuid (run.json), unique across stores
+    # version 3: processes that train the run, and data.batch_size x world_size
+    ("world_size", "INTEGER"),
+    ("effective_batch", "INTEGER"),
+    ("uuid", "TEXT"),  # version 4: the run folder's uuid (run.json), unique across stores
 )
 ACTIVE = ("queued", "running")  # not finished
 # an idle poll looks only at running runs' folders: only a worker writes a folder without
@@ -190,6 +198,8 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    world_size: int | None = None  # processes training it (nproc_per_node x nnodes)
+    effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
     uuid: str | None = None
 
     @property
@@ -285,6 +295,7 @@ class Store:
                 if statement.strip():
                     con.execute(statement)
             self._backfill_fingerprints(con)
+            self._backfill_world(con)
             if have:
                 self._write_legacy_folders(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -340,6 +351,21 @@ class Store:
             con.execute(
                 "UPDATE runs SET fingerprint=?, identity=? WHERE id=?",
                 (fpmod.digest(ident), fpmod.dumps(ident), row["id"]),
+            )
+
+    def _backfill_world(self, con) -> None:
+        """World size and effective batch of runs stored before version 3: one process each
+        (the keys did not exist), so the effective batch is the stored batch size."""
+        rows = con.execute(
+            "SELECT id, config_toml FROM runs WHERE world_size IS NULL ORDER BY id"
+        ).fetchall()
+        for row in rows:
+            try:
+                batch = int(tomllib.loads(row["config_toml"])["data"]["batch_size"])
+            except (ValueError, KeyError, TypeError):
+                batch = None
+            con.execute(
+                "UPDATE runs SET world_size=1, effective_batch=? WHERE id=?", (batch, row["id"])
             )
 
     def _teacher_source(
@@ -438,6 +464,10 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
+        try:  # several nodes need the Slurm backend: refused before anything is stored
+            reading.check_local(exp, file=source)
+        except schema.ConfigError as e:
+            raise StoreError(str(e)) from None
         written = writing.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)
@@ -505,8 +535,9 @@ class Store:
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
-               priority, fuse_key, epochs, created, fingerprint, identity, uuid)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               priority, fuse_key, epochs, created, fingerprint, identity, world_size,
+               effective_batch, uuid)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
@@ -529,6 +560,8 @@ class Store:
                 now,
                 fpmod.digest(ident),
                 fpmod.dumps(ident),
+                schema.world_size(cfg),
+                schema.effective_batch(cfg),
                 runfolder.new_uuid(),
             ),
         ).lastrowid
@@ -1101,6 +1134,8 @@ class Store:
             f"INSERT INTO runs({names}) VALUES ({','.join('?' * len(values))})",
             tuple(values.values()),
         ).lastrowid
+        if row.get("world_size") is None:  # a folder from before world sizes: one process
+            self._backfill_world(con)
         self._ingest_run(con, run_id)
         return run_id
 
@@ -1274,6 +1309,9 @@ def fuse_key(cfg: schema.Experiment) -> str | None:
         cfg.run.teacher_cache_dtype,
         str(cfg.run.teacher_cache_mb),
     ]
+    world = schema.world_size(cfg)
+    if world > 1:  # one launcher starts the group's processes (absent at 1: older keys hold)
+        parts.append(f"world={world}")
     return "|".join(parts)
 
 

@@ -56,16 +56,16 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def worker_command(home: str | os.PathLike, run_dirs: list[Path]) -> list[str]:
-    """The worker's command line, in one place (the local engine spawns it; a cluster
-    backend submits it): run folders only, the store folder for the disk teacher cache.
-    The worker never opens the store's database."""
+def worker_command(home: str | os.PathLike | None, run_dirs: list[Path]) -> list[str]:
+    """The worker's command line, in one place (the local engine and `kdtui run` spawn it; a
+    cluster backend submits it; engine.launch wraps it in torchrun for the ranks of a run on
+    several processes): run folders only, the store folder for the disk teacher cache (none
+    given: no disk cache). The worker never opens the store's database."""
     return [
         sys.executable,
         "-m",
         "engine.worker",
-        "--home",
-        os.fspath(home),
+        *(["--home", os.fspath(home)] if home is not None else []),
         *(os.fspath(d) for d in run_dirs),
     ]
 
@@ -83,11 +83,12 @@ def exit_text(code: int) -> str:
 
 @dataclass
 class WorkerProcess:
-    """A `python -m engine.worker` process the engine started (or adopted) on a slot."""
+    """A `python -m engine.worker` process the engine started (or adopted) on its slots: one,
+    or N for a run of `nproc_per_node = N` processes (the worker launches them)."""
 
     pid: int
     run_ids: list[int]
-    slot: Slot | None
+    slots: tuple[Slot, ...]  # empty: adopted, and no free slot matched
     started: float
     proc: subprocess.Popen | None = None  # None: adopted from an earlier engine
     output: Path | None = None  # its stdout/stderr (worker.log of its first run)
