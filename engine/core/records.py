@@ -56,6 +56,8 @@ RUN_FIELDS = (
     "ended",
     "error",
     "dir",
+    "note",
+    "tags",
 )
 
 ROW_FIELDS = (
@@ -103,6 +105,8 @@ MEMBER_FIELDS = (
     "best_top1",
     "last_top1",
     "teacher_top1",
+    "tags",
+    "run_note",
 )
 
 
@@ -158,6 +162,8 @@ def run_record(r: Run) -> dict[str, Any]:
         "ended": _num(r.ended),
         "error": r.error,
         "dir": r.dir,
+        "note": r.note,
+        "tags": r.tag_list,
     }
     return rec
 
@@ -207,6 +213,8 @@ def row_record(row: Row, rank: int) -> dict[str, Any]:
                 "best_top1": _num(m.best),
                 "last_top1": _num(m.last),
                 "teacher_top1": _num(m.teacher_top1),
+                "tags": list(m.tags),
+                "run_note": m.run_note,
             }
             for m in row.members
         ],

@@ -20,8 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from engine.core import annotations, layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import fingerprint as fpmod
-from engine.core import layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import metrics as M
 from engine.core.registry import method_label
 
@@ -82,7 +82,9 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     started REAL,
     ended REAL,
-    heartbeat REAL
+    heartbeat REAL,
+    note TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -107,12 +109,15 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
+    # version 3: the researcher's note and tags (engine.core.annotations)
+    ("note", "TEXT NOT NULL DEFAULT ''"),
+    ("tags", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
 
@@ -168,6 +173,12 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    note: str = ""
+    tags: str = "[]"  # a JSON list: `tag_list`
+
+    @property
+    def tag_list(self) -> list[str]:
+        return annotations.parse_tags(self.tags)
 
     @property
     def path(self) -> Path:
@@ -669,6 +680,22 @@ class Store:
             con.execute("UPDATE runs SET depends_on=NULL WHERE depends_on=?", (run.id,))
             con.execute("DELETE FROM runs WHERE id=?", (run.id,))
         return run
+
+    # ------------------------------------------------------------ notes and tags
+    def annotate(
+        self, run_id: int, *, note: str | None = None, tags: Sequence[str] | None = None
+    ) -> Run:
+        """Set a run's note and/or its whole tag list (checked by engine.core.annotations:
+        AnnotationError says why), in its row and in its folder's annotations file."""
+        run = self.run(run_id)
+        new_note = run.note if note is None else annotations.check_note(note)
+        new_tags = run.tag_list if tags is None else annotations.check_tags(tags)
+        annotations.write_folder(run.dir, new_note, new_tags)  # first: the folder outlives us
+        self.conn.execute(
+            "UPDATE runs SET note=?, tags=? WHERE id=?",
+            (new_note, annotations.dump_tags(new_tags), run.id),
+        )
+        return self.run(run.id)
 
     # ------------------------------------------------------------ metrics
     def add_metrics(

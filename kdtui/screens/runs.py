@@ -10,10 +10,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from engine.core import annotations, liveness, removal, writing
 from engine.core import checkpoint as ckptmod
-from engine.core import liveness, writing
 from engine.core import metrics as M
 from engine.core.inert import printable
 from kdtui.messages import DataChanged
@@ -21,21 +21,26 @@ from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
 from kdtui.widgets.logtail import LogTail
 from kdtui.widgets.plots import CurvePlot
-from kdtui.widgets.runtable import RunTable
+from kdtui.widgets.runtable import RunTable, matches
 
 EMPTY = (
     "No runs yet.\n\n"
-    "[b]n[/b]  compose a new experiment\n"
+    "[b]N[/b]  compose a new experiment\n"
     "[b]o[/b]  open one from experiments/*.toml\n\n"
     "Headless: kdtui submit experiments/x.toml"
 )
 
+FILTER_HINT = "filter: words in experiment, label, point, method, status, #tag, note"
+KEYS_HINT = "/ filter · d delete · n note · t tags · N new"
+CONFIRM_LISTED = 8  # a delete confirmation names this many runs, then counts the rest
+
 
 class RunsScreen(Screen):
     CSS_PATH = Path(__file__).with_name("runs.tcss")
+    AUTO_FOCUS = "#runs"  # not the filter above it, hidden until `/`
 
     BINDINGS = [
-        Binding("n", "new", "New", tooltip="New experiment in the composer"),
+        Binding("N", "new", "New", tooltip="New experiment in the composer"),
         Binding("o", "open", "Open", tooltip="Open experiments/*.toml in the composer"),
         Binding("l", "board", "Board", tooltip="Show the leaderboard"),
         Binding("x", "cancel", "Cancel", tooltip="Cancel the selected run"),
@@ -58,6 +63,18 @@ class RunsScreen(Screen):
             show=False,
             tooltip="Write a paper figure of the marked (or selected) runs",
         ),
+        # run management: the table's subtitle names these keys (the footer is full at 80)
+        Binding("slash", "filter", "Filter", key_display="/", show=False, tooltip="Filter runs"),
+        Binding(
+            "d",
+            "delete",
+            "Delete",
+            show=False,
+            tooltip="Delete the marked (or selected) runs and their files",
+        ),
+        Binding("n", "note", "Note", show=False, tooltip="Write a note on the selected run"),
+        Binding("t", "tag", "Tags", show=False, tooltip="Edit the selected run's tags"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
         # the header says so when runs wait for a stopped engine (queue and resume start it)
         Binding(
             "E", "app.start_engine", "Engine", show=False, tooltip="Start the background engine"
@@ -67,14 +84,17 @@ class RunsScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.marked: set[int] = set()
+        self.filter_text = ""
         self._pending_select: int | None = None
         self._drawn_version = (-1, -1)
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Input(placeholder=FILTER_HINT, compact=True, id="filter")
         yield RunTable(id="runs")
         yield Static(EMPTY, id="empty")
         with Vertical(id="detail"):
+            yield Static("", id="annotations")
             with Horizontal(id="plots"):
                 yield CurvePlot("loss", xlabel="per step", log_y=True, id="loss")
                 yield CurvePlot("acc", xlabel="test, per epoch", id="acc")
@@ -86,6 +106,7 @@ class RunsScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#runs").border_title = "runs"
+        self.query_one("#runs").border_subtitle = KEYS_HINT
         self.query_one("#log").border_title = "log"
         self.refresh_runs()
 
@@ -117,13 +138,16 @@ class RunsScreen(Screen):
         runs = app.runs
         table = self.table
         self.marked &= set(app.runs_by_id)
-        table.set_runs(runs, self.marked)
+        shown = [r for r in runs if matches(r, self.filter_text)]
+        table.set_runs(shown, self.marked)
         if self._pending_select is not None and table.select_run(self._pending_select):
             self._pending_select = None
         counts: dict[str, int] = {}
         for r in runs:
             counts[r.status] = counts.get(r.status, 0) + 1
         parts = [f"{counts[s]} {s}" for s in ("running", "queued", "failed") if counts.get(s)]
+        if self.filter_text.strip():
+            parts.insert(0, f"{len(shown)} of {len(runs)} shown")
         table.border_title = f"runs ({len(runs)})" + (" · " + " · ".join(parts) if parts else "")
         empty = not runs and app.loaded
         self.query_one("#empty").display = empty
@@ -140,10 +164,21 @@ class RunsScreen(Screen):
     def refresh_title(self) -> None:
         run = self.selected
         detail = self.query_one("#detail")
+        notes = self.query_one("#annotations", Static)
+        notes.display = run is not None and bool(run.note or run.tags != "[]")
         if run is None:
             detail.border_title = "no run selected"
             detail.border_subtitle = ""
             return
+        if notes.display:  # inert: a note's "[b]" or ESC is shown, never obeyed
+            tags = " ".join(f"#{t}" for t in run.tag_list)
+            notes.update(
+                Content.assemble(
+                    (printable(tags), "$accent"),
+                    " " if tags and run.note else "",
+                    printable(run.note),
+                )
+            )
         label = f" [{run.label}]" if run.label else ""
         detail.border_title = Content(printable(f"#{run.id} {run.experiment}{label}"))
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
@@ -217,8 +252,12 @@ class RunsScreen(Screen):
         if action == "resume":
             dead = run is not None and liveness.process_gone(run)
             return run is not None and (run.status in ("failed", "cancelled") or dead) or None
-        if action in ("clone", "config", "mark", "figure"):
+        if action in ("clone", "config", "mark", "figure", "note", "tag"):
             return run is not None or None
+        if action == "delete":
+            return run is not None or bool(self.marked) or None
+        if action == "clear_filter":  # otherwise escape is left to the app
+            return self.is_mounted and (bool(self.filter_text) or self.query_one("#filter").display)
         if action == "compare":
             return len(self.marked) >= 2 or None
         return True
@@ -343,3 +382,175 @@ class RunsScreen(Screen):
 
         run = self.selected
         ask_and_write(self, sorted(self.marked) or ([run.id] if run else []))
+
+    # ------------------------------------------------------------ filter
+    def action_filter(self) -> None:
+        """Show the filter with its text selected: typing replaces it, enter keeps it."""
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+        box.select_all()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.refresh_runs()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+        if not self.filter_text.strip():
+            self.query_one("#filter").display = False
+
+    def action_clear_filter(self) -> None:
+        """Escape: every run again, the filter hidden, the table focused."""
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        self.filter_text = ""
+        box.display = False
+        self.table.focus()
+        self.refresh_runs()
+
+    # ------------------------------------------------------------ delete
+    def targets(self) -> list:
+        """The marked runs, else the selected one."""
+        if self.marked:
+            return [self.app.runs_by_id[i] for i in sorted(self.marked) if i in self.app.runs_by_id]
+        run = self.selected
+        return [run] if run is not None else []
+
+    def action_delete(self) -> None:
+        from kdtui.screens.dialogs import ConfirmScreen
+
+        runs = self.targets()
+        if not runs:
+            return
+        why = removal.refusal(runs, fix="cancel it first (x)")
+        if why:
+            self.notify(f"not deleted: {why}", severity="warning")
+            return
+        lines = [
+            f"#{r.id} {r.experiment} {r.label} ({liveness.shown_status(r)})".rstrip()
+            for r in runs[:CONFIRM_LISTED]
+        ]
+        if len(runs) > CONFIRM_LISTED:
+            lines.append(f"… and {len(runs) - CONFIRM_LISTED} more")
+        many = f"{len(runs)} runs" if len(runs) > 1 else "run"
+        prompt = (
+            f"Delete {many} and {'their' if len(runs) > 1 else 'its'} files?\n"
+            + "\n".join(lines)
+            + "\nRows, metrics and folders are removed; this cannot be undone."
+        )
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._delete([r.id for r in runs])
+
+        self.app.push_screen(
+            ConfirmScreen(Content(printable(prompt, keep="\n")), yes="Delete"), confirmed
+        )
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _delete(self, run_ids: list[int]) -> None:
+        """Thread side: `kdtui rm`'s rules (engine.core.removal) on the runs as they are now."""
+        app = self.app
+        try:
+            runs = app.store.runs(ids=run_ids)
+            why = removal.refusal(runs, fix="cancel it first (x)")
+            if why:  # it changed while the dialog was open
+                app.call_from_thread(self.notify, f"not deleted: {why}", severity="warning")
+                return
+            done = removal.remove(app.store, runs)
+        except Exception as e:
+            app.call_from_thread(self.notify, f"not deleted: {e}", severity="error")
+            return
+        n = len(done.removed)
+        message = f"deleted {n} run{'s' * (n != 1)}" + (
+            f" (#{', #'.join(map(str, done.removed))})" if n else ""
+        )
+        kept = [f"kept run {i}: {why}" for i, why in done.kept_runs]
+        kept += [f"kept the folder of run {i}: {why}" for i, why in done.kept_folders]
+        severity = "warning" if kept else "information"
+        app.call_from_thread(self.notify, "\n".join([message, *kept]), severity=severity)
+        app.call_from_thread(self._forget, done.removed)
+        app.poll_soon()
+
+    def _forget(self, run_ids: list[int]) -> None:
+        self.marked -= set(run_ids)
+
+    # ------------------------------------------------------------ notes and tags
+    def action_note(self) -> None:
+        from kdtui.screens.dialogs import TextScreen
+
+        run = self.selected
+        if run is None:
+            return
+
+        def check(value: str) -> str | None:
+            try:
+                annotations.check_note(value)
+            except annotations.AnnotationError as e:
+                return str(e)
+            return None
+
+        def done(value: str | None) -> None:
+            if value is not None:
+                self._annotate(run.id, note=value)
+
+        title = f"note on run #{run.id} {run.experiment} {run.label}".rstrip()
+        self.app.push_screen(
+            TextScreen(
+                title,
+                run.note,
+                hint="enter saves (empty: no note) · escape leaves it as it was",
+                placeholder="what you want to remember about this run",
+                max_length=annotations.NOTE_MAX,
+                check=check,
+            ),
+            done,
+        )
+
+    def action_tag(self) -> None:
+        from kdtui.screens.dialogs import TextScreen
+
+        run = self.selected
+        if run is None:
+            return
+
+        def check(value: str) -> str | None:
+            try:
+                annotations.check_tags(value.split())
+            except annotations.AnnotationError as e:
+                return str(e)
+            return None
+
+        def done(value: str | None) -> None:
+            if value is not None:
+                self._annotate(run.id, tags=value.split())
+
+        title = f"tags of run #{run.id} {run.experiment} {run.label}".rstrip()
+        self.app.push_screen(
+            TextScreen(
+                title,
+                " ".join(run.tag_list),
+                hint="tag names separated by spaces (letters, digits, - _ . +); "
+                "enter saves, escape leaves them as they were; / finds runs by tag",
+                placeholder="paper table-2",
+                check=check,
+            ),
+            done,
+        )
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _annotate(self, run_id: int, **change) -> None:
+        app = self.app
+        try:
+            run = app.store.annotate(run_id, **change)
+        except Exception as e:
+            app.call_from_thread(self.notify, f"not saved: {e}", severity="error")
+            return
+        what = "note saved" if "note" in change else "tags: " + (" ".join(run.tag_list) or "none")
+        if "note" in change and not run.note:
+            what = "note removed"
+        app.call_from_thread(self.notify, f"run #{run_id}: {what}")
+        app.poll_soon()

@@ -36,10 +36,44 @@ def order(runs: Sequence) -> list:
     )
 
 
+def haystack(run) -> str:
+    """What the runs view's filter searches: experiment, label, sweep point, method, pair,
+    status (as shown: "dead" too), tags (with and without "#"), note, and "#id"."""
+    point = " ".join(f"{k}={v}" for k, v in run.sweep_point.items()) if run.point else ""
+    tags = run.tag_list
+    parts = [
+        f"#{run.id}",
+        run.experiment,
+        run.label,
+        point,
+        run.method,
+        run.pair,
+        liveness.shown_status(run),
+        " ".join(tags),
+        " ".join(f"#{t}" for t in tags),
+        run.note,
+    ]
+    return "\n".join(parts).lower()
+
+
+def matches(run, query: str) -> bool:
+    """Every word of the query is found somewhere in the run's haystack (case ignored)."""
+    words = query.lower().split()
+    if not words:
+        return True
+    hay = haystack(run)
+    return all(w in hay for w in words)
+
+
 def row_cells(run, marked: bool) -> list:
     ident = Text(f"{'●' if marked else ' '}{run.id}", style="bold yellow" if marked else "")
-    name = text(run.experiment)
+    # ✎: the run has a note; #tags before the label, so a cut cell still shows them
+    name = text(("✎ ", "yellow")) if run.note else text()
+    name.append_text(text(run.experiment))
     name.no_wrap, name.overflow = True, "ellipsis"
+    tags = run.tag_list
+    if tags:
+        name.append_text(text((" " + " ".join(f"#{t}" for t in tags), "cyan")))
     if run.label:
         name.append_text(text((f" {run.label}", "dim")))
     best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
