@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from engine.core import annotations, layout, reading, records
 from engine.core.store import SCHEMA_VERSION, Store
 from kdtui.cli import app as cli
-from tests.test_app import make_app, notifications, project, seeded, until  # noqa: F401
+from tests.test_app import make_app, notifications, seed_store, until
 
 runner = CliRunner()
 
@@ -34,6 +34,16 @@ method = "vanilla"
 lr = [0.1, 0.05]
 epochs = 3
 """
+
+
+@pytest.fixture
+def seeded(tmp_path, monkeypatch):
+    """tests/test_app.py's study: done seeds, a running and a queued sweep point, a failure."""
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / ".kdtui")
+    ids = seed_store(store)
+    store.close()
+    return tmp_path / ".kdtui", ids
 
 
 @pytest.fixture
