@@ -272,3 +272,37 @@ async def test_n_and_t_write_a_note_and_tags_shown_in_the_table_and_the_detail(s
     stored = Store(home).run(run_id)
     assert stored.note == "best kd [b]seed[/b]" and stored.tag_list == ["paper", "table-2"]
     assert annotations.read_folder(stored.dir) == (stored.note, stored.tag_list)
+
+
+async def test_d_never_deletes_through_a_run_folder_that_is_a_symlink(seeded, tmp_path):
+    home, ids = seeded
+    victim = ids["simkd-wrn"][0]  # failed: removable
+    folder = Store(home).run(victim).path
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "data.csv").write_text("1,2,3\n")
+    folder.rename(tmp_path / "moved")
+    folder.symlink_to(elsewhere)
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.table.selected_id is not None)
+        assert screen.table.select_run(victim)
+        await pilot.press("d", "y")
+        await until(pilot, lambda: victim not in app.runs_by_id, what="the row to go")
+        assert any(
+            f"kept the folder of run {victim}: {folder} is a symbolic link" in n
+            for n in notifications(app)
+        )
+    assert (elsewhere / "data.csv").read_text() == "1,2,3\n"  # `kdtui rm`'s rule, same code
+
+
+def test_a_notes_file_planted_as_a_symlink_is_replaced_not_written_through(sweep, store, tmp_path):
+    done, _ = sweep
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (done.path / layout.ANNOTATIONS).symlink_to(victim)
+    kdtui("note", str(done.id), "mine")
+    assert victim.read_text() == "keep me"
+    assert not (done.path / layout.ANNOTATIONS).is_symlink()
+    assert annotations.read_folder(done.dir) == ("mine", [])
