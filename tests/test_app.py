@@ -246,7 +246,7 @@ async def test_compose_with_the_keyboard_writes_a_valid_toml(project):
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(100, 40)) as pilot:
         await until(pilot, lambda: app.loaded)
-        await pilot.press("N")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "kd-digits")
@@ -293,7 +293,7 @@ async def test_an_invalid_value_shows_the_validator_message_and_blocks_saving(pr
 
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("N")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "broken")
@@ -326,7 +326,7 @@ async def test_queue_from_the_composer_puts_queued_runs_in_the_store(project):
     home = project / ".kdtui"
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("N")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         await type_into(pilot, "f-name", "sweep")
         await type_into(pilot, "f-optim-lr", "0.01, 0.1")
@@ -504,7 +504,7 @@ async def test_ctrl_l_turns_a_choice_into_a_sweep_and_back(project):
 
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("N")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "methods")
@@ -738,7 +738,7 @@ async def test_run_config_view_and_a_teacher_from_an_earlier_run(seeded):
         assert app.screen.title_text.endswith(f"· fingerprint {fingerprint}")
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
-        await pilot.press("N")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "kd-from-baseline")
@@ -924,7 +924,7 @@ async def test_every_footer_key_is_also_a_palette_command(seeded):
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.loaded)
-        for key, kind in (("l", LeaderboardScreen), ("r", None), ("N", ComposerScreen)):
+        for key, kind in (("l", LeaderboardScreen), ("r", None), ("a", ComposerScreen)):
             screen = app.screen
             shown = [a.binding for a in screen.active_bindings.values() if a.binding.show]
             titles = {cmd.title for cmd in app.get_system_commands(screen)}
@@ -1068,7 +1068,7 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
     app = make_app(home, start_engine=True)
     try:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.press("N")
+            await pilot.press("a")
             await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
             await type_into(pilot, "f-name", "e2e-digits")
             await type_into(pilot, "f-data-batch_size", "128")

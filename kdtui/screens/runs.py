@@ -25,13 +25,13 @@ from kdtui.widgets.runtable import RunTable, matches
 
 EMPTY = (
     "No runs yet.\n\n"
-    "[b]N[/b]  compose a new experiment\n"
+    "[b]a[/b]  compose a new experiment\n"
     "[b]o[/b]  open one from experiments/*.toml\n\n"
     "Headless: kdtui submit experiments/x.toml"
 )
 
 FILTER_HINT = "filter: words in experiment, label, point, method, status, #tag, note"
-KEYS_HINT = "/ filter · d delete · n note · t tags · N new"
+KEYS_HINT = "/ filter · d delete · n note · t tags · a new"
 CONFIRM_LISTED = 8  # a delete confirmation names this many runs, then counts the rest
 
 
@@ -40,7 +40,7 @@ class RunsScreen(Screen):
     AUTO_FOCUS = "#runs"  # not the filter above it, hidden until `/`
 
     BINDINGS = [
-        Binding("N", "new", "New", tooltip="New experiment in the composer"),
+        Binding("a", "new", "New", tooltip="New experiment in the composer"),
         Binding("o", "open", "Open", tooltip="Open experiments/*.toml in the composer"),
         Binding("l", "board", "Board", tooltip="Show the leaderboard"),
         Binding("x", "cancel", "Cancel", tooltip="Cancel the selected run"),
