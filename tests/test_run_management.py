@@ -239,6 +239,14 @@ async def test_slash_filters_the_table_and_escape_restores_it(seeded):
         await until(pilot, lambda: table._keys == [str(ids["simkd-wrn"][0])])
         await pilot.press("escape")
         await until(pilot, lambda: len(table._keys) == total)
+        # nothing matches: the keys that act on a run say so instead of doing nothing
+        await pilot.press("slash", *"no-such-run", "enter")
+        await until(pilot, lambda: not table._keys)
+        assert "0 of 8 shown" in str(table.border_title)
+        for key in "ntd":
+            await pilot.press(key)
+        await until(pilot, lambda: sum("no run selected" in n for n in notifications(app)) == 3)
+        assert type(app.screen).__name__ == "RunsScreen"
 
 
 async def test_n_and_t_write_a_note_and_tags_shown_in_the_table_and_the_detail(seeded):

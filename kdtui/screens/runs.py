@@ -252,10 +252,8 @@ class RunsScreen(Screen):
         if action == "resume":
             dead = run is not None and liveness.process_gone(run)
             return run is not None and (run.status in ("failed", "cancelled") or dead) or None
-        if action in ("clone", "config", "mark", "figure", "note", "tag"):
+        if action in ("clone", "config", "mark", "figure"):
             return run is not None or None
-        if action == "delete":
-            return run is not None or bool(self.marked) or None
         if action == "clear_filter":  # otherwise escape is left to the app
             return self.is_mounted and (bool(self.filter_text) or self.query_one("#filter").display)
         if action == "compare":
@@ -424,6 +422,7 @@ class RunsScreen(Screen):
 
         runs = self.targets()
         if not runs:
+            self.notify("no run selected: ↑/↓ pick one", severity="warning")
             return
         why = removal.refusal(runs, fix="cancel it first (x)")
         if why:
@@ -484,6 +483,7 @@ class RunsScreen(Screen):
 
         run = self.selected
         if run is None:
+            self.notify("no run selected: ↑/↓ pick one", severity="warning")
             return
 
         def check(value: str) -> str | None:
@@ -515,6 +515,7 @@ class RunsScreen(Screen):
 
         run = self.selected
         if run is None:
+            self.notify("no run selected: ↑/↓ pick one", severity="warning")
             return
 
         def check(value: str) -> str | None:
