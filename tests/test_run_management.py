@@ -80,6 +80,8 @@ def test_note_and_tag_commands_show_in_ls_json_exports_and_the_run_folder(sweep,
     assert tuple(listed[0]) == records.RUN_FIELDS
     assert listed[0]["note"] == run.note and listed[0]["tags"] == ["paper", "seen", "table-2"]
     assert listed[1]["note"] == "" and listed[1]["tags"] == ["seen"]
+    tagged = json.loads(kdtui("ls", "--json", "--tag", "Paper").stdout)["runs"]
+    assert [r["id"] for r in tagged] == [done.id]  # `--tag` lists the runs that carry it
     board = json.loads(kdtui("leaderboard", "--json").stdout)["rows"]
     member = next(m for row in board for m in row["members"] if m["run_id"] == done.id)
     assert tuple(member) == records.MEMBER_FIELDS

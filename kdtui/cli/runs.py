@@ -58,12 +58,18 @@ def list_runs(
         str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
     experiment: ExperimentOpt = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", "-t", help="Only runs with this tag (`kdtui tag`).")
+    ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """List runs with status and progress."""
     store = Store(home)
     runs = store.runs(status=status, experiment=experiment)
+    if tag is not None:
+        wanted = tag.strip().lower()
+        runs = [r for r in runs if wanted in r.tag_list]
     if as_json:
         from engine.core import records
 
