@@ -233,6 +233,12 @@ async def test_slash_filters_the_table_and_escape_restores_it(seeded):
         assert table._keys == [str(ids["simkd-r32x4-r8x4"][0])]
         await pilot.press("enter")  # keeps the filter, back in the table
         assert app.focused is table and len(table._keys) == 1
+        await pilot.press("space")  # marking a run keeps the filter
+        await pilot.pause()
+        assert screen.marked == {ids["simkd-r32x4-r8x4"][0]} and len(table._keys) == 1
+        await pilot.press("up", "space")  # (the cursor moved down past the last row: back)
+        await pilot.pause()
+        assert not screen.marked and len(table._keys) == 1
         await pilot.press("escape")
         await until(pilot, lambda: len(table._keys) == total, what="every run back")
         assert "shown" not in str(table.border_title)

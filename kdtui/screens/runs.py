@@ -138,7 +138,7 @@ class RunsScreen(Screen):
         runs = app.runs
         table = self.table
         self.marked &= set(app.runs_by_id)
-        shown = [r for r in runs if matches(r, self.filter_text)]
+        shown = self.shown_runs()
         table.set_runs(shown, self.marked)
         if self._pending_select is not None and table.select_run(self._pending_select):
             self._pending_select = None
@@ -156,6 +156,10 @@ class RunsScreen(Screen):
         self.follow_selection()
         self.refresh_title()
         self.refresh_bindings()
+
+    def shown_runs(self) -> list:
+        """The runs the filter lets through (all of them without one)."""
+        return [r for r in self.app.runs if matches(r, self.filter_text)]
 
     def follow_selection(self) -> None:
         run = self.selected
@@ -361,7 +365,7 @@ class RunsScreen(Screen):
         if run is None:
             return
         self.marked ^= {run.id}
-        self.table.set_runs(self.app.runs, self.marked)
+        self.table.set_runs(self.shown_runs(), self.marked)
         self.refresh_bindings()
         self.table.action_cursor_down()
 
@@ -486,13 +490,6 @@ class RunsScreen(Screen):
             self.notify("no run selected: ↑/↓ pick one", severity="warning")
             return
 
-        def check(value: str) -> str | None:
-            try:
-                annotations.check_note(value)
-            except annotations.AnnotationError as e:
-                return str(e)
-            return None
-
         def done(value: str | None) -> None:
             if value is not None:
                 self._annotate(run.id, note=value)
@@ -505,7 +502,7 @@ class RunsScreen(Screen):
                 hint="enter saves (empty: no note) · escape leaves it as it was",
                 placeholder="what you want to remember about this run",
                 max_length=annotations.NOTE_MAX,
-                check=check,
+                check=lambda value: _problem(annotations.check_note, value),
             ),
             done,
         )
@@ -517,13 +514,6 @@ class RunsScreen(Screen):
         if run is None:
             self.notify("no run selected: ↑/↓ pick one", severity="warning")
             return
-
-        def check(value: str) -> str | None:
-            try:
-                annotations.check_tags(value.split())
-            except annotations.AnnotationError as e:
-                return str(e)
-            return None
 
         def done(value: str | None) -> None:
             if value is not None:
@@ -537,7 +527,7 @@ class RunsScreen(Screen):
                 hint="tag names separated by spaces (letters, digits, - _ . +); "
                 "enter saves, escape leaves them as they were; / finds runs by tag",
                 placeholder="paper table-2",
-                check=check,
+                check=lambda value: _problem(annotations.check_tags, value.split()),
             ),
             done,
         )
@@ -555,3 +545,12 @@ class RunsScreen(Screen):
             what = "note removed"
         app.call_from_thread(self.notify, f"run #{run_id}: {what}")
         app.poll_soon()
+
+
+def _problem(check, value) -> str | None:
+    """What engine.core.annotations finds wrong with a value (None: nothing)."""
+    try:
+        check(value)
+    except annotations.AnnotationError as e:
+        return str(e)
+    return None
