@@ -856,7 +856,7 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
         kd = next(r for r in board.shown if r.name == "kd-r32x4-r8x4")
         delta = board.board.cells(kd)[COLUMNS.index("Δ pin")]
         assert delta == f"+{kd.best_mean - board.board.pinned.best_mean:.2f}"
-        await pilot.press("e")
+        await pilot.press("e", "enter")
         await until(pilot, lambda: board.last_export is not None, what="the export")
         path = board.last_export
         shown = str(board.query_one("#message").render())
@@ -879,12 +879,12 @@ async def test_export_as_latex_and_csv(seeded):
         await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
         board = app.screen
         await until(pilot, lambda: len(board.shown) == 5)
-        await pilot.press("E", "down", "down", "enter")
+        await pilot.press("e", "down", "down", "enter")
         await until(pilot, lambda: board.last_export is not None)
         assert board.last_export.suffix == ".tex"
         assert "\\toprule" in board.last_export.read_text()
         board.last_export = None
-        await pilot.press("E", "down", "enter")
+        await pilot.press("e", "down", "enter")
         await until(pilot, lambda: board.last_export is not None)
         assert board.last_export.suffix == ".csv"
 
@@ -924,7 +924,7 @@ async def test_every_footer_key_is_also_a_palette_command(seeded):
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.loaded)
-        for key, kind in (("l", LeaderboardScreen), ("r", None), ("a", ComposerScreen)):
+        for key, kind in (("l", LeaderboardScreen), ("escape", None), ("a", ComposerScreen)):
             screen = app.screen
             shown = [a.binding for a in screen.active_bindings.values() if a.binding.show]
             titles = {cmd.title for cmd in app.get_system_commands(screen)}
@@ -1092,7 +1092,8 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
             )
             await until(pilot, lambda: screen.query_one("#acc", CurvePlot).points == 4)
             assert screen.query_one("#loss", CurvePlot).points > 0
-            assert any("run finished" in n for n in notifications(app))
+            # the toast waits a second for other runs ending with it (one toast for many)
+            await until(pilot, lambda: any("run finished" in n for n in notifications(app)))
             await pilot.press("l")
             await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
             board = app.screen

@@ -278,8 +278,8 @@ async def test_n_and_t_write_a_note_and_tags_shown_in_the_table_and_the_detail(s
         assert error.display and "tag 'bad!tag' is not allowed" in str(error.render())
         await pilot.press(*["backspace"] * len(" bad!tag"), *" Table-2", "enter")
         await until(pilot, lambda: app.runs_by_id[run_id].tag_list == ["paper", "table-2"])
-        # ✎ marks a note; the tags come before the sweep label, so a cut cell keeps them
-        shown = "✎ kd-r32x4-r8x4 #paper #table-2 seed=1"
+        # ✎ marks a note; room is kept for the tags after the sweep point
+        shown = "✎ kd-r32x4-r8x4 seed=1 #paper #table-2"
         await until(pilot, lambda: shown in cell_text(screen, run_id), what=shown)
         detail = str(screen.query_one("#annotations").render())
         assert "#paper #table-2 best kd [b]seed[/b]" in detail  # markup shown, not obeyed

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from engine.core import layout
+from engine.core.points import short_point
 from engine.core.store import Run, Store
 from engine.daemon import client as engine
 from engine.daemon import options as engine_options
@@ -212,5 +213,5 @@ def _duration(seconds: float | None) -> str:
 
 def _describe(r: Run) -> str:
     who = "teacher" if r.role == "teacher" else r.method
-    label = f" {r.label}" if r.label and r.role != "teacher" else ""
+    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
     return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from engine.core import planning, reading, schema
+from engine.core.points import short_point
 from engine.core.store import Run, Store, StoreError
 from kdtui.cli.common import (
     HomeOpt,
@@ -147,5 +148,5 @@ def submit(
 
 def _describe(r: Run) -> str:
     who = "teacher" if r.role == "teacher" else r.method
-    label = f" {r.label}" if r.label and r.role != "teacher" else ""
+    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
     return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

@@ -10,12 +10,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from engine.core import annotations, liveness, removal, writing
 from engine.core import checkpoint as ckptmod
 from engine.core import metrics as M
 from engine.core.inert import printable
+from engine.core.points import short_point
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
@@ -41,12 +42,11 @@ class RunsScreen(Screen):
 
     BINDINGS = [
         Binding("a", "new", "New", tooltip="New experiment in the composer"),
-        Binding("o", "open", "Open", tooltip="Open experiments/*.toml in the composer"),
+        # not in the footer (at 80 columns it keeps ? and ^p): help and the palette list them
+        Binding("o", "open", "Open", show=False, tooltip="Open experiments/*.toml in the composer"),
         Binding("l", "board", "Board", tooltip="Show the leaderboard"),
         Binding("x", "cancel", "Cancel", tooltip="Cancel the selected run"),
         Binding("r", "resume", "Resume", tooltip="Resume the selected run from its checkpoint"),
-        Binding("c", "clone", "Clone", tooltip="Clone the selected run into the composer"),
-        Binding("v", "config", "TOML", tooltip="Show the selected run's config"),
         Binding(
             "space",
             "mark",
@@ -55,7 +55,10 @@ class RunsScreen(Screen):
             tooltip="Mark or unmark the selected run for compare",
         ),
         Binding("m", "compare", "Compare", tooltip="Compare the marked runs"),
-        # not in the footer: at 80 columns it would push out q; the palette lists it
+        Binding(
+            "c", "clone", "Clone", show=False, tooltip="Clone the selected run into the composer"
+        ),
+        Binding("v", "config", "TOML", show=False, tooltip="Show the selected run's config"),
         Binding(
             "g",
             "figure",
@@ -64,7 +67,14 @@ class RunsScreen(Screen):
             tooltip="Write a paper figure of the marked (or selected) runs",
         ),
         # run management: the table's subtitle names these keys (the footer is full at 80)
-        Binding("slash", "filter", "Filter", key_display="/", show=False, tooltip="Filter runs"),
+        Binding(
+            "slash",
+            "filter",
+            "Filter",
+            key_display="/",
+            show=False,
+            tooltip="Filter runs by experiment, point, method, status, #tag or note (esc clears)",
+        ),
         Binding(
             "d",
             "delete",
@@ -75,11 +85,21 @@ class RunsScreen(Screen):
         Binding("n", "note", "Note", show=False, tooltip="Write a note on the selected run"),
         Binding("t", "tag", "Tags", show=False, tooltip="Edit the selected run's tags"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
-        # the header says so when runs wait for a stopped engine (queue and resume start it)
         Binding(
-            "E", "app.start_engine", "Engine", show=False, tooltip="Start the background engine"
+            "z",
+            "panels",
+            "Panels",
+            show=False,
+            tooltip="Cycle the detail panels: plots (+ log when tall), log, none",
         ),
+        Binding("q", "app.quit", "Quit", tooltip="Quit the app (training goes on)"),
     ]
+    HELP_NOTES = (
+        "↑/↓ pick a run: its curves and log follow · ←/→ scroll to more columns",
+        "at 24 lines the log is behind z (plots, log, none)",
+    )
+    PANELS = ("plots", "log", "none")
+    COMPACT_BELOW = 32  # lines: below, the runs table keeps 8 rows and the log waits behind z
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,6 +107,7 @@ class RunsScreen(Screen):
         self.filter_text = ""
         self._pending_select: int | None = None
         self._drawn_version = (-1, -1)
+        self.panels = "plots"
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -111,8 +132,13 @@ class RunsScreen(Screen):
         self.refresh_runs()
 
     def on_resize(self) -> None:
-        # at 80 columns every action key needs the room; ^p stays in the header
-        self.query_one(Footer).show_command_palette = self.size.width >= 100
+        self.set_class(self.size.height < self.COMPACT_BELOW, "-compact")
+
+    def action_panels(self) -> None:
+        self.panels = self.PANELS[(self.PANELS.index(self.panels) + 1) % len(self.PANELS)]
+        for panel in self.PANELS:
+            self.set_class(panel == self.panels, f"-panels-{panel}")
+        self.refresh_runs()
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
@@ -151,7 +177,7 @@ class RunsScreen(Screen):
         table.border_title = f"runs ({len(runs)})" + (" · " + " · ".join(parts) if parts else "")
         empty = not runs and app.loaded
         self.query_one("#empty").display = empty
-        self.query_one("#detail").display = not empty
+        self.query_one("#detail").display = not empty and self.panels != "none"
         self.query_one(GpuPanel).set_runs(runs)
         self.follow_selection()
         self.refresh_title()
@@ -183,7 +209,7 @@ class RunsScreen(Screen):
                     printable(run.note),
                 )
             )
-        label = f" [{run.label}]" if run.label else ""
+        label = f" [{short_point(run.label)}]" if run.label else ""
         detail.border_title = Content(printable(f"#{run.id} {run.experiment}{label}"))
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
         detail.border_subtitle = Content(
@@ -249,19 +275,29 @@ class RunsScreen(Screen):
             self._pending_select = run_id
 
     # ------------------------------------------------------------ actions
+    def why_not(self, action: str) -> str | None:
+        """Why the action does not apply to the selection (None: it does); said in a toast."""
+        run = self.selected
+        if action in ("cancel", "resume", "clone", "config", "mark", "note", "tag") and run is None:
+            return "no run selected: ↑/↓ pick one"
+        if action == "cancel" and run.status not in ("queued", "running"):
+            return f"run #{run.id} is {run.status}: nothing to cancel"
+        if action == "resume" and not (
+            run.status in ("failed", "cancelled") or liveness.process_gone(run)
+        ):
+            hint = "x cancels it" if run.status in ("queued", "running") else "c clones it"
+            return f"run #{run.id} is {liveness.shown_status(run)}: nothing to resume ({hint})"
+        return None
+
+    def _refused(self, action: str) -> bool:
+        why = self.why_not(action)
+        if why is not None:
+            self.notify(why, severity="warning", timeout=4)
+        return why is not None
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        run = self.selected if self.is_mounted else None
-        if action == "cancel":
-            return run is not None and run.status in ("queued", "running") or None
-        if action == "resume":
-            dead = run is not None and liveness.process_gone(run)
-            return run is not None and (run.status in ("failed", "cancelled") or dead) or None
-        if action in ("clone", "config", "mark", "figure"):
-            return run is not None or None
-        if action == "clear_filter":  # otherwise escape is left to the app
+        if action == "clear_filter":  # escape clears a filter; otherwise it is left to the app
             return self.is_mounted and (bool(self.filter_text) or self.query_one("#filter").display)
-        if action == "compare":
-            return len(self.marked) >= 2 or None
         return True
 
     def action_new(self) -> None:
@@ -276,11 +312,13 @@ class RunsScreen(Screen):
     def action_cancel(self) -> None:
         from kdtui.screens.dialogs import ConfirmScreen
 
-        run = self.selected
-        if run is None:
+        if self._refused("cancel"):
             return
+        run = self.selected
         verb = "Stop" if run.status == "running" else "Cancel"
-        prompt = printable(f"{verb} run #{run.id} {run.experiment} {run.label}?").rstrip() + (
+        prompt = printable(
+            f"{verb} run #{run.id} {run.experiment} {short_point(run.label)}?"
+        ).rstrip() + (
             "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
         )
 
@@ -301,9 +339,8 @@ class RunsScreen(Screen):
         self.app.poll_soon()
 
     def action_resume(self) -> None:
-        run = self.selected
-        if run is not None:
-            self._resume(run.id)
+        if not self._refused("resume"):
+            self._resume(self.selected.id)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _resume(self, run_id: int) -> None:
@@ -323,9 +360,8 @@ class RunsScreen(Screen):
         app.poll_soon()
 
     def action_clone(self) -> None:
-        run = self.selected
-        if run is not None:
-            self._clone(run.id)
+        if not self._refused("clone"):
+            self._clone(self.selected.id)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _clone(self, run_id: int) -> None:
@@ -340,9 +376,8 @@ class RunsScreen(Screen):
         app.call_from_thread(app.open_composer, None, base=raw)
 
     def action_config(self) -> None:
-        run = self.selected
-        if run is not None:
-            self._show_config(run.id)
+        if not self._refused("config"):
+            self._show_config(self.selected.id)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _show_config(self, run_id: int) -> None:
@@ -354,16 +389,16 @@ class RunsScreen(Screen):
         except Exception as e:
             app.call_from_thread(self.notify, str(e), severity="error")
             return
-        title = f"run #{run.id} · {run.experiment} {run.label}".rstrip()
+        title = f"run #{run.id} · {run.experiment} {short_point(run.label)}".rstrip()
         title = printable(title + f" · fingerprint {run.fingerprint or 'none'}")
         app.call_from_thread(
             app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
         )
 
     def action_mark(self) -> None:
-        run = self.selected
-        if run is None:
+        if self._refused("mark"):
             return
+        run = self.selected
         self.marked ^= {run.id}
         self.table.set_runs(self.shown_runs(), self.marked)
         self.refresh_bindings()
@@ -374,7 +409,9 @@ class RunsScreen(Screen):
         for run_id in sorted(self.marked):
             run = self.app.runs_by_id.get(run_id)
             if run is not None:
-                label = f"#{run.id} {run.experiment}" + (f" {run.label}" if run.label else "")
+                label = f"#{run.id} {run.experiment}" + (
+                    f" {short_point(run.label)}" if run.label else ""
+                )
                 groups.append((label, [run.id]))
         self.app.compare(groups)
 
@@ -485,10 +522,9 @@ class RunsScreen(Screen):
     def action_note(self) -> None:
         from kdtui.screens.dialogs import TextScreen
 
-        run = self.selected
-        if run is None:
-            self.notify("no run selected: ↑/↓ pick one", severity="warning")
+        if self._refused("note"):
             return
+        run = self.selected
 
         def done(value: str | None) -> None:
             if value is not None:
@@ -510,10 +546,9 @@ class RunsScreen(Screen):
     def action_tag(self) -> None:
         from kdtui.screens.dialogs import TextScreen
 
-        run = self.selected
-        if run is None:
-            self.notify("no run selected: ↑/↓ pick one", severity="warning")
+        if self._refused("tag"):
             return
+        run = self.selected
 
         def done(value: str | None) -> None:
             if value is not None:
