@@ -14,9 +14,11 @@ data (uint8 32x32 images, 100 classes by default):
   `torch.compile` when asked), loss sums kept on the device like `fit`.
 
 Parts: loader alone, the SimKD step (and the teacher's share of it), a fused
-sweep (N students behind one teacher pass vs N separate runs) and the exact
+sweep (N students behind one teacher pass vs N separate runs), the exact
 teacher-logit cache on a KD run (cold, at the hit rate a 240-epoch run
-averages, warm). Every figure is the median of `repeats` interleaved
+averages, warm) and data-parallel scaling (the step on every visible GPU
+against one, bench/scaling.py; skipped with fewer than two GPUs unless
+`--procs N` asks for N CPU processes). Every figure is the median of `repeats` interleaved
 measurements, with the spread (min-max) next to it: on a shared box timings
 are noisy, ratios measured side by side much less so.
 """
@@ -52,7 +54,7 @@ from engine.train import (
     train_step,
 )
 
-PARTS = ("threads", "loader", "step", "fused", "cache", "compile")
+PARTS = ("threads", "loader", "step", "fused", "cache", "scaling", "compile")
 DEFAULT_PARTS = PARTS[:-1]  # `compile` (minutes of cold compiling on a CPU) only when asked
 # expected hit rate of a 240-epoch run over a cold cache: at epoch e a view was seen
 # before with probability 1 - (161/162)^e; the mean over e = 0..239
@@ -81,6 +83,7 @@ class BenchConfig:
     workers: int = -1
     compile: bool | None = None
     threads: int = 0
+    procs: int = 0  # scaling: processes (0: every visible GPU; CPUs only when given)
     parts: tuple[str, ...] = DEFAULT_PARTS
     notes: list[str] = field(default_factory=list)
 
@@ -610,6 +613,39 @@ class Bench:
             # steps of this size a run must train before the compile has paid for itself
             "break_even_steps_cold": cold / saved if saved > 0 else None,
             "break_even_steps_cached": cached / saved if saved > 0 else None,
+        }
+
+    def part_scaling(self) -> dict:
+        """The SimKD step on N processes (DDP) against one: images/s and efficiency."""
+        from bench.scaling import launch, threads_per_process
+
+        gpus = torch.cuda.device_count() if self.cuda else 0
+        procs = self.c.procs or gpus
+        if procs < 2:
+            where = f"{gpus} GPU visible" if self.cuda else "no GPU visible (CPU)"
+            return {
+                "skipped": f"{where}: it needs two or more devices "
+                "(`--procs N` measures N CPU processes)"
+            }
+        if self.cuda and procs > gpus:
+            raise RuntimeError(f"--procs {procs} but this box shows {gpus} GPUs")
+        device = "cuda" if self.cuda else "cpu"
+        one: list[float] = []
+        many: list[float] = []
+        for _ in range(self.c.repeats):  # interleaved: a neighbour's load hits both alike
+            one.append(launch(self.c, 1, device))
+            self.log(f"  1 process: {one[-1]:.1f} images/s")
+            many.append(launch(self.c, procs, device))
+            self.log(f"  {procs} processes: {many[-1]:.1f} images/s")
+        a, b = median_spread(one), median_spread(many)
+        return {
+            "procs": procs,
+            "device": device,
+            "threads_per_process": threads_per_process(procs),
+            "one_images_per_s": a,
+            "many_images_per_s": b,
+            "speedup": b["median"] / a["median"],
+            "efficiency": b["median"] / (procs * a["median"]),
         }
 
     # ---- everything

@@ -124,14 +124,14 @@ def test_hostile_notes_are_inert_and_bad_tags_are_refused_with_the_rule(sweep, s
 def test_a_store_from_before_notes_opens_and_gains_the_columns(home):
     old = Store(home)
     runs = old.submit(reading.loads(SWEEP))
-    # make it a version-2 store: the runs table as it was before notes and tags
+    # make it a version-3 store: the runs table as it was before notes and tags
     old.conn.execute("ALTER TABLE runs DROP COLUMN note")
     old.conn.execute("ALTER TABLE runs DROP COLUMN tags")
-    old.conn.execute("PRAGMA user_version = 2")
+    old.conn.execute("PRAGMA user_version = 3")
     old.close()
 
     store = Store(home)
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     columns = {r[1] for r in store.conn.execute("PRAGMA table_info(runs)")}
     assert {"note", "tags"} <= columns
     assert [(r.note, r.tag_list) for r in store.runs()] == [("", []), ("", [])]

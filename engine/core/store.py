@@ -23,6 +23,7 @@ from typing import Any
 from engine.core import annotations, layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import fingerprint as fpmod
 from engine.core import metrics as M
+from engine.core.reading import tomllib
 from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS runs (
     trained_params INTEGER,
     fingerprint TEXT,
     identity TEXT,
+    world_size INTEGER,
+    effective_batch INTEGER,
     images_per_s REAL,
     eta_s REAL,
     host TEXT,
@@ -109,13 +112,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
-    # version 3: the researcher's note and tags (engine.core.annotations)
+    # version 3: processes that train the run, and data.batch_size x world_size
+    ("world_size", "INTEGER"),
+    ("effective_batch", "INTEGER"),
+    # version 4: the researcher's note and tags (engine.core.annotations)
     ("note", "TEXT NOT NULL DEFAULT ''"),
     ("tags", "TEXT NOT NULL DEFAULT '[]'"),
 )
@@ -173,6 +179,8 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    world_size: int | None = None  # processes training it (nproc_per_node x nnodes)
+    effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
     note: str = ""
     tags: str = "[]"  # a JSON list: `tag_list`
 
@@ -270,6 +278,7 @@ class Store:
                 if statement.strip():
                     con.execute(statement)
             self._backfill_fingerprints(con)
+            self._backfill_world(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _backfill_fingerprints(self, con) -> None:
@@ -290,6 +299,21 @@ class Store:
             con.execute(
                 "UPDATE runs SET fingerprint=?, identity=? WHERE id=?",
                 (fpmod.digest(ident), fpmod.dumps(ident), row["id"]),
+            )
+
+    def _backfill_world(self, con) -> None:
+        """World size and effective batch of runs stored before version 3: one process each
+        (the keys did not exist), so the effective batch is the stored batch size."""
+        rows = con.execute(
+            "SELECT id, config_toml FROM runs WHERE world_size IS NULL ORDER BY id"
+        ).fetchall()
+        for row in rows:
+            try:
+                batch = int(tomllib.loads(row["config_toml"])["data"]["batch_size"])
+            except (ValueError, KeyError, TypeError):
+                batch = None
+            con.execute(
+                "UPDATE runs SET world_size=1, effective_batch=? WHERE id=?", (batch, row["id"])
             )
 
     def _teacher_source(
@@ -388,6 +412,10 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
+        try:  # several nodes need the Slurm backend: refused before anything is stored
+            reading.check_local(exp, file=source)
+        except schema.ConfigError as e:
+            raise StoreError(str(e)) from None
         written = writing.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)
@@ -442,8 +470,9 @@ class Store:
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
-               priority, fuse_key, epochs, created, fingerprint, identity)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               priority, fuse_key, epochs, created, fingerprint, identity, world_size,
+               effective_batch)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
@@ -466,6 +495,8 @@ class Store:
                 now,
                 fpmod.digest(ident),
                 fpmod.dumps(ident),
+                schema.world_size(cfg),
+                schema.effective_batch(cfg),
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
@@ -935,4 +966,7 @@ def fuse_key(cfg: schema.Experiment) -> str | None:
         cfg.run.teacher_cache_dtype,
         str(cfg.run.teacher_cache_mb),
     ]
+    world = schema.world_size(cfg)
+    if world > 1:  # one launcher starts the group's processes (absent at 1: older keys hold)
+        parts.append(f"world={world}")
     return "|".join(parts)

@@ -42,6 +42,7 @@ COLUMNS = (
     "method",
     "teacher→student",
     "trained params",
+    "eff. batch",
     "epochs",
     "status",
     "fingerprint",
