@@ -14,6 +14,7 @@ format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
             config.toml               its resolved config, as stored
             log.txt                   its log (engine.core.runlog)
             worker.log                its worker's raw output (warnings, tracebacks)
+            notes.json                its note and tags (engine.core.annotations)
             last.pth prev.pth best.pth  checkpoints (engine.core.checkpoint)
 """
 
@@ -62,6 +63,7 @@ def home_path(home: str | os.PathLike | None) -> Path:
 CONFIG = "config.toml"
 LOG = "log.txt"
 WORKER_OUTPUT = "worker.log"
+ANNOTATIONS = "notes.json"
 LAST, PREV, BEST = "last.pth", "prev.pth", "best.pth"
 CHECKPOINTS = (LAST, PREV, BEST)  # preference order on equal epochs
 RUN_DIR_NAME = re.compile(r"^\d{4,}-[0-9a-f]{6}$")

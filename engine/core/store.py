@@ -20,8 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from engine.core import annotations, layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import fingerprint as fpmod
-from engine.core import layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import metrics as M
 from engine.core.reading import tomllib
 from engine.core.registry import method_label
@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     started REAL,
     ended REAL,
-    heartbeat REAL
+    heartbeat REAL,
+    note TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -110,7 +112,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
@@ -119,6 +121,9 @@ ADDED_COLUMNS = (
     # version 3: processes that train the run, and data.batch_size x world_size
     ("world_size", "INTEGER"),
     ("effective_batch", "INTEGER"),
+    # version 4: the researcher's note and tags (engine.core.annotations)
+    ("note", "TEXT NOT NULL DEFAULT ''"),
+    ("tags", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
 
@@ -176,6 +181,12 @@ class Run:
     identity: str | None = None
     world_size: int | None = None  # processes training it (nproc_per_node x nnodes)
     effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
+    note: str = ""
+    tags: str = "[]"  # a JSON list: `tag_list`
+
+    @property
+    def tag_list(self) -> list[str]:
+        return annotations.parse_tags(self.tags)
 
     @property
     def path(self) -> Path:
@@ -700,6 +711,22 @@ class Store:
             con.execute("UPDATE runs SET depends_on=NULL WHERE depends_on=?", (run.id,))
             con.execute("DELETE FROM runs WHERE id=?", (run.id,))
         return run
+
+    # ------------------------------------------------------------ notes and tags
+    def annotate(
+        self, run_id: int, *, note: str | None = None, tags: Sequence[str] | None = None
+    ) -> Run:
+        """Set a run's note and/or its whole tag list (checked by engine.core.annotations:
+        AnnotationError says why), in its row and in its folder's annotations file."""
+        run = self.run(run_id)
+        new_note = run.note if note is None else annotations.check_note(note)
+        new_tags = run.tag_list if tags is None else annotations.check_tags(tags)
+        annotations.write_folder(run.dir, new_note, new_tags)  # first: the folder outlives us
+        self.conn.execute(
+            "UPDATE runs SET note=?, tags=? WHERE id=?",
+            (new_note, annotations.dump_tags(new_tags), run.id),
+        )
+        return self.run(run.id)
 
     # ------------------------------------------------------------ metrics
     def add_metrics(
