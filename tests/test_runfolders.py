@@ -375,7 +375,7 @@ def test_a_hostile_folder_is_refused_with_one_error_and_nothing_is_imported(tmp_
     dest.close()
 
 
-@pytest.mark.parametrize("version", ["2", "3", "3-folders"])
+@pytest.mark.parametrize("version", ["2", "3", "4", "3-folders"])
 def test_a_store_from_before_run_folders_gets_them_written_when_opened(home, version):
     from engine.core import store as storemod
 
@@ -384,6 +384,8 @@ def test_a_store_from_before_run_folders_gets_them_written_when_opened(home, ver
     assert old.claim(a.id, pid=None)
     old.add_metrics(a.id, [(0, 1, "train/loss", 1.0), (0, 1, "test/top1", 50.0)])
     old.finish(a.id, "done")
+    if version == "4":  # main's version 4: notes and tags (in the row and notes.json)
+        old.annotate(a.id, note="lr too high", tags=["paper"])
     # what a version-2 store had: rows and metrics in SQLite, no records in the folders;
     # version 3 (main's, issue 14): the same with world sizes, no uuid column, no `ingested`;
     # "3-folders" (the run-folder branch before the merge): folders, no world sizes anywhere
@@ -391,7 +393,7 @@ def test_a_store_from_before_run_folders_gets_them_written_when_opened(home, ver
         old.conn.execute("UPDATE runs SET uuid=NULL, world_size=NULL, effective_batch=NULL")
         old.conn.execute("UPDATE experiments SET uuid=NULL")
         old.conn.execute("DELETE FROM ingested")
-    elif version == "3":
+    elif version in ("3", "4"):
         old.conn.execute("DROP INDEX runs_uuid")
         old.conn.execute("ALTER TABLE runs DROP COLUMN uuid")
         old.conn.execute("ALTER TABLE experiments DROP COLUMN uuid")
@@ -405,7 +407,7 @@ def test_a_store_from_before_run_folders_gets_them_written_when_opened(home, ver
             (run.path / layout.META).write_text(json.dumps(meta))
     old.conn.execute(f"PRAGMA user_version = {version[0]}")
     for run in (a, b) if version != "3-folders" else ():
-        for name in (layout.META, layout.METRICS, layout.EVENTS):
+        for name in (layout.META, layout.METRICS, layout.EVENTS):  # notes.json stays
             (run.path / name).unlink(missing_ok=True)
     old.close()
     before = dump(home)
@@ -420,9 +422,11 @@ def test_a_store_from_before_run_folders_gets_them_written_when_opened(home, ver
     # world size and effective batch: backfilled (one process) from version 2, kept from 3,
     # in run.json from either, and from a folder without them the rebuild backfills them
     assert {(r["world_size"], r["effective_batch"]) for r in after["runs"]} == {(1, 64)}
+    if version == "4":  # the note and tags come back from notes.json
+        assert (after["runs"][0]["note"], after["runs"][0]["tags"]) == ("lr too high", '["paper"]')
     for rows in (before["runs"], after["runs"]):
         for row in rows:
             row.pop("uuid", None)
-            if version != "3":
+            if version not in ("3", "4"):
                 row.pop("world_size", None), row.pop("effective_batch", None)
     assert after["runs"] == before["runs"] and after["metrics"] == before["metrics"]

@@ -143,6 +143,8 @@ def to_csv(rows: Sequence[Row], *, runs: bool = False) -> str:
                 "best_top1",
                 "last_top1",
                 "teacher_top1",
+                "tags",
+                "run_note",
             ]
         )
         for i, r in enumerate(rows, 1):
@@ -162,6 +164,8 @@ def to_csv(rows: Sequence[Row], *, runs: bool = False) -> str:
                         _num(m.best),
                         _num(m.last),
                         _num(m.teacher_top1),
+                        " ".join(m.tags),
+                        m.run_note,
                     ]
                 )
         return buf.getvalue()
@@ -269,7 +273,7 @@ def to_latex(rows: Sequence[Row], *, runs: bool = False) -> str:
 def _latex_members(rows: Sequence[Row]) -> list[str]:
     head, body = member_table(rows)
     lines = [
-        "\\begin{tabular}{rlrrlrrrl}",
+        "\\begin{tabular}{rlrrlrrrlll}",
         "\\toprule",
         " & ".join(_tex(h) for h in head) + " \\\\",
         "\\midrule",

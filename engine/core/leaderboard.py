@@ -60,7 +60,9 @@ class Member:
     last: float | None
     teacher_top1: float | None
     counted: bool
-    note: str
+    note: str  # why it is (not) in the mean
+    tags: list[str] = field(default_factory=list)  # the researcher's (engine.core.annotations)
+    run_note: str = ""  # the researcher's note on the run
 
 
 @dataclass
@@ -210,6 +212,8 @@ def _members(runs: list[Run]) -> list[Member]:
                 r.teacher_top1,
                 ok,
                 note,
+                r.tag_list,
+                r.note,
             )
         )
     return out
@@ -432,6 +436,8 @@ MEMBER_COLUMNS = (
     "last top-1",
     "teacher top-1",
     "note",
+    "tags",
+    "run note",
 )
 
 
@@ -521,6 +527,8 @@ def member_cells(row: Row, rank: int, m: Member) -> list[str]:
         fmt_top1(m.last),
         fmt_top1(m.teacher_top1),
         m.note,
+        " ".join(m.tags),
+        m.run_note,
     ]
 
 

@@ -58,6 +58,8 @@ RUN_FIELDS = (
     "ended",
     "error",
     "dir",
+    "note",
+    "tags",
 )
 
 ROW_FIELDS = (
@@ -107,6 +109,8 @@ MEMBER_FIELDS = (
     "best_top1",
     "last_top1",
     "teacher_top1",
+    "tags",
+    "run_note",
 )
 
 
@@ -164,6 +168,8 @@ def run_record(r: Run) -> dict[str, Any]:
         "ended": _num(r.ended),
         "error": r.error,
         "dir": r.dir,
+        "note": r.note,
+        "tags": r.tag_list,
     }
     return rec
 
@@ -215,6 +221,8 @@ def row_record(row: Row, rank: int) -> dict[str, Any]:
                 "best_top1": _num(m.best),
                 "last_top1": _num(m.last),
                 "teacher_top1": _num(m.teacher_top1),
+                "tags": list(m.tags),
+                "run_note": m.run_note,
             }
             for m in row.members
         ],

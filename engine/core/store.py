@@ -28,8 +28,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.core import (
+    annotations,
+    layout,
+    liveness,
+    planning,
+    reading,
+    runfolder,
+    safefs,
+    schema,
+    writing,
+)
 from engine.core import fingerprint as fpmod
-from engine.core import layout, liveness, planning, reading, runfolder, safefs, schema, writing
 from engine.core.reading import tomllib
 from engine.core.registry import method_label
 
@@ -94,6 +104,8 @@ CREATE TABLE IF NOT EXISTS runs (
     identity TEXT,
     world_size INTEGER,
     effective_batch INTEGER,
+    note TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '[]',
     uuid TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
@@ -126,9 +138,10 @@ CREATE TABLE IF NOT EXISTS ingested (
     bad_lines INTEGER NOT NULL DEFAULT 0
 );
 """
-# 2: fingerprints; 3: world size (issue 14); 4: run folders are the source of truth (uuid,
-# `ingested`). Both flavours of 3 (world size, or an unmerged branch's run folders) migrate.
-SCHEMA_VERSION = 4
+# 2: fingerprints; 3: world size (issue 14); 4: notes and tags (issue 16); 5: run folders
+# are the source of truth (uuid, `ingested`). Older stores migrate by the columns they lack
+# (tested from 2, 3, 4 and an unmerged branch's 3 that had run folders but no world size).
+SCHEMA_VERSION = 5
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
@@ -137,7 +150,10 @@ ADDED_COLUMNS = (
     # version 3: processes that train the run, and data.batch_size x world_size
     ("world_size", "INTEGER"),
     ("effective_batch", "INTEGER"),
-    ("uuid", "TEXT"),  # version 4: the run folder's uuid (run.json), unique across stores
+    # version 4: the researcher's note and tags (engine.core.annotations)
+    ("note", "TEXT NOT NULL DEFAULT ''"),
+    ("tags", "TEXT NOT NULL DEFAULT '[]'"),
+    ("uuid", "TEXT"),  # version 5: the run folder's uuid (run.json), unique across stores
 )
 ACTIVE = ("queued", "running")  # not finished
 # an idle poll looks only at running runs' folders: only a worker writes a folder without
@@ -200,7 +216,13 @@ class Run:
     identity: str | None = None
     world_size: int | None = None  # processes training it (nproc_per_node x nnodes)
     effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
+    note: str = ""
+    tags: str = "[]"  # a JSON list: `tag_list`
     uuid: str | None = None
+
+    @property
+    def tag_list(self) -> list[str]:
+        return annotations.parse_tags(self.tags)
 
     @property
     def path(self) -> Path:
@@ -965,6 +987,22 @@ class Store:
             con.execute("DELETE FROM runs WHERE id=?", (run.id,))
         return run
 
+    # ------------------------------------------------------------ notes and tags
+    def annotate(
+        self, run_id: int, *, note: str | None = None, tags: Sequence[str] | None = None
+    ) -> Run:
+        """Set a run's note and/or its whole tag list (checked by engine.core.annotations:
+        AnnotationError says why), in its row and in its folder's annotations file."""
+        run = self.run(run_id)
+        new_note = run.note if note is None else annotations.check_note(note)
+        new_tags = run.tag_list if tags is None else annotations.check_tags(tags)
+        annotations.write_folder(run.dir, new_note, new_tags)  # first: the folder outlives us
+        self.conn.execute(
+            "UPDATE runs SET note=?, tags=? WHERE id=?",
+            (new_note, annotations.dump_tags(new_tags), run.id),
+        )
+        return self.run(run.id)
+
     # ------------------------------------------------------------ metrics
     def add_metrics(
         self, run_id: int, rows: Iterable[tuple[int, int, str, float]], when: float | None = None
@@ -1120,6 +1158,11 @@ class Store:
         """A run's row from its folder (run.json, config.toml), then its records ingested."""
         row = dict(meta["row"])
         row.setdefault("created", time.time())
+        try:
+            note, tags = annotations.read_folder(run_dir)
+        except annotations.AnnotationError:  # import refuses it first; rebuild says so
+            note, tags = "", []
+        row.update(note=note, tags=annotations.dump_tags(tags))
         values = {
             "id": run_id,
             "experiment_id": exp_id,
@@ -1151,7 +1194,8 @@ class Store:
                 meta = runfolder.check_folder(d)
                 config = safefs.read_text(d / layout.CONFIG)
                 reading.loads(config, file=str(d / layout.CONFIG), resolved=True)
-            except runfolder.FolderError as e:
+                annotations.read_folder(d)
+            except (runfolder.FolderError, annotations.AnnotationError) as e:
                 raise ImportRefused(str(e)) from None
             except FileNotFoundError:
                 raise ImportRefused(
@@ -1375,6 +1419,10 @@ def rebuild(home: str | Path | None = None) -> Rebuilt:
             except (OSError, UnicodeDecodeError) as e:
                 out.skipped.append((run_dir.name, f"{layout.CONFIG}: {e}"))
                 continue
+            try:
+                annotations.read_folder(run_dir)
+            except annotations.AnnotationError as e:  # the run comes back, the file is kept
+                out.skipped.append((run_dir.name, f"{e}; the run is back without its note/tags"))
             seen.add(meta["id"])
             exp = meta["experiment"]
             if con.execute("SELECT 1 FROM experiments WHERE id=?", (exp["id"],)).fetchone() is None:

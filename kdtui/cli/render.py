@@ -73,6 +73,7 @@ DROP_ORDER = (
 LS_DROP_ORDER = (
     "fingerprint",
     "device",
+    "tags · note",
     "img/s",
     "eff. batch",
     "head",

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from engine.core import annotations, layout, liveness, removal, runlog
 from engine.core import checkpoint as ckptmod
-from engine.core import layout, liveness, runlog
 from engine.core import leaderboard as lb
 from engine.core.inert import printable
 from engine.core.points import short_point
@@ -59,12 +59,18 @@ def list_runs(
         str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
     experiment: ExperimentOpt = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", "-t", help="Only runs with this tag (`kdtui tag`).")
+    ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """List runs with status and progress."""
     store = Store(home)
     runs = store.runs(status=status, experiment=experiment)
+    if tag is not None:
+        wanted = tag.strip().lower()
+        runs = [r for r in runs if wanted in r.tag_list]
     if as_json:
         from engine.core import records
 
@@ -84,6 +90,7 @@ def list_runs(
         "eff. batch",
         "device",
         "fingerprint",
+        "tags · note",
     ]
     body, statuses, dead = [], [], []
     for r in runs:
@@ -106,6 +113,7 @@ def list_runs(
                 lb.fmt_batch(r.effective_batch, r.world_size),
                 r.device or "–",
                 (r.fingerprint or "–")[: lb.FP_SHOWN],
+                printable(annotations.summary(r.note, r.tag_list, limit=60)),
             ]
         )
     # as `kdtui leaderboard` does: columns that do not fit go (named below), cells fold
@@ -261,31 +269,21 @@ def rm(
     """Remove finished runs: their rows, metrics and folders. Asks first."""
     store = Store(home)
     runs = _find(store, refs)
-    busy = [r for r in runs if not r.finished and not liveness.process_gone(r)]
-    if busy:
-        raise fail(
-            f"run {', '.join(str(r.id) for r in busy)} is still {busy[0].status}; "
-            "`kdtui cancel` it first"
-        )
+    why = removal.refusal(runs)
+    if why:
+        raise fail(why)
     for r in runs:
         console.print(f"  {_describe(r)} ({r.status})  {r.dir}")
     if not yes and not typer.confirm(
         f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
     ):
         raise typer.Exit(1)
-    removed = 0
-    for r in runs:
-        if not r.finished:  # dead: its process is gone
-            store.settle_gone(r, "failed", f"process {r.pid} gone; removed")
-        try:
-            store.delete(r.id)
-        except StoreError as e:
-            err.print(text((f"kept run {r.id}:", "red"), " ", str(e)))
-            continue
-        kept = store.remove_run_dir(r)  # only a real folder inside the real runs/
-        if kept:
-            err.print(text((f"kept the folder of run {r.id}:", "red"), " ", kept))
-        removed += 1
+    done = removal.remove(store, runs)
+    for run_id, reason in done.kept_runs:
+        err.print(text((f"kept run {run_id}:", "red"), " ", reason))
+    for run_id, reason in done.kept_folders:
+        err.print(text((f"kept the folder of run {run_id}:", "red"), " ", reason))
+    removed = len(done.removed)
     console.print(f"removed {removed} run{'s' * (removed != 1)}")
 
 
