@@ -312,6 +312,7 @@ def test_import_copies_runs_from_another_store_and_refuses_them_twice(tmp_path):
     (teacher,) = there.submit(reading.loads(exp, file="t.toml"))
     assert there.claim(teacher.id, pid=os.getpid())
     assert execute(there, [teacher.id])[0].status == "done"
+    there.annotate(teacher.id, note="the teacher", tags=["paper"])
     kd = tiny("kd", more='[teacher]\narch = "resnet8"\nfrom_run = "t"\n[distill]\nmethod = "kd"')
     (student,) = there.submit(reading.loads(kd, file="kd.toml"))  # queued there
     here = Store(tmp_path / "here")
@@ -323,6 +324,7 @@ def test_import_copies_runs_from_another_store_and_refuses_them_twice(tmp_path):
     assert [r.id for r in runs] == [mine.id, 2, 3]
     t, s = runs[1], runs[2]
     assert t.uuid == there.run(teacher.id).uuid and t.status == "done"
+    assert (t.note, t.tag_list) == ("the teacher", ["paper"])  # from its notes.json
     assert store_metrics(here, t.id) == store_metrics(there, teacher.id)
     assert t.best_top1 == there.run(teacher.id).best_top1
     assert t.path.parent == here.runs_dir and (t.path / layout.BEST).exists()
@@ -354,6 +356,11 @@ def test_a_hostile_folder_is_refused_with_one_error_and_nothing_is_imported(tmp_
     assert dest.runs() == [] and sorted(os.listdir(dest.runs_dir)) == listing
 
     os.unlink(b.path / "log.txt")
+    (b.path / layout.ANNOTATIONS).write_text('{"note": "", "tags": ["not a tag!"]}')
+    out = kdtui(dest.home, "import", a.path, b.path, check=False)
+    assert out.returncode == 2 and str(b.path / layout.ANNOTATIONS) in out.stderr
+    assert dest.runs() == [] and sorted(os.listdir(dest.runs_dir)) == listing
+    (b.path / layout.ANNOTATIONS).unlink()
     with open(a.path / layout.METRICS, "a") as f:
         f.write('{"name": "x", "epoch": "one"}\n')
     out = kdtui(dest.home, "import", a.path, b.path, check=False)
