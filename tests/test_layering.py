@@ -1,4 +1,5 @@
-"""The app starts without torch: the layering contract and a real import in a fresh interpreter."""
+"""The layers hold: the app starts without torch (a real import in a fresh interpreter), the
+import-linter contracts in pyproject.toml are kept, and no two modules import each other."""
 
 from __future__ import annotations
 
@@ -27,3 +28,35 @@ def test_import_contract_holds():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([exe], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_module_imports_itself_back():
+    """No import cycle between any two modules of kdtui, engine and bench (a cycle is what makes
+    a module impossible to read, test or move on its own)."""
+    import graphlib
+
+    import grimp
+
+    graph = grimp.build_graph("kdtui", "engine", "bench", cache_dir=None)
+    imports = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    assert len(imports) > 100  # the whole tree was read, not an empty graph
+    try:
+        tuple(graphlib.TopologicalSorter(imports).static_order())
+    except graphlib.CycleError as e:
+        cycle = reversed(e.args[1])  # graphlib lists dependencies first
+        raise AssertionError(f"import cycle: {' -> '.join(cycle)}") from None
+
+
+def test_ci_lints_then_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("`.ci/run` runs):", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    script = (ROOT / ".ci" / "run").read_text()
+    assert block.strip() in script.splitlines(), "the README's test command changed: copy it"
+    tests_at = script.index(block.strip())
+    for lint in (
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/lint-imports",
+    ):
+        assert -1 < script.find(lint) < tests_at, f"{lint} must run before the tests"
+    assert "set -euo pipefail" in script  # so a lint failure fails CI
