@@ -3,7 +3,9 @@ import-linter contracts in pyproject.toml are kept, and no two modules import ea
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,3 +62,48 @@ def test_ci_lints_then_runs_the_readme_test_command_verbatim():
     ):
         assert -1 < script.find(lint) < tests_at, f"{lint} must run before the tests"
     assert "set -euo pipefail" in script  # so a lint failure fails CI
+
+
+def _defines(tree: ast.AST, names: list[str]) -> bool:
+    """Whether a module's source defines names[0] at top level (names[1:] inside its class)."""
+    body = tree.body
+    for i, name in enumerate(names):
+        found = None
+        for node in body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                hit = node.name == name
+            elif isinstance(node, ast.Assign):
+                hit = any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+            elif isinstance(node, ast.AnnAssign):
+                hit = isinstance(node.target, ast.Name) and node.target.id == name
+            else:
+                hit = False
+            if hit:
+                found = node
+        if found is None or (i < len(names) - 1 and not isinstance(found, ast.ClassDef)):
+            return False
+        body = getattr(found, "body", [])
+    return True
+
+
+def _exists(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        for source in (base.with_suffix(".py"), base / "__init__.py"):
+            if source.is_file():
+                rest = parts[cut:]
+                return not rest or _defines(ast.parse(source.read_text()), rest)
+    return False
+
+
+def test_architecture_names_only_what_exists():
+    """ARCHITECTURE.md cannot go stale: every path and every engine.x / kdtui.x / bench.x name
+    it mentions is in the tree (a module, a package, or a name a module defines)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    paths = set(re.findall(r"\b(?:kdtui|engine|bench|tests|experiments)/[\w/.]*", text))
+    dotted = set(re.findall(r"\b(?:kdtui|engine|bench)\.[A-Za-z_][\w.]*", text))
+    assert len(paths) > 20 and len(dotted) > 20  # the page was read, not skipped
+    missing = [p for p in sorted(paths) if not (ROOT / p.rstrip(".")).exists()]
+    missing += [d for d in sorted(dotted) if not _exists(d.rstrip("."))]
+    assert not missing, f"ARCHITECTURE.md names what the tree does not have: {missing}"
