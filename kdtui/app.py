@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from engine.core import layout, runlog
+from engine.core import display, layout, runlog
 from engine.core import metrics as M
 from engine.core.inert import printable
 from engine.core.store import Run, Store
@@ -410,7 +410,7 @@ class KdApp(App):
                 self._announce(r)
 
     def _announce(self, run: Run) -> None:
-        what = f"#{run.id} {run.experiment}" + (f" [{run.label}]" if run.label else "")
+        what = display.name(run)
         if run.status == "done":
             best = f" · best top-1 {run.best_top1:.2f}" if run.best_top1 is not None else ""
             self.notify(f"{what}{best}", title="run finished", timeout=10, markup=False)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from engine.core import display, layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import fingerprint as fpmod
-from engine.core import layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import metrics as M
 from engine.core.registry import method_label
 
@@ -183,9 +183,7 @@ class Run:
 
     @property
     def pair(self) -> str:
-        return (
-            f"{self.teacher_arch}→{self.student_arch}" if self.teacher_arch else self.student_arch
-        )
+        return display.pair(self.teacher_arch, self.student_arch)
 
     @property
     def finished(self) -> bool:

@@ -28,9 +28,9 @@ from rich.progress import (
 from rich.text import Text
 
 from engine.core import checkpoint as ckptmod
+from engine.core import display, schema
 from engine.core import leaderboard as lb
 from engine.core import metrics as M
-from engine.core import schema
 from engine.core.inert import printable
 from engine.core.store import Run, Store, StoreError
 from kdtui.cli.render import leaderboard_table
@@ -137,12 +137,6 @@ def make_progress(console: Console) -> Progress:
     )
 
 
-def _label(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    point = f" {r.label}" if r.label and r.role != "teacher" else ""
-    return printable(f"#{r.id} {who} {r.pair}{point}")
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, handled like ctrl+c; `reason` goes into the runs' error."""
 
@@ -202,7 +196,9 @@ def train_groups(store: Store, groups: list[list[Run]], console: Console) -> lis
                             ids.remove(r.id)
                     if not ids:
                         continue
-                    labels = {str(r.id): _label(r) for r in group}
+                    labels = {
+                        str(r.id): printable(display.title(r, experiment=False)) for r in group
+                    }
                     finished += execute(store, ids, callbacks=ProgressCallbacks(progress, labels))
         except BaseException as e:
             stop = e if isinstance(e, KeyboardInterrupt) else e.__context__

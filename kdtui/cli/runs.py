@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from engine.core import checkpoint as ckptmod
-from engine.core import layout, liveness, runlog
+from engine.core import display, layout, liveness, runlog
 from engine.core import leaderboard as lb
 from engine.core.inert import printable
 from engine.core.store import STATUSES, Run, Store, StoreError
@@ -41,16 +41,6 @@ def _find(store: Store, refs: list[str]) -> list[Run]:
         except StoreError as e:
             raise fail(str(e)) from None
     return [runs[i] for i in sorted(runs)]
-
-
-STATUS_STYLE = {
-    "queued": "yellow",
-    "running": "cyan",
-    "done": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-    "dead": "bold red",
-}
 
 
 def list_runs(
@@ -95,7 +85,7 @@ def list_runs(
         add_text_row(
             t,
             str(r.id),
-            text(shown, style=STATUS_STYLE.get(shown, "")),
+            text(shown, style=display.STATUS_STYLE.get(shown, "")),
             r.experiment,
             r.label,
             r.method,
@@ -252,7 +242,7 @@ def rm(
             "`kdtui cancel` it first"
         )
     for r in runs:
-        console.print(f"  {_describe(r)} ({r.status})  {r.dir}")
+        console.print(f"  {display.title(r)} ({r.status})  {r.dir}")
     if not yes and not typer.confirm(
         f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
     ):
@@ -271,9 +261,3 @@ def rm(
             err.print(text((f"kept the folder of run {r.id}:", "red"), " ", kept))
         removed += 1
     console.print(f"removed {removed} run{'s' * (removed != 1)}")
-
-
-def _describe(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    label = f" {r.label}" if r.label and r.role != "teacher" else ""
-    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

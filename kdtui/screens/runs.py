@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine.core import checkpoint as ckptmod
-from engine.core import liveness, writing
+from engine.core import display, liveness, writing
 from engine.core import metrics as M
 from engine.core.inert import printable
 from kdtui.messages import DataChanged
@@ -144,8 +144,7 @@ class RunsScreen(Screen):
             detail.border_title = "no run selected"
             detail.border_subtitle = ""
             return
-        label = f" [{run.label}]" if run.label else ""
-        detail.border_title = Content(printable(f"#{run.id} {run.experiment}{label}"))
+        detail.border_title = Content(printable(display.name(run)))
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
         detail.border_subtitle = Content(
             printable(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widgets import DataTable
 
-from engine.core import liveness
+from engine.core import display, liveness
 from kdtui.inert import text
 from kdtui.widgets import cells
 from kdtui.widgets.tables import content_widths, set_widths
@@ -49,7 +49,7 @@ def row_cells(run, marked: bool) -> list:
         name,
         cells.progress(run.epoch, run.epochs, run.progress, run.status),
         best,
-        cells.eta(run.eta_s) if run.status == "running" else "–",
+        display.duration(run.eta_s, short=True) if run.status == "running" else "–",
         Text(cells.speed(run.images_per_s), justify="right"),
         text(run.method),
         text(run.pair),
