@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.core import schema
 from engine.core.views import CROPS, PAD, encode_view
 from engine.strong_aug import StrongParams, StrongTransform, draw_params, rand_augment_u8
 
@@ -701,7 +702,7 @@ def build_data(
     fit in memory in general). `strong`: training batches also carry MLKD's
     strong view (`Batch.strong`; see `engine.core.schema.strong_view`).
     """
-    data_seed = cfg.data_seed if cfg.data_seed >= 0 else seed
+    data_seed = schema.data_seed(cfg, seed)
     device = torch.device(device)
     if cfg.dataset == "folder":
         return _build_folder(cfg, data_seed, device, channels_last, strong)

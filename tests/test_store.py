@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from engine.core import reading
+from engine.core import fingerprint, planning, reading
 from engine.core.store import Store, StoreError
 
 EXP = """
@@ -53,6 +53,32 @@ def test_submit_creates_one_queued_row_and_folder_per_run(store):
         "lr=0.05 seed=0",
         "lr=0.05 seed=1",
     }
+
+
+def test_a_plan_comes_out_complete_and_the_store_only_records_it(store):
+    """Planning resolves the teacher dependency, fuse key, data seed and fingerprint; the
+    store supplies the teacher's run id and recipe, then writes the plan as it is."""
+    exp = reading.loads(EXP, file="exp.toml")
+    teacher_plan, *plans = planning.expand(planning.absolute_paths(exp))
+    assert teacher_plan.role == "teacher" and teacher_plan.run_label == "teacher"
+    assert [p.teacher_plan for p in plans] == [0, 0, 0, 0]
+    assert [p.data_seed for p in plans] == [0, 1, 0, 1]  # data_seed = -1 follows the run's seed
+    assert plans[0].teacher_ref is None  # trained here, not from another run
+
+    runs = submit(store)
+    source = fingerprint.run_source(runs[0].fingerprint)
+    plan = planning.resolve(plans[1], teacher_run=runs[0].id, teacher_source=source)
+    cfg = plan.config
+    assert (cfg.teacher.train, cfg.teacher.optim, cfg.teacher.from_run) == (
+        False,
+        {},
+        str(runs[0].id),
+    )
+    stored = runs[2]  # the same point and seed
+    assert (stored.label, stored.depends_on) == (plan.run_label, plan.depends_on)
+    assert stored.fuse_key == plan.fuse_key and str(plan.data_seed) in plan.fuse_key.split("|")
+    assert stored.fingerprint == plan.fingerprint == fingerprint.fingerprint(cfg, teacher=source)
+    assert stored.method == plan.method_label == "simkd"
 
 
 def test_the_stored_config_reproduces_the_run(store):

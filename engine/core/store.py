@@ -23,7 +23,6 @@ from typing import Any
 from engine.core import display, layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import fingerprint as fpmod
 from engine.core import metrics as M
-from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -379,50 +378,32 @@ class Store:
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)
         now = time.time()
-        created: list[Run] = []
+        created: list[int] = []
         with self._tx() as con:
             exp_id = con.execute(
                 "INSERT INTO experiments(name, source, config_toml, created) VALUES (?,?,?,?)",
                 (exp.name, source, written, now),
             ).lastrowid
-            teacher_run: int | None = None
             files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
             for plan in plans:
-                cfg = plan.config
-                depends_on = None
-                if plan.role == "student" and cfg.method.needs_teacher:
-                    if cfg.teacher.train:
-                        assert teacher_run is not None
-                        cfg.teacher.train = False
-                        cfg.teacher.from_run = str(teacher_run)
-                        cfg.teacher.optim = {}
-                        depends_on = teacher_run
-                    elif cfg.teacher.from_run:
-                        depends_on = self._resolve_from_run(
-                            con, cfg.teacher.from_run, cfg.teacher.arch
-                        )
-                        cfg.teacher.from_run = str(depends_on)
-                teacher = self._teacher_source(con, cfg, files, depends_on)
-                ident = fpmod.identity(cfg, teacher=teacher)
-                run_id = self._insert_run(con, exp_id, plan, cfg, depends_on, status, now, ident)
+                teacher_run = None
+                if plan.teacher_plan is not None:
+                    teacher_run = created[plan.teacher_plan]
+                elif plan.teacher_ref:
+                    teacher_run = self._resolve_from_run(
+                        con, plan.teacher_ref, plan.config.teacher.arch
+                    )
+                teacher = self._teacher_source(con, plan.config, files, teacher_run)
+                planning.resolve(plan, teacher_run=teacher_run, teacher_source=teacher)
+                run_id = self._insert_run(con, exp_id, plan, status, now)
                 if holder is not None:
                     con.execute("UPDATE runs SET pid=? WHERE id=?", (holder, run_id))
-                if plan.role == "teacher":
-                    teacher_run = run_id
                 created.append(run_id)
         return [self.run(i) for i in created]
 
-    def _insert_run(
-        self,
-        con,
-        exp_id: int,
-        plan: planning.RunPlan,
-        cfg: schema.Experiment,
-        depends_on: int | None,
-        status: str,
-        now: float,
-        ident: dict,
-    ) -> int:
+    def _insert_run(self, con, exp_id: int, plan: planning.RunPlan, status: str, now: float) -> int:
+        """Record a resolved plan: its row, and its config in the run's new folder."""
+        cfg = plan.config
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
         toml_text = writing.resolved_toml(cfg)
@@ -435,24 +416,24 @@ class Store:
                 exp_id,
                 cfg.name,
                 plan.role,
-                plan.label if plan.role == "student" else "teacher",
+                plan.run_label,
                 json.dumps(plan.point, sort_keys=True),
                 plan.seed,
                 status,
-                method_label(spec.name, cfg.distill.options),  # e.g. kd+ls
+                plan.method_label,
                 teacher_arch,
                 cfg.student.arch,
                 cfg.data.dataset,
                 spec.head,
                 toml_text,
                 "",
-                depends_on,
+                plan.depends_on,
                 cfg.run.priority,
-                fuse_key(cfg),
+                plan.fuse_key,
                 cfg.optim.epochs,
                 now,
-                fpmod.digest(ident),
-                fpmod.dumps(ident),
+                plan.fingerprint,
+                fpmod.dumps(plan.identity),
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
@@ -870,40 +851,3 @@ class _Transaction:
             self.con.execute("COMMIT")
         else:
             self.con.execute("ROLLBACK")
-
-
-def fuse_key(cfg: schema.Experiment) -> str | None:
-    """Runs with equal keys share teacher and batches, so one process can train them all."""
-    if not cfg.run.fuse or not cfg.method.needs_teacher:
-        return None
-    t, d = cfg.teacher, cfg.data
-    data_seed = d.data_seed if d.data_seed >= 0 else cfg.seeds[0]
-    parts = [
-        t.arch,
-        t.checkpoint,
-        t.from_run,
-        d.dataset,
-        d.root,
-        str(d.batch_size),
-        str(d.augment),
-        d.hflip,
-        d.loader,
-        str(data_seed),
-        str(d.num_classes),
-        str(d.train_size),
-        str(d.image_size),
-        str(cfg.optim.epochs),
-        cfg.run.device,
-        cfg.run.amp,
-        str(cfg.run.max_steps),
-        # process-wide settings: a group takes them from its first run, so they must agree
-        cfg.run.channels_last,
-        str(cfg.run.deterministic),
-        str(cfg.run.compile),
-        cfg.run.compile_mode,
-        str(cfg.run.threads),
-        cfg.run.teacher_cache,
-        cfg.run.teacher_cache_dtype,
-        str(cfg.run.teacher_cache_mb),
-    ]
-    return "|".join(parts)
