@@ -182,7 +182,7 @@ def execute(
 ) -> list[Run]:
     """Train the given runs (one fused group) to the end; returns their final rows."""
     runs = [store.run(i) for i in run_ids]
-    cfgs = [r.config for r in runs]
+    cfgs = [r.load_config() for r in runs]
     names = {str(r.id): r.id for r in runs}
     cb = StoreCallbacks(store, names, callbacks)
     try:

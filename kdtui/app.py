@@ -119,7 +119,8 @@ class KdApp(App):
         self.poll_s = poll_s
         self.runs: list[Run] = []
         self.runs_by_id: dict[int, Run] = {}
-        self.watch: Watch | None = None
+        # the selected run's metrics and log (not `watch`: that is Textual's DOMNode.watch)
+        self.followed: Watch | None = None
         self.engine: Any = None
         self.polls = 0
         self.loaded = False
@@ -261,10 +262,10 @@ class KdApp(App):
     def watch_run(self, run_id: int | None) -> None:
         """Follow this run's metrics and log (None: nothing selected)."""
         if run_id is None:
-            self.watch = None
-        elif self.watch is None or self.watch.run_id != run_id:
+            self.followed = None
+        elif self.followed is None or self.followed.run_id != run_id:
             run = self.runs_by_id.get(run_id)
-            self.watch = Watch(run_id, run.attempts if run else 0)
+            self.followed = Watch(run_id, run.attempts if run else 0)
             self._log_text, self._log_reset = "", True
         else:
             return
@@ -280,7 +281,7 @@ class KdApp(App):
             return
         self._polling = True
         self._tick_count += 1
-        watch = self.watch
+        watch = self.followed
         log_path = None
         if watch is not None:
             run = self.runs_by_id.get(watch.run_id)
@@ -346,12 +347,12 @@ class KdApp(App):
             self.engine = snap.engine
         if snap.engine_read or runs_changed:
             self.sub_title = self.header_text()
-        watch = self.watch
+        watch = self.followed
         if watch is not None and watch.run_id == snap.watch_id:
             run = self.runs_by_id.get(watch.run_id)
             if run is not None and run.attempts != watch.attempts:
                 # resumed: metrics past the checkpoint were rewritten, start over
-                self.watch = Watch(watch.run_id, run.attempts)
+                self.followed = Watch(watch.run_id, run.attempts)
                 self._log_text, self._log_reset = "", True
                 watch_changed = True
             elif snap.since_id == watch.last_id:

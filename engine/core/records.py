@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.core import liveness
+from engine.core.export import CSV_COLUMNS
 from engine.core.leaderboard import Row
 from engine.core.store import Run
 
@@ -58,40 +59,8 @@ RUN_FIELDS = (
     "dir",
 )
 
-ROW_FIELDS = (
-    "rank",
-    "name",
-    "experiment",
-    "label",
-    "role",
-    "method",
-    "teacher",
-    "student",
-    "dataset",
-    "head",
-    "best_top1_mean",
-    "best_top1_std",
-    "last_top1_mean",
-    "last_top1_std",
-    "n",
-    "reruns",
-    "running_best_top1",
-    "gap_closed",
-    "gap_note",
-    "teacher_top1",
-    "baseline_top1",
-    "baseline",
-    "baseline_run_ids",
-    "baseline_fingerprint",
-    "fingerprint",
-    "student_params",
-    "trained_params",
-    "epoch",
-    "epochs",
-    "status",
-    "run_ids",
-    "members",
-)
+# the CSV export's columns (one owner: engine.core.export), plus the row's name and members
+ROW_FIELDS = (CSV_COLUMNS[0], "name", *CSV_COLUMNS[1:], "members")
 
 MEMBER_FIELDS = (
     "run_id",

@@ -172,13 +172,10 @@ class Run:
     def path(self) -> Path:
         return Path(self.dir)
 
-    @property
-    def config(self) -> schema.Experiment:
+    def load_config(self) -> schema.Experiment:
+        """The run's resolved config, parsed from `config_toml` at each call (a method, not a
+        field: each call parses the TOML and returns a new Experiment the caller may change)."""
         return reading.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
-
-    @property
-    def sweep_point(self) -> dict:
-        return json.loads(self.point or "{}")
 
     @property
     def pair(self) -> str:
@@ -557,13 +554,6 @@ class Store:
         one.seeds = [run.seed]
         return one
 
-    def experiments(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM experiments ORDER BY id").fetchall()
-
-    def changed_since(self, version: float) -> bool:
-        row = self.conn.execute("SELECT MAX(COALESCE(heartbeat, created)) FROM runs").fetchone()
-        return (row[0] or 0) > version
-
     # ------------------------------------------------------------ lifecycle
     def update(self, run_id: int, **values: Any) -> None:
         bad = set(values) - set(RUN_COLUMNS)
@@ -584,13 +574,6 @@ class Store:
                 (time.time(), *values.values(), int(run_id)),
             )
             return cur.rowcount == 1
-
-    def next_queued(self, limit: int = 50) -> list[Run]:
-        """Queued runs in order: priority first, then FIFO."""
-        rows = self.conn.execute(
-            "SELECT * FROM runs WHERE status='queued' ORDER BY priority DESC, id LIMIT ?", (limit,)
-        ).fetchall()
-        return [Run(**dict(r)) for r in rows]
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         assert status in FINISHED, status

@@ -340,7 +340,7 @@ class Engine:
 def _requested_device(run: Run) -> str:
     """The run's `[run] device` from its stored config ("auto" if it cannot be read)."""
     try:
-        return run.config.run.device
+        return run.load_config().run.device
     except Exception:  # a row the worker will reject with the reason; do not stall the queue
         return "auto"
 

@@ -154,7 +154,7 @@ class RunsScreen(Screen):
 
     def refresh_watch(self) -> None:
         app = self.app
-        watch = app.watch
+        watch = app.followed
         run = self.selected
         if watch is None or run is None or watch.run_id != run.id:
             return
@@ -194,7 +194,7 @@ class RunsScreen(Screen):
         run = self.selected
         if run is None:
             return
-        watch = self.app.watch
+        watch = self.app.followed
         if watch is None or watch.run_id != run.id:
             self._drawn_version = (-1, -1)
             for plot in self.query(CurvePlot):
