@@ -107,3 +107,25 @@ def test_architecture_names_only_what_exists():
     missing = [p for p in sorted(paths) if not (ROOT / p.rstrip(".")).exists()]
     missing += [d for d in sorted(dotted) if not _exists(d.rstrip("."))]
     assert not missing, f"ARCHITECTURE.md names what the tree does not have: {missing}"
+
+
+SPELLED_ONCE = {
+    # owner module: a string literal that starts with a name it owns
+    "engine/core/metrics.py": re.compile(
+        r"[\"'](train/loss|train/lr|train/top1|test/top1|test/top5|teacher_cache/)"
+    ),
+    "engine/core/layout.py": re.compile(
+        r"[\"'](log\.txt|worker\.log|last\.pth|prev\.pth|best\.pth|config\.toml)[\"']"
+    ),
+}
+
+
+def test_metric_and_run_folder_file_names_are_spelled_only_by_their_owner():
+    """Everyone else reads them from engine.core.metrics / engine.core.layout, so a renamed
+    metric or file cannot leave a reader behind (tests may spell them: they check the owner)."""
+    sources = [p for top in ("kdtui", "engine", "bench") for p in (ROOT / top).rglob("*.py")]
+    for owner, pattern in SPELLED_ONCE.items():
+        spellers = {
+            p.relative_to(ROOT).as_posix() for p in sources if pattern.search(p.read_text())
+        }
+        assert spellers == {owner}, f"spelled outside {owner}: {sorted(spellers - {owner})}"
