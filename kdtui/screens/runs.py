@@ -238,7 +238,7 @@ class RunsScreen(Screen):
         if run is None:
             return
         verb = "Stop" if run.status == "running" else "Cancel"
-        prompt = printable(f"{verb} run #{run.id} {run.experiment} {run.label}?").rstrip() + (
+        prompt = printable(f"{verb} run {display.name(run)}?") + (
             "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
         )
 
@@ -312,7 +312,7 @@ class RunsScreen(Screen):
         except Exception as e:
             app.call_from_thread(self.notify, str(e), severity="error")
             return
-        title = f"run #{run.id} · {run.experiment} {run.label}".rstrip()
+        title = f"run {display.name(run)}"
         title = printable(title + f" · fingerprint {run.fingerprint or 'none'}")
         app.call_from_thread(
             app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
@@ -332,7 +332,7 @@ class RunsScreen(Screen):
         for run_id in sorted(self.marked):
             run = self.app.runs_by_id.get(run_id)
             if run is not None:
-                label = f"#{run.id} {run.experiment}" + (f" {run.label}" if run.label else "")
+                label = display.name(run)
                 groups.append((label, [run.id]))
         self.app.compare(groups)
 
