@@ -50,6 +50,7 @@ class StoreCallbacks:
         self.ids = run_ids
         self.extra = extra
         self.epoch_started: dict[str, float] = {}
+        self.steps_per_epoch: dict[str, int] = {}
         self.epoch_times: dict[str, list[float]] = {}
         self.finished: set[str] = set()
 
@@ -67,6 +68,7 @@ class StoreCallbacks:
             heartbeat=time.time(),
         )
         self.epoch_started[m.name] = time.perf_counter()
+        self.steps_per_epoch[m.name] = info["steps_per_epoch"]
         self.log(
             m,
             f"start: epoch {m.epoch}/{info['epochs']}, {info['steps_per_epoch']} steps "
@@ -80,10 +82,24 @@ class StoreCallbacks:
         rows = [(epoch, m.step, loss_name(k), v) for k, v in losses.items()]
         rows.append((epoch, m.step, STEP_LR, lr))
         self.store.add_metrics(self._id(m), rows)
-        self.store.update(self._id(m), step=step, epoch=epoch)
+        values = dict(step=step, epoch=epoch)
+        if not self.epoch_times.get(m.name):  # no whole epoch timed yet: ETA from the steps
+            values.update(eta_s=self.first_epoch_eta(m, epoch, step))
+        self.store.update(self._id(m), **values)
         faults.point("step", epoch + 1)
         if self.extra:
             self.extra.on_step(m, epoch, step, losses, lr)
+
+    def first_epoch_eta(self, m, epoch: int, step: int) -> float | None:
+        """Seconds left, from the time per step of the steps done since (re)start; on_epoch
+        takes over with whole-epoch times (the first steps pay for warm-up: an over-estimate
+        that shrinks as steps come in)."""
+        spe = self.steps_per_epoch.get(m.name)
+        started = self.epoch_started.get(m.name)
+        if not spe or started is None or step <= 0:
+            return None
+        per_step = (time.perf_counter() - started) / step
+        return (m.cfg.optim.epochs * spe - (epoch * spe + step)) * per_step
 
     def on_epoch(self, m, epoch, metrics):
         now = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 from engine.core import display, layout, runlog
@@ -32,6 +34,9 @@ from kdtui.widgets.cells import short_path
 
 POLL_S = 0.5  # metrics show up within a second of being written
 ENGINE_EVERY = 4  # read the engine's status every 4th poll
+ANNOUNCE_LINES = 4  # runs named in a toast for many that ended at once
+ANNOUNCE_WAIT_S = 1.0  # runs ending less than a second (two polls) apart share one toast
+ANNOUNCE_MAX_S = 5.0  # ... said at the latest this long after the first ended
 
 
 class Watch:
@@ -48,8 +53,9 @@ class Watch:
     def add(self, metrics: Iterable) -> None:
         for m in metrics:
             xs, ys = self.series.setdefault(m.name, ([], []))
-            # per-step curves run on the global step, per-epoch ones on the epoch
-            xs.append(m.step if M.per_step(m.name) else m.epoch)
+            # per-step curves run on the global step, per-epoch ones on the epoch counted
+            # from 1, as `kdtui plot` draws them (the store keeps it from 0)
+            xs.append(m.step if M.per_step(m.name) else m.epoch + 1)
             ys.append(m.value)
             self.last_id = max(self.last_id, m.id)
         self.version += 1
@@ -93,9 +99,27 @@ class KdApp(App):
     MODES = {"runs": RunsScreen, "board": _leaderboard}
     DEFAULT_MODE = "runs"
 
+    # keys that mean the same on every screen (the README's key map); `q` quits only from the
+    # runs view (home), elsewhere it goes back, as escape does
     BINDINGS = [
-        Binding("q", "quit", "Quit", tooltip="Quit the app (training goes on)"),
+        Binding(
+            "ctrl+q",
+            "quit",
+            "Quit",
+            show=False,
+            priority=True,
+            tooltip="Quit the app (training goes on)",
+        ),
+        Binding(
+            "question_mark,f1",
+            "help",
+            "Help",
+            tooltip="Keys: what each key of this screen does",
+        ),
+        Binding("ctrl+c", "help_quit", show=False, system=True),
         Binding("b", "toggle_bell", "Bell", show=False, tooltip="Toggle the terminal bell"),
+        # the header says so when runs wait for a stopped engine (queue and resume start it)
+        Binding("E", "start_engine", "Engine", show=False, tooltip="Start the background engine"),
     ]
 
     def __init__(
@@ -128,6 +152,9 @@ class KdApp(App):
         self._poll_again = False
         self._tick_count = 0
         self._last_runs: list[Run] | None = None
+        self._ended: list[Run] = []  # ended since the last toast (see _announce_ended)
+        self._ended_since = 0.0
+        self._ended_timer: Timer | None = None
         self._log_text = ""
         self._log_reset = False
         self.settings = self._load_settings()
@@ -204,8 +231,24 @@ class KdApp(App):
         self.push_screen(CompareScreen(groups))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # `q` in a form field would throw the form away: the composer leaves with esc first
-        return not (action == "quit" and getattr(self.screen, "is_form", False))
+        # a letter typed in a form field is text, not a command
+        form = getattr(self.screen, "is_form", False)
+        return not (form and action in ("toggle_bell", "start_engine"))
+
+    def action_help(self) -> None:
+        """The keys of the screen on top (a help screen open already: close it)."""
+        from kdtui.screens.help import HelpScreen
+
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            screen.dismiss(None)
+            return
+        self.push_screen(HelpScreen(screen, getattr(screen, "HELP_NOTES", ())))
+
+    def action_help_quit(self) -> None:
+        """ctrl+c does not quit (it copies in a text field): say what does, as plain text."""
+        home = " (q on the runs view)" if isinstance(self.screen, RunsScreen) else ""
+        self.notify(f"Press ctrl+q to quit the app{home}; training goes on", title="Quit?")
 
     # ------------------------------------------------------------ palette
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -217,7 +260,7 @@ class KdApp(App):
                 continue  # a widget's cursor keys are not commands
             if not binding.description or not binding.tooltip or binding.system:
                 continue  # ours all carry a tooltip: it is the command's title
-            if binding.action in ("quit", "command_palette") and binding.key != "q":
+            if binding.action == "command_palette":
                 continue
             title = binding.tooltip or binding.description
             if title in seen:
@@ -234,7 +277,8 @@ class KdApp(App):
                     seen.add(title)
                     yield SystemCommand(title, help_text, callback)
         for command in super().get_system_commands(screen):
-            if command.title != "Quit":  # ours says that training goes on
+            # ours says that training goes on; ours lists the keys in a modal esc closes
+            if command.title not in ("Quit", "Keys"):
                 yield command
 
     # ------------------------------------------------------------ engine
@@ -403,12 +447,37 @@ class KdApp(App):
         self.runs_by_id = {r.id: r for r in runs}
         if not self.loaded:
             return  # runs that finished while the app was closed are no news
-        for r in runs:
-            old = before.get(r.id)
-            if old is None or old.status == r.status:
-                continue
-            if r.status in ("done", "failed", "cancelled"):
-                self._announce(r)
+        finished = [
+            r
+            for r in runs
+            if (old := before.get(r.id)) is not None
+            and old.status != r.status
+            and r.status in ("done", "failed", "cancelled")
+        ]
+        if not finished:
+            return
+        # a fused group's runs end a few commits apart: gather them for one toast, said
+        # once no run has ended for ANNOUNCE_WAIT_S (at the latest ANNOUNCE_MAX_S after
+        # the first)
+        now = time.monotonic()
+        if not self._ended:
+            self._ended_since = now
+        self._ended += finished
+        if self._ended_timer is not None:
+            self._ended_timer.stop()
+        wait = min(ANNOUNCE_WAIT_S, max(0.0, self._ended_since + ANNOUNCE_MAX_S - now))
+        self._ended_timer = self.set_timer(wait, self._announce_ended)
+
+    def _announce_ended(self) -> None:
+        finished, self._ended, self._ended_timer = self._ended, [], None
+        latest = {r.id: self.runs_by_id.get(r.id, r) for r in finished}
+        finished = list(latest.values())
+        if len(finished) == 1:
+            self._announce(finished[0])
+        elif finished:
+            self._announce_many(finished)
+        if self.bell_on and any(r.status in ("done", "failed") for r in finished):
+            self.bell()
 
     def _announce(self, run: Run) -> None:
         what = display.name(run)
@@ -423,8 +492,21 @@ class KdApp(App):
             )
         else:
             self.notify(what, title="run cancelled", severity="warning", timeout=6, markup=False)
-        if self.bell_on and run.status in ("done", "failed"):
-            self.bell()
+
+    def _announce_many(self, runs: list[Run]) -> None:
+        """Fused runs end together: one toast for all of them, not a stack over the screen."""
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        title = f"{len(runs)} runs ended: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        lines = []
+        for r in runs[:ANNOUNCE_LINES]:
+            best = f" · {r.best_top1:.2f}" if r.best_top1 is not None else ""
+            lines.append(f"{display.name(r)} · {r.status}{best}")
+        if len(runs) > ANNOUNCE_LINES:
+            lines.append(f"… and {len(runs) - ANNOUNCE_LINES} more in the runs view")
+        severity = "error" if "failed" in counts else "information"
+        self.notify("\n".join(lines), title=title, severity=severity, timeout=15, markup=False)
 
 
 def run_app(home: str | Path | None = None) -> None:

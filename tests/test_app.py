@@ -246,7 +246,7 @@ async def test_compose_with_the_keyboard_writes_a_valid_toml(project):
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(100, 40)) as pilot:
         await until(pilot, lambda: app.loaded)
-        await pilot.press("n")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "kd-digits")
@@ -293,7 +293,7 @@ async def test_an_invalid_value_shows_the_validator_message_and_blocks_saving(pr
 
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("n")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "broken")
@@ -326,7 +326,7 @@ async def test_queue_from_the_composer_puts_queued_runs_in_the_store(project):
     home = project / ".kdtui"
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("n")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         await type_into(pilot, "f-name", "sweep")
         await type_into(pilot, "f-optim-lr", "0.01, 0.1")
@@ -504,7 +504,7 @@ async def test_ctrl_l_turns_a_choice_into_a_sweep_and_back(project):
 
     app = make_app(project / ".kdtui")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("n")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "methods")
@@ -739,7 +739,7 @@ async def test_run_config_view_and_a_teacher_from_an_earlier_run(seeded):
         assert app.screen.title_text.endswith(f"· fingerprint {fingerprint}")
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
-        await pilot.press("n")
+        await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
         composer = app.screen
         await type_into(pilot, "f-name", "kd-from-baseline")
@@ -857,7 +857,7 @@ async def test_leaderboard_filters_pins_and_exports_markdown(seeded):
         kd = next(r for r in board.shown if r.name == "kd-r32x4-r8x4")
         delta = board.board.cells(kd)[COLUMNS.index("Δ pin")]
         assert delta == f"+{kd.best_mean - board.board.pinned.best_mean:.2f}"
-        await pilot.press("e")
+        await pilot.press("e", "enter")
         await until(pilot, lambda: board.last_export is not None, what="the export")
         path = board.last_export
         shown = str(board.query_one("#message").render())
@@ -880,12 +880,12 @@ async def test_export_as_latex_and_csv(seeded):
         await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
         board = app.screen
         await until(pilot, lambda: len(board.shown) == 5)
-        await pilot.press("E", "down", "down", "enter")
+        await pilot.press("e", "down", "down", "enter")
         await until(pilot, lambda: board.last_export is not None)
         assert board.last_export.suffix == ".tex"
         assert "\\toprule" in board.last_export.read_text()
         board.last_export = None
-        await pilot.press("E", "down", "enter")
+        await pilot.press("e", "down", "enter")
         await until(pilot, lambda: board.last_export is not None)
         assert board.last_export.suffix == ".csv"
 
@@ -925,7 +925,7 @@ async def test_every_footer_key_is_also_a_palette_command(seeded):
     app = make_app(home)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.loaded)
-        for key, kind in (("l", LeaderboardScreen), ("r", None), ("n", ComposerScreen)):
+        for key, kind in (("l", LeaderboardScreen), ("escape", None), ("a", ComposerScreen)):
             screen = app.screen
             shown = [a.binding for a in screen.active_bindings.values() if a.binding.show]
             titles = {cmd.title for cmd in app.get_system_commands(screen)}
@@ -1069,7 +1069,7 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
     app = make_app(home, start_engine=True)
     try:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.press("n")
+            await pilot.press("a")
             await until(pilot, lambda: isinstance(app.screen, ComposerScreen))
             await type_into(pilot, "f-name", "e2e-digits")
             await type_into(pilot, "f-data-batch_size", "128")
@@ -1093,7 +1093,8 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
             )
             await until(pilot, lambda: screen.query_one("#acc", CurvePlot).points == 4)
             assert screen.query_one("#loss", CurvePlot).points > 0
-            assert any("run finished" in n for n in notifications(app))
+            # the toast waits a second for other runs ending with it (one toast for many)
+            await until(pilot, lambda: any("run finished" in n for n in notifications(app)))
             await pilot.press("l")
             await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
             board = app.screen

@@ -87,3 +87,49 @@ def test_leaderboard(snap_compare, study, size):
         await pilot.pause(0.2)
 
     assert snap_compare(make_app(study), terminal_size=size, run_before=board)
+
+
+@pytest.fixture
+def big(tmp_path, monkeypatch):
+    """24 runs: sweeps of three keys, long experiment names (tests/bigstudy.py)."""
+    from bigstudy import seed_big
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    store = Store(tmp_path / ".kdtui")
+    seed_big(store)
+    store.close()
+    return tmp_path / ".kdtui"
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_runs_view_long_names_and_sweeps(snap_compare, big, size):
+    """8 runs or more in view at 80x24; names shorten in the middle, points stay whole."""
+    assert snap_compare(make_app(big), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_leaderboard_long_names_and_sweeps(snap_compare, big, size):
+    """Rank, name, head, best top-1 and n in view at 80 columns."""
+
+    async def board(pilot):
+        await settle(pilot)
+        await pilot.press("l")
+        await until(pilot, lambda: len(getattr(pilot.app.screen, "shown", [])) == 12)
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(big), terminal_size=size, run_before=board)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, study, size):
+    """? on the runs view: every key of the screen and of the app, with what it does."""
+    from kdtui.screens.help import HelpScreen
+
+    async def helped(pilot):
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(study), terminal_size=size, run_before=helped)

@@ -168,3 +168,56 @@ def test_validate_refuses_milestones_past_the_epochs_and_names_the_fix(tmp_path)
     out = plain(result.output)
     assert "short.toml:" in out and "optim.milestones: 8 never takes effect" in out
     assert "optim.milestones = [3, 4, 5]" in out
+
+
+def test_ls_in_an_80_column_terminal_shows_whole_names_and_says_what_it_hid(store):
+    from tests.bigstudy import seed_big
+
+    seed_big(store)
+    result = runner.invoke(app, ["ls"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = plain(result.output).splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    table = "\n".join(lines)
+    assert "…" not in table  # cells fold onto a second line, none is cut
+    assert "lr=0.05 f=2" in table  # the sweep point, short_point's way
+    hidden = table.split("too narrow to show:")[1]
+    assert "fingerprint" in hidden and "device" in hidden
+    wide = plain(runner.invoke(app, ["ls"], env={"COLUMNS": "250"}).output)
+    assert "too narrow" not in wide and "cifar100/simkd-lr-factor-sweep-r32x4-mobilenetv2" in wide
+
+
+def test_help_shows_no_type_for_flags_on_any_command():
+    """`--dry-run <bool>` read as if the flag took a value."""
+    from kdtui.cli import app as typer_app
+
+    commands = [[c.name or c.callback.__name__] for c in typer_app.registered_commands]
+    commands += [
+        [g.name, c.name or c.callback.__name__]
+        for g in typer_app.registered_groups
+        for c in g.typer_instance.registered_commands
+    ]
+    assert len(commands) > 10
+    for argv in [[], *commands]:
+        out = plain(runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "120"}).output)
+        assert "--help" in out, argv
+        assert "<bool>" not in out, argv
+    out = plain(runner.invoke(app, ["run", "--help"], env={"COLUMNS": "120"}).output)
+    assert "<int>" in out  # options that take a value keep their type
+
+
+def test_run_progress_keeps_its_bar_and_eta_from_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from kdtui.cli.foreground import make_progress
+
+    label = "#12 simkd resnet32x4→mobilenetv2 lr=0.05 f=2 wd=0.0005 seed=0"
+    for width in (80, 100, 120, 200):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        progress = make_progress(console)
+        progress.add_task(label, total=1000, completed=420, epoch="101/240", stats="s", short="s")
+        console.print(progress.get_renderable())
+        line = console.file.getvalue().rstrip("\n")
+        assert len(line) <= width and "━" in line and "101/240" in line and "ETA" in line, width

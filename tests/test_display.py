@@ -45,6 +45,9 @@ def test_a_run_is_named_the_same_in_every_front_end():
     teacher = _run(role="teacher", teacher_arch="", student_arch="resnet32x4", label="")
     assert display.title(teacher) == "#12 study: teacher resnet32x4"
     assert display.progress(run) == "3/240 1%"
+    swept = _run(label="factor=4 weight_decay=0.0005 seed=0")  # shortened as tables show it
+    assert display.name(swept) == "#12 study [f=4 wd=0.0005 seed=0]"
+    assert display.title(swept).endswith("resnet8x4 f=4 wd=0.0005 seed=0")
 
 
 def test_the_app_shows_a_status_in_its_one_style():

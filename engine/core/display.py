@@ -2,12 +2,15 @@
 
 One owner, so `kdtui ls`, `kdtui engine status`, `kdtui run` and the app say a run the
 same way. Torch-free and Rich-free: strings only (a style is a Rich style string), so the
-core can own it beside the store's `Run` it formats, and any front end can use it.
+core can own it beside the store's `Run` it formats, and any front end can use it. How a
+sweep point is shortened for a table is engine.core.points; a run's name and title use it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from engine.core.points import short_point
 
 NONE = "–"  # what a table cell shows for a value it does not have
 
@@ -35,15 +38,16 @@ def pair(teacher_arch: str | None, student_arch: str) -> str:
 
 
 def name(run: Any) -> str:
-    """`#12 study [lr=0.1 seed=1]`: the run's id, experiment and sweep point (the app)."""
-    return f"#{run.id} {run.experiment}" + (f" [{run.label}]" if run.label else "")
+    """`#12 study [lr=0.1 f=4 seed=1]`: the run's id, experiment and sweep point (`short_point`)
+    (the app's toasts, titles and prompts)."""
+    return f"#{run.id} {run.experiment}" + (f" [{short_point(run.label)}]" if run.label else "")
 
 
 def title(run: Any, *, experiment: bool = True) -> str:
     """`#12 study: kd resnet32x4→resnet8x4 lr=0.1 seed=1`: what the CLI prints for a run
     (`experiment=False` where the experiment is already said, as in `kdtui run`)."""
     who = "teacher" if run.role == "teacher" else run.method
-    point = f" {run.label}" if run.label and run.role != "teacher" else ""
+    point = f" {short_point(run.label)}" if run.label and run.role != "teacher" else ""
     where = f" {run.experiment}:" if experiment else ""
     return f"#{run.id}{where} {who} {run.pair}{point}"
 

@@ -21,12 +21,22 @@ import os
 import sqlite3
 
 import typer
+from typer.core import TyperOption
 
 from engine.core import safefs
 from engine.core.layout import default_home
 from engine.core.store import StoreError
 from kdtui.cli import bench, cache, catalog, engine, experiments, plot, results, runs
 from kdtui.cli.common import HomeOpt, fail
+
+
+def _flag_type(self: TyperOption, ctx) -> str | None:
+    """A flag takes no value: its help row shows no type (typer prints `<bool>` for it)."""
+    return "" if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # every flag, --help included, in one place
 
 app = typer.Typer(
     name="kdtui",

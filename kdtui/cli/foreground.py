@@ -25,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from engine.core import checkpoint as ckptmod
@@ -75,11 +76,17 @@ class ProgressCallbacks:
             completed=m.epoch * spe,
             epoch=f"{m.epoch}/{info['epochs']}",
             stats="",
+            short="",
         )
 
     def _render(self, m):
         s = self.stats[m.name]
         return f"loss {s['loss']:.3f}  top1 {s['acc']}  {s['ips']:.0f} img/s"
+
+    def _short(self, m):
+        """The figures of `_render` for a narrow terminal."""
+        s = self.stats[m.name]
+        return f"{s['loss']:.3f} {s['acc']}"
 
     def on_step(self, m, epoch, step, losses, lr):
         task = self.tasks[m.name]
@@ -89,6 +96,7 @@ class ProgressCallbacks:
             completed=epoch * self.steps[m.name] + step,
             epoch=f"{epoch + 1}/{m.cfg.optim.epochs}",
             stats=self._render(m),
+            short=self._short(m),
         )
 
     def on_epoch(self, m, epoch, metrics):
@@ -101,6 +109,7 @@ class ProgressCallbacks:
             completed=(epoch + 1) * self.steps[m.name],
             epoch=f"{epoch + 1}/{m.cfg.optim.epochs}",
             stats=self._render(m),
+            short=self._short(m),
         )
 
     def on_end(self, m):
@@ -109,7 +118,11 @@ class ProgressCallbacks:
             "failed": "[red]failed[/]",
             "cancelled": "[magenta]cancelled[/]",
         }.get(m.status, m.status)
-        self.progress.update(self.tasks[m.name], stats=self._render(m) + f"  {mark}")
+        self.progress.update(
+            self.tasks[m.name],
+            stats=self._render(m) + f"  {mark}",
+            short=self._short(m) + f" {mark}",
+        )
 
     def should_stop(self, m):
         return False
@@ -121,20 +134,29 @@ class ProgressCallbacks:
         self.progress.console.print(text(str(e), style="red"))
 
 
+WIDE = 120  # columns from which the progress line has room for every figure
+
+
 def make_progress(console: Console) -> Progress:
-    return Progress(
+    """One line per run that fits the terminal: the label shortens and the bar shrinks
+    before a figure goes; under 120 columns the step counter and elapsed time give way,
+    so from 80 columns up the bar, epoch, loss, top-1 and ETA stay (Rich drops a bar
+    that has no room, as it did at 100 columns)."""
+    wide = console.width >= WIDE
+    label = Column(ratio=2, min_width=12, no_wrap=True, overflow="ellipsis")
+    columns: list = [
         # the description is a run's label: text, never markup
-        TextColumn("{task.description}", justify="left", markup=False, style="bold"),
-        BarColumn(bar_width=24),
-        TextColumn("epoch {task.fields[epoch]}"),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+        TextColumn("{task.description}", markup=False, style="bold", table_column=label),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=8)),
+        TextColumn("epoch {task.fields[epoch]}" if wide else "{task.fields[epoch]}"),
+    ]
+    if wide:
+        columns.append(MofNCompleteColumn())
+    columns.append(TextColumn("{task.fields[stats]}" if wide else "{task.fields[short]}"))
+    if wide:
+        columns.append(TimeElapsedColumn())
+    columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=False, expand=True)
 
 
 class Interrupted(KeyboardInterrupt):

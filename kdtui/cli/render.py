@@ -11,6 +11,7 @@ from rich.text import Text
 
 from engine.core import display, planning, schema
 from engine.core import leaderboard as lb
+from engine.core.points import short_point
 from kdtui.cli.common import console
 from kdtui.inert import text
 
@@ -36,7 +37,7 @@ def plan_table(exp: schema.Experiment) -> Table:
             c.data.dataset,
             f"{c.optim.lr:g}",
             str(c.optim.epochs),
-            p.label,
+            short_point(p.label),
         )
     return t
 
@@ -65,7 +66,11 @@ DROP_ORDER = (
 )
 
 
-def fit_columns(head, body, width: int) -> list[int]:
+# `kdtui ls`: id, status, experiment, point, progress and best top-1 stay
+LS_DROP_ORDER = ("fingerprint", "device", "img/s", "head", "teacher→student", "method")
+
+
+def fit_columns(head, body, width: int, drop: tuple[str, ...] = DROP_ORDER) -> list[int]:
     """Indices of the columns that fit in `width`, so an 80-column SSH terminal
     shows whole names and figures instead of every cell cut to "qui…"."""
 
@@ -74,7 +79,7 @@ def fit_columns(head, body, width: int) -> list[int]:
         return max([words] + [len(c[i]) for c in body]) + 3
 
     keep = list(range(len(head)))
-    for name in DROP_ORDER:
+    for name in drop:
         if sum(need(i) for i in keep) + 1 <= width:
             break
         keep.remove(head.index(name))

@@ -13,6 +13,7 @@ from engine.core import checkpoint as ckptmod
 from engine.core import display, layout, liveness, runlog
 from engine.core import leaderboard as lb
 from engine.core.inert import printable
+from engine.core.points import short_point
 from engine.core.store import STATUSES, Run, Store, StoreError
 from kdtui.cli.common import (
     ExperimentOpt,
@@ -24,7 +25,7 @@ from kdtui.cli.common import (
     fail,
     start_engine,
 )
-from kdtui.cli.render import add_text_row, progress_text
+from kdtui.cli.render import LS_DROP_ORDER, add_text_row, fit_columns, progress_text
 from kdtui.inert import text
 
 RefsArg = Annotated[
@@ -59,8 +60,7 @@ def list_runs(
 
         sys.stdout.write(records.dumps(records.runs_document(runs, str(store.home))))
         return
-    t = Table()
-    for col in (
+    head = [
         "id",
         "status",
         "experiment",
@@ -73,30 +73,44 @@ def list_runs(
         "img/s",
         "device",
         "fingerprint",
-    ):
-        t.add_column(col, no_wrap=col in ("id", "status", "fingerprint"))
-    dead = []
+    ]
+    body, statuses, dead = [], [], []
     for r in runs:
-        best = f"{r.best_top1:.2f}" if r.best_top1 is not None else "–"
-        speed = f"{r.images_per_s:.0f}" if r.images_per_s else "–"
         shown = liveness.shown_status(r)
         if shown == liveness.DEAD:
             dead.append(r.id)
-        add_text_row(
-            t,
-            str(r.id),
-            text(shown, style=display.STATUS_STYLE.get(shown, "")),
-            r.experiment,
-            r.label,
-            r.method,
-            r.pair,
-            progress_text(r),
-            best,
-            r.head,
-            speed,
-            r.device or "–",
-            (r.fingerprint or "–")[: lb.FP_SHOWN],
+        statuses.append(shown)
+        body.append(
+            [
+                str(r.id),
+                shown,
+                printable(r.experiment),
+                printable(short_point(r.label)),
+                printable(r.method),
+                printable(r.pair),
+                progress_text(r),
+                f"{r.best_top1:.2f}" if r.best_top1 is not None else "–",
+                r.head,
+                f"{r.images_per_s:.0f}" if r.images_per_s else "–",
+                r.device or "–",
+                (r.fingerprint or "–")[: lb.FP_SHOWN],
+            ]
         )
+    # as `kdtui leaderboard` does: columns that do not fit go (named below), cells fold
+    keep = fit_columns(head, body, console.width, drop=LS_DROP_ORDER)
+    hidden = [head[i] for i in range(len(head)) if i not in keep]
+    t = Table(
+        caption=f"too narrow to show: {', '.join(hidden)} (widen it or use --json)"
+        if hidden
+        else None,
+        caption_justify="left",
+    )
+    for i in keep:
+        t.add_column(head[i], no_wrap=head[i] in ("id", "status"), overflow="fold")
+    for cells, shown in zip(body, statuses):
+        row = [text(c) for c in cells]
+        row[1] = text(shown, style=display.STATUS_STYLE.get(shown, ""))
+        add_text_row(t, *(row[i] for i in keep))
     if not runs:
         console.print(f"no runs in {store.home}")
         return

@@ -115,7 +115,9 @@ class CompareScreen(Screen):
                 else f"{statistics.fmean(values):.2f}"
                 + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
             )
-            curves.append(store.epoch_means(ids, (M.TEST_TOP1, M.LOSS)))
+            means = store.epoch_means(ids, (M.TEST_TOP1, M.LOSS))
+            # epochs counted from 1, as `kdtui plot` and the runs view draw them
+            curves.append({k: ([e + 1 for e in xs], ys) for k, (xs, ys) in means.items()})
         diff = differences(configs)
         app.call_from_thread(self.show_result, diff, best, curves)
 

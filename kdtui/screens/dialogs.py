@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.core.inert import printable
+from kdtui.screens.help import HELP_KEY
 from kdtui.widgets.cells import short_path
 from kdtui.widgets.footer import KeyFooter
 
@@ -25,8 +26,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [
-        Binding("y", "answer(True)", "Yes"),
-        Binding("n,escape", "answer(False)", "No"),
+        Binding("y", "answer(True)", "Yes", tooltip="Yes: do it"),
+        Binding("n,escape", "answer(False)", "No", tooltip="No: leave it as it is"),
+        HELP_KEY,
     ]
 
     def __init__(self, prompt: str | Content, *, yes: str = "Yes") -> None:
@@ -56,7 +58,7 @@ class ChoiceScreen(ModalScreen[str | None]):
     """Pick one item with the keyboard (or type its first letters)."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    BINDINGS = [Binding("escape", "cancel", "Back")]
+    BINDINGS = [Binding("escape", "cancel", "Back", tooltip="Close without choosing"), HELP_KEY]
 
     def __init__(
         self, title: str, choices: Sequence[tuple[str, str]], *, current: str | None = None
@@ -93,7 +95,7 @@ class PathScreen(ModalScreen[Path | None]):
     A relative name is taken from `root` (the folder the app was started in)."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    BINDINGS = [Binding("escape", "cancel", "Back")]
+    BINDINGS = [Binding("escape", "cancel", "Back", tooltip="Close without choosing"), HELP_KEY]
 
     def __init__(self, title: str, proposed: Path, root: Path, *, hint: str = "") -> None:
         super().__init__()
@@ -128,7 +130,7 @@ class ExperimentPicker(ModalScreen[Path | None]):
     """experiments/*.toml, newest first."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    BINDINGS = [Binding("escape", "cancel", "Back")]
+    BINDINGS = [Binding("escape", "cancel", "Back", tooltip="Close without choosing"), HELP_KEY]
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
@@ -152,12 +154,8 @@ class ExperimentPicker(ModalScreen[Path | None]):
         self.paths = sorted(found, key=lambda p: str(p.relative_to(self.folder)))
         options = self.query_one(OptionList)
         if not self.paths:
-            options.add_option(
-                Option(
-                    Content(printable(f"no *.toml files in {short_path(self.folder)}")),
-                    disabled=True,
-                )
-            )
+            for line in nothing_to_open(self.folder):
+                options.add_option(Option(Content(printable(line)), disabled=True))
         for p in self.paths:
             options.add_option(
                 Option(Content(printable(str(p.relative_to(self.folder)))), id=str(p))
@@ -175,13 +173,28 @@ class ExperimentPicker(ModalScreen[Path | None]):
         self.dismiss(None)
 
 
+def nothing_to_open(folder: Path) -> list[str]:
+    """Where `o` looked, and how to get an experiment there."""
+    where = str(folder.absolute())
+    if not folder.is_dir():
+        first = f"no experiments folder: looked for {where}"
+    else:
+        first = f"no *.toml files in {where}"
+    return [
+        first,
+        "a (in the runs view) composes one; ctrl+s saves it as experiments/<name>.toml",
+        "or copy one there: cp path/to/x.toml experiments/ (start kdtui in the study's folder)",
+    ]
+
+
 class ConfigScreen(ModalScreen[None]):
     """A run's resolved config, as stored with the run (what it actually trained with)."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
     BINDINGS = [
-        Binding("escape,q,v", "close", "Close"),
+        Binding("escape,q,v", "close", "Close", tooltip="Back to the runs view"),
         Binding("c", "clone", "Clone", tooltip="Clone this config into the composer"),
+        HELP_KEY,
     ]
 
     def __init__(self, title: str, text: str, *, clone: Callable[[], object] | None = None) -> None:

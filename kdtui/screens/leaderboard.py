@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Label, Static
+from textual.widgets import DataTable, Header, Input, Label, Static
 
 from engine.core import export as exportmod
 from engine.core import leaderboard as lb
@@ -23,7 +23,7 @@ from engine.core.inert import printable
 from engine.core.leaderboard import Row
 from kdtui.inert import text
 from kdtui.messages import DataChanged
-from kdtui.widgets.cells import short_path
+from kdtui.widgets.cells import MIN_NAME, name_point, short_path
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
 
@@ -47,6 +47,8 @@ COLUMNS = (
     "status",
     "fingerprint",
 )
+NAME = COLUMNS.index("experiment")
+FIRST_IN_VIEW = ("#", "experiment", "head", "best top-1", "n")  # at 80 columns too
 _EXPORT_INDEX = {name: i for i, name in enumerate(lb.COLUMNS)}
 NUMERIC = {*lb.NUMERIC, "epochs", PIN_COLUMN}  # right-aligned, sorted high first
 STATUS_FILTERS = ("all", "running", "queued", "done", "failed", "cancelled")
@@ -57,6 +59,12 @@ FORMAT_NAMES = {"md": "Markdown", "csv": "CSV", "latex": "LaTeX"}
 def row_key(row: Row) -> str:
     """Fingerprint and role: stays the same when rows are added and labels change."""
     return row.key
+
+
+def row_name(row: Row, width: int | None = None) -> Text:
+    """The row's experiment and `[point]` (`short_point`), shortened to `width` if given."""
+    suffix = " (teacher)" if row.role == "teacher" else ""
+    return name_point(row.experiment, row.label, width, brackets=True, suffix=suffix)
 
 
 class Board:
@@ -147,18 +155,24 @@ class Board:
 class LeaderboardScreen(Screen):
     CSS_PATH = Path(__file__).with_name("leaderboard.tcss")
     BINDINGS = [
+        Binding("escape,q", "runs", "Back", tooltip="Back to the runs view"),
         Binding("slash", "filter", "Filter", key_display="/", tooltip="Filter rows by text"),
-        Binding("f", "status_filter", "Status", tooltip="Cycle the status filter"),
+        # f and p: the bar above the table names them; the footer keeps ? and ^p at 80 columns
+        Binding("f", "status_filter", "Status", show=False, tooltip="Cycle the status filter"),
         Binding("s", "sort", "Sort", tooltip="Sort by a column (again: reverse)"),
         Binding(
             "space", "mark", "Mark", key_display="␣", tooltip="Mark or unmark the row for compare"
         ),
         Binding("m", "compare", "Compare", tooltip="Compare the marked rows"),
-        Binding("p", "pin", "Pin", tooltip="Pin the row as the baseline (again: unpin)"),
-        Binding("e", "export('md')", "Export", tooltip="Export the table as Markdown"),
-        Binding("E", "export_as", "As…", tooltip="Export as Markdown, CSV or LaTeX"),
-        Binding("r", "runs", "Runs", tooltip="Back to the runs view"),
+        Binding(
+            "p", "pin", "Pin", show=False, tooltip="Pin the row as the baseline (again: unpin)"
+        ),
+        Binding("e", "export_as", "Export", tooltip="Export as Markdown, CSV or LaTeX"),
     ]
+    HELP_NOTES = (
+        "enter on a row: its member runs and how gap closed was computed",
+        "esc in the filter clears it · the # and experiment columns stay when scrolling right",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,7 +187,8 @@ class LeaderboardScreen(Screen):
             yield Input(placeholder="/ filter rows", compact=True, id="filter")
             yield Label("", id="status-filter")
             yield Label("", id="pin")
-        yield DataTable(id="board", cursor_type="row")
+        # rank and experiment stay in view when the table scrolls right
+        yield DataTable(id="board", cursor_type="row", fixed_columns=2)
         yield Static("", id="message", classes="hint")
         yield KeyFooter()
 
@@ -186,7 +201,8 @@ class LeaderboardScreen(Screen):
         self.refresh_rows()
 
     def on_resize(self) -> None:
-        self.query_one(Footer).show_command_palette = self.size.width >= 100
+        if self.shown:
+            self.redraw()
 
     def on_screen_resume(self) -> None:
         self.refresh_rows()
@@ -204,6 +220,19 @@ class LeaderboardScreen(Screen):
     def selected(self) -> Row | None:
         row = self.table.cursor_row
         return self.shown[row] if 0 <= row < len(self.shown) else None
+
+    def name_width(self, widths: dict[str, int]) -> int:
+        """Rank, name, head, best top-1 and n fit the terminal: the name shortens in the
+        middle (its sweep point stays whole from 100 columns up); the rest scrolls."""
+        table = self.table
+        total = table.scrollable_content_region.width or self.size.width - 3
+        pad = 2 * table.cell_padding
+        kept = sum(widths[c] + pad for c in FIRST_IN_VIEW if c != "experiment")
+        room = total - kept - pad
+        if total >= 100:
+            points = [len(row_name(r).plain) - len(r.experiment) for r in self.shown]
+            room = max(room, max(points, default=0) + MIN_NAME)
+        return max(MIN_NAME + 8, min(widths["experiment"], room))
 
     def refresh_rows(self) -> None:
         self.board.build(self.app.runs, self.app.settings.get("pin"))
@@ -233,12 +262,18 @@ class LeaderboardScreen(Screen):
                 if i:
                     cells[i] = text(cells[i])
                     cells[i].justify = "right" if column in NUMERIC else "left"
+            cells[NAME] = row_name(row)
             status = row.status.split()[0].split("×")[0]
             cells[COLUMNS.index("status")] = text(row.status, style=STATUS_STYLE.get(status, ""))
             rows.append(cells)
-            table.add_row(*cells, key=key)
         labels = [str(c.label) for c in table.columns.values()]
-        set_widths(table, dict(zip(COLUMNS, content_widths(labels, rows))))
+        widths = dict(zip(COLUMNS, content_widths(labels, rows)))
+        widths["experiment"] = width = self.name_width(widths)
+        for row, cells in zip(self.shown, rows):
+            if cells[NAME].cell_len > width:
+                cells[NAME] = row_name(row, width)
+            table.add_row(*cells, key=row_key(row))
+        set_widths(table, widths)
         if keep is not None and keep in [row_key(r) for r in self.shown]:
             table.move_cursor(row=[row_key(r) for r in self.shown].index(keep), animate=False)
         total = len(self.board.rows)
@@ -258,14 +293,11 @@ class LeaderboardScreen(Screen):
         self.refresh_bindings()
 
     # ------------------------------------------------------------ actions
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if not self.is_mounted:
-            return True
-        if action == "compare":
-            return len(self.marked) >= 2 or None
-        if action in ("mark", "pin", "open"):
-            return self.selected is not None or None
-        return True
+    def _refused(self) -> bool:
+        """No row under the cursor (an empty or filtered-out table): say so."""
+        if self.selected is None:
+            self.notify("no row selected: the filter or status hides every row", timeout=4)
+        return self.selected is None
 
     def action_filter(self) -> None:
         """Focus the filter with its text selected: typing replaces it, enter keeps it."""
@@ -282,12 +314,14 @@ class LeaderboardScreen(Screen):
     def _filter_done(self) -> None:
         self.table.focus()
 
-    def key_escape(self) -> None:
-        """In the filter, escape clears it and goes back to the table."""
+    def action_runs(self) -> None:
+        """escape/q: in the filter, clear it and go back to the table; else back to runs."""
         box = self.query_one("#filter", Input)
         if box.has_focus:
             box.value = ""
             self.table.focus()
+            return
+        self.app.show_runs()
 
     def action_status_filter(self) -> None:
         i = STATUS_FILTERS.index(self.board.status)
@@ -319,9 +353,9 @@ class LeaderboardScreen(Screen):
         self.refresh_bindings()
 
     def action_mark(self) -> None:
-        row = self.selected
-        if row is None:
+        if self._refused():
             return
+        row = self.selected
         self.marked ^= {row_key(row)}
         cursor = self.table.cursor_row
         self.redraw()
@@ -344,9 +378,9 @@ class LeaderboardScreen(Screen):
         self.app.compare(groups)
 
     def action_pin(self) -> None:
-        row = self.selected
-        if row is None:
+        if self._refused():
             return
+        row = self.selected
         key = row_key(row)
         settings = self.app.settings
         if settings.get("pin") == key:
@@ -391,10 +425,10 @@ class LeaderboardScreen(Screen):
                 self.action_export(fmt)
 
         choices = [(k, f"{FORMAT_NAMES[k]} (.{EXTENSIONS[k]})") for k in exportmod.FORMATS]
-        self.app.push_screen(ChoiceScreen("export the leaderboard as", choices), chosen)
-
-    def action_runs(self) -> None:
-        self.app.show_runs()
+        self.app.push_screen(
+            ChoiceScreen("export the shown rows as (enter: Markdown)", choices, current="md"),
+            chosen,
+        )
 
     def palette_commands(self):
         """Each export format directly, besides the `E` chooser; enter's row view."""

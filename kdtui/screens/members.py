@@ -16,6 +16,7 @@ from engine.core import leaderboard as lb
 from engine.core.display import STATUS_STYLE
 from engine.core.inert import printable
 from engine.core.leaderboard import Row
+from kdtui.screens.help import HELP_KEY
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
 
@@ -51,7 +52,7 @@ class MembersScreen(ModalScreen[None]):
     """Enter on a leaderboard row: its member runs (id, seed, status, best/last top-1)."""
 
     CSS_PATH = Path(__file__).with_name("dialogs.tcss")
-    BINDINGS = [Binding("escape,q", "close", "Close")]
+    BINDINGS = [Binding("escape,q", "close", "Close", tooltip="Back to the leaderboard"), HELP_KEY]
 
     def __init__(self, row: Row) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from engine.core import checkpoint as ckptmod
 from engine.core import display, liveness, writing
@@ -25,7 +25,7 @@ from kdtui.widgets.runtable import RunTable
 
 EMPTY = (
     "No runs yet.\n\n"
-    "[b]n[/b]  compose a new experiment\n"
+    "[b]a[/b]  compose a new experiment\n"
     "[b]o[/b]  open one from experiments/*.toml\n\n"
     "Headless: kdtui submit experiments/x.toml"
 )
@@ -34,14 +34,14 @@ EMPTY = (
 class RunsScreen(Screen):
     CSS_PATH = Path(__file__).with_name("runs.tcss")
 
+    # d, /, n and t are kept free for run management (delete, filter, note, tag)
     BINDINGS = [
-        Binding("n", "new", "New", tooltip="New experiment in the composer"),
-        Binding("o", "open", "Open", tooltip="Open experiments/*.toml in the composer"),
+        Binding("a", "new", "New", tooltip="New experiment in the composer"),
+        # not in the footer (at 80 columns it keeps ? and ^p): help and the palette list them
+        Binding("o", "open", "Open", show=False, tooltip="Open experiments/*.toml in the composer"),
         Binding("l", "board", "Board", tooltip="Show the leaderboard"),
         Binding("x", "cancel", "Cancel", tooltip="Cancel the selected run"),
         Binding("r", "resume", "Resume", tooltip="Resume the selected run from its checkpoint"),
-        Binding("c", "clone", "Clone", tooltip="Clone the selected run into the composer"),
-        Binding("v", "config", "TOML", tooltip="Show the selected run's config"),
         Binding(
             "space",
             "mark",
@@ -50,7 +50,10 @@ class RunsScreen(Screen):
             tooltip="Mark or unmark the selected run for compare",
         ),
         Binding("m", "compare", "Compare", tooltip="Compare the marked runs"),
-        # not in the footer: at 80 columns it would push out q; the palette lists it
+        Binding(
+            "c", "clone", "Clone", show=False, tooltip="Clone the selected run into the composer"
+        ),
+        Binding("v", "config", "TOML", show=False, tooltip="Show the selected run's config"),
         Binding(
             "g",
             "figure",
@@ -58,17 +61,28 @@ class RunsScreen(Screen):
             show=False,
             tooltip="Write a paper figure of the marked (or selected) runs",
         ),
-        # the header says so when runs wait for a stopped engine (queue and resume start it)
         Binding(
-            "E", "app.start_engine", "Engine", show=False, tooltip="Start the background engine"
+            "z",
+            "panels",
+            "Panels",
+            show=False,
+            tooltip="Cycle the detail panels: plots (+ log when tall), log, none",
         ),
+        Binding("q", "app.quit", "Quit", tooltip="Quit the app (training goes on)"),
     ]
+    HELP_NOTES = (
+        "↑/↓ pick a run: its curves and log follow · ←/→ scroll to more columns",
+        "at 24 lines the log is behind z (plots, log, none)",
+    )
+    PANELS = ("plots", "log", "none")
+    COMPACT_BELOW = 32  # lines: below, the runs table keeps 8 rows and the log waits behind z
 
     def __init__(self) -> None:
         super().__init__()
         self.marked: set[int] = set()
         self._pending_select: int | None = None
         self._drawn_version = (-1, -1)
+        self.panels = "plots"
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -90,8 +104,13 @@ class RunsScreen(Screen):
         self.refresh_runs()
 
     def on_resize(self) -> None:
-        # at 80 columns every action key needs the room; ^p stays in the header
-        self.query_one(Footer).show_command_palette = self.size.width >= 100
+        self.set_class(self.size.height < self.COMPACT_BELOW, "-compact")
+
+    def action_panels(self) -> None:
+        self.panels = self.PANELS[(self.PANELS.index(self.panels) + 1) % len(self.PANELS)]
+        for panel in self.PANELS:
+            self.set_class(panel == self.panels, f"-panels-{panel}")
+        self.refresh_runs()
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
@@ -127,7 +146,7 @@ class RunsScreen(Screen):
         table.border_title = f"runs ({len(runs)})" + (" · " + " · ".join(parts) if parts else "")
         empty = not runs and app.loaded
         self.query_one("#empty").display = empty
-        self.query_one("#detail").display = not empty
+        self.query_one("#detail").display = not empty and self.panels != "none"
         self.query_one(GpuPanel).set_runs(runs)
         self.follow_selection()
         self.refresh_title()
@@ -209,18 +228,25 @@ class RunsScreen(Screen):
             self._pending_select = run_id
 
     # ------------------------------------------------------------ actions
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        run = self.selected if self.is_mounted else None
-        if action == "cancel":
-            return run is not None and run.status in ("queued", "running") or None
-        if action == "resume":
-            dead = run is not None and liveness.process_gone(run)
-            return run is not None and (run.status in ("failed", "cancelled") or dead) or None
-        if action in ("clone", "config", "mark", "figure"):
-            return run is not None or None
-        if action == "compare":
-            return len(self.marked) >= 2 or None
-        return True
+    def why_not(self, action: str) -> str | None:
+        """Why the action does not apply to the selection (None: it does); said in a toast."""
+        run = self.selected
+        if action in ("cancel", "resume", "clone", "config", "mark") and run is None:
+            return "no run selected: ↑/↓ pick one"
+        if action == "cancel" and run.status not in ("queued", "running"):
+            return f"run #{run.id} is {run.status}: nothing to cancel"
+        if action == "resume" and not (
+            run.status in ("failed", "cancelled") or liveness.process_gone(run)
+        ):
+            hint = "x cancels it" if run.status in ("queued", "running") else "c clones it"
+            return f"run #{run.id} is {liveness.shown_status(run)}: nothing to resume ({hint})"
+        return None
+
+    def _refused(self, action: str) -> bool:
+        why = self.why_not(action)
+        if why is not None:
+            self.notify(why, severity="warning", timeout=4)
+        return why is not None
 
     def action_new(self) -> None:
         self.app.open_composer()
@@ -234,9 +260,9 @@ class RunsScreen(Screen):
     def action_cancel(self) -> None:
         from kdtui.screens.dialogs import ConfirmScreen
 
-        run = self.selected
-        if run is None:
+        if self._refused("cancel"):
             return
+        run = self.selected
         verb = "Stop" if run.status == "running" else "Cancel"
         prompt = printable(f"{verb} run {display.name(run)}?") + (
             "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
@@ -259,9 +285,8 @@ class RunsScreen(Screen):
         self.app.poll_soon()
 
     def action_resume(self) -> None:
-        run = self.selected
-        if run is not None:
-            self._resume(run.id)
+        if not self._refused("resume"):
+            self._resume(self.selected.id)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _resume(self, run_id: int) -> None:
@@ -281,9 +306,8 @@ class RunsScreen(Screen):
         app.poll_soon()
 
     def action_clone(self) -> None:
-        run = self.selected
-        if run is not None:
-            self._clone(run.id)
+        if not self._refused("clone"):
+            self._clone(self.selected.id)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _clone(self, run_id: int) -> None:
@@ -298,9 +322,8 @@ class RunsScreen(Screen):
         app.call_from_thread(app.open_composer, None, base=raw)
 
     def action_config(self) -> None:
-        run = self.selected
-        if run is not None:
-            self._show_config(run.id)
+        if not self._refused("config"):
+            self._show_config(self.selected.id)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _show_config(self, run_id: int) -> None:
@@ -319,9 +342,9 @@ class RunsScreen(Screen):
         )
 
     def action_mark(self) -> None:
-        run = self.selected
-        if run is None:
+        if self._refused("mark"):
             return
+        run = self.selected
         self.marked ^= {run.id}
         self.table.set_runs(self.app.runs, self.marked)
         self.refresh_bindings()

@@ -11,11 +11,13 @@ from rich.text import Text
 
 from engine.core.display import STATUS_ICON, STATUS_STYLE
 from engine.core.inert import printable
+from engine.core.points import short_point
 
 
-def status(value: str) -> Text:
+def status(value: str, icon_only: bool = False) -> Text:
     icon = STATUS_ICON.get(value, "·")
-    return Text(f"{icon} {printable(value)}", style=STATUS_STYLE.get(value, ""))
+    shown = icon if icon_only else f"{icon} {printable(value)}"
+    return Text(shown, style=STATUS_STYLE.get(value, ""))
 
 
 def bar(fraction: float, width: int = 8) -> str:
@@ -29,10 +31,11 @@ def bar(fraction: float, width: int = 8) -> str:
     return out.ljust(width, "·")
 
 
-def progress(epoch: int, epochs: int, fraction: float, run_status: str) -> Text:
-    text = Text(f"{epoch:>3}/{epochs:<3} ", style="dim" if run_status != "running" else "")
+def progress(epoch: int, epochs: int, fraction: float, run_status: str, bar_width: int = 8) -> Text:
+    text = Text(f"{epoch:>3}/{epochs:<3}", style="dim" if run_status != "running" else "")
     style = "green" if run_status == "done" else "cyan" if run_status == "running" else "dim"
-    text.append(bar(fraction), style=style)
+    if bar_width:
+        text.append(" " + bar(fraction, bar_width), style=style)
     return text
 
 
@@ -70,3 +73,41 @@ def short_path(path: str | Path) -> str:
     home = str(Path.home())
     text = str(path)
     return "~" + text[len(home) :] if text.startswith(home + os.sep) else text
+
+
+MIN_NAME = 8  # a shortened experiment name keeps at least this many characters
+
+
+def middle(name: str, width: int) -> str:
+    """`cifar100/simkd-lr-sweep-r32x4-mbv2` -> `cifar100/sim…x4-mbv2`: both ends say most."""
+    if len(name) <= width:
+        return name
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head) :]
+
+
+def name_point(
+    name: str,
+    point: str = "",
+    width: int | None = None,
+    *,
+    brackets: bool = False,
+    suffix: str = "",
+) -> Text:
+    """An experiment name and its sweep point (`short_point`) in `width` cells: the name
+    shortens in the middle so the point stays whole; only a point too long for any name
+    is cut at its end."""
+    shown = short_point(printable(point)) if point else ""
+    if shown and brackets:
+        shown = f"[{shown}]"
+    tail = (f" {shown}" if shown else "") + suffix
+    name = printable(name)
+    if width is not None and len(name) + len(tail) > width:
+        name = middle(name, max(width - len(tail), min(len(name), MIN_NAME)))
+    out = Text(name, no_wrap=True, overflow="ellipsis")
+    out.append(tail, style="dim")
+    if width is not None:
+        out.truncate(width, overflow="ellipsis")
+    return out

@@ -76,16 +76,19 @@ class CurvePlot(PlotextPlot):
         self.empty = empty
         self.log_y = log_y
         self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.log_shown = False
 
     def set_series(self, series: dict[str, tuple[Sequence[float], Sequence[float]]]) -> None:
         self.series = {k: (list(x), list(y)) for k, (x, y) in series.items() if len(x)}
+        self.log_shown = self.log_y and all(min(y) > 0 for _, y in self.series.values())
         self.border_title = self.legend()
         self.border_subtitle = self.xlabel_text
         self.refresh()
 
     def legend(self) -> Content:
         """The title, then each series' name in its curve's colour (plotext's legend hides data)."""
-        parts: list = [self.title_text]
+        # a log axis says so: its ticks alone read like a linear scale at a glance
+        parts: list = [self.title_text + (" (log y)" if self.log_shown else "")]
         if len(self.series) > 1:
             for i, name in enumerate(self.series):
                 r, g, b = COLORS[i % len(COLORS)]
@@ -106,8 +109,7 @@ class CurvePlot(PlotextPlot):
             return Text(self.empty if self.series == {} else "", style="dim")
         plt = self.plt
         plt.clear_figure()
-        log_ok = self.log_y and all(min(y) > 0 for _, y in self.series.values())
-        if log_ok:
+        if self.log_shown:
             plt.yscale("log")
         for i, (xs, ys) in enumerate(self.series.values()):
             dx, dy = downsample(xs, ys, max(16, min(MAX_POINTS, 2 * width)))

@@ -26,6 +26,7 @@ COLUMNS = (
     ("gpu", "GPU", None),
 )
 ACTIVE = ("running", "queued")
+IN_VIEW = ("id", "status", "progress", "best", "eta")  # beside the name, never scrolled off
 
 
 def order(runs: Sequence) -> list:
@@ -36,19 +37,21 @@ def order(runs: Sequence) -> list:
     )
 
 
-def row_cells(run, marked: bool) -> list:
+def row_cells(run, marked: bool, name_width: int | None = None, narrow: bool = False) -> list:
+    """A run's cells; `narrow` (under 100 columns) gives the name the room of the status
+    word and the progress bar (the icon and `40/240` stay)."""
     ident = Text(f"{'●' if marked else ' '}{run.id}", style="bold yellow" if marked else "")
-    name = text(run.experiment)
-    name.no_wrap, name.overflow = True, "ellipsis"
-    if run.label:
-        name.append_text(text((f" {run.label}", "dim")))
+    name = cells.name_point(run.experiment, run.label, name_width)
     best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
     return [
         ident,
-        cells.status(liveness.shown_status(run)),
+        cells.status(liveness.shown_status(run), icon_only=narrow),
         name,
-        cells.progress(run.epoch, run.epochs, run.progress, run.status),
+        cells.progress(
+            run.epoch, run.epochs, run.progress, run.status, bar_width=0 if narrow else 8
+        ),
         best,
+        # first epoch: the worker estimates it from the steps done (engine.worker)
         display.duration(run.eta_s, short=True) if run.status == "running" else "–",
         Text(cells.speed(run.images_per_s), justify="right"),
         text(run.method),
@@ -63,27 +66,34 @@ class RunTable(DataTable):
     """
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        # id, status and name stay in view when the table scrolls right
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False, fixed_columns=3)
         self._keys: list[str] = []
         self._cells: dict[str, list] = {}
+        self._runs: list = []
+        self._marked: set[int] = set()
 
     def on_mount(self) -> None:
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
 
     def on_resize(self) -> None:
-        self.fit_columns()
+        if self._runs:
+            self._show()
 
-    def fit_columns(self) -> None:
-        """Widths from the cells; the experiment column gets what the terminal spares."""
+    def name_width(self, full: dict[str, list]) -> int:
+        """The experiment column gets what the columns up to ETA spare; from 100 columns up it takes
+        what a whole sweep point needs, pushing method, pair and GPU off to the right."""
         labels = [label for _, label, _ in COLUMNS]
-        measured = content_widths(labels, self._cells.values())
-        widths = {key: w for (key, _, _), w in zip(COLUMNS, measured)}
-        others = sum(w + 2 * self.cell_padding for k, w in widths.items() if k != "experiment")
-        room = (self.scrollable_content_region.width or self.size.width) - others
-        room -= 2 * self.cell_padding
-        widths["experiment"] = max(24, min(widths["experiment"], room))
-        set_widths(self, widths)
+        measured = dict(zip((k for k, _, _ in COLUMNS), content_widths(labels, full.values())))
+        others = sum(w + 2 * self.cell_padding for k, w in measured.items() if k in IN_VIEW)
+        total = self.scrollable_content_region.width or self.size.width
+        room = total - others - 2 * self.cell_padding
+        want = measured["experiment"]
+        if total >= 100:
+            points = [len(cells.name_point("", r.label).plain) for r in self._runs]
+            room = max(room, max(points, default=0) + cells.MIN_NAME + 4)
+        return max(24, min(want, room))
 
     @property
     def selected_id(self) -> int | None:
@@ -92,9 +102,21 @@ class RunTable(DataTable):
         return int(self._keys[self.cursor_row])
 
     def set_runs(self, runs: Sequence, marked: set[int]) -> None:
-        ordered = order(runs)
+        self._runs, self._marked = order(runs), set(marked)
+        self._show()
+
+    def _show(self) -> None:
+        ordered, marked = self._runs, self._marked
         keys = [str(r.id) for r in ordered]
-        new_cells = {str(r.id): row_cells(r, r.id in marked) for r in ordered}
+        narrow = (self.scrollable_content_region.width or self.size.width) < 100
+        full = {str(r.id): row_cells(r, r.id in marked, narrow=narrow) for r in ordered}
+        width = self.name_width(full)
+        name_at = [k for k, _, _ in COLUMNS].index("experiment")
+        new_cells = full
+        for r in ordered:
+            cell = full[str(r.id)]
+            if cell[name_at].cell_len > width:
+                cell[name_at] = cells.name_point(r.experiment, r.label, width)
         if keys == self._keys:
             for key in keys:
                 old = self._cells.get(key)
@@ -110,7 +132,10 @@ class RunTable(DataTable):
                 self.move_cursor(row=keys.index(str(selected)), animate=False)
         self._keys = keys
         self._cells = new_cells
-        self.fit_columns()
+        labels = [label for _, label, _ in COLUMNS]
+        widths = dict(zip((k for k, _, _ in COLUMNS), content_widths(labels, new_cells.values())))
+        widths["experiment"] = width
+        set_widths(self, widths)
 
     def select_run(self, run_id: int) -> bool:
         key = str(run_id)
