@@ -81,6 +81,8 @@ CSV_COLUMNS = (
     "epochs",
     "status",
     "run_ids",
+    "world_size",
+    "effective_batch",
 )
 
 
@@ -116,6 +118,8 @@ def _csv_row(r: Row, rank: int) -> list:
         r.epochs,
         r.status,
         " ".join(map(str, r.run_ids)),
+        r.world_size or "",
+        r.effective_batch or "",
     ]
 
 
@@ -253,6 +257,8 @@ def to_latex(rows: Sequence[Row], *, runs: bool = False) -> str:
     lines += [
         f"% {_tex(r.name)}: fingerprint {r.fingerprint or 'none'}, runs "
         + " ".join(map(str, r.run_ids))
+        + f", {r.world_size or '?'} process{'es' * (r.world_size != 1)}, effective batch "
+        + f"{r.effective_batch or '?'}"
         for r in rows
     ]
     if runs:

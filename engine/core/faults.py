@@ -13,6 +13,9 @@ Points, in the order an epoch commits (EPOCH counts finished epochs, from 1):
   metrics-open  the epoch's metrics and run row written, transaction not committed
   metrics       that transaction committed (metrics and run row at once)
   log           the epoch's line appended to log.txt
+
+On a run of several processes every rank reaches `step` (and rank 0 the others);
+`KDTUI_FAULT_RANK=R` arms the fault in rank R alone (torchrun's RANK), so one rank dies.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import os
 import signal
 
 ENV = "KDTUI_FAULT"
+RANK_ENV = "KDTUI_FAULT_RANK"
 POINTS = ("step", "best", "prev", "checkpoint", "metrics-open", "metrics", "log")
 
 
 def point(name: str, epoch: int) -> None:
     spec = os.environ.get(ENV)
     if spec and spec == f"{name}@{epoch}":
-        os.kill(os.getpid(), signal.SIGKILL)
+        rank = os.environ.get(RANK_ENV)
+        if rank is None or rank == os.environ.get("RANK", "0"):
+            os.kill(os.getpid(), signal.SIGKILL)

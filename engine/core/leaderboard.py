@@ -92,6 +92,8 @@ class Row:
     teacher_top1: float | None = None
     params: int | None = None  # the student alone
     trained_params: int | None = None  # everything the optimiser updates
+    world_size: int | None = None  # processes per run (part of the fingerprint above one)
+    effective_batch: int | None = None  # images per optimiser step over all processes
     epoch: int = 0
     epochs: int = 0
     baseline: float | None = None
@@ -254,6 +256,9 @@ def _row(runs: list[Run]) -> Row:
     row.teacher_top1 = statistics.fmean(teachers) if teachers else None
     row.params = next((r.params for r in reversed(runs) if r.params), latest.params)
     row.trained_params = next((r.trained_params for r in reversed(runs) if r.trained_params), None)
+    sized = next((r for r in reversed(runs) if r.effective_batch), None)
+    if sized is not None:
+        row.world_size, row.effective_batch = sized.world_size, sized.effective_batch
     if row.identity is not None:
         row.baseline_fingerprint = fpmod.baseline_fingerprint(row.identity)
     return row
@@ -410,6 +415,7 @@ COLUMNS = (
     "gap closed",
     "baseline",
     "trained params",
+    "eff. batch",
     "epochs",
     "status",
     "fingerprint",
@@ -453,6 +459,25 @@ def fmt_params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
+def fmt_batch(effective: int | None, world: int | None) -> str:
+    """The images of one optimiser step, and how they split over processes above one:
+    `64`, or `128 = 2×64` (2 processes of 64 images each)."""
+    if not effective:
+        return "–"
+    if not world or world == 1:
+        return str(effective)
+    return f"{effective} = {world}×{effective // world}"
+
+
+def world_text(world: int | None, effective: int | None) -> str:
+    """A run's processes and batch in words (the app's config view)."""
+    if not world or not effective:
+        return "processes not recorded"
+    if world == 1:
+        return f"1 process, batch {effective}"
+    return f"{world} processes, effective batch {fmt_batch(effective, world)}"
+
+
 def fmt_gap(gap: float | None) -> str:
     return "–" if gap is None else f"{100 * gap:.0f}%"
 
@@ -474,6 +499,7 @@ def cells(row: Row, rank: int) -> list[str]:
         fmt_gap(row.gap),
         row.baseline_label or "–",
         fmt_params(row.trained_params),
+        fmt_batch(row.effective_batch, row.world_size),
         f"{row.epoch}/{row.epochs}",
         row.status,
         (row.fingerprint or "–")[:FP_SHOWN],

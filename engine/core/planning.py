@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.core import fingerprint as fpmod
 from engine.core.reading import copy_point, points
 from engine.core.registry import method_label
-from engine.core.schema import Experiment, data_seed, teacher_experiment
+from engine.core.schema import Experiment, data_seed, teacher_experiment, world_size
 
 
 @dataclass
@@ -145,4 +145,7 @@ def fuse_key(cfg: Experiment) -> str | None:
         cfg.run.teacher_cache_dtype,
         str(cfg.run.teacher_cache_mb),
     ]
+    world = world_size(cfg)
+    if world > 1:  # one launcher starts the group's processes (absent at 1: older keys hold)
+        parts.append(f"world={world}")
     return "|".join(parts)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.core import liveness
-from engine.core.export import CSV_COLUMNS
 from engine.core.leaderboard import Row
 from engine.core.store import Run
 
@@ -45,6 +44,8 @@ RUN_FIELDS = (
     "teacher_top1",
     "student_params",
     "trained_params",
+    "world_size",
+    "effective_batch",
     "images_per_s",
     "eta_s",
     "fingerprint",
@@ -59,8 +60,42 @@ RUN_FIELDS = (
     "dir",
 )
 
-# the CSV export's columns (one owner: engine.core.export), plus the row's name and members
-ROW_FIELDS = (CSV_COLUMNS[0], "name", *CSV_COLUMNS[1:], "members")
+ROW_FIELDS = (
+    "rank",
+    "name",
+    "experiment",
+    "label",
+    "role",
+    "method",
+    "teacher",
+    "student",
+    "dataset",
+    "head",
+    "best_top1_mean",
+    "best_top1_std",
+    "last_top1_mean",
+    "last_top1_std",
+    "n",
+    "reruns",
+    "running_best_top1",
+    "gap_closed",
+    "gap_note",
+    "teacher_top1",
+    "baseline_top1",
+    "baseline",
+    "baseline_run_ids",
+    "baseline_fingerprint",
+    "fingerprint",
+    "student_params",
+    "trained_params",
+    "world_size",
+    "effective_batch",
+    "epoch",
+    "epochs",
+    "status",
+    "run_ids",
+    "members",
+)
 
 MEMBER_FIELDS = (
     "run_id",
@@ -115,6 +150,8 @@ def run_record(r: Run) -> dict[str, Any]:
         "teacher_top1": _num(r.teacher_top1),
         "student_params": r.params,
         "trained_params": r.trained_params,
+        "world_size": r.world_size,
+        "effective_batch": r.effective_batch,
         "images_per_s": _num(r.images_per_s),
         "eta_s": _num(r.eta_s) if r.status == "running" else None,
         "fingerprint": r.fingerprint,
@@ -161,6 +198,8 @@ def row_record(row: Row, rank: int) -> dict[str, Any]:
         "fingerprint": row.fingerprint,
         "student_params": row.params,
         "trained_params": row.trained_params,
+        "world_size": row.world_size,
+        "effective_batch": row.effective_batch,
         "epoch": row.epoch,
         "epochs": row.epochs,
         "status": _counts(row.statuses),

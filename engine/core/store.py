@@ -23,6 +23,7 @@ from typing import Any
 from engine.core import display, layout, liveness, planning, reading, safefs, schema, writing
 from engine.core import fingerprint as fpmod
 from engine.core import metrics as M
+from engine.core.reading import tomllib
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -67,6 +68,8 @@ CREATE TABLE IF NOT EXISTS runs (
     trained_params INTEGER,
     fingerprint TEXT,
     identity TEXT,
+    world_size INTEGER,
+    effective_batch INTEGER,
     images_per_s REAL,
     eta_s REAL,
     host TEXT,
@@ -106,12 +109,15 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
+    # version 3: processes that train the run, and data.batch_size x world_size
+    ("world_size", "INTEGER"),
+    ("effective_batch", "INTEGER"),
 )
 
 
@@ -167,6 +173,8 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    world_size: int | None = None  # processes training it (nproc_per_node x nnodes)
+    effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
 
     @property
     def path(self) -> Path:
@@ -253,6 +261,7 @@ class Store:
                 if statement.strip():
                     con.execute(statement)
             self._backfill_fingerprints(con)
+            self._backfill_world(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _backfill_fingerprints(self, con) -> None:
@@ -273,6 +282,21 @@ class Store:
             con.execute(
                 "UPDATE runs SET fingerprint=?, identity=? WHERE id=?",
                 (fpmod.digest(ident), fpmod.dumps(ident), row["id"]),
+            )
+
+    def _backfill_world(self, con) -> None:
+        """World size and effective batch of runs stored before version 3: one process each
+        (the keys did not exist), so the effective batch is the stored batch size."""
+        rows = con.execute(
+            "SELECT id, config_toml FROM runs WHERE world_size IS NULL ORDER BY id"
+        ).fetchall()
+        for row in rows:
+            try:
+                batch = int(tomllib.loads(row["config_toml"])["data"]["batch_size"])
+            except (ValueError, KeyError, TypeError):
+                batch = None
+            con.execute(
+                "UPDATE runs SET world_size=1, effective_batch=? WHERE id=?", (batch, row["id"])
             )
 
     def _teacher_source(
@@ -371,6 +395,10 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
+        try:  # several nodes need the Slurm backend: refused before anything is stored
+            reading.check_local(exp, file=source)
+        except schema.ConfigError as e:
+            raise StoreError(str(e)) from None
         written = writing.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)
@@ -407,8 +435,9 @@ class Store:
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
-               priority, fuse_key, epochs, created, fingerprint, identity)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               priority, fuse_key, epochs, created, fingerprint, identity, world_size,
+               effective_batch)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
@@ -431,6 +460,8 @@ class Store:
                 now,
                 plan.fingerprint,
                 fpmod.dumps(plan.identity),
+                schema.world_size(cfg),
+                schema.effective_batch(cfg),
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)

@@ -68,11 +68,12 @@ def exit_text(code: int) -> str:
 
 @dataclass
 class WorkerProcess:
-    """A `python -m engine.worker` process the engine started (or adopted) on a slot."""
+    """A `python -m engine.worker` process the engine started (or adopted) on its slots: one,
+    or N for a run of `nproc_per_node = N` processes (the worker launches them)."""
 
     pid: int
     run_ids: list[int]
-    slot: Slot | None
+    slots: tuple[Slot, ...]  # empty: adopted, and no free slot matched
     started: float
     proc: subprocess.Popen | None = None  # None: adopted from an earlier engine
     output: Path | None = None  # its stdout/stderr (worker.log of its first run)

@@ -20,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import layout, runlog, safefs
-from engine.core.devices import ENGINE_GPU_ENV
 from engine.core.layout import home_path
 from engine.core.liveness import is_worker_process, process_gone, row_time, run_process_alive
 from engine.core.store import Run, Store, StoreError
 from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
 from engine.daemon.options import Options
 from engine.daemon.processes import WorkerProcess, child_env, exit_text, signal_group
-from engine.daemon.scheduling import Slot, dependency, place, slots_for, unplaceable
+from engine.daemon.scheduling import (
+    Slot,
+    dependency,
+    group_gpus,
+    place,
+    slots_for,
+    unplaceable,
+    worker_env,
+)
 
 log = logging.getLogger("kdtui.engine")
 
@@ -44,6 +51,7 @@ class Engine:
     _state_failing: bool = False
     _waiting: dict[int, str] = field(default_factory=dict)
     _devices: dict[int, str] = field(default_factory=dict)  # run id -> [run] device
+    _nprocs: dict[int, int] = field(default_factory=dict)  # run id -> [run] nproc_per_node
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -86,21 +94,31 @@ class Engine:
             else:
                 self._fail(run, "worker gone while the engine was down")
         for pid, runs in groups.items():
-            slot = self._free_slot_for(runs[0].gpu)
-            self.workers[pid] = WorkerProcess(pid, [r.id for r in runs], slot, time.time())
+            slots = self._free_slots_for(runs[0].gpu, self._nproc_of(runs[0]))
+            self.workers[pid] = WorkerProcess(pid, [r.id for r in runs], slots, time.time())
             log.info(
                 "adopted worker %d (runs %s) on %s",
                 pid,
                 [r.id for r in runs],
-                slot.name if slot else "no slot",
+                ", ".join(s.name for s in slots) or "no slot",
             )
 
-    def _free_slot_for(self, gpu: str | None) -> Slot | None:
-        busy = {w.slot for w in self.workers.values()}
-        for s in self.slots:
-            if s not in busy and s.gpu == gpu:
-                return s
-        return None
+    def _busy(self) -> set[Slot]:
+        return {s for w in self.workers.values() for s in w.slots}
+
+    def _free_slots_for(self, gpu: str | None, nproc: int) -> tuple[Slot, ...]:
+        """The slots an adopted worker holds: one per GPU it was shown ("0,1"), or `nproc`
+        CPU slots (as many as are free)."""
+        busy = self._busy()
+        free = [s for s in self.slots if s not in busy]
+        if not gpu:
+            return tuple(s for s in free if s.gpu is None)[:nproc]
+        held = []
+        for g in gpu.split(","):
+            s = next((s for s in free if s.gpu == g and s not in held), None)
+            if s is not None:
+                held.append(s)
+        return tuple(held)
 
     # ------------------------------------------------------------ one pass
     def step(self) -> None:
@@ -109,24 +127,30 @@ class Engine:
         self.find_dead(running)
         self.escalate_cancels(running)
         ready = self.ready_runs()
-        busy = {w.slot for w in self.workers.values()}
+        busy = self._busy()
         free = [s for s in self.slots if s not in busy]
         if not ready or not free:
             return
         devices = {r.id: self._device_of(r) for r in ready}
+        nprocs = {r.id: self._nproc_of(r) for r in ready}
         for run in list(ready):
-            reason = unplaceable(devices[run.id], self.slots)
+            reason = unplaceable(devices[run.id], self.slots, nprocs[run.id])
             if reason:
                 self._fail(run, reason)
                 ready.remove(run)
         gpu_slots = any(s.gpu is not None for s in self.slots)
-        for slot, ids in place(ready, free, devices, gpu_slots_exist=gpu_slots):
-            self.launch(slot, ids)
+        for slots, ids in place(ready, free, devices, gpu_slots_exist=gpu_slots, nprocs=nprocs):
+            self.launch(slots, ids)
 
     def _device_of(self, run: Run) -> str:
         if run.id not in self._devices:  # a run's config never changes: parse it once
             self._devices[run.id] = _requested_device(run)
         return self._devices[run.id]
+
+    def _nproc_of(self, run: Run) -> int:
+        if run.id not in self._nprocs:
+            self._nprocs[run.id] = _requested_nproc(run)
+        return self._nprocs[run.id]
 
     def reap(self) -> None:
         for pid, w in list(self.workers.items()):
@@ -233,22 +257,23 @@ class Engine:
                 log.info("run %d: %s", run.id, reason)
         return ready
 
-    def launch(self, slot: Slot, run_ids: list[int]) -> None:
-        claimed = [i for i in run_ids if self.store.claim(i, gpu=slot.gpu, pid=None)]
+    def launch(self, slots: tuple[Slot, ...], run_ids: list[int]) -> None:
+        """Start one worker for `run_ids` on `slots`: one slot, or one per process of a run
+        of several (its GPUs, all of them shown to the worker, which launches the ranks)."""
+        gpu = group_gpus(slots)
+        claimed = [i for i in run_ids if self.store.claim(i, gpu=gpu, pid=None)]
         if not claimed:
             return
         runs = self.store.runs(ids=claimed)
         first = runs[0].path
         out_path = first / layout.WORKER_OUTPUT
-        extra = {"CUDA_VISIBLE_DEVICES": slot.gpu or "", ENGINE_GPU_ENV: slot.gpu or ""}
-        if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
-            cpus = os.cpu_count() or 1
-            extra["OMP_NUM_THREADS"] = str(max(1, cpus // len(self.slots)))
-        if slot.gpu is not None:
-            extra["CUDA_DEVICE_ORDER"] = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        extra = worker_env(slots, len(self.slots), dict(os.environ), os.cpu_count() or 1)
         fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
+        where = ", ".join(s.name for s in slots)
+        if len(slots) > 1:
+            where += f" ({len(slots)} processes)"
         for r in runs:
-            runlog.note(r.path, f"engine: placed on {slot.name}{fused}")
+            runlog.note(r.path, f"engine: placed on {where}{fused}")
             if r.path != first:
                 runlog.note(
                     r.path,
@@ -287,12 +312,14 @@ class Engine:
             return
         for i in claimed:
             self.store.update(i, pid=proc.pid)
-        self.workers[proc.pid] = WorkerProcess(proc.pid, claimed, slot, time.time(), proc, out_path)
-        log.info("worker %d: runs %s on %s", proc.pid, claimed, slot.name)
+        self.workers[proc.pid] = WorkerProcess(
+            proc.pid, claimed, slots, time.time(), proc, out_path
+        )
+        log.info("worker %d: runs %s on %s", proc.pid, claimed, where)
 
     # ------------------------------------------------------------ state for clients
     def state(self) -> dict[str, Any]:
-        by_slot = {w.slot.name: w for w in self.workers.values() if w.slot is not None}
+        by_slot = {s.name: w for w in self.workers.values() for s in w.slots}
         return {
             "pid": os.getpid(),
             "started": self.started,
@@ -313,7 +340,7 @@ class Engine:
                 {
                     "pid": w.pid,
                     "runs": w.run_ids,
-                    "slot": w.slot.name if w.slot else None,
+                    "slot": ", ".join(s.name for s in w.slots) or None,
                     "started": w.started,
                     "adopted": w.proc is None,
                 }
@@ -343,6 +370,14 @@ def _requested_device(run: Run) -> str:
         return run.load_config().run.device
     except Exception:  # a row the worker will reject with the reason; do not stall the queue
         return "auto"
+
+
+def _requested_nproc(run: Run) -> int:
+    """The run's `[run] nproc_per_node`: the slots its worker takes (1 if it cannot be read)."""
+    try:
+        return run.load_config().run.nproc_per_node
+    except Exception:  # a row the worker will reject with the reason; do not stall the queue
+        return 1
 
 
 def setup_logging(stream) -> None:

@@ -57,6 +57,7 @@ DROP_ORDER = (
     "fingerprint",
     "baseline",
     "trained params",
+    "eff. batch",
     "epochs",
     "last top-1",
     "status",
@@ -67,7 +68,15 @@ DROP_ORDER = (
 
 
 # `kdtui ls`: id, status, experiment, point, progress and best top-1 stay
-LS_DROP_ORDER = ("fingerprint", "device", "img/s", "head", "teacher→student", "method")
+LS_DROP_ORDER = (
+    "fingerprint",
+    "device",
+    "img/s",
+    "eff. batch",
+    "head",
+    "teacher→student",
+    "method",
+)
 
 
 def fit_columns(head, body, width: int, drop: tuple[str, ...] = DROP_ORDER) -> list[int]:

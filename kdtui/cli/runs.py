@@ -71,6 +71,7 @@ def list_runs(
         "best top-1",
         "head",
         "img/s",
+        "eff. batch",
         "device",
         "fingerprint",
     ]
@@ -92,6 +93,7 @@ def list_runs(
                 f"{r.best_top1:.2f}" if r.best_top1 is not None else "–",
                 r.head,
                 f"{r.images_per_s:.0f}" if r.images_per_s else "–",
+                lb.fmt_batch(r.effective_batch, r.world_size),
                 r.device or "–",
                 (r.fingerprint or "–")[: lb.FP_SHOWN],
             ]

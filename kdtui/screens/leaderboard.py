@@ -43,6 +43,7 @@ COLUMNS = (
     "method",
     "teacher→student",
     "trained params",
+    "eff. batch",
     "epochs",
     "status",
     "fingerprint",

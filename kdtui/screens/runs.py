@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Header, Static
 
 from engine.core import checkpoint as ckptmod
 from engine.core import display, liveness, writing
+from engine.core import leaderboard as lb
 from engine.core import metrics as M
 from engine.core.inert import printable
 from kdtui.messages import DataChanged
@@ -336,6 +337,7 @@ class RunsScreen(Screen):
             app.call_from_thread(self.notify, str(e), severity="error")
             return
         title = f"run {display.name(run)}"
+        title += f" · {lb.world_text(run.world_size, run.effective_batch)}"
         title = printable(title + f" · fingerprint {run.fingerprint or 'none'}")
         app.call_from_thread(
             app.push_screen, ConfigScreen(title, run.config_toml, clone=lambda: self._clone(run_id))
