@@ -652,7 +652,7 @@ def launch(store: Store, run_ids: list[int]) -> int:
 
     runs = store.runs(ids=run_ids)
     try:
-        cfg = runs[0].config
+        cfg = runs[0].load_config()
         reading.check_local(cfg, file=f"run {runs[0].id} config")
     except ConfigError as e:
         rules.settle(store, runs, str(e))
