@@ -238,7 +238,7 @@ def execute(
     died (`distributed.peer_failure`), so that the run's error names the rank that died.
     """
     runs = [store.run(i) for i in run_ids]
-    cfgs = [r.config for r in runs]
+    cfgs = [r.load_config() for r in runs]
     names = {str(r.id): r.id for r in runs}
     cb = StoreCallbacks(store, names, callbacks) if group.main else FollowerCallbacks()
     try:
@@ -357,10 +357,9 @@ def prepare(
 ):
     cfg0 = cfgs[0]
     group = runtime.group
-    data_seed = cfg0.data.data_seed if cfg0.data.data_seed >= 0 else cfg0.seeds[0]
     data = build_data(
         cfg0.data,
-        seed=data_seed,
+        seed=cfg0.seeds[0],
         device=runtime.device,
         channels_last=runtime.channels_last,
         strong=any(strong_view(c) for c in cfgs),
@@ -637,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _world(store: Store, run_id: int) -> int:
     try:
-        return world_size(store.run(run_id).config)
+        return world_size(store.run(run_id).load_config())
     except Exception:  # a config that does not parse: `execute` records why
         return 1
 
@@ -653,7 +652,7 @@ def launch(store: Store, run_ids: list[int]) -> int:
 
     runs = store.runs(ids=run_ids)
     try:
-        cfg = runs[0].config
+        cfg = runs[0].load_config()
         reading.check_local(cfg, file=f"run {runs[0].id} config")
     except ConfigError as e:
         rules.settle(store, runs, str(e))
