@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench.core import (
+from bench.setup import (
     MEAN,
     STD,
     BenchConfig,

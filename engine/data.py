@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.core import schema
 from engine.core.views import CROPS, PAD, encode_view
 from engine.strong_aug import StrongParams, StrongTransform, draw_params, rand_augment_u8
 
@@ -802,7 +803,7 @@ def build_data(
     strong view (`Batch.strong`; see `engine.core.schema.strong_view`). rank, world: this
     process's shard of a run on several processes (module docstring).
     """
-    data_seed = cfg.data_seed if cfg.data_seed >= 0 else seed
+    data_seed = schema.data_seed(cfg, seed)
     device = torch.device(device)
     shard = (rank, world)
     if cfg.dataset == "folder":

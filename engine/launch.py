@@ -3,7 +3,8 @@
 The worker (`engine.daemon.processes.worker_command`: `python -m engine.worker --home
 HOME RUN_DIR ...`, what the engine and `kdtui run` start) of runs whose config asks for
 `nproc_per_node = N > 1` becomes their launcher: it calls `torch.distributed.run`
-(torchrun) in-process with the same worker command line wrapped,
+(torchrun) in-process with the same module and arguments (engine.core.runfolder's
+WORKER_MODULE and worker_args) wrapped,
 
     --standalone --nnodes 1 --nproc-per-node N --max-restarts 0 -m engine.worker --home HOME RUN_DIR ...
 
@@ -28,17 +29,14 @@ import signal
 from pathlib import Path
 
 from engine.core import runfolder, runlog
-from engine.daemon.processes import worker_command
 
 RESTARTS = 0  # a failed rank fails the run; `kdtui resume` continues it from its checkpoint
 MONITOR_S = 0.5  # how often torchrun's agent looks at its ranks
 
 
 def torchrun_args(run_dirs: list[Path], home: str | os.PathLike | None, nproc: int) -> list[str]:
-    """torchrun's command line for one group of runs on this box: the worker's own command
-    line (worker_command, from `-m` on) wrapped."""
-    _python, dash_m, *worker = worker_command(home, run_dirs)
-    assert dash_m == "-m", worker
+    """torchrun's command line for one group of runs on this box: the worker's own module
+    and arguments (engine.core.runfolder.worker_args, as worker_command runs them) wrapped."""
     return [
         "--standalone",
         "--nnodes",
@@ -50,7 +48,8 @@ def torchrun_args(run_dirs: list[Path], home: str | os.PathLike | None, nproc: i
         "--monitor-interval",
         str(MONITOR_S),
         "--module",
-        *worker,
+        runfolder.WORKER_MODULE,
+        *runfolder.worker_args(home, run_dirs),
     ]
 
 

@@ -44,14 +44,6 @@ from engine.models import build_model, load_checkpoint_file
 from engine.models.base import FeatureModel, count_params
 
 
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-class Cancelled(RuntimeError):
-    """The user asked this run to stop."""
-
-
 # ---------------------------------------------------------------- device
 @dataclass(frozen=True)
 class Runtime:

@@ -398,10 +398,9 @@ def prepare(
 ):
     cfg0 = cfgs[0]
     group = runtime.group
-    data_seed = cfg0.data.data_seed if cfg0.data.data_seed >= 0 else cfg0.seeds[0]
     data = build_data(
         cfg0.data,
-        seed=data_seed,
+        seed=cfg0.seeds[0],
         device=runtime.device,
         channels_last=runtime.channels_last,
         strong=any(strong_view(c) for c in cfgs),

@@ -572,7 +572,8 @@ async def test_clone_keeps_the_teacher_by_name_and_paths_as_written(project):
         )
     )
     assert (
-        student.config.teacher.from_run.isdigit() and Path(student.config.data.root).is_absolute()
+        student.load_config().teacher.from_run.isdigit()
+        and Path(student.load_config().data.root).is_absolute()
     )
     store.close()
     app = make_app(home)

@@ -329,7 +329,7 @@ def test_import_copies_runs_from_another_store_and_refuses_them_twice(tmp_path):
     assert t.best_top1 == there.run(teacher.id).best_top1
     assert t.path.parent == here.runs_dir and (t.path / layout.BEST).exists()
     # the student keeps its teacher (now run 2 here) and arrives cancelled, resumable
-    assert s.depends_on == t.id and s.config.teacher.from_run == str(t.id)
+    assert s.depends_on == t.id and s.load_config().teacher.from_run == str(t.id)
     assert s.status == "cancelled" and "kdtui resume 3" in s.error
     assert runfolder.read_meta(s.path)["teacher"]["folder"] == t.path.name
 

@@ -115,6 +115,21 @@ def new_uuid() -> str:
     return uuidmod.uuid4().hex
 
 
+# ---------------------------------------------------------------- the worker's command line
+
+WORKER_MODULE = "engine.worker"
+
+
+def worker_args(home: str | os.PathLike | None, run_dirs: list[Path]) -> list[str]:
+    """The worker's arguments, in one place: run folders only, and the store folder for the
+    disk teacher cache (none given: no disk cache). engine.daemon.processes.worker_command
+    runs `python -m WORKER_MODULE` with them; engine.launch wraps the same in torchrun."""
+    return [
+        *(["--home", os.fspath(home)] if home is not None else []),
+        *(os.fspath(d) for d in run_dirs),
+    ]
+
+
 # ---------------------------------------------------------------- run.json
 
 

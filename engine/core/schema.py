@@ -354,6 +354,12 @@ def strong_view(exp: Experiment) -> bool:
     return mode == "on" or (mode == "auto" and exp.method.strong_view)
 
 
+def data_seed(data: DataConfig, run_seed: int) -> int:
+    """The seed of a run's batches (shuffling, augmentation): `data.data_seed`, or the run's
+    own seed at its default of -1. The one place that default is resolved."""
+    return data.data_seed if data.data_seed >= 0 else run_seed
+
+
 def teacher_experiment(exp: Experiment) -> Experiment:
     """The vanilla run that trains the teacher of a `teacher.train = true` experiment."""
     t = copy.deepcopy(exp)

@@ -30,6 +30,7 @@ from typing import Any
 
 from engine.core import (
     annotations,
+    display,
     layout,
     liveness,
     planning,
@@ -41,7 +42,6 @@ from engine.core import (
 )
 from engine.core import fingerprint as fpmod
 from engine.core.reading import tomllib
-from engine.core.registry import method_label
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -228,19 +228,14 @@ class Run:
     def path(self) -> Path:
         return Path(self.dir)
 
-    @property
-    def config(self) -> schema.Experiment:
+    def load_config(self) -> schema.Experiment:
+        """The run's resolved config, parsed from `config_toml` at each call (a method, not a
+        field: each call parses the TOML and returns a new Experiment the caller may change)."""
         return reading.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
 
     @property
-    def sweep_point(self) -> dict:
-        return json.loads(self.point or "{}")
-
-    @property
     def pair(self) -> str:
-        return (
-            f"{self.teacher_arch}→{self.student_arch}" if self.teacher_arch else self.student_arch
-        )
+        return display.pair(self.teacher_arch, self.student_arch)
 
     @property
     def finished(self) -> bool:
@@ -494,7 +489,7 @@ class Store:
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)
         now = time.time()
-        created: list[Run] = []
+        created: list[int] = []
         made: list[Path] = []
         try:
             self._submit(exp, plans, written, source, status, holder, now, created, made)
@@ -512,30 +507,18 @@ class Store:
                 "VALUES (?,?,?,?,?)",
                 (exp.name, source, written, now, runfolder.new_uuid()),
             ).lastrowid
-            teacher_run: int | None = None
             files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
             for plan in plans:
-                cfg = plan.config
-                depends_on = None
-                if plan.role == "student" and cfg.method.needs_teacher:
-                    if cfg.teacher.train:
-                        assert teacher_run is not None
-                        cfg.teacher.train = False
-                        cfg.teacher.from_run = str(teacher_run)
-                        cfg.teacher.optim = {}
-                        depends_on = teacher_run
-                    elif cfg.teacher.from_run:
-                        depends_on = self._resolve_from_run(
-                            con, cfg.teacher.from_run, cfg.teacher.arch
-                        )
-                        cfg.teacher.from_run = str(depends_on)
-                teacher = self._teacher_source(con, cfg, files, depends_on)
-                ident = fpmod.identity(cfg, teacher=teacher)
-                run_id = self._insert_run(
-                    con, exp_id, plan, cfg, depends_on, status, now, ident, holder, made
-                )
-                if plan.role == "teacher":
-                    teacher_run = run_id
+                teacher_run = None
+                if plan.teacher_plan is not None:
+                    teacher_run = created[plan.teacher_plan]
+                elif plan.teacher_ref:
+                    teacher_run = self._resolve_from_run(
+                        con, plan.teacher_ref, plan.config.teacher.arch
+                    )
+                teacher = self._teacher_source(con, plan.config, files, teacher_run)
+                planning.resolve(plan, teacher_run=teacher_run, teacher_source=teacher)
+                run_id = self._insert_run(con, exp_id, plan, status, now, holder, made)
                 created.append(run_id)
 
     def _insert_run(
@@ -543,14 +526,14 @@ class Store:
         con,
         exp_id: int,
         plan: planning.RunPlan,
-        cfg: schema.Experiment,
-        depends_on: int | None,
         status: str,
         now: float,
-        ident: dict,
         holder: int | None = None,
         made: list[Path] | None = None,
     ) -> int:
+        """Record a resolved plan: its row, its config and run.json in the run's new folder
+        (`made`: where the folder goes, for submit to remove if the transaction fails)."""
+        cfg = plan.config
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
         toml_text = writing.resolved_toml(cfg)
@@ -564,24 +547,24 @@ class Store:
                 exp_id,
                 cfg.name,
                 plan.role,
-                plan.label if plan.role == "student" else "teacher",
+                plan.run_label,
                 json.dumps(plan.point, sort_keys=True),
                 plan.seed,
                 status,
-                method_label(spec.name, cfg.distill.options),  # e.g. kd+ls
+                plan.method_label,
                 teacher_arch,
                 cfg.student.arch,
                 cfg.data.dataset,
                 spec.head,
                 toml_text,
                 "",
-                depends_on,
+                plan.depends_on,
                 cfg.run.priority,
-                fuse_key(cfg),
+                plan.fuse_key,
                 cfg.optim.epochs,
                 now,
-                fpmod.digest(ident),
-                fpmod.dumps(ident),
+                plan.fingerprint,
+                fpmod.dumps(plan.identity),
                 schema.world_size(cfg),
                 schema.effective_batch(cfg),
                 runfolder.new_uuid(),
@@ -740,14 +723,6 @@ class Store:
         one = reading.apply_point(exp, json.loads(run.point))
         one.seeds = [run.seed]
         return one
-
-    def experiments(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM experiments ORDER BY id").fetchall()
-
-    def changed_since(self, version: float) -> bool:
-        self._ingest_quietly()
-        row = self.conn.execute("SELECT MAX(COALESCE(heartbeat, created)) FROM runs").fetchone()
-        return (row[0] or 0) > version
 
     # ------------------------------------------------------------ ingesting run folders
     def ingest(self, ids: Iterable[int] | None = None, *, everything: bool = False) -> int:
@@ -916,14 +891,6 @@ class Store:
         except _Unchanged:
             return False
         return True
-
-    def next_queued(self, limit: int = 50) -> list[Run]:
-        """Queued runs in order: priority first, then FIFO."""
-        self._ingest_quietly()
-        rows = self.conn.execute(
-            "SELECT * FROM runs WHERE status='queued' ORDER BY priority DESC, id LIMIT ?", (limit,)
-        ).fetchall()
-        return [Run(**dict(r)) for r in rows]
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         assert status in FINISHED, status
@@ -1317,46 +1284,6 @@ class _Transaction:
             self.con.execute("COMMIT")
         else:
             self.con.execute("ROLLBACK")
-
-
-def fuse_key(cfg: schema.Experiment) -> str | None:
-    """Runs with equal keys share teacher and batches, so one process can train them all."""
-    if not cfg.run.fuse or not cfg.method.needs_teacher:
-        return None
-    t, d = cfg.teacher, cfg.data
-    data_seed = d.data_seed if d.data_seed >= 0 else cfg.seeds[0]
-    parts = [
-        t.arch,
-        t.checkpoint,
-        t.from_run,
-        d.dataset,
-        d.root,
-        str(d.batch_size),
-        str(d.augment),
-        d.hflip,
-        d.loader,
-        str(data_seed),
-        str(d.num_classes),
-        str(d.train_size),
-        str(d.image_size),
-        str(cfg.optim.epochs),
-        cfg.run.device,
-        cfg.run.amp,
-        str(cfg.run.max_steps),
-        # process-wide settings: a group takes them from its first run, so they must agree
-        cfg.run.channels_last,
-        str(cfg.run.deterministic),
-        str(cfg.run.compile),
-        cfg.run.compile_mode,
-        str(cfg.run.threads),
-        cfg.run.teacher_cache,
-        cfg.run.teacher_cache_dtype,
-        str(cfg.run.teacher_cache_mb),
-    ]
-    world = schema.world_size(cfg)
-    if world > 1:  # one launcher starts the group's processes (absent at 1: older keys hold)
-        parts.append(f"world={world}")
-    return "|".join(parts)
 
 
 # ---------------------------------------------------------------- rebuild and import

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core import runfolder
 from engine.core.liveness import is_worker_process, pid_alive
 from engine.daemon.scheduling import Slot
 
@@ -57,17 +58,11 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def worker_command(home: str | os.PathLike | None, run_dirs: list[Path]) -> list[str]:
-    """The worker's command line, in one place (the local engine and `kdtui run` spawn it; a
-    cluster backend submits it; engine.launch wraps it in torchrun for the ranks of a run on
-    several processes): run folders only, the store folder for the disk teacher cache (none
-    given: no disk cache). The worker never opens the store's database."""
-    return [
-        sys.executable,
-        "-m",
-        "engine.worker",
-        *(["--home", os.fspath(home)] if home is not None else []),
-        *(os.fspath(d) for d in run_dirs),
-    ]
+    """The worker's command line (the local engine and `kdtui run` spawn it; a cluster
+    backend submits it; engine.launch wraps the same arguments in torchrun for the ranks of
+    a run on several processes): engine.core.runfolder.worker_args. The worker never opens
+    the store's database."""
+    return [sys.executable, "-m", runfolder.WORKER_MODULE, *runfolder.worker_args(home, run_dirs)]
 
 
 def exit_text(code: int) -> str:

@@ -57,8 +57,9 @@ class Engine:
     _last_state: str = ""
     _state_failing: bool = False
     _waiting: dict[int, str] = field(default_factory=dict)
-    _devices: dict[int, str] = field(default_factory=dict)  # run id -> [run] device
-    _nprocs: dict[int, int] = field(default_factory=dict)  # run id -> [run] nproc_per_node
+    # run id -> its [run] device and nproc_per_node: a run's config never changes, so the
+    # engine parses it once
+    _requests: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -151,15 +152,16 @@ class Engine:
         for slots, ids in place(ready, free, devices, gpu_slots_exist=gpu_slots, nprocs=nprocs):
             self.launch(slots, ids)
 
+    def _request_of(self, run: Run) -> tuple[str, int]:
+        if run.id not in self._requests:
+            self._requests[run.id] = _requested(run)
+        return self._requests[run.id]
+
     def _device_of(self, run: Run) -> str:
-        if run.id not in self._devices:  # a run's config never changes: parse it once
-            self._devices[run.id] = _requested_device(run)
-        return self._devices[run.id]
+        return self._request_of(run)[0]
 
     def _nproc_of(self, run: Run) -> int:
-        if run.id not in self._nprocs:
-            self._nprocs[run.id] = _requested_nproc(run)
-        return self._nprocs[run.id]
+        return self._request_of(run)[1]
 
     def reap(self) -> None:
         for pid, w in list(self.workers.items()):
@@ -366,20 +368,14 @@ class Engine:
             self._last_state = text
 
 
-def _requested_device(run: Run) -> str:
-    """The run's `[run] device` from its stored config ("auto" if it cannot be read)."""
+def _requested(run: Run) -> tuple[str, int]:
+    """The run's `[run] device` and `nproc_per_node` (the slots its worker takes), from one
+    parse of its stored config ("auto" and 1 if it cannot be read)."""
     try:
-        return run.config.run.device
+        cfg = run.load_config().run
     except Exception:  # a row the worker will reject with the reason; do not stall the queue
-        return "auto"
-
-
-def _requested_nproc(run: Run) -> int:
-    """The run's `[run] nproc_per_node`: the slots its worker takes (1 if it cannot be read)."""
-    try:
-        return run.config.run.nproc_per_node
-    except Exception:  # a row the worker will reject with the reason; do not stall the queue
-        return 1
+        return "auto", 1
+    return cfg.device, cfg.nproc_per_node
 
 
 def setup_logging(stream) -> None:

@@ -35,12 +35,11 @@ from rich.table import Column
 from rich.text import Text
 
 from engine.core import checkpoint as ckptmod
+from engine.core import display, safefs, schema
 from engine.core import leaderboard as lb
 from engine.core import metrics as M
-from engine.core import safefs, schema
 from engine.core.inert import printable
 from engine.core.layout import WORKER_OUTPUT
-from engine.core.points import short_point
 from engine.core.store import Run, Store, StoreError
 from engine.daemon.processes import child_env, worker_command
 from kdtui.cli.render import leaderboard_table
@@ -167,12 +166,6 @@ def make_progress(console: Console) -> Progress:
     return Progress(*columns, console=console, transient=False, expand=True)
 
 
-def _label(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    point = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
-    return printable(f"#{r.id} {who} {r.pair}{point}")
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, handled like ctrl+c; `reason` goes into the runs' error."""
 
@@ -223,7 +216,7 @@ STOP_WAIT_S = 90.0  # torchrun stops its ranks with SIGTERM, then SIGKILL after 
 
 def world_of(run: Run) -> int:
     try:
-        return schema.world_size(run.config)
+        return schema.world_size(run.load_config())
     except Exception:  # a config that does not parse: the worker records why
         return 1
 
@@ -327,7 +320,9 @@ def train_groups(store: Store, groups: list[list[Run]], console: Console) -> lis
                             ids.remove(r.id)
                     if not ids:
                         continue
-                    labels = {str(r.id): _label(r) for r in group}
+                    labels = {
+                        str(r.id): printable(display.title(r, experiment=False)) for r in group
+                    }
                     if world_of(group[0]) > 1:
                         finished += train_processes(store, ids, progress, labels)
                         continue

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.core import annotations, layout, liveness, removal, runlog
+from engine.core import annotations, display, layout, liveness, removal, runlog
 from engine.core import checkpoint as ckptmod
 from engine.core import leaderboard as lb
 from engine.core.inert import printable
@@ -42,16 +42,6 @@ def _find(store: Store, refs: list[str]) -> list[Run]:
         except StoreError as e:
             raise fail(str(e)) from None
     return [runs[i] for i in sorted(runs)]
-
-
-STATUS_STYLE = {
-    "queued": "yellow",
-    "running": "cyan",
-    "done": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-    "dead": "bold red",
-}
 
 
 def list_runs(
@@ -129,7 +119,7 @@ def list_runs(
         t.add_column(head[i], no_wrap=head[i] in ("id", "status"), overflow="fold")
     for cells, shown in zip(body, statuses):
         row = [text(c) for c in cells]
-        row[1] = text(shown, style=STATUS_STYLE.get(shown, ""))
+        row[1] = text(shown, style=display.STATUS_STYLE.get(shown, ""))
         add_text_row(t, *(row[i] for i in keep))
     if not runs:
         console.print(f"no runs in {store.home}")
@@ -273,7 +263,7 @@ def rm(
     if why:
         raise fail(why)
     for r in runs:
-        console.print(f"  {_describe(r)} ({r.status})  {r.dir}")
+        console.print(f"  {display.title(r)} ({r.status})  {r.dir}")
     if not yes and not typer.confirm(
         f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
     ):
@@ -285,9 +275,3 @@ def rm(
         err.print(text((f"kept the folder of run {run_id}:", "red"), " ", reason))
     removed = len(done.removed)
     console.print(f"removed {removed} run{'s' * (removed != 1)}")
-
-
-def _describe(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
-    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

@@ -12,12 +12,11 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
-from engine.core import annotations, liveness, removal, writing
+from engine.core import annotations, display, liveness, removal, writing
 from engine.core import checkpoint as ckptmod
 from engine.core import leaderboard as lb
 from engine.core import metrics as M
 from engine.core.inert import printable
-from engine.core.points import short_point
 from kdtui.messages import DataChanged
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.gpu import GpuPanel
@@ -210,8 +209,7 @@ class RunsScreen(Screen):
                     printable(run.note),
                 )
             )
-        label = f" [{short_point(run.label)}]" if run.label else ""
-        detail.border_title = Content(printable(f"#{run.id} {run.experiment}{label}"))
+        detail.border_title = Content(printable(display.name(run)))
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
         detail.border_subtitle = Content(
             printable(
@@ -221,7 +219,7 @@ class RunsScreen(Screen):
 
     def refresh_watch(self) -> None:
         app = self.app
-        watch = app.watch
+        watch = app.followed
         run = self.selected
         if watch is None or run is None or watch.run_id != run.id:
             return
@@ -261,7 +259,7 @@ class RunsScreen(Screen):
         run = self.selected
         if run is None:
             return
-        watch = self.app.watch
+        watch = self.app.followed
         if watch is None or watch.run_id != run.id:
             self._drawn_version = (-1, -1)
             for plot in self.query(CurvePlot):
@@ -317,9 +315,7 @@ class RunsScreen(Screen):
             return
         run = self.selected
         verb = "Stop" if run.status == "running" else "Cancel"
-        prompt = printable(
-            f"{verb} run #{run.id} {run.experiment} {short_point(run.label)}?"
-        ).rstrip() + (
+        prompt = printable(f"{verb} run {display.name(run)}?") + (
             "\nIts last checkpoint stays; r resumes it." if run.status == "running" else ""
         )
 
@@ -390,7 +386,7 @@ class RunsScreen(Screen):
         except Exception as e:
             app.call_from_thread(self.notify, str(e), severity="error")
             return
-        title = f"run #{run.id} · {run.experiment} {short_point(run.label)}".rstrip()
+        title = f"run {display.name(run)}"
         title += f" · {lb.world_text(run.world_size, run.effective_batch)}"
         title = printable(title + f" · fingerprint {run.fingerprint or 'none'}")
         app.call_from_thread(
@@ -411,9 +407,7 @@ class RunsScreen(Screen):
         for run_id in sorted(self.marked):
             run = self.app.runs_by_id.get(run_id)
             if run is not None:
-                label = f"#{run.id} {run.experiment}" + (
-                    f" {short_point(run.label)}" if run.label else ""
-                )
+                label = display.name(run)
                 groups.append((label, [run.id]))
         self.app.compare(groups)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import DataTable
 
-from engine.core import liveness
+from engine.core import display, liveness
 from engine.core.inert import printable
 from kdtui.inert import text
 from kdtui.widgets import cells
@@ -41,7 +42,7 @@ def order(runs: Sequence) -> list:
 def haystack(run) -> str:
     """What the runs view's filter searches: experiment, label, sweep point, method, pair,
     status (as shown: "dead" too), tags (with and without "#"), note, and "#id"."""
-    point = " ".join(f"{k}={v}" for k, v in run.sweep_point.items()) if run.point else ""
+    point = " ".join(f"{k}={v}" for k, v in json.loads(run.point).items()) if run.point else ""
     tags = run.tag_list
     parts = [
         f"#{run.id}",
@@ -96,8 +97,8 @@ def row_cells(run, marked: bool, name_width: int | None = None, narrow: bool = F
             run.epoch, run.epochs, run.progress, run.status, bar_width=0 if narrow else 8
         ),
         best,
-        cells.eta(run.eta_s) if run.status == "running" else "–",  # first epoch: the worker
-        # estimates it from the steps done (engine.worker)
+        # first epoch: the worker estimates it from the steps done (engine.worker)
+        display.duration(run.eta_s, short=True) if run.status == "running" else "–",
         Text(cells.speed(run.images_per_s), justify="right"),
         text(run.method),
         text(run.pair),
