@@ -14,9 +14,11 @@ data (uint8 32x32 images, 100 classes by default):
   `torch.compile` when asked), loss sums kept on the device like `fit`.
 
 Parts: loader alone, the SimKD step (and the teacher's share of it), a fused
-sweep (N students behind one teacher pass vs N separate runs) and the exact
+sweep (N students behind one teacher pass vs N separate runs), the exact
 teacher-logit cache on a KD run (cold, at the hit rate a 240-epoch run
-averages, warm). Every figure is the median of `repeats` interleaved
+averages, warm) and data-parallel scaling (the step on every visible GPU
+against one, bench/scaling.py; skipped with fewer than two GPUs unless
+`--procs N` asks for N CPU processes). Every figure is the median of `repeats` interleaved
 measurements, with the spread (min-max) next to it: on a shared box timings
 are noisy, ratios measured side by side much less so.
 """
@@ -29,17 +31,32 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from bench.setup import (  # noqa: F401 (re-exported: bench.core.BenchConfig, PARTS)
+    DEFAULT_PARTS,
+    MEAN,
+    PARTS,
+    STD,
+    BenchConfig,
+    _data_config,
+    _device_loader,
+    _endless,
+    _endless_reference,
+    _experiment,
+    _reference_loader,
+    _sync,
+    _synthetic_arrays,
+)
 from bench.stats import median_spread
 from engine.cache import TeacherCache, cached_logits
 from engine.core import schema
 from engine.core.views import NUM_VIEWS
-from engine.data import Batch, DeviceLoader, time_loader
+from engine.data import Batch, time_loader
 from engine.distill.base import TeacherOut, build_distiller
 from engine.models import build_model
 from engine.train import (
@@ -52,8 +69,6 @@ from engine.train import (
     train_step,
 )
 
-PARTS = ("threads", "loader", "step", "fused", "cache", "compile")
-DEFAULT_PARTS = PARTS[:-1]  # `compile` (minutes of cold compiling on a CPU) only when asked
 # expected hit rate of a 240-epoch run over a cold cache: at epoch e a view was seen
 # before with probability 1 - (161/162)^e; the mean over e = 0..239
 EPOCHS_240 = 240
@@ -63,141 +78,6 @@ def expected_hit_rate(epochs: int, views: int = NUM_VIEWS, before: int = 0) -> f
     """Mean hit rate over `epochs` epochs when `before` epochs already filled the cache."""
     q = 1 - 1 / views
     return 1 - q**before * (1 - q**epochs) / (epochs * (1 - q))
-
-
-@dataclass
-class BenchConfig:
-    quick: bool = False
-    device: str = "auto"
-    teacher: str = ""
-    student: str = ""
-    batch: int = 64
-    classes: int = 100
-    images: int = 0
-    steps: int = 0
-    warmup: int = 0
-    repeats: int = 0
-    sweep: int = 5
-    workers: int = -1
-    compile: bool | None = None
-    threads: int = 0
-    parts: tuple[str, ...] = DEFAULT_PARTS
-    notes: list[str] = field(default_factory=list)
-
-    def resolve(self, cuda: bool) -> BenchConfig:
-        c = copy.deepcopy(self)
-        if c.quick:
-            c.teacher = c.teacher or "resnet20"
-            c.student = c.student or "resnet8"
-            c.images = c.images or 1024
-            c.steps = c.steps or 4
-            c.warmup = c.warmup or 1
-            c.repeats = c.repeats or 2
-        else:
-            c.teacher = c.teacher or "resnet32x4"
-            c.student = c.student or "resnet8x4"
-            c.images = c.images or (50_000 if cuda else 2048)
-            c.steps = c.steps or (50 if cuda else 6)  # 3 CPU steps proved too noisy
-            c.warmup = c.warmup or (10 if cuda else 1)
-            c.repeats = c.repeats or 3
-        if c.compile is None:
-            c.compile = cuda and not c.quick
-        if c.workers < 0:
-            # the published recipe uses 8 workers on a GPU box; on a small CPU box the
-            # workers would steal the cores the model needs, so the reference loads in-process
-            c.workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if cuda else 0
-        return c
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------- data
-def _synthetic_arrays(c: BenchConfig, seed: int = 0):
-    """uint8 CIFAR-shaped images, labels, mean and std, made on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, c.classes, (c.images,), generator=g)
-    proto = torch.rand(c.classes, 3, 1, 1, generator=g)
-    x = (proto[y] * 200 + torch.randint(0, 56, (c.images, 3, 32, 32), generator=g)).to(torch.uint8)
-    return x, y
-
-
-def _data_config(c: BenchConfig) -> schema.DataConfig:
-    d = schema.DataConfig()
-    d.dataset, d.batch_size, d.num_classes = "synthetic", c.batch, c.classes
-    return d
-
-
-def _device_loader(c: BenchConfig, x, y, runtime: Runtime, seed: int = 0) -> DeviceLoader:
-    return DeviceLoader(
-        x,
-        y,
-        batch_size=c.batch,
-        mean=MEAN,
-        std=STD,
-        seed=seed,
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-    )
-
-
-MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # CIFAR-100's
-
-
-def _reference_loader(c: BenchConfig, x, y, device: torch.device):
-    from torchvision import transforms as T
-
-    from engine.data import _Indexed, _PILArrays, _to_hwc
-
-    tf = T.Compose(
-        [
-            T.RandomCrop(32, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(MEAN, STD),
-        ]
-    )
-    ds = _Indexed(_PILArrays(_to_hwc(x), y.tolist()), tf)
-    return torch.utils.data.DataLoader(
-        ds,
-        batch_size=c.batch,
-        shuffle=True,
-        num_workers=c.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        persistent_workers=c.workers > 0,
-    )
-
-
-def _endless_reference(loader) -> Iterator:
-    while True:
-        yield from loader
-
-
-def _endless(loader: DeviceLoader, start_epoch: int = 0) -> Iterator[Batch]:
-    e = start_epoch
-    while True:
-        for b in loader.batches(e):
-            if b.x.shape[0] == loader.batch_size:  # full batches only: one shape
-                yield b
-        e += 1
-
-
-# ---------------------------------------------------------------- configs and members
-def _experiment(c: BenchConfig, method: str, lr: float, runtime_cfg: schema.RunConfig):
-    exp = schema.Experiment()
-    exp.name = f"bench-{method}"
-    exp.seeds = [0]
-    exp.data = _data_config(c)
-    exp.teacher.arch = c.teacher
-    exp.student.arch = c.student
-    exp.distill.method = method
-    exp.optim.lr = lr
-    exp.optim.epochs = 240
-    exp.run = copy.deepcopy(runtime_cfg)
-    return exp
 
 
 class Timer:
@@ -610,6 +490,39 @@ class Bench:
             # steps of this size a run must train before the compile has paid for itself
             "break_even_steps_cold": cold / saved if saved > 0 else None,
             "break_even_steps_cached": cached / saved if saved > 0 else None,
+        }
+
+    def part_scaling(self) -> dict:
+        """The SimKD step on N processes (DDP) against one: images/s and efficiency."""
+        from bench.scaling import launch, threads_per_process
+
+        gpus = torch.cuda.device_count() if self.cuda else 0
+        procs = self.c.procs or gpus
+        if procs < 2:
+            where = f"{gpus} GPU visible" if self.cuda else "no GPU visible (CPU)"
+            return {
+                "skipped": f"{where}: it needs two or more devices "
+                "(`--procs N` measures N CPU processes)"
+            }
+        if self.cuda and procs > gpus:
+            raise RuntimeError(f"--procs {procs} but this box shows {gpus} GPUs")
+        device = "cuda" if self.cuda else "cpu"
+        one: list[float] = []
+        many: list[float] = []
+        for _ in range(self.c.repeats):  # interleaved: a neighbour's load hits both alike
+            one.append(launch(self.c, 1, device))
+            self.log(f"  1 process: {one[-1]:.1f} images/s")
+            many.append(launch(self.c, procs, device))
+            self.log(f"  {procs} processes: {many[-1]:.1f} images/s")
+        a, b = median_spread(one), median_spread(many)
+        return {
+            "procs": procs,
+            "device": device,
+            "threads_per_process": threads_per_process(procs),
+            "one_images_per_s": a,
+            "many_images_per_s": b,
+            "speedup": b["median"] / a["median"],
+            "efficiency": b["median"] / (procs * a["median"]),
         }
 
     # ---- everything

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.stats import median_spread
 from engine.core import reading, runfolder
+from engine.core.metrics import LOSS
 from engine.core.store import Store
 
 EXPERIMENT = """
@@ -59,9 +60,7 @@ def run_ingest_bench(
         for rep in range(repeats):
             log(f"ingest: {runs} runs x {metrics} metrics ({rep + 1}/{repeats})…")
             for run in created[:runs]:
-                rows = [
-                    (rep, rep * metrics + k, "train/loss", 1.0 / (k + 1)) for k in range(metrics)
-                ]
+                rows = [(rep, rep * metrics + k, LOSS, 1.0 / (k + 1)) for k in range(metrics)]
                 runfolder.append_metrics(run.path, rows)
             seconds = _timed(store.ingest)
             rates.append(runs * metrics / seconds)

@@ -16,6 +16,14 @@ drawn on a private CPU generator: resumed runs and runs sharing a data seed
 see identical batches on any device (this is what lets a sweep share one
 teacher pass and makes resume exact).
 
+A run on several processes (`[run] nproc_per_node`) shards that plan: every
+rank draws the same epoch plan and keeps every world-th position from its rank
+on (`shard_positions`), so the ranks' first batches together are exactly the
+first batch of a one-process run with batch_size x world. The training split
+is padded to a multiple of the world size with the plan's first positions, as
+torch's DistributedSampler does, so every rank takes the same number of steps;
+the test split is not padded (uneven shards; evaluation sums counts).
+
 torchvision is imported lazily: it is slow to import and the device path
 for digits/synthetic does not need it.
 """
@@ -35,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.core import schema
 from engine.core.views import CROPS, PAD, encode_view
 from engine.strong_aug import StrongParams, StrongTransform, draw_params, rand_augment_u8
 
@@ -42,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.core.schema import DataConfig
 
 STRONG_STREAM = 2  # epoch_seed stream of the strong view's draws (0: order/weak view)
+RANK_STREAM = 1000  # DataLoader path, rank r > 0: its workers' augmentation on stream 1000 r
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -127,6 +137,21 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return h & ((1 << 63) - 1)
 
 
+def shard_positions(n: int, rank: int, world: int, *, pad: bool) -> Tensor:
+    """Positions of an n-long epoch plan that rank `rank` of `world` takes.
+
+    Every world-th position from `rank` on. pad: first append the plan's first positions
+    until the length is a multiple of world (DistributedSampler's drop_last=False), so
+    every rank gets ceil(n / world); without it the shards differ by at most one and
+    together hold each position exactly once (evaluation).
+    """
+    positions = torch.arange(n)
+    if pad and n % world:
+        total = -(-n // world) * world
+        positions = positions.repeat(-(-total // n))[:total]
+    return positions[rank::world]
+
+
 # ------------------------------------------------------------------ augmentation
 def _crop_padded(padded: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, h: int, w: int) -> Tensor:
     """Per-sample crop + flip of already padded images as one gather."""
@@ -205,6 +230,7 @@ class DeviceLoader:
     strong: also yield MLKD's strong view (`Batch.strong`): its own crop + flip, then the
     RandAugment + Cutout ops of engine.strong_aug, drawn from a separate stream of the same
     (seed, epoch), so turning it on changes nothing in the weak view.
+    rank, world, pad: this process's shard of every epoch plan (`shard_positions`).
     """
 
     def __init__(
@@ -222,6 +248,9 @@ class DeviceLoader:
         device: torch.device | str = "cpu",
         channels_last: bool = False,
         strong: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        pad: bool = True,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be uint8 (N, C, H, W)")
@@ -235,12 +264,27 @@ class DeviceLoader:
         self.strong = strong
         self._mean = _stats(mean, self.device)
         self._std = _stats(std, self.device)
+        self.rank, self.world = int(rank), int(world)
+        self._shard = (
+            shard_positions(self.num_samples, self.rank, self.world, pad=pad)
+            if self.world > 1
+            else None
+        )
+        # images this process sees per epoch (num_samples: the whole split, for per-sample rows)
+        self.shard_size = self.num_samples if self._shard is None else int(self._shard.numel())
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.shard_size / self.batch_size)
 
     def plan(self, epoch: int) -> EpochPlan:
-        """Draw the epoch's order, offsets and flips: a pure function of (seed, epoch)."""
+        """This process's part of the epoch's order, offsets and flips: a pure function of
+        (seed, epoch) (and of rank and world size when sharded)."""
+        p = self._full_plan(epoch)
+        if self._shard is None:
+            return p
+        return EpochPlan(*(t[self._shard] for t in p))
+
+    def _full_plan(self, epoch: int) -> EpochPlan:
         n = self.num_samples
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         index = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -265,7 +309,11 @@ class DeviceLoader:
         flip = torch.randint(0, 2, (n,), generator=g)
         if not self.hflip:
             flip.zero_()
-        return StrongPlan(dy, dx, flip, draw_params(n, g))
+        q = StrongPlan(dy, dx, flip, draw_params(n, g))
+        if self._shard is None:
+            return q
+        k = self._shard
+        return StrongPlan(q.dy[k], q.dx[k], q.flip[k], StrongParams(*(t[k] for t in q.ops)))
 
     def _normalise(self, u8: Tensor) -> Tensor:
         if self.channels_last:
@@ -286,7 +334,7 @@ class DeviceLoader:
             q = self.strong_plan(epoch)
             sp = StrongPlan(*(move(t) for t in q[:3]), q.ops.to(dev))
         _, _, h, w = self.images.shape
-        for s in range(0, self.num_samples, self.batch_size):
+        for s in range(0, self.shard_size, self.batch_size):
             e = s + self.batch_size
             idx = index[s:e]
             raw = self.images.index_select(0, idx)
@@ -364,6 +412,11 @@ class TorchDataLoader:
     sample-to-worker assignment). With num_workers = 0 the transforms would
     draw from the global RNG, so each batch is fetched under a forked RNG
     seeded from (seed, epoch) instead; the training loop's RNG is untouched.
+
+    On several processes (world > 1) a `ShardSampler` gives each rank its part of one
+    permutation drawn from (seed, epoch), the DistributedSampler scheme; each rank's
+    augmentation draws come from a stream of its own (RANK_STREAM), so the ranks do not
+    crop their images alike.
     """
 
     def __init__(
@@ -376,6 +429,9 @@ class TorchDataLoader:
         num_workers: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        pad: bool = True,
     ):
         self.dataset = dataset
         self.num_samples = len(dataset)  # type: ignore[arg-type]
@@ -383,20 +439,30 @@ class TorchDataLoader:
         self.num_workers = int(num_workers)
         self.device = torch.device(device)
         self.channels_last = channels_last
+        self.rank, self.world, self.pad = int(rank), int(world), pad
+        self.shard_size = (
+            len(shard_positions(self.num_samples, self.rank, self.world, pad=pad))
+            if self.world > 1
+            else self.num_samples
+        )
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.shard_size / self.batch_size)
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        stream = RANK_STREAM * self.rank
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream))
+        order: dict[str, Any] = {"shuffle": self.shuffle}
+        if self.world > 1:
+            order = {"sampler": ShardSampler(self, epoch)}
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            shuffle=self.shuffle,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             drop_last=False,
             generator=g,
+            **order,
         )
 
     def _raw(self, epoch: int) -> Iterator[Any]:
@@ -404,7 +470,8 @@ class TorchDataLoader:
         if self.num_workers > 0:
             yield from it
             return
-        state = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 1)).get_state()
+        stream = 1 + RANK_STREAM * self.rank
+        state = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, stream)).get_state()
         while True:
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(state)
@@ -438,6 +505,30 @@ class TorchDataLoader:
                 None,
                 strong=strong,
             )
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """A rank's sample indices for one epoch: DistributedSampler's scheme (one permutation
+    on every rank, padded to a multiple of the world size, every world-th position), with
+    the permutation drawn from (data seed, epoch) like the device loader's."""
+
+    def __init__(self, loader: TorchDataLoader, epoch: int):
+        self.n, self.shuffle = loader.num_samples, loader.shuffle
+        self.seed, self.epoch = loader.seed, epoch
+        self.rank, self.world, self.pad = loader.rank, loader.world, loader.pad
+
+    def order(self) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        positions = shard_positions(self.n, self.rank, self.world, pad=self.pad)
+        return iter(self.order()[positions].tolist())
+
+    def __len__(self) -> int:
+        return len(shard_positions(self.n, self.rank, self.world, pad=self.pad))
 
 
 def _cifar_transforms(size: int, mean, std, *, augment: bool, hflip: bool):
@@ -634,7 +725,9 @@ def _hflip(cfg: DataConfig) -> bool:
     return cfg.hflip == "on"
 
 
-def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool, strong: bool) -> Data:
+def _build_folder(
+    cfg: DataConfig, seed: int, device, channels_last: bool, strong: bool, shard: tuple[int, int]
+) -> Data:
     from torchvision import datasets
     from torchvision import transforms as T
 
@@ -666,22 +759,28 @@ def _build_folder(cfg: DataConfig, seed: int, device, channels_last: bool, stron
         crop = T.RandomResizedCrop(size)
         t_strong = _strong_transform(crop, IMAGENET_MEAN, IMAGENET_STD, hflip=_hflip(cfg))
     return _dataloader_data(
-        info, cfg, (train, t_train, t_strong), (val, t_test), seed, device, channels_last
+        info, cfg, (train, t_train, t_strong), (val, t_test), seed, device, channels_last, shard
     )
 
 
-def _dataloader_data(info, cfg: DataConfig, train, test, seed, device, channels_last) -> Data:
+def _dataloader_data(
+    info, cfg: DataConfig, train, test, seed, device, channels_last, shard: tuple[int, int]
+) -> Data:
     """The reference pipeline's train/test pair: (data set, transform[, strong]) each."""
     common = {
         "seed": seed,
         "num_workers": cfg.num_workers,
         "device": device,
         "channels_last": channels_last,
+        "rank": shard[0],
+        "world": shard[1],
     }
     return Data(
         info,
         TorchDataLoader(_Indexed(*train), batch_size=cfg.batch_size, shuffle=True, **common),
-        TorchDataLoader(_Indexed(*test), batch_size=cfg.eval_batch_size, shuffle=False, **common),
+        TorchDataLoader(
+            _Indexed(*test), batch_size=cfg.eval_batch_size, shuffle=False, pad=False, **common
+        ),
     )
 
 
@@ -692,6 +791,8 @@ def build_data(
     device: torch.device | str = "cpu",
     channels_last: bool = False,
     strong: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> Data:
     """Data set + train/test loaders for a run.
 
@@ -699,12 +800,14 @@ def build_data(
     runs with different model seeds can still share batches. `loader =
     "device"` on a folder falls back to the DataLoader path (folders do not
     fit in memory in general). `strong`: training batches also carry MLKD's
-    strong view (`Batch.strong`; see `engine.core.schema.strong_view`).
+    strong view (`Batch.strong`; see `engine.core.schema.strong_view`). rank, world: this
+    process's shard of a run on several processes (module docstring).
     """
-    data_seed = cfg.data_seed if cfg.data_seed >= 0 else seed
+    data_seed = schema.data_seed(cfg, seed)
     device = torch.device(device)
+    shard = (rank, world)
     if cfg.dataset == "folder":
-        return _build_folder(cfg, data_seed, device, channels_last, strong)
+        return _build_folder(cfg, data_seed, device, channels_last, strong, shard)
     d = _load(cfg)
     info, hflip = d.info, _hflip(cfg)
     if cfg.loader in ("auto", "device"):
@@ -714,6 +817,8 @@ def build_data(
             "seed": data_seed,
             "device": device,
             "channels_last": channels_last,
+            "rank": rank,
+            "world": world,
         }
         train = DeviceLoader(
             d.x_train,
@@ -732,6 +837,7 @@ def build_data(
             shuffle=False,
             augment=False,
             hflip=False,
+            pad=False,
             **common,
         )
         return Data(info, train, test)
@@ -759,6 +865,7 @@ def build_data(
         data_seed,
         device,
         channels_last,
+        shard,
     )
 
 

@@ -7,11 +7,19 @@ seed, optimiser, metrics and checkpoints, and can stop (NaN, cancel)
 without stopping the others. Data order is a pure function of
 (data seed, epoch) and every piece of state lives in the `last`
 checkpoint, so a resumed run ends exactly where an uninterrupted one does.
+
+On several processes (`Runtime.group`, engine.distributed) every rank runs this
+loop on its shard of each epoch; each member's training step goes through
+DistributedDataParallel (gradients averaged over the ranks), the numbers the loop
+decides on (logged losses, NaN, cancel, accuracies) are reduced so that every rank
+decides alike, and rank 0 alone saves checkpoints (the callbacks of the other ranks
+write nothing).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 import sys
@@ -24,22 +32,16 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from engine import distributed
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, safefs
 from engine.core import metrics as M
 from engine.core.devices import ENGINE_GPU_ENV, worker_device
 from engine.core.schema import Experiment, OptimConfig, RunConfig
 from engine.distill.base import Distiller, TeacherOut, build_distiller
+from engine.distributed import SINGLE, Group
 from engine.models import build_model, load_checkpoint_file
 from engine.models.base import FeatureModel, count_params
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-class Cancelled(RuntimeError):
-    """The user asked this run to stop."""
 
 
 # ---------------------------------------------------------------- device
@@ -48,6 +50,7 @@ class Runtime:
     device: torch.device
     amp_dtype: torch.dtype | None  # None: full fp32
     channels_last: bool
+    group: Group = SINGLE  # this process's rank in a run on several processes
 
     def autocast(self):
         return torch.autocast(
@@ -57,14 +60,30 @@ class Runtime:
         )
 
 
-def pick_runtime(run: RunConfig) -> Runtime:
+def pick_runtime(run: RunConfig, group: Group = SINGLE) -> Runtime:
     """Device, precision and process-wide switches for a run (or a fused group).
 
     Under the engine a worker sees only its slot's GPU, as cuda:0 (`engine.core.devices.
     worker_device` maps `cuda:N`); the device is made current, so that synchronize(),
-    memory statistics and new tensors without an index all use it.
+    memory statistics and new tensors without an index all use it. A rank of a run on
+    several processes takes GPU `local_rank` of the ones it sees (the engine shows the
+    group its GPUs); more ranks than GPUs is an error naming both numbers.
     """
-    requested = worker_device(run.device, os.environ.get(ENGINE_GPU_ENV))
+    if group.parallel:
+        requested = run.device if run.device in ("cpu", "cuda") else "auto"
+        if requested == "auto":
+            requested = "cuda" if torch.cuda.is_available() else "cpu"
+        if requested == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count < run.nproc_per_node:
+                raise RuntimeError(
+                    f"run.nproc_per_node = {run.nproc_per_node} but this process sees {count} "
+                    "GPU(s) (CUDA_VISIBLE_DEVICES); lower nproc_per_node to the GPUs of the box "
+                    'or free more of them (device = "cpu" runs the processes on CPUs)'
+                )
+            requested = f"cuda:{group.local_rank}"
+    else:
+        requested = worker_device(run.device, os.environ.get(ENGINE_GPU_ENV))
     if requested == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -91,7 +110,13 @@ def pick_runtime(run: RunConfig) -> Runtime:
     channels_last = run.channels_last == "on" or (run.channels_last == "auto" and cuda)
     torch.set_num_threads(run.threads or auto_threads())
     set_deterministic(run.deterministic)
-    return Runtime(device, amp, channels_last)
+    if group.parallel and run.sync_bn and not cuda:
+        raise RuntimeError(
+            "run.sync_bn = true but this run trains on the CPU, and torch's SyncBatchNorm "
+            "runs on GPUs only; set sync_bn = false (each process then normalises its own "
+            "batch) or run it on GPUs"
+        )
+    return Runtime(device, amp, channels_last, group)
 
 
 def set_deterministic(on: bool) -> None:
@@ -194,6 +219,7 @@ class Member:
     train_fn: Callable | None = None
     compiled: bool = False  # train_fn is torch.compile'd: partial batches run eagerly
     pending_commit: dict | None = None  # the finished epoch's metrics, saved with checkpoints
+    world_size: int = 1  # processes that train this member together (its checkpoint says)
 
     @property
     def head(self) -> str:
@@ -219,6 +245,7 @@ class Member:
             "arch": self.cfg.student.arch,
             "method": self.cfg.distill.method,
             "head": self.head,
+            "world_size": self.world_size,
             **rng_state(),
         }
 
@@ -358,6 +385,8 @@ def build_member(
         input_shape=input_shape,
         train_labels=train_labels,
     )
+    if runtime.group.parallel and cfg.run.sync_bn:
+        convert_sync_batchnorm(distiller)
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     distiller.to(runtime.device, memory_format=memory_format)
     optimizer = make_optimizer(distiller.trainable_parameters(), cfg.optim, runtime.device)
@@ -365,11 +394,71 @@ def build_member(
         torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype == torch.float16 else None
     )
     member = Member(name, cfg, distiller, optimizer, Path(run_dir), scaler=scaler)
+    member.world_size = runtime.group.world
     member.train_fn = distiller.forward_train
     if cfg.run.compile:
         member.train_fn = compile_step(distiller, compile_mode(cfg.run, runtime), backend)
         member.compiled = True
     return member
+
+
+def trained_modules(distiller: Distiller) -> list[tuple[str, torch.nn.Module]]:
+    """The distiller's submodules that train: the student, projectors, heads (not the
+    frozen teacher, which every rank holds unchanged)."""
+    return [(n, c) for n, c in distiller.named_children() if n != "teacher"]
+
+
+def convert_sync_batchnorm(distiller: Distiller) -> None:
+    """`[run] sync_bn`: BatchNorm of the trained modules normalises over every rank's batch.
+
+    torch's converter keeps the same parameter and buffer tensors (and names, so a
+    checkpoint loads into plain BatchNorm, e.g. as a teacher later); the teacher keeps
+    its eval-mode BatchNorm."""
+    for name, child in trained_modules(distiller):
+        setattr(distiller, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
+class TrainStep(torch.nn.Module):
+    """A member's training step as a module's forward: DistributedDataParallel hooks
+    `forward`, and a distiller trains through `forward_train(batch, teacher)`."""
+
+    def __init__(self, distiller: Distiller):
+        super().__init__()
+        self.distiller = distiller
+
+    def forward(self, batch, teacher: TeacherOut | None):
+        return self.distiller.forward_train(batch, teacher)
+
+
+def data_parallel(m: Member) -> None:
+    """Train `m` through DistributedDataParallel: gradients averaged over the ranks.
+
+    What DDP wraps is what trains (student, projectors, heads); the frozen teacher's
+    parameters and buffers are left out of it. `static_graph`: every method's step uses
+    the same parameters at every step, but some leave trained parameters unused (SimKD
+    never reads the student's own classifier): a static graph lets DDP learn that once,
+    instead of searching the autograd graph every step (find_unused_parameters).
+    Buffers are not broadcast every step (`sync_buffers` makes them equal before each
+    evaluation; CRD keeps its memory banks equal itself).
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    step = TrainStep(m.distiller)
+    teacher = m.distiller.teacher
+    if teacher is not None:
+        frozen = [f"distiller.teacher.{n}" for n, _ in teacher.named_parameters()]
+        frozen += [f"distiller.teacher.{n}" for n, _ in teacher.named_buffers()]
+        DDP._set_params_and_buffers_to_ignore_for_model(step, frozen)
+    # torch 2.14 renamed broadcast_buffers (deprecated) to forward_sync_buffers
+    params = inspect.signature(DDP.__init__).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    m.train_fn = DDP(step, static_graph=True, **{no_sync: False})
+
+
+def sync_buffers(m: Member, group: Group) -> None:
+    """Rank 0's running statistics (and other buffers) in every rank's trained modules."""
+    for _, module in trained_modules(m.distiller):
+        distributed.sync_buffers(group, module)
 
 
 def compile_step(distiller: Distiller, mode: str | None, backend: Any = None) -> Callable:
@@ -402,7 +491,9 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, runtime: R
 
     Always in fp32, whatever `runtime.amp` trains in: papers report fp32 accuracy, and
     `best.pth` is chosen by it (about 1 % of an epoch's time). The counts stay on the
-    device until the end: one host sync per evaluation, not two per batch.
+    device until the end: one host sync per evaluation, not two per batch. On several
+    processes each rank scores its shard of the test split (no sample twice, none left
+    out) and the sums are added over the ranks before dividing.
     """
     dev = runtime.device
     correct1 = torch.zeros((), dtype=torch.int64, device=dev)
@@ -418,7 +509,9 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], loader, runtime: R
         correct1 += hit[:, 0].sum()
         correct5 += hit.any(dim=1).sum()
         n += batch.y.shape[0]
-    c1, c5, loss = torch.stack([correct1.double(), correct5.double(), loss_sum.double()]).tolist()
+    sums = torch.stack([correct1.double(), correct5.double(), loss_sum.double()])
+    sums = torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64, device=dev)])
+    c1, c5, loss, n = distributed.all_sum(runtime.group, sums).tolist()
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
 
 
@@ -460,9 +553,11 @@ def fit(
 
     teacher_source(batch) -> TeacherOut, called once per batch when any member
     needs the teacher. All members must be at the same epoch (fresh or resumed
-    from checkpoints written by the same group).
+    from checkpoints written by the same group). On several processes each rank calls
+    it with its own shard (`data`) and callbacks; rank 0 alone saves checkpoints.
     """
     cb = callbacks or NullCallbacks()
+    group, dev = runtime.group, runtime.device
     if len({m.epoch for m in members}) > 1:
         raise ValueError("members of one fit() must resume from the same epoch")
     epochs = max(m.cfg.optim.epochs for m in members)
@@ -519,13 +614,14 @@ def fit(
                 if (i + 1) % m.cfg.run.log_every == 0 or last_step:
                     n = (i % m.cfg.run.log_every) + 1
                     values = {k: float(v) / n for k, v in window.items()}
+                    values = distributed.mean_dict(group, values, dev)  # every rank alike
                     window.clear()
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:
                         _stop(m, cb, "failed", _diverged_message(m, epoch, i, values, lr))
                         continue
                     cb.on_step(m, epoch, i + 1, values, lr)
-                    if cb.should_stop(m):
+                    if distributed.decide(group, cb.should_stop(m), dev):
                         _stop(m, cb, "cancelled", f"cancelled during epoch {epoch + 1}")
         train_time = time.perf_counter() - t0
         source_metrics = getattr(teacher_source, "epoch_metrics", None) if needs_teacher else None
@@ -536,16 +632,21 @@ def fit(
                 continue
             m.epoch = epoch + 1
             es = epoch_sums[m.name]
+            # every rank's images: accuracy over the whole epoch, speed of the whole group
+            correct, count, seen_all = distributed.sum_numbers(
+                group, [float(es[0]), float(es[1]), float(seen)], dev
+            )
             metrics = {
-                M.TRAIN_TOP1: 100.0 * float(es[0]) / max(es[1], 1),
+                M.TRAIN_TOP1: 100.0 * correct / max(count, 1),
                 M.EPOCH_LR: lr_at(m.cfg.optim, epoch),
-                M.IMAGES_PER_S: seen / max(train_time, 1e-9),
+                M.IMAGES_PER_S: seen_all / max(train_time, 1e-9),
                 M.EPOCH_TIME: train_time,
                 **extra,
             }
             last_epoch = m.epoch == m.cfg.optim.epochs
             improved = False
             if m.epoch % m.cfg.run.eval_every == 0 or last_epoch:
+                sync_buffers(m, group)  # every rank scores the model rank 0 saves
                 m.distiller.eval()
                 ev = evaluate(m.distiller.forward_test, data.test, runtime)
                 metrics.update({M.test_name(k): v for k, v in ev.items()})
@@ -560,10 +661,10 @@ def fit(
                 "time": time.time(),
                 "metrics": {k: float(v) for k, v in metrics.items()},
             }
-            if improved:
+            if improved and group.main:
                 m.save("best")
                 faults.point("best", m.epoch)
-            if m.epoch % m.cfg.run.checkpoint_every == 0 or last_epoch:
+            if (m.epoch % m.cfg.run.checkpoint_every == 0 or last_epoch) and group.main:
                 m.save("last")
                 faults.point("checkpoint", m.epoch)
             cb.on_epoch(m, epoch, metrics)

@@ -6,6 +6,12 @@ engine spawns (engine.daemon.processes.worker_command); `kdtui run` calls
 reads each run's config.toml, run.json and events.jsonl (its state: resume?
 how far?) and appends metrics and events (engine.core.runfolder), which the
 store ingests. `--home` only places the disk teacher cache.
+
+A run with `[run] nproc_per_node = N > 1` trains on N processes: the worker
+the engine (or `kdtui run`) starts becomes their launcher (`engine.launch`,
+torchrun's own machinery), and each of the N processes it starts runs
+`train` as one rank. Rank 0 writes the run folder, the logs and the
+checkpoints; the others train their shard and write nothing.
 """
 
 from __future__ import annotations
@@ -20,18 +26,21 @@ from pathlib import Path
 
 import torch
 
+from engine import distributed
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, layout, reading, runfolder, runlog, safefs
 from engine.core.metrics import IMAGES_PER_S, STEP_LR, TEST_TOP1, TEST_TOP5, loss_name
 from engine.core.registry import METHODS, resolve
-from engine.core.schema import Experiment, strong_view
+from engine.core.schema import ConfigError, Experiment, effective_batch, strong_view, world_size
 from engine.data import DeviceLoader, build_data
+from engine.distributed import SINGLE, Group
 from engine.train import (
     CachedTeacherSource,
     Member,
     Runtime,
     build_member,
     commit_of,
+    data_parallel,
     evaluate,
     fit,
     load_teacher,
@@ -166,10 +175,31 @@ class FolderCallbacks:
 
 
 def _finish_folder(run_dir: Path, status: str, error: str | None) -> None:
-    values = {"status": status, "ended": time.time(), "pid": None}
-    if error is not None:
-        values["error"] = error
-    runfolder.append_event(run_dir, status, values, error or "")
+    runfolder.append_finish(run_dir, status, error)
+
+
+class FollowerCallbacks:
+    """The callbacks of ranks 1..N-1 of a run on several processes: they write nothing
+    (rank 0 records the run), but they reach the test-only crash points, so a test can
+    SIGKILL one rank at a chosen step (engine.core.faults)."""
+
+    def on_start(self, m, info):
+        pass
+
+    def on_step(self, m, epoch, step, losses, lr):
+        faults.point("step", epoch + 1)
+
+    def on_epoch(self, m, epoch, metrics):
+        pass
+
+    def on_end(self, m):
+        pass
+
+    def should_stop(self, m):
+        return False
+
+    def log(self, m, message):
+        pass
 
 
 def _try_log(run_dir: Path, message: str) -> None:
@@ -220,11 +250,13 @@ def teacher_checkpoint(run: Folder, cfg: Experiment) -> Path:
     raise SetupError("no teacher source (checkpoint, from_run) in the resolved config")
 
 
-def execute(store, run_ids: list[int], *, callbacks=None, resume: bool | None = None):
+def execute(
+    store, run_ids: list[int], *, callbacks=None, resume: bool | None = None, group: Group = SINGLE
+):
     """`kdtui run`'s call: train runs of `store` (one fused group) here, through their
     folders; returns their final rows (ingested)."""
     dirs = [store.run(i).path for i in run_ids]
-    train(dirs, home=store.home, callbacks=callbacks, resume=resume)
+    train(dirs, home=store.home, callbacks=callbacks, resume=resume, group=group)
     return [store.run(i) for i in run_ids]
 
 
@@ -234,35 +266,34 @@ def train(
     home: Path | None = None,
     callbacks=None,
     resume: bool | None = None,
+    group: Group = SINGLE,
 ) -> list[Folder]:
-    """Train the runs in these folders (one fused group) to the end; their final states."""
+    """Train the runs in these folders (one fused group) to the end; their final states.
+
+    group: this process's rank when the runs train on several processes (torchrun). Rank 0
+    writes the folders; an error on another rank is raised (its launcher records the
+    first failure), and so is, on rank 0, a collective that failed because another rank
+    died (`distributed.peer_failure`), so that the run's error names the rank that died.
+    """
     runs = [Folder(d) for d in run_dirs]
     cfgs = [r.config for r in runs]
     dirs = {str(r.id): r.dir for r in runs}
-    cb = FolderCallbacks(dirs, callbacks)
+    cb = FolderCallbacks(dirs, callbacks) if group.main else FollowerCallbacks()
     try:
-        runtime = pick_runtime(cfgs[0].run)
-        for r in runs:
-            runfolder.append_event(
-                r.dir,
-                "started",
-                dict(
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                    device=_device_name(runtime),
-                    torch_version=torch.__version__,
-                    started=r.state.get("started") or time.time(),
-                    error=None,
-                ),
+        if world_size(cfgs[0]) != group.world:
+            raise SetupError(
+                f"run {runs[0].id} trains on {world_size(cfgs[0])} processes "
+                f"(run.nproc_per_node x run.nnodes) but this worker is one of {group.world}; "
+                "start it with `kdtui run`, `kdtui resume` or the engine, which launch them"
             )
-            runlog.append(
-                r.dir,
-                f"worker pid {os.getpid()} on {socket.gethostname()}, "
-                f"{_device_name(runtime)}, torch {torch.__version__}, "
-                f"{torch.get_num_threads()} CPU thread{'s' * (torch.get_num_threads() != 1)}",
-            )
+        runtime = pick_runtime(cfgs[0].run, group)
+        distributed.init(group, runtime.device)
+        if group.main:
+            _record_start(runs, cfgs, runtime)
         members, data, teacher_source = prepare(runs, cfgs, runtime, cb, resume, home)
     except Exception as e:  # setup failures fail every run of the group, with the reason
+        if not group.main or distributed.peer_failure(e):
+            raise
         why = _reason(e, runs[0].dir)
         for r in runs:
             _try_log(r.dir, traceback.format_exc())
@@ -273,6 +304,8 @@ def train(
     try:
         fit(members, data, teacher_source, runtime, cb)
     except Exception as e:
+        if not group.main or distributed.peer_failure(e):
+            raise
         for m in members:
             if m.active:
                 m.status, m.error = "failed", _reason(e, m.dir)
@@ -280,6 +313,8 @@ def train(
                     m.error += f"; free some space, then `kdtui resume {m.name}`"
                 _try_log(m.dir, traceback.format_exc())
     except KeyboardInterrupt as e:
+        if not group.main:
+            raise
         why = getattr(e, "reason", "interrupted (Ctrl-C)")
         for m in members:
             if m.active:
@@ -287,8 +322,47 @@ def train(
                 _try_log(m.dir, m.error)
         _finish(dirs, [m for m in members if m.name not in cb.finished])
         raise
-    _finish(dirs, [m for m in members if m.name not in cb.finished])
+    if group.main:
+        _finish(dirs, [m for m in members if m.name not in cb.finished])
     return [Folder(r.dir) for r in runs]
+
+
+def _record_start(runs: list[Folder], cfgs: list[Experiment], runtime: Runtime):
+    """Who trains the runs, on what: a `started` event in each folder and a first log line.
+
+    On several processes the recorded pid is the launcher's (the ranks' parent), the
+    process the engine and `kdtui run` watch."""
+    group = runtime.group
+    pid = os.getppid() if group.parallel else os.getpid()
+    threads = torch.get_num_threads()
+    for r, cfg in zip(runs, cfgs):
+        runfolder.append_event(
+            r.dir,
+            "started",
+            dict(
+                pid=pid,
+                host=socket.gethostname(),
+                device=_device_name(runtime)
+                if not group.parallel
+                else f"{group.world}× " + _device_name(runtime),
+                torch_version=torch.__version__,
+                started=r.state.get("started") or time.time(),
+                error=None,
+            ),
+        )
+        who = f"worker pid {pid}"
+        if group.parallel:
+            who = (
+                f"launcher pid {pid}, {group.world} processes ({distributed.backend(runtime.device)}"
+                f"), batch {cfg.data.batch_size} per process, effective batch "
+                f"{effective_batch(cfg)}" + (", SyncBatchNorm" if cfg.run.sync_bn else "") + ";"
+            )
+        runlog.append(
+            r.dir,
+            f"{who} on {socket.gethostname()}, "
+            f"{_device_name(runtime)}, torch {torch.__version__}, "
+            f"{threads} CPU thread{'s' * (threads != 1)}" + (" per process" * group.parallel),
+        )
 
 
 def _finish(dirs: dict[str, Path], members: list[Member]) -> None:
@@ -323,13 +397,15 @@ def prepare(
     home: Path | None = None,
 ):
     cfg0 = cfgs[0]
-    data_seed = cfg0.data.data_seed if cfg0.data.data_seed >= 0 else cfg0.seeds[0]
+    group = runtime.group
     data = build_data(
         cfg0.data,
-        seed=data_seed,
+        seed=cfg0.seeds[0],
         device=runtime.device,
         channels_last=runtime.channels_last,
         strong=any(strong_view(c) for c in cfgs),
+        rank=group.rank,
+        world=group.world,
     )
     info = data.info
     input_shape = (1, info.channels, info.image_size, info.image_size)
@@ -343,7 +419,7 @@ def prepare(
         for p in teacher.parameters():
             p.requires_grad_(False)
         ev = evaluate(teacher, data.test, runtime)
-        for r in runs:
+        for r in runs if group.main else ():
             runfolder.append_event(r.dir, "teacher", {"teacher_top1": ev["top1"]})
             runlog.append(
                 r.dir, f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
@@ -363,22 +439,43 @@ def prepare(
             train_labels=labels,
         )
         want_resume = bool(r.state.get("resume")) if resume is None else resume
-        ckptmod.clean_temp(r.dir)  # half-written by a killed process
-        if want_resume:
-            resume_member(r, m)
-        elif any(i.exists for i in ckptmod.survey(r.dir)) or runfolder.read_metrics(r.dir)[:1]:
-            # a restart from scratch: nothing is overwritten, old files move aside
-            _archive(r.dir)
-            runfolder.rewind(r.dir, 0)
+        if group.main:
+            try:
+                used = _start_member(r, m, want_resume)
+            except Exception as e:
+                distributed.broadcast_object(group, ("error", _one_line(e)))
+                raise
+            distributed.broadcast_object(group, ("checkpoint", used))
+        else:  # the checkpoint rank 0 chose (or its refusal)
+            kind, value = distributed.broadcast_object(group, None)
+            if kind == "error":
+                raise SetupError(f"rank 0 could not start run {r.id}: {value}")
+            if value is not None:
+                m.restore(Path(value))
         members.append(m)
     if len({m.epoch for m in members}) > 1:
         raise SetupError(
             "runs of a fused group resume from different epochs; resume them one at a time"
         )
+    if group.parallel:
+        for m in members:
+            data_parallel(m)
     return members, data, teacher_source
 
 
-def resume_member(r: Folder, m: Member) -> None:
+def _start_member(r: Folder, m: Member, want_resume: bool) -> str | None:
+    """Resume `m` or start it afresh (old files moved aside); the checkpoint used, if any."""
+    ckptmod.clean_temp(r.dir)  # half-written by a killed process
+    if want_resume:
+        return resume_member(r, m)
+    if any(i.exists for i in ckptmod.survey(r.dir)) or runfolder.read_metrics(r.dir)[:1]:
+        # a restart from scratch: nothing is overwritten, old files move aside
+        _archive(r.dir)
+        runfolder.rewind(r.dir, 0)
+    return None
+
+
+def resume_member(r: Folder, m: Member) -> str | None:
     """Continue `m` from its newest valid checkpoint; never start over silently.
 
     last.pth missing or damaged: the newest valid of prev.pth and best.pth,
@@ -386,6 +483,9 @@ def resume_member(r: Folder, m: Member) -> None:
     are dropped. No valid checkpoint after finished epochs: SetupError
     (`kdtui resume --restart` starts over). The checkpoint's own epoch
     metrics are recorded if the process died before writing them.
+    A checkpoint written by another number of processes is refused (the
+    data order and the effective batch depend on it). Returns the path of
+    the checkpoint used (None: no epoch had finished).
     """
     run_dir = r.dir
     recorded_epoch = int(r.state.get("epoch") or 0)
@@ -398,13 +498,16 @@ def resume_member(r: Folder, m: Member) -> None:
         except Exception as e:
             failed[info.name] = f"{info.name} cannot be loaded ({_one_line(e)})"
             continue
+        saved = int(state.get("world_size", 1))
+        if saved != m.world_size:
+            raise SetupError(world_size_refusal(r, info.path, saved, m.world_size))
         used = info
         break
     if used is None:
         if recorded_epoch == 0 and not any(i.exists for i in infos):
             runfolder.rewind(run_dir, 0)  # the unfinished first epoch's step metrics
             runlog.append(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
-            return
+            return None
         found = [failed.get(i.name) or i.describe() for i in infos]
         raise SetupError(ckptmod.refusal(r.id, run_dir, found))
     last = infos[0]
@@ -437,6 +540,22 @@ def resume_member(r: Folder, m: Member) -> None:
             if replayed
             else ""
         ),
+    )
+    return str(used.path)
+
+
+def world_size_refusal(r: Folder, path: Path, saved: int, now: int) -> str:
+    """Why a checkpoint of another world size does not resume, and what to do instead."""
+
+    def procs(n: int) -> str:
+        return f"{n} process{'es' * (n != 1)}"
+
+    return (
+        f"{path.name} of run {r.id} was trained on {procs(saved)} and this resume runs "
+        f"{procs(now)}: each process's share of every epoch and the effective batch "
+        f"(batch_size x processes) depend on it, so it cannot continue exactly. Resume it "
+        f"with run.nproc_per_node x run.nnodes = {saved} as it was trained, or start it over "
+        f"with `kdtui resume {r.id} --restart`"
     )
 
 
@@ -572,8 +691,72 @@ def main(argv: list[str] | None = None) -> int:
         dirs = [d for d in dirs if Folder(d).status not in runfolder.FINISHED]
         if not dirs:
             return 0
+        for d in dirs:  # every path below resumes: one process, or each rank of a DDP run
+            runfolder.append_event(d, "set", {"resume": 1}, "a restarted batch job: resume")
+    group = distributed.from_env()
+    if group is not None:  # one rank of a run on several processes, started by engine.launch
+        return rank_main(dirs, home, group)
+    if _world(dirs[0]) > 1:
+        return launch(dirs, home)
     results = train(dirs, home=home, resume=True if args.resume else None)
     return 0 if all(r.status == "done" for r in results) else 1
+
+
+def _world(run_dir: Path) -> int:
+    try:
+        return world_size(Folder(run_dir).config)
+    except Exception:  # a folder or config that cannot be read: `train` records why
+        return 1
+
+
+def launch(run_dirs: list[Path], home: Path | None) -> int:
+    """Train the runs on the processes their config asks for, under torchrun (engine.launch);
+    0 when every run is done. Like every worker, it writes only the run folders."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from engine import launch as rules
+
+    runs = [Folder(d) for d in run_dirs]
+    dirs = [r.dir for r in runs]
+    try:
+        cfg = runs[0].config
+        reading.check_local(cfg, file=str(runs[0].dir / layout.CONFIG))
+    except ConfigError as e:
+        rules.settle(dirs, str(e))
+        return 1
+    nproc = cfg.run.nproc_per_node
+    for r in runs:
+        runfolder.append_event(r.dir, "launcher", {"pid": os.getpid()})
+    if "OMP_NUM_THREADS" not in os.environ:  # each rank its share of the cores
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    argv = rules.torchrun_args(dirs, home, nproc)
+    try:
+        torchrun.run(torchrun.get_args_parser().parse_args(argv))
+    except ChildFailedError as e:
+        reason = rules.failure_reason(e.failures, e.get_first_failure(), nproc)
+        rules.settle(dirs, reason)
+    except SignalException as e:  # stopped by the engine or `kdtui run`, which settle the runs
+        return 128 + int(e.sigval)
+    return 0 if all(Folder(d).status == "done" for d in dirs) else 1
+
+
+def rank_main(run_dirs: list[Path], home: Path | None, group: Group) -> int:
+    """One rank: 0 once the runs are recorded (rank 0 records them, done or failed); an
+    exception goes to torchrun's error file (`record`), whose launcher names the rank."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    @record
+    def run_rank() -> None:
+        distributed.die_with_parent()
+        try:
+            train(run_dirs, home=home, group=group)
+        finally:
+            distributed.shutdown()
+
+    run_rank()
+    return 0
 
 
 if __name__ == "__main__":

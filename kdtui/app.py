@@ -23,10 +23,9 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
-from engine.core import layout, runlog
+from engine.core import display, layout, runlog
 from engine.core import metrics as M
 from engine.core.inert import printable
-from engine.core.points import short_point
 from engine.core.store import Run, Store
 from engine.daemon import client as engine
 from kdtui.messages import DataChanged, Polled, Snapshot
@@ -144,7 +143,8 @@ class KdApp(App):
         self.poll_s = poll_s
         self.runs: list[Run] = []
         self.runs_by_id: dict[int, Run] = {}
-        self.watch: Watch | None = None
+        # the selected run's metrics and log (not `watch`: that is Textual's DOMNode.watch)
+        self.followed: Watch | None = None
         self.engine: Any = None
         self.polls = 0
         self.loaded = False
@@ -306,10 +306,10 @@ class KdApp(App):
     def watch_run(self, run_id: int | None) -> None:
         """Follow this run's metrics and log (None: nothing selected)."""
         if run_id is None:
-            self.watch = None
-        elif self.watch is None or self.watch.run_id != run_id:
+            self.followed = None
+        elif self.followed is None or self.followed.run_id != run_id:
             run = self.runs_by_id.get(run_id)
-            self.watch = Watch(run_id, run.attempts if run else 0)
+            self.followed = Watch(run_id, run.attempts if run else 0)
             self._log_text, self._log_reset = "", True
         else:
             return
@@ -325,7 +325,7 @@ class KdApp(App):
             return
         self._polling = True
         self._tick_count += 1
-        watch = self.watch
+        watch = self.followed
         log_path = None
         if watch is not None:
             run = self.runs_by_id.get(watch.run_id)
@@ -391,12 +391,12 @@ class KdApp(App):
             self.engine = snap.engine
         if snap.engine_read or runs_changed:
             self.sub_title = self.header_text()
-        watch = self.watch
+        watch = self.followed
         if watch is not None and watch.run_id == snap.watch_id:
             run = self.runs_by_id.get(watch.run_id)
             if run is not None and run.attempts != watch.attempts:
                 # resumed: metrics past the checkpoint were rewritten, start over
-                self.watch = Watch(watch.run_id, run.attempts)
+                self.followed = Watch(watch.run_id, run.attempts)
                 self._log_text, self._log_reset = "", True
                 watch_changed = True
             elif snap.since_id == watch.last_id:
@@ -480,7 +480,7 @@ class KdApp(App):
             self.bell()
 
     def _announce(self, run: Run) -> None:
-        what = run_title(run)
+        what = display.name(run)
         if run.status == "done":
             best = f" · best top-1 {run.best_top1:.2f}" if run.best_top1 is not None else ""
             self.notify(f"{what}{best}", title="run finished", timeout=10, markup=False)
@@ -502,16 +502,11 @@ class KdApp(App):
         lines = []
         for r in runs[:ANNOUNCE_LINES]:
             best = f" · {r.best_top1:.2f}" if r.best_top1 is not None else ""
-            lines.append(f"{run_title(r)} · {r.status}{best}")
+            lines.append(f"{display.name(r)} · {r.status}{best}")
         if len(runs) > ANNOUNCE_LINES:
             lines.append(f"… and {len(runs) - ANNOUNCE_LINES} more in the runs view")
         severity = "error" if "failed" in counts else "information"
         self.notify("\n".join(lines), title=title, severity=severity, timeout=15, markup=False)
-
-
-def run_title(run: Run) -> str:
-    """`#12 simkd [lr=0.05 f=4 seed=0]`: how a toast names a run."""
-    return f"#{run.id} {run.experiment}" + (f" [{short_point(run.label)}]" if run.label else "")
 
 
 def run_app(home: str | Path | None = None) -> None:

@@ -39,11 +39,3 @@ class DataChanged(Message):
         super().__init__()
         self.runs = runs
         self.watch = watch
-
-
-class RunsQueued(Message):
-    """The composer queued runs; the runs view selects the first one."""
-
-    def __init__(self, run_ids: list[int]) -> None:
-        super().__init__()
-        self.run_ids = run_ids

@@ -572,7 +572,8 @@ async def test_clone_keeps_the_teacher_by_name_and_paths_as_written(project):
         )
     )
     assert (
-        student.config.teacher.from_run.isdigit() and Path(student.config.data.root).is_absolute()
+        student.load_config().teacher.from_run.isdigit()
+        and Path(student.load_config().data.root).is_absolute()
     )
     store.close()
     app = make_app(home)
@@ -755,6 +756,34 @@ async def test_run_config_view_and_a_teacher_from_an_earlier_run(seeded):
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
     (run,) = Store(home).runs(experiment="kd-from-baseline")
     assert run.status == "queued" and run.depends_on == ids["baseline-r8x4"][-1]
+
+
+async def test_a_two_process_run_shows_its_processes_and_effective_batch(project):
+    from kdtui.screens.dialogs import ConfigScreen
+    from kdtui.screens.leaderboard import COLUMNS, LeaderboardScreen
+    from kdtui.screens.runs import RunsScreen
+
+    home = project / ".kdtui"
+    store = Store(home)
+    text = 'name = "ddp"\n[data]\ndataset = "digits"\nbatch_size = 32\n[run]\nnproc_per_node = 4\n'
+    (run,) = store.submit(reading.loads(text), source="experiments/ddp.toml")
+    store.close()
+    app = make_app(home)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.table.selected_id == run.id)
+        await pilot.press("v")
+        await until(pilot, lambda: isinstance(app.screen, ConfigScreen))
+        assert "· 4 processes, effective batch 128 = 4×32 ·" in app.screen.title_text
+        assert "nproc_per_node = 4" in app.screen.text
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LeaderboardScreen))
+        board = app.screen
+        await until(pilot, lambda: len(board.shown) == 1)
+        cell = board.table.get_row_at(0)[COLUMNS.index("eff. batch")]
+        assert getattr(cell, "plain", cell) == "128 = 4×32"
 
 
 # ---------------------------------------------------------------- leaderboard
@@ -1010,6 +1039,10 @@ def test_gpu_panel_reads_nvml_guarded_and_maps_runs(monkeypatch):
     assert text.splitlines()[-1].strip() == "#12"  # GPU 1 runs #12
     assert "idle" in text.splitlines()[1]
     assert gpu_index(None, "cuda:3 NVIDIA A100") == 3 and gpu_index(None, "cpu") is None
+    # a run of two processes on GPUs 0 and 1 shows on both
+    runs.append(SimpleNamespace(id=15, status="running", gpu="0,1", device="2× cuda:0 H100"))
+    lines = render_gpus(gpus, runs).plain.splitlines()
+    assert lines[1].split() == ["#15"] and lines[-1].split() == ["#12", "#15"]
 
 
 def test_gpu_panel_is_hidden_without_a_driver(monkeypatch):

@@ -32,6 +32,7 @@ def screens():
         ConfirmScreen,
         ExperimentPicker,
         PathScreen,
+        TextScreen,
     )
     from kdtui.screens.help import HelpScreen
     from kdtui.screens.leaderboard import LeaderboardScreen
@@ -50,6 +51,7 @@ def screens():
         choice=ChoiceScreen,
         path=PathScreen,
         picker=ExperimentPicker,
+        text=TextScreen,
     )
 
 
@@ -70,6 +72,10 @@ KEY_MAP = [
     ("runs", "f1", "help"),
     ("runs", "ctrl+c", "toast: Press ctrl+q to quit the app (q on the runs view)"),
     ("runs", "escape", "runs"),
+    ("runs", "d", "confirm"),  # run management (tests/test_run_management.py: what each does)
+    ("runs", "n", "text"),
+    ("runs", "t", "text"),
+    ("runs", "slash", "runs"),
     ("board", "escape", "runs"),
     ("board", "q", "runs"),
     ("board", "r", "board"),  # r resumes a run in the runs view; here it means nothing
@@ -103,6 +109,7 @@ KEY_MAP = [
     ("path", "escape", "runs"),
     ("confirm", "escape", "runs"),
     ("confirm", "n", "runs"),
+    ("text", "escape", "runs"),
 ]
 
 
@@ -125,6 +132,7 @@ async def reach(pilot, where: str, ids) -> None:
         "picker": ["o"],
         "choice": ["l", "s"],
         "path": ["g"],
+        "text": ["n"],
     }
     if where == "confirm":
         runs.select_run(ids["simkd-r32x4-r8x4"][1])  # queued: x asks

@@ -30,7 +30,7 @@ def study(tmp_path, monkeypatch):
 async def settle(pilot) -> None:
     """Data loaded, the selected run's curves and log drawn, no blinking cursor."""
     app = pilot.app
-    await until(pilot, lambda: app.loaded and app.watch is not None and app.watch.version > 0)
+    await until(pilot, lambda: app.loaded and app.followed is not None and app.followed.version > 0)
     await pilot.pause(0.2)
     for box in app.screen.query(Input):
         box.cursor_blink = False

@@ -79,7 +79,7 @@ def test_time_limits_become_whole_minutes_for_sbatch():
 
 
 def test_a_job_may_train_until_slurm_says_it_ended():
-    job = SlurmJob("7_1", [3], None, 0.0)
+    job = SlurmJob("7_1", [3], (), 0.0)
     for state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED"):
         job.state = state
         assert job.exit_code() is None, state
@@ -113,13 +113,14 @@ def test_slurm_jobs_take_runs_by_device_and_refuse_a_gpu_they_will_not_have(tmp_
     from engine.daemon.scheduling import place
 
     cpu_only = backends.create(Options(backend="slurm"), tmp_path)
-    assert cpu_only.unplaceable("auto") is None and cpu_only.unplaceable("cpu") is None
-    assert "restart it with --gpus-per-job N" in cpu_only.unplaceable("cuda")
+    assert cpu_only.unplaceable("auto", 1) is None and cpu_only.unplaceable("cpu", 1) is None
+    assert "restart it with --gpus-per-job N" in cpu_only.unplaceable("cuda", 1)
     gpus = backends.create(Options(backend="slurm", gpus_per_job=2), tmp_path)
-    assert gpus.unplaceable("cuda:1") is None
-    assert "each Slurm job has 2 GPU(s)" in gpus.unplaceable("cuda:2")
+    assert gpus.unplaceable("cuda:1", 1) is None
+    assert "each Slurm job has 2 GPU(s)" in gpus.unplaceable("cuda:2", 1)
+    assert "not supported by the Slurm backend yet" in gpus.unplaceable("cuda", 2)
 
     free = gpus.free_slots(set(), 2)
     runs = [SimpleNamespace(id=i, priority=0, fuse_key=None, resume=0) for i in (1, 2)]
     placed = place(runs, free, {1: "auto", 2: "cpu"}, gpu_slots_exist=True)
-    assert [(slot.gpu is not None, ids) for slot, ids in placed] == [(True, [1]), (False, [2])]
+    assert [(slots[0].gpu is not None, ids) for slots, ids in placed] == [(True, [1]), (False, [2])]

@@ -31,6 +31,7 @@ from engine.daemon.scheduling import (
     parse_gpus,
     place,
     unplaceable,
+    worker_env,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ def test_gpu_discovery_honours_cuda_visible_devices():
 def test_placement_is_fifo_with_priority_first():
     queued = [Queued(1), Queued(2), Queued(3, priority=5), Queued(4)]
     slots = build_slots(["0", "1"])
-    assert [(s.name, ids) for s, ids in place(queued, slots)] == [
+    assert [(s.name, ids) for (s,), ids in place(queued, slots)] == [
         ("gpu0", [3]),
         ("gpu1", [1]),
     ]
@@ -130,13 +131,13 @@ def test_cpu_runs_take_cpu_slots_and_cuda_n_runs_wait_for_gpu_n():
     slots = build_slots(["0", "1"])  # gpu0, gpu1, cpu0
     queued = [Queued(1), Queued(2), Queued(3), Queued(4), Queued(5)]
     devices = {1: "cpu", 2: "cuda:1", 3: "auto", 4: "cpu", 5: "cuda"}
-    placed = [(s.name, ids) for s, ids in place(queued, slots, devices)]
+    placed = [(s.name, ids) for (s,), ids in place(queued, slots, devices)]
     # run 4 (cpu) waits for the one CPU slot; "auto" never lands on a CPU slot of a GPU box
     assert placed == [("cpu0", [1]), ("gpu1", [2]), ("gpu0", [3])]
     # only gpu0 free: the cuda:1 run waits without holding up the runs behind it
     only_gpu0 = [s for s in slots if s.name == "gpu0"]
     assert place([Queued(2), Queued(5)], only_gpu0, devices, gpu_slots_exist=True) == [
-        (only_gpu0[0], [5])
+        ((only_gpu0[0],), [5])
     ]
     # a CPU box: every run but a CUDA one fits its CPU slots
     cpu = build_slots([], cpu_slots=2)
@@ -153,7 +154,71 @@ def test_a_device_no_slot_can_serve_is_refused_with_the_fix():
     assert "no GPU" in why and 'device = "auto"' in why
     assert unplaceable("auto", build_slots([])) is None
     assert unplaceable("mps", build_slots([])) is None  # a Mac: the host's GPU
-    assert [s.name for s, _ in place([Queued(1)], gpu_box, {1: "mps"})] == ["cpu0"]
+    assert [s.name for (s,), _ in place([Queued(1)], gpu_box, {1: "mps"})] == ["cpu0"]
+
+
+def names(placed) -> list[tuple[list[str], list[int]]]:
+    return [([s.name for s in slots], ids) for slots, ids in placed]
+
+
+def test_a_run_of_n_processes_takes_n_slots_on_n_distinct_gpus_or_n_cpu_slots():
+    gpu_box = build_slots(["0", "1", "2"], slots_per_gpu=2)  # gpu0.0 gpu1.0 gpu2.0 gpu0.1 ...
+    queued = [Queued(1), Queued(2)]
+    placed = place(queued, gpu_box, {1: "cuda", 2: "cpu"}, nprocs={1: 2, 2: 1})
+    # two GPUs, one process each: never two ranks on one GPU's two slots
+    assert names(placed) == [(["gpu0.0", "gpu1.0"], [1]), (["cpu0"], [2])]
+    cpu_box = build_slots([], cpu_slots=3)
+    placed = place([Queued(1), Queued(2)], cpu_box, nprocs={1: 2})
+    assert names(placed) == [(["cpu0", "cpu1"], [1]), (["cpu2"], [2])]
+    # a fused group of two-process runs: one worker, two slots
+    fused = [Queued(1, fuse_key="k"), Queued(2, fuse_key="k")]
+    assert names(place(fused, cpu_box, nprocs={1: 2, 2: 2})) == [(["cpu0", "cpu1"], [1, 2])]
+
+
+def test_a_run_of_n_processes_holds_the_free_slots_until_enough_are_free():
+    cpu_box = build_slots([], cpu_slots=4)
+    free = cpu_box[2:]  # cpu0 and cpu1 are busy
+    queued = [Queued(1), Queued(2), Queued(3, priority=-1)]
+    # run 1 needs three slots, two are free: the runs behind it do not take them
+    assert place(queued, free, nprocs={1: 3}) == []
+    # once three are free it starts, and the fourth goes to the next run
+    assert names(place(queued, cpu_box[1:], nprocs={1: 3})) == [(["cpu1", "cpu2", "cpu3"], [1])]
+    assert names(place(queued, cpu_box, nprocs={1: 3})) == [
+        (["cpu0", "cpu1", "cpu2"], [1]),
+        (["cpu3"], [2]),
+    ]
+    # what it holds is its kind of slot only: a GPU run behind it goes on
+    gpu_box = build_slots(["0"])  # gpu0, cpu0
+    assert names(place(queued, gpu_box, {1: "cpu", 2: "cuda"}, nprocs={1: 2})) == [(["gpu0"], [2])]
+
+
+def test_a_worker_sees_the_gpus_of_its_slots_and_a_cpu_group_a_share_of_the_cores():
+    gpu_box = build_slots(["0", "2", "3"])
+    (slots, _), *_ = place([Queued(1)], gpu_box, {1: "cuda"}, nprocs={1: 2})
+    env = worker_env(slots, len(gpu_box), {}, cpus=16)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,2" and env[devices.ENGINE_GPU_ENV] == "0,2"
+    assert "OMP_NUM_THREADS" not in env  # GPU ranks: torchrun's default
+    cpu_box = build_slots([], cpu_slots=4)
+    (slots, _), *_ = place([Queued(1)], cpu_box, nprocs={1: 2})
+    env = worker_env(slots, len(cpu_box), {}, cpus=16)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "4"  # per process
+    assert "OMP_NUM_THREADS" not in worker_env(slots, 4, {"OMP_NUM_THREADS": "1"}, cpus=16)
+
+
+def test_a_run_of_more_processes_than_the_engine_has_slots_is_refused_naming_both():
+    cpu_box = build_slots([], cpu_slots=2)
+    assert unplaceable("auto", cpu_box, 2) is None
+    why = unplaceable("auto", cpu_box, 3)
+    assert "[run] nproc_per_node = 3" in why and "this engine has 2 CPU slots" in why
+    assert "--cpu-slots 3" in why and "nproc_per_node = 2 or less" in why
+    gpu_box = build_slots(["0", "1"], slots_per_gpu=4)  # 8 slots, 2 GPUs
+    assert unplaceable("cuda", gpu_box, 2) is None
+    why = unplaceable("cuda", gpu_box, 4)
+    assert "[run] nproc_per_node = 4" in why and "2 GPU slots on distinct GPUs" in why
+    assert "GPU 0, 1" in why and "--gpus" in why
+    # a CPU run on a GPU box counts the CPU slots
+    why = unplaceable("cpu", gpu_box, 2)
+    assert "this engine has 1 CPU slot (cpu0)" in why
 
 
 def test_a_worker_sees_its_slots_gpu_as_cuda_0():
@@ -585,3 +650,45 @@ def test_engine_options_are_declared_once_and_reach_every_command_line():
     assert options.from_namespace(parser.parse_args([])) == options.Options()
     with pytest.raises(SystemExit):  # the same minimum as `kdtui engine start`
         parser.parse_args(["--cpu-slots=0"])
+
+
+@pytest.mark.slow
+def test_a_two_process_run_takes_two_cpu_slots_and_one_too_wide_for_the_engine_fails_at_once(
+    box,
+):
+    box.cli("engine", "start", "--cpu-slots", "2")
+    exp = box.write("ddp.toml", tiny("ddp", epochs=2, steps=2, more="nproc_per_node = 2"))
+    box.cli("submit", exp)
+    run = box.wait_training(1, timeout=120)
+    # one worker holds both slots: the launcher, whose two ranks train the run
+    st = client.status(box.home)
+    assert [(s["name"], s["worker"]) for s in st["slots"]] == [
+        ("cpu0", run.pid),
+        ("cpu1", run.pid),
+    ]
+    assert gpu_seen_by(run) == ""  # CPU slots hide every GPU from the group
+
+    def ranks():
+        found = []
+        for pid in our_processes(box.home):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"engine.worker" in cmd and pid != run.pid:
+                found.append(pid)
+        return len(found) == 2 and found
+
+    box.wait(ranks, "the launcher's two ranks", timeout=60)
+    done = box.wait_status(1, "done", "failed", timeout=180)
+    assert done.status == "done", done.error
+    assert (done.world_size, done.effective_batch) == (2, 128)
+    log = (done.path / layout.LOG).read_text()
+    assert "engine: placed on cpu0, cpu1 (2 processes)" in log
+    assert "2 processes (gloo), batch 64 per process, effective batch 128" in log
+
+    # three processes on an engine of two CPU slots: failed at once, never left queued
+    wide = box.write("wide.toml", tiny("wide", more="nproc_per_node = 3"))
+    box.cli("submit", wide)
+    failed = box.wait_status(2, "failed", "done", timeout=30)
+    assert failed.status == "failed"
+    assert "[run] nproc_per_node = 3" in failed.error
+    assert "this engine has 2 CPU slots (cpu0, cpu1)" in failed.error
+    assert "--cpu-slots 3" in failed.error

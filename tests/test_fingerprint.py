@@ -109,7 +109,7 @@ def test_resubmitting_a_trained_teacher_experiment_groups_with_the_earlier_one(s
     text = BASE.replace('checkpoint = "{ckpt}"', "train = true")
     first = store.submit(reading.loads(text))
     again = store.submit(reading.loads(text.replace("seeds = [0]", "seeds = [1]")))
-    assert first[1].config.teacher.from_run != again[1].config.teacher.from_run
+    assert first[1].load_config().teacher.from_run != again[1].load_config().teacher.from_run
     assert [r.fingerprint for r in first] == [r.fingerprint for r in again]
     assert first[0].fingerprint != first[1].fingerprint
     # naming the teacher run by experiment gives the same student fingerprint as training it

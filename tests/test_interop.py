@@ -112,7 +112,7 @@ def test_tensorboard_export_holds_every_metric_and_the_config_as_hparams(sweep, 
         content = steps.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
         start = metadata.parse_session_start_info_plugin_data(content)
         hp = start.hparams
-        assert hp["optim.lr"].number_value == pytest.approx(r.config.optim.lr)
+        assert hp["optim.lr"].number_value == pytest.approx(r.load_config().optim.lr)
         assert hp["distill.method"].string_value == "vanilla"
         assert hp["seed"].number_value == r.seed and hp["run_id"].number_value == r.id
         assert hp["fingerprint"].string_value == r.fingerprint

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,62 @@ def test_a_worker_process_never_opens_sqlite_and_its_folder_and_the_store_agree(
     assert done.status == "done" and done.teacher_top1 == run.best_top1
 
 
+# every process that imports site under this PYTHONPATH (the launcher and each torchrun rank)
+# ends with code 97 if it opens SQLite
+SITE_NO_SQLITE = (
+    "import os, sys\n"
+    "def hook(event, args):\n"
+    "    if event == 'sqlite3.connect':\n"
+    "        sys.stderr.write(f'pid {os.getpid()} opened sqlite: {args}\\n'); sys.stderr.flush()\n"
+    "        os._exit(97)\n"
+    "sys.addaudithook(hook)\n"
+)
+
+
+@pytest.mark.slow
+def test_a_run_on_two_processes_writes_each_metric_once_and_no_process_opens_sqlite(
+    store, tmp_path
+):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITE_NO_SQLITE)
+    exp = tiny("ddp", epochs=2, steps=2, more="nproc_per_node = 2\nthreads = 1")
+    (run,) = store.submit(reading.loads(exp, file="ddp.toml"))
+    assert store.claim(run.id, pid=None)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    os.chmod(store.db_path, 0)  # and the database is unreadable while they train
+    try:
+        proc = subprocess.run(
+            worker_command(store.home, [run.path]),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.chmod(store.db_path, 0o600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "opened sqlite" not in proc.stderr
+
+    # rank 0 alone wrote the folder: each metric once per step or epoch
+    records = runfolder.read_metrics(run.path)
+    counts = Counter((m["epoch"], m["step"], m["name"]) for m in records)
+    assert set(counts.values()) == {1}, [k for k, n in counts.items() if n > 1]
+    assert sorted(e for e, _, n in counts if n == "test/top1") == [0, 1]  # one per epoch
+    assert sum(n == "train/loss" for _, _, n in counts) == 4  # 2 epochs x 2 steps
+    starts = [e for e in runfolder.read_events(run.path) if e["kind"] == "started"]
+    assert len(starts) == 1 and starts[0]["set"]["device"] == "2× cpu"
+    done = store.run(run.id)
+    assert done.status == "done" and done.epoch == 2
+    assert (done.world_size, done.effective_batch) == (2, 128)
+    assert runfolder.read_meta(run.path)["row"]["world_size"] == 2
+
+
 def test_cancel_is_a_file_the_running_worker_polls(store):
     (run,) = store.submit(reading.loads(tiny("long", epochs=200, steps=2), file="l.toml"))
     assert store.claim(run.id, pid=None)
@@ -255,6 +312,7 @@ def test_import_copies_runs_from_another_store_and_refuses_them_twice(tmp_path):
     (teacher,) = there.submit(reading.loads(exp, file="t.toml"))
     assert there.claim(teacher.id, pid=os.getpid())
     assert execute(there, [teacher.id])[0].status == "done"
+    there.annotate(teacher.id, note="the teacher", tags=["paper"])
     kd = tiny("kd", more='[teacher]\narch = "resnet8"\nfrom_run = "t"\n[distill]\nmethod = "kd"')
     (student,) = there.submit(reading.loads(kd, file="kd.toml"))  # queued there
     here = Store(tmp_path / "here")
@@ -266,11 +324,12 @@ def test_import_copies_runs_from_another_store_and_refuses_them_twice(tmp_path):
     assert [r.id for r in runs] == [mine.id, 2, 3]
     t, s = runs[1], runs[2]
     assert t.uuid == there.run(teacher.id).uuid and t.status == "done"
+    assert (t.note, t.tag_list) == ("the teacher", ["paper"])  # from its notes.json
     assert store_metrics(here, t.id) == store_metrics(there, teacher.id)
     assert t.best_top1 == there.run(teacher.id).best_top1
     assert t.path.parent == here.runs_dir and (t.path / layout.BEST).exists()
     # the student keeps its teacher (now run 2 here) and arrives cancelled, resumable
-    assert s.depends_on == t.id and s.config.teacher.from_run == str(t.id)
+    assert s.depends_on == t.id and s.load_config().teacher.from_run == str(t.id)
     assert s.status == "cancelled" and "kdtui resume 3" in s.error
     assert runfolder.read_meta(s.path)["teacher"]["folder"] == t.path.name
 
@@ -297,6 +356,11 @@ def test_a_hostile_folder_is_refused_with_one_error_and_nothing_is_imported(tmp_
     assert dest.runs() == [] and sorted(os.listdir(dest.runs_dir)) == listing
 
     os.unlink(b.path / "log.txt")
+    (b.path / layout.ANNOTATIONS).write_text('{"note": "", "tags": ["not a tag!"]}')
+    out = kdtui(dest.home, "import", a.path, b.path, check=False)
+    assert out.returncode == 2 and str(b.path / layout.ANNOTATIONS) in out.stderr
+    assert dest.runs() == [] and sorted(os.listdir(dest.runs_dir)) == listing
+    (b.path / layout.ANNOTATIONS).unlink()
     with open(a.path / layout.METRICS, "a") as f:
         f.write('{"name": "x", "epoch": "one"}\n')
     out = kdtui(dest.home, "import", a.path, b.path, check=False)
@@ -318,7 +382,8 @@ def test_a_hostile_folder_is_refused_with_one_error_and_nothing_is_imported(tmp_
     dest.close()
 
 
-def test_a_store_from_before_run_folders_gets_them_written_when_opened(home):
+@pytest.mark.parametrize("version", ["2", "3", "4", "3-folders"])
+def test_a_store_from_before_run_folders_gets_them_written_when_opened(home, version):
     from engine.core import store as storemod
 
     old = Store(home)
@@ -326,13 +391,30 @@ def test_a_store_from_before_run_folders_gets_them_written_when_opened(home):
     assert old.claim(a.id, pid=None)
     old.add_metrics(a.id, [(0, 1, "train/loss", 1.0), (0, 1, "test/top1", 50.0)])
     old.finish(a.id, "done")
-    # what a version-2 store had: rows and metrics in SQLite, no records in the folders
-    old.conn.execute("UPDATE runs SET uuid=NULL")
-    old.conn.execute("UPDATE experiments SET uuid=NULL")
-    old.conn.execute("DELETE FROM ingested")
-    old.conn.execute("PRAGMA user_version = 2")
-    for run in (a, b):
-        for name in (layout.META, layout.METRICS, layout.EVENTS):
+    if version == "4":  # main's version 4: notes and tags (in the row and notes.json)
+        old.annotate(a.id, note="lr too high", tags=["paper"])
+    # what a version-2 store had: rows and metrics in SQLite, no records in the folders;
+    # version 3 (main's, issue 14): the same with world sizes, no uuid column, no `ingested`;
+    # "3-folders" (the run-folder branch before the merge): folders, no world sizes anywhere
+    if version == "2":
+        old.conn.execute("UPDATE runs SET uuid=NULL, world_size=NULL, effective_batch=NULL")
+        old.conn.execute("UPDATE experiments SET uuid=NULL")
+        old.conn.execute("DELETE FROM ingested")
+    elif version in ("3", "4"):
+        old.conn.execute("DROP INDEX runs_uuid")
+        old.conn.execute("ALTER TABLE runs DROP COLUMN uuid")
+        old.conn.execute("ALTER TABLE experiments DROP COLUMN uuid")
+        old.conn.execute("DROP TABLE ingested")
+    else:
+        old.conn.execute("ALTER TABLE runs DROP COLUMN world_size")
+        old.conn.execute("ALTER TABLE runs DROP COLUMN effective_batch")
+        for run in (a, b):
+            meta = json.loads((run.path / layout.META).read_text())
+            del meta["row"]["world_size"], meta["row"]["effective_batch"]
+            (run.path / layout.META).write_text(json.dumps(meta))
+    old.conn.execute(f"PRAGMA user_version = {version[0]}")
+    for run in (a, b) if version != "3-folders" else ():
+        for name in (layout.META, layout.METRICS, layout.EVENTS):  # notes.json stays
             (run.path / name).unlink(missing_ok=True)
     old.close()
     before = dump(home)
@@ -344,7 +426,14 @@ def test_a_store_from_before_run_folders_gets_them_written_when_opened(home):
         (home / f"{layout.DB}{suffix}").unlink(missing_ok=True)
     assert storemod.rebuild(home).runs == 2
     after = dump(home)
+    # world size and effective batch: backfilled (one process) from version 2, kept from 3,
+    # in run.json from either, and from a folder without them the rebuild backfills them
+    assert {(r["world_size"], r["effective_batch"]) for r in after["runs"]} == {(1, 64)}
+    if version == "4":  # the note and tags come back from notes.json
+        assert (after["runs"][0]["note"], after["runs"][0]["tags"]) == ("lr too high", '["paper"]')
     for rows in (before["runs"], after["runs"]):
         for row in rows:
-            row.pop("uuid")
+            row.pop("uuid", None)
+            if version not in ("3", "4"):
+                row.pop("world_size", None), row.pop("effective_batch", None)
     assert after["runs"] == before["runs"] and after["metrics"] == before["metrics"]

@@ -10,7 +10,6 @@ from engine import worker
 from engine.core import planning, reading, schema
 from engine.core import views as V
 from engine.core.schema import DataConfig
-from engine.core.store import fuse_key
 from engine.models import build_model
 from engine.worker import execute
 
@@ -94,8 +93,8 @@ def test_fused_students_get_the_losses_they_get_alone(store, teacher_ckpt, monke
 
 def test_opting_out_of_fusion_gives_runs_their_own_key(teacher_ckpt):
     exp = sweep(teacher_ckpt, more="fuse = false")
-    assert all(fuse_key(p.config) is None for p in planning.expand(exp))
-    keys = {fuse_key(p.config) for p in planning.expand(sweep(teacher_ckpt))}
+    assert all(planning.fuse_key(p.config) is None for p in planning.expand(exp))
+    keys = {planning.fuse_key(p.config) for p in planning.expand(sweep(teacher_ckpt))}
     assert len(keys) == 1 and None not in keys
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from engine.core import reading
+from engine.core import fingerprint, planning, reading
 from engine.core.store import Store, StoreError
 
 EXP = """
@@ -45,7 +45,7 @@ def test_submit_creates_one_queued_row_and_folder_per_run(store):
     for r in students:
         assert r.depends_on == teacher.id
         assert r.head == "teacher"  # simkd reports the reused teacher classifier
-        assert r.config.teacher.from_run == str(teacher.id)
+        assert r.load_config().teacher.from_run == str(teacher.id)
         assert (r.path / "config.toml").read_text() == r.config_toml
     assert {r.label for r in students} == {
         "lr=0.01 seed=0",
@@ -55,9 +55,35 @@ def test_submit_creates_one_queued_row_and_folder_per_run(store):
     }
 
 
+def test_a_plan_comes_out_complete_and_the_store_only_records_it(store):
+    """Planning resolves the teacher dependency, fuse key, data seed and fingerprint; the
+    store supplies the teacher's run id and recipe, then writes the plan as it is."""
+    exp = reading.loads(EXP, file="exp.toml")
+    teacher_plan, *plans = planning.expand(planning.absolute_paths(exp))
+    assert teacher_plan.role == "teacher" and teacher_plan.run_label == "teacher"
+    assert [p.teacher_plan for p in plans] == [0, 0, 0, 0]
+    assert [p.data_seed for p in plans] == [0, 1, 0, 1]  # data_seed = -1 follows the run's seed
+    assert plans[0].teacher_ref is None  # trained here, not from another run
+
+    runs = submit(store)
+    source = fingerprint.run_source(runs[0].fingerprint)
+    plan = planning.resolve(plans[1], teacher_run=runs[0].id, teacher_source=source)
+    cfg = plan.config
+    assert (cfg.teacher.train, cfg.teacher.optim, cfg.teacher.from_run) == (
+        False,
+        {},
+        str(runs[0].id),
+    )
+    stored = runs[2]  # the same point and seed
+    assert (stored.label, stored.depends_on) == (plan.run_label, plan.depends_on)
+    assert stored.fuse_key == plan.fuse_key and str(plan.data_seed) in plan.fuse_key.split("|")
+    assert stored.fingerprint == plan.fingerprint == fingerprint.fingerprint(cfg, teacher=source)
+    assert stored.method == plan.method_label == "simkd"
+
+
 def test_the_stored_config_reproduces_the_run(store):
     r = submit(store)[2]
-    cfg = r.config
+    cfg = r.load_config()
     assert cfg.optim.lr == 0.01 and cfg.seeds == [1] and cfg.sweep == {}
     assert cfg.distill.options["factor"] == 2
 
@@ -184,7 +210,7 @@ def test_schema_is_plain_sqlite(home, store):
 def test_relative_paths_are_stored_absolute_so_the_engine_finds_them(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runs = submit(store, EXP.replace("train = true", "checkpoint = 'teachers/t.pth'"))
-    cfg = runs[0].config
+    cfg = runs[0].load_config()
     assert cfg.teacher.checkpoint == str(tmp_path / "teachers" / "t.pth")
     assert cfg.data.root == str(tmp_path / "data")
 
@@ -196,8 +222,8 @@ def test_the_experiment_is_kept_as_written_for_a_clone(store, tmp_path, monkeypa
         "[student]", "[student]\ncheckpoint = 'init/s.pth'"
     )
     run = submit(store, text)[3]  # lr 0.05, seed 1
-    assert run.config.teacher.from_run.isdigit()  # what the worker reads: resolved
-    assert run.config.data.root == str(tmp_path / "data")
+    assert run.load_config().teacher.from_run.isdigit()  # what the worker reads: resolved
+    assert run.load_config().data.root == str(tmp_path / "data")
     written = store.written_config(run.id)
     assert written.teacher.from_run == "teacher-r20"
     assert written.student.checkpoint == "init/s.pth" and written.data.root == "data"
@@ -213,7 +239,7 @@ def test_runs_stored_before_fingerprints_get_one_even_with_the_default_milestone
     first = Store(home)
     run = submit(first)[1]
     fingerprint = first.run(run.id).fingerprint
-    assert fingerprint and run.config.optim.milestones == [150, 180, 210]
+    assert fingerprint and run.load_config().optim.milestones == [150, 180, 210]
     first.conn.execute("UPDATE runs SET fingerprint=NULL, identity=NULL")
     first.conn.execute("PRAGMA user_version = 1")  # a store from before fingerprints
     first.conn.commit()
@@ -223,16 +249,28 @@ def test_runs_stored_before_fingerprints_get_one_even_with_the_default_milestone
 
 # what each older store lacked: (user_version, runs columns, experiments columns, tables,
 # whether its run folders had records yet); every one opens migrated to one current version
+WORLD, NOTES, JOBS = (
+    ("world_size", "effective_batch"),
+    ("note", "tags"),
+    ("job_id", "job_node", "job_state"),
+)
 OLDER_STORES = {
-    "2: before run folders and Slurm": (
+    "2: before world size, notes, run folders and Slurm": (
         2,
-        ("uuid", "job_id", "job_node", "job_state"),
+        (*WORLD, *NOTES, "uuid", *JOBS),
         ("uuid",),
         ("ingested",),
         False,
     ),
-    "3 of run folders (no job columns)": (3, ("job_id", "job_node", "job_state"), (), (), True),
-    "3 of Slurm (no uuid, no ingested offsets)": (3, ("uuid",), ("uuid",), ("ingested",), False),
+    "4: notes and tags, before run folders": (4, ("uuid", *JOBS), ("uuid",), ("ingested",), False),
+    "5: run folders, before Slurm": (5, JOBS, (), (), True),
+    "i13-slurm's 4: job columns, no notes, no run folders": (
+        4,
+        (*NOTES, "uuid"),
+        ("uuid",),
+        ("ingested",),
+        False,
+    ),
 }
 
 
@@ -277,6 +315,7 @@ def test_a_store_of_every_older_version_opens_migrated_with_its_rows(home, befor
     done = store.run(teacher.id)
     assert (done.status, done.uuid) == ("done", runfolder.read_meta(done.path)["uuid"])
     assert [m.value for m in store.metrics(teacher.id)] == [1.0, 50.0]
+    assert (done.world_size, done.note, done.tag_list) == (1, "", [])  # backfilled, defaults
     slurm = "job_id" not in run_cols
     assert done.job_id == ("41_0" if slurm else None)
     store.update(student.id, job_id="42", job_state="PENDING (Priority)")  # works as new

@@ -219,11 +219,6 @@ def ranked(infos: Iterable[Info]) -> list[Info]:
     return sealed + [i for i in infos if not i.sealed]
 
 
-def problems(infos: Iterable[Info]) -> list[str]:
-    """One phrase per checkpoint that exists but cannot be used."""
-    return [f"{i.path} {i.problem}" for i in infos if i.exists and i.problem]
-
-
 def set_aside_bad(infos: Iterable[Info]) -> list[Path]:
     """Move damaged checkpoints out of the way (kept as NAME.corrupt-STAMP.pth)."""
     moved = []

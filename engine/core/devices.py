@@ -2,6 +2,8 @@
 
 The engine gives each worker one slot: a GPU (shown to it alone, through
 CUDA_VISIBLE_DEVICES, as cuda:0) or a CPU slot, and says which in ENGINE_GPU_ENV.
+A run of `nproc_per_node = N` processes gets N slots (N GPUs, shown together;
+its ranks pick theirs by local rank: engine.train.pick_runtime).
 The scheduler (engine.daemon.scheduling) decides which slots a device may use;
 `worker_device` is what the worker then opens.
 """

@@ -81,6 +81,8 @@ CSV_COLUMNS = (
     "epochs",
     "status",
     "run_ids",
+    "world_size",
+    "effective_batch",
 )
 
 
@@ -116,6 +118,8 @@ def _csv_row(r: Row, rank: int) -> list:
         r.epochs,
         r.status,
         " ".join(map(str, r.run_ids)),
+        r.world_size or "",
+        r.effective_batch or "",
     ]
 
 
@@ -139,6 +143,8 @@ def to_csv(rows: Sequence[Row], *, runs: bool = False) -> str:
                 "best_top1",
                 "last_top1",
                 "teacher_top1",
+                "tags",
+                "run_note",
             ]
         )
         for i, r in enumerate(rows, 1):
@@ -158,6 +164,8 @@ def to_csv(rows: Sequence[Row], *, runs: bool = False) -> str:
                         _num(m.best),
                         _num(m.last),
                         _num(m.teacher_top1),
+                        " ".join(m.tags),
+                        m.run_note,
                     ]
                 )
         return buf.getvalue()
@@ -253,6 +261,8 @@ def to_latex(rows: Sequence[Row], *, runs: bool = False) -> str:
     lines += [
         f"% {_tex(r.name)}: fingerprint {r.fingerprint or 'none'}, runs "
         + " ".join(map(str, r.run_ids))
+        + f", {r.world_size or '?'} process{'es' * (r.world_size != 1)}, effective batch "
+        + f"{r.effective_batch or '?'}"
         for r in rows
     ]
     if runs:
@@ -263,7 +273,7 @@ def to_latex(rows: Sequence[Row], *, runs: bool = False) -> str:
 def _latex_members(rows: Sequence[Row]) -> list[str]:
     head, body = member_table(rows)
     lines = [
-        "\\begin{tabular}{rlrrlrrrl}",
+        "\\begin{tabular}{rlrrlrrrlll}",
         "\\toprule",
         " & ".join(_tex(h) for h in head) + " \\\\",
         "\\midrule",

@@ -16,6 +16,9 @@ Points, in the order an epoch commits (EPOCH counts finished epochs, from 1):
                 values) not yet
   metrics       the `epoch` event appended too
   log           the epoch's line appended to log.txt
+
+On a run of several processes every rank reaches `step` (and rank 0 the others);
+`KDTUI_FAULT_RANK=R` arms the fault in rank R alone (torchrun's RANK), so one rank dies.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import signal
 import time
 
 ENV = "KDTUI_FAULT"
+RANK_ENV = "KDTUI_FAULT_RANK"
 HOLD_ENV = "KDTUI_HOLD"
 POINTS = ("step", "best", "prev", "checkpoint", "metrics-open", "metrics", "log")
 
@@ -32,7 +36,9 @@ POINTS = ("step", "best", "prev", "checkpoint", "metrics-open", "metrics", "log"
 def point(name: str, epoch: int) -> None:
     spec = os.environ.get(ENV)
     if spec and spec == f"{name}@{epoch}":
-        os.kill(os.getpid(), signal.SIGKILL)
+        rank = os.environ.get(RANK_ENV)
+        if rank is None or rank == os.environ.get("RANK", "0"):
+            os.kill(os.getpid(), signal.SIGKILL)
     hold = os.environ.get(HOLD_ENV)
     if hold:
         where, _, path = hold.partition(":")

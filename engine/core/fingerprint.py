@@ -27,6 +27,11 @@ them and nothing else. The rule, also in the README ("Run identity"):
   method's earlier behaviour, e.g. `logit_stand = false`, which is left
   out at that default: `Option.neutral`), `student.arch`, `run.amp`, `run.eval_every` (it
   decides which epochs the best top-1 is taken from) and `run.max_steps`.
+- a run on several processes (`run.nproc_per_node` x `run.nnodes` > 1) adds
+  `run.world_size`, `run.effective_batch` (`data.batch_size` is per process)
+  and `run.sync_bn`: the effective batch sets the step, the world size what
+  each BatchNorm normalises over. A one-process run holds none of the three,
+  so its fingerprint is the one it had before they existed.
 - the teacher (methods that use one) enters as a recipe, never by a store
   run id: `from_run`/`train = true` by the teacher run's own fingerprint,
   `teacher.checkpoint` (and `student.checkpoint`) by the sha256 of the file.
@@ -63,6 +68,10 @@ DROPPED_RUN = (
     "teacher_cache_mb",
     "log_every",
     "checkpoint_every",
+    # entered as world_size / effective_batch / sync_bn, only when above one process
+    "nproc_per_node",
+    "nnodes",
+    "sync_bn",
 )
 SYNTHETIC_KEYS = ("num_classes", "train_size", "test_size", "image_size")
 
@@ -146,6 +155,13 @@ def identity(exp: schema.Experiment, *, teacher: str | None = None) -> dict:
     out["distill"] = _distill(exp, full["distill"])
     out["optim"] = _optim(full["optim"])
     out["run"] = {k: v for k, v in full["run"].items() if k not in DROPPED_RUN}
+    world = schema.world_size(exp)
+    if world > 1:
+        out["run"].update(
+            world_size=world,
+            effective_batch=schema.effective_batch(exp),
+            sync_bn=exp.run.sync_bn,
+        )
     return out
 
 

@@ -19,6 +19,7 @@ format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
             cancel                    present while a cancel is asked (the worker polls it)
             log.txt                   its log (engine.core.runlog)
             worker.log                its worker's raw output (warnings, tracebacks)
+            notes.json                its note and tags (engine.core.annotations)
             last.pth prev.pth best.pth  checkpoints (engine.core.checkpoint)
 """
 
@@ -77,6 +78,7 @@ EVENTS = "events.jsonl"
 CANCEL = "cancel"
 LOG = "log.txt"
 WORKER_OUTPUT = "worker.log"
+ANNOTATIONS = "notes.json"
 LAST, PREV, BEST = "last.pth", "prev.pth", "best.pth"
 CHECKPOINTS = (LAST, PREV, BEST)  # preference order on equal epochs
 RUN_DIR_NAME = re.compile(r"^\d{4,}-[0-9a-f]{6}$")

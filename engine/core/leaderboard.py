@@ -60,7 +60,9 @@ class Member:
     last: float | None
     teacher_top1: float | None
     counted: bool
-    note: str
+    note: str  # why it is (not) in the mean
+    tags: list[str] = field(default_factory=list)  # the researcher's (engine.core.annotations)
+    run_note: str = ""  # the researcher's note on the run
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Row:
     teacher_top1: float | None = None
     params: int | None = None  # the student alone
     trained_params: int | None = None  # everything the optimiser updates
+    world_size: int | None = None  # processes per run (part of the fingerprint above one)
+    effective_batch: int | None = None  # images per optimiser step over all processes
     epoch: int = 0
     epochs: int = 0
     baseline: float | None = None
@@ -208,6 +212,8 @@ def _members(runs: list[Run]) -> list[Member]:
                 r.teacher_top1,
                 ok,
                 note,
+                r.tag_list,
+                r.note,
             )
         )
     return out
@@ -254,6 +260,9 @@ def _row(runs: list[Run]) -> Row:
     row.teacher_top1 = statistics.fmean(teachers) if teachers else None
     row.params = next((r.params for r in reversed(runs) if r.params), latest.params)
     row.trained_params = next((r.trained_params for r in reversed(runs) if r.trained_params), None)
+    sized = next((r for r in reversed(runs) if r.effective_batch), None)
+    if sized is not None:
+        row.world_size, row.effective_batch = sized.world_size, sized.effective_batch
     if row.identity is not None:
         row.baseline_fingerprint = fpmod.baseline_fingerprint(row.identity)
     return row
@@ -410,6 +419,7 @@ COLUMNS = (
     "gap closed",
     "baseline",
     "trained params",
+    "eff. batch",
     "epochs",
     "status",
     "fingerprint",
@@ -426,6 +436,8 @@ MEMBER_COLUMNS = (
     "last top-1",
     "teacher top-1",
     "note",
+    "tags",
+    "run note",
 )
 
 
@@ -453,6 +465,25 @@ def fmt_params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
+def fmt_batch(effective: int | None, world: int | None) -> str:
+    """The images of one optimiser step, and how they split over processes above one:
+    `64`, or `128 = 2×64` (2 processes of 64 images each)."""
+    if not effective:
+        return "–"
+    if not world or world == 1:
+        return str(effective)
+    return f"{effective} = {world}×{effective // world}"
+
+
+def world_text(world: int | None, effective: int | None) -> str:
+    """A run's processes and batch in words (the app's config view)."""
+    if not world or not effective:
+        return "processes not recorded"
+    if world == 1:
+        return f"1 process, batch {effective}"
+    return f"{world} processes, effective batch {fmt_batch(effective, world)}"
+
+
 def fmt_gap(gap: float | None) -> str:
     return "–" if gap is None else f"{100 * gap:.0f}%"
 
@@ -474,6 +505,7 @@ def cells(row: Row, rank: int) -> list[str]:
         fmt_gap(row.gap),
         row.baseline_label or "–",
         fmt_params(row.trained_params),
+        fmt_batch(row.effective_batch, row.world_size),
         f"{row.epoch}/{row.epochs}",
         row.status,
         (row.fingerprint or "–")[:FP_SHOWN],
@@ -495,6 +527,8 @@ def member_cells(row: Row, rank: int, m: Member) -> list[str]:
         fmt_top1(m.last),
         fmt_top1(m.teacher_top1),
         m.note,
+        " ".join(m.tags),
+        m.run_note,
     ]
 
 

@@ -48,7 +48,10 @@ from engine.core.schema import (
     teacher_experiment,
     type_hints,
     with_defaults,
+    world_size,
 )
+
+_CUDA_N = re.compile(r"cuda:[0-9]{1,3}")
 
 
 def _suggest(word: Any, candidates) -> str:
@@ -655,6 +658,57 @@ def check_point(exp: Experiment, parser: _Parser) -> None:
                 parser.fail("optim.milestones", "must be increasing")
         if exp.optim.warmup_epochs >= exp.optim.epochs and exp.optim.warmup_epochs:
             parser.fail("optim.warmup_epochs", "must be shorter than optim.epochs")
+    if world_size(exp) > 1 and parser.ok("run"):
+        check_data_parallel(exp, parser)
+
+
+def check_data_parallel(exp: Experiment, parser: _Parser) -> None:
+    """What a run of several processes cannot combine with (each refusal says why)."""
+    r = exp.run
+    n = f"nproc_per_node = {r.nproc_per_node}" + (f", nnodes = {r.nnodes}" if r.nnodes > 1 else "")
+    if r.compile:
+        parser.fail(
+            "run.compile",
+            f"torch.compile is not combined with data-parallel training ({n}) yet; set "
+            "compile = false, or nproc_per_node = 1 to compile",
+        )
+    if r.teacher_cache != "off":
+        parser.fail(
+            "run.teacher_cache",
+            f"the teacher cache is per process and a data-parallel run ({n}) gives each "
+            'process other images every epoch; set teacher_cache = "off"',
+        )
+    if _CUDA_N.fullmatch(r.device):
+        parser.fail(
+            "run.device",
+            f"{r.device!r} names one GPU but this run takes {r.nproc_per_node} ({n}); use "
+            'device = "cuda" (the engine picks the GPUs) or "auto"',
+        )
+    elif r.device in ("mps", "xpu"):
+        parser.fail(
+            "run.device",
+            f"data-parallel training ({n}) runs on CUDA GPUs (NCCL) or CPUs (gloo); use "
+            'device = "cuda", "cpu" or "auto"',
+        )
+    elif r.device == "cpu" and r.sync_bn:
+        parser.fail(
+            "run.sync_bn",
+            "SyncBatchNorm runs on GPUs only (torch refuses CPU tensors); set sync_bn = false "
+            "for a CPU run",
+        )
+
+
+def check_local(exp: Experiment, file: str | None = None) -> None:
+    """Refuse what the local engine and `kdtui run` cannot place: several nodes."""
+    nodes = max([exp.run.nnodes, *exp.sweep.get("run.nnodes", [])])
+    if nodes > 1:
+        raise ConfigError(
+            f"{nodes} nodes: a run across several nodes needs the Slurm backend, which this "
+            "kdtui does not have yet; the local engine and `kdtui run` train on one box: set "
+            "nnodes = 1 (and nproc_per_node = the GPUs of this box)",
+            file=file,
+            key="run.nnodes",
+        )
 
 
 def copy_point(exp: Experiment) -> Experiment:

@@ -44,6 +44,8 @@ RUN_FIELDS = (
     "teacher_top1",
     "student_params",
     "trained_params",
+    "world_size",
+    "effective_batch",
     "images_per_s",
     "eta_s",
     "fingerprint",
@@ -56,6 +58,8 @@ RUN_FIELDS = (
     "ended",
     "error",
     "dir",
+    "note",
+    "tags",
 )
 
 ROW_FIELDS = (
@@ -86,6 +90,8 @@ ROW_FIELDS = (
     "fingerprint",
     "student_params",
     "trained_params",
+    "world_size",
+    "effective_batch",
     "epoch",
     "epochs",
     "status",
@@ -103,6 +109,8 @@ MEMBER_FIELDS = (
     "best_top1",
     "last_top1",
     "teacher_top1",
+    "tags",
+    "run_note",
 )
 
 
@@ -146,6 +154,8 @@ def run_record(r: Run) -> dict[str, Any]:
         "teacher_top1": _num(r.teacher_top1),
         "student_params": r.params,
         "trained_params": r.trained_params,
+        "world_size": r.world_size,
+        "effective_batch": r.effective_batch,
         "images_per_s": _num(r.images_per_s),
         "eta_s": _num(r.eta_s) if r.status == "running" else None,
         "fingerprint": r.fingerprint,
@@ -161,6 +171,8 @@ def run_record(r: Run) -> dict[str, Any]:
         "slurm_job": r.job_id,
         "slurm_node": r.job_node,
         "slurm_state": r.job_state,
+        "note": r.note,
+        "tags": r.tag_list,
     }
     return rec
 
@@ -195,6 +207,8 @@ def row_record(row: Row, rank: int) -> dict[str, Any]:
         "fingerprint": row.fingerprint,
         "student_params": row.params,
         "trained_params": row.trained_params,
+        "world_size": row.world_size,
+        "effective_batch": row.effective_batch,
         "epoch": row.epoch,
         "epochs": row.epochs,
         "status": _counts(row.statuses),
@@ -210,6 +224,8 @@ def row_record(row: Row, rank: int) -> dict[str, Any]:
                 "best_top1": _num(m.best),
                 "last_top1": _num(m.last),
                 "teacher_top1": _num(m.teacher_top1),
+                "tags": list(m.tags),
+                "run_note": m.run_note,
             }
             for m in row.members
         ],

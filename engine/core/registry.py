@@ -56,8 +56,6 @@ DATASETS: dict[str, str] = {
     "folder": "torchvision ImageFolder: root/train/<class>/*, root/val/<class>/*",
 }
 
-HEADS = ("student", "teacher")
-
 
 @dataclass(frozen=True)
 class Option:

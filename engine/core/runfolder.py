@@ -107,6 +107,8 @@ META_COLUMNS = (
     "created",
     "fingerprint",
     "identity",
+    "world_size",  # processes training the run (engine.core.schema.world_size)
+    "effective_batch",  # images per optimiser step: batch_size x world_size
 )
 REMOVED = "removed"  # the event `kdtui rm` leaves when it cannot delete the folder
 
@@ -117,6 +119,26 @@ class FolderError(ValueError):
 
 def new_uuid() -> str:
     return uuidmod.uuid4().hex
+
+
+# ---------------------------------------------------------------- the worker's command line
+
+WORKER_MODULE = "engine.worker"
+
+
+def worker_args(
+    home: str | os.PathLike | None, run_dirs: list[Path], *, resume: bool = False
+) -> list[str]:
+    """The worker's arguments, in one place: run folders only, and the store folder for the
+    disk teacher cache (none given: no disk cache); `resume`: a restarted batch job (Slurm
+    requeue) resumes its unfinished runs. engine.daemon.processes.worker_command runs
+    `python -m WORKER_MODULE` with them, the Slurm backend's job calls the worker's main with
+    them; engine.launch wraps the same in torchrun."""
+    return [
+        *(["--home", os.fspath(home)] if home is not None else []),
+        *(os.fspath(d) for d in run_dirs),
+        *(["--resume"] if resume else []),
+    ]
 
 
 # ---------------------------------------------------------------- run.json
@@ -283,6 +305,16 @@ def append_event(
     record = event_record(kind, values, message)
     append_records(Path(run_dir) / EVENTS, [record], fsync=fsync)
     return record
+
+
+def append_finish(run_dir: Path, status: str, error: str | None = None) -> dict:
+    """The event that ends a run (done, failed, cancelled): what a worker or a launcher
+    writes when it ends one; the store's `finish` writes the same."""
+    assert status in ("done", "failed", "cancelled"), status
+    values: dict[str, Any] = {"status": status, "ended": time.time(), "pid": None}
+    if error is not None:
+        values["error"] = error
+    return append_event(run_dir, status, values, error or "")
 
 
 # ---------------------------------------------------------------- reading

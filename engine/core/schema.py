@@ -46,6 +46,12 @@ EPOCHS_MAX = 100_000
 STEPS_MAX = 1_000_000_000
 
 
+NPROC_MAX = 256  # processes of one run on one node (GPUs, or CPU processes)
+
+
+NNODES_MAX = 4096
+
+
 NAME_MAX = 128
 
 
@@ -247,6 +253,24 @@ class RunConfig:
     max_steps: int = _f(
         0, "stop each epoch after N steps (0: full epochs; for smoke tests)", min=0, max=STEPS_MAX
     )
+    nproc_per_node: int = _f(
+        1,
+        "processes per node: N > 1 trains this run data-parallel (DDP under torchrun) on N "
+        "GPUs, or N CPU processes on a CPU box; data.batch_size is per process",
+        min=1,
+        max=NPROC_MAX,
+    )
+    nnodes: int = _f(
+        1,
+        "nodes of a data-parallel run (more than one needs the Slurm backend)",
+        min=1,
+        max=NNODES_MAX,
+    )
+    sync_bn: bool = _f(
+        False,
+        "SyncBatchNorm in the student and projectors when the run spans several processes "
+        "(batch statistics over the effective batch; GPUs only)",
+    )
 
 
 @dataclass
@@ -314,10 +338,26 @@ def with_defaults(methods: list[str], options: dict) -> dict:
     return out
 
 
+def world_size(exp: Experiment) -> int:
+    """Processes that train one run together (`nproc_per_node` x `nnodes`)."""
+    return exp.run.nproc_per_node * exp.run.nnodes
+
+
+def effective_batch(exp: Experiment) -> int:
+    """Images per optimiser step: `data.batch_size` is per process."""
+    return exp.data.batch_size * world_size(exp)
+
+
 def strong_view(exp: Experiment) -> bool:
     """Whether this run's training batches carry the strong view (`[data] strong_view`)."""
     mode = exp.data.strong_view
     return mode == "on" or (mode == "auto" and exp.method.strong_view)
+
+
+def data_seed(data: DataConfig, run_seed: int) -> int:
+    """The seed of a run's batches (shuffling, augmentation): `data.data_seed`, or the run's
+    own seed at its default of -1. The one place that default is resolved."""
+    return data.data_seed if data.data_seed >= 0 else run_seed
 
 
 def teacher_experiment(exp: Experiment) -> Experiment:

@@ -28,9 +28,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.core import (
+    annotations,
+    display,
+    layout,
+    liveness,
+    planning,
+    reading,
+    runfolder,
+    safefs,
+    schema,
+    writing,
+)
 from engine.core import fingerprint as fpmod
-from engine.core import layout, liveness, planning, reading, runfolder, safefs, schema, writing
-from engine.core.registry import method_label
+from engine.core.reading import tomllib
 
 STATUSES = runfolder.STATUSES
 FINISHED = runfolder.FINISHED
@@ -91,6 +102,10 @@ CREATE TABLE IF NOT EXISTS runs (
     trained_params INTEGER,
     fingerprint TEXT,
     identity TEXT,
+    world_size INTEGER,
+    effective_batch INTEGER,
+    note TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '[]',
     uuid TEXT,
     job_id TEXT,
     job_node TEXT,
@@ -126,14 +141,24 @@ CREATE TABLE IF NOT EXISTS ingested (
     bad_lines INTEGER NOT NULL DEFAULT 0
 );
 """
-SCHEMA_VERSION = 4
+# 2: fingerprints; 3: world size (issue 14); 4: notes and tags (issue 16); 5: run folders
+# are the source of truth (uuid, `ingested`); 6: Slurm job columns (issue 13). Older stores
+# migrate by the columns they lack (tested from 2, 3, 4, 5 and unmerged branches' shapes:
+# run folders without world size, Slurm without run folders).
+SCHEMA_VERSION = 6
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
     ("fingerprint", "TEXT"),  # engine.core.fingerprint: equal = same experiment up to the seed
     ("identity", "TEXT"),  # the JSON the fingerprint hashes
-    ("uuid", "TEXT"),  # version 3: the run folder's uuid (run.json), unique across stores
-    # version 4: a run trained by a batch system (engine.daemon.backends.slurm): its job id
+    # version 3: processes that train the run, and data.batch_size x world_size
+    ("world_size", "INTEGER"),
+    ("effective_batch", "INTEGER"),
+    # version 4: the researcher's note and tags (engine.core.annotations)
+    ("note", "TEXT NOT NULL DEFAULT ''"),
+    ("tags", "TEXT NOT NULL DEFAULT '[]'"),
+    ("uuid", "TEXT"),  # version 5: the run folder's uuid (run.json), unique across stores
+    # version 6: a run trained by a batch system (engine.daemon.backends.slurm): its job id
     # (an array task: "123_0"), the node it runs on, and the scheduler's state ("PENDING
     # (Priority)"), as the engine last polled them
     ("job_id", "TEXT"),
@@ -199,28 +224,31 @@ class Run:
     trained_params: int | None = None
     fingerprint: str | None = None
     identity: str | None = None
+    world_size: int | None = None  # processes training it (nproc_per_node x nnodes)
+    effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
+    note: str = ""
+    tags: str = "[]"  # a JSON list: `tag_list`
     uuid: str | None = None
     job_id: str | None = None
     job_node: str | None = None
     job_state: str | None = None
 
     @property
+    def tag_list(self) -> list[str]:
+        return annotations.parse_tags(self.tags)
+
+    @property
     def path(self) -> Path:
         return Path(self.dir)
 
-    @property
-    def config(self) -> schema.Experiment:
+    def load_config(self) -> schema.Experiment:
+        """The run's resolved config, parsed from `config_toml` at each call (a method, not a
+        field: each call parses the TOML and returns a new Experiment the caller may change)."""
         return reading.loads(self.config_toml, file=f"run {self.id} config", resolved=True)
 
     @property
-    def sweep_point(self) -> dict:
-        return json.loads(self.point or "{}")
-
-    @property
     def pair(self) -> str:
-        return (
-            f"{self.teacher_arch}→{self.student_arch}" if self.teacher_arch else self.student_arch
-        )
+        return display.pair(self.teacher_arch, self.student_arch)
 
     @property
     def finished(self) -> bool:
@@ -297,6 +325,7 @@ class Store:
                 if statement.strip():
                     con.execute(statement)
             self._backfill_fingerprints(con)
+            self._backfill_world(con)
             if have:
                 self._write_legacy_folders(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -352,6 +381,21 @@ class Store:
             con.execute(
                 "UPDATE runs SET fingerprint=?, identity=? WHERE id=?",
                 (fpmod.digest(ident), fpmod.dumps(ident), row["id"]),
+            )
+
+    def _backfill_world(self, con) -> None:
+        """World size and effective batch of runs stored before version 3: one process each
+        (the keys did not exist), so the effective batch is the stored batch size."""
+        rows = con.execute(
+            "SELECT id, config_toml FROM runs WHERE world_size IS NULL ORDER BY id"
+        ).fetchall()
+        for row in rows:
+            try:
+                batch = int(tomllib.loads(row["config_toml"])["data"]["batch_size"])
+            except (ValueError, KeyError, TypeError):
+                batch = None
+            con.execute(
+                "UPDATE runs SET world_size=1, effective_batch=? WHERE id=?", (batch, row["id"])
             )
 
     def _teacher_source(
@@ -450,11 +494,15 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
+        try:  # several nodes need the Slurm backend: refused before anything is stored
+            reading.check_local(exp, file=source)
+        except schema.ConfigError as e:
+            raise StoreError(str(e)) from None
         written = writing.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)
         now = time.time()
-        created: list[Run] = []
+        created: list[int] = []
         made: list[Path] = []
         try:
             self._submit(exp, plans, written, source, status, holder, now, created, made)
@@ -472,30 +520,18 @@ class Store:
                 "VALUES (?,?,?,?,?)",
                 (exp.name, source, written, now, runfolder.new_uuid()),
             ).lastrowid
-            teacher_run: int | None = None
             files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
             for plan in plans:
-                cfg = plan.config
-                depends_on = None
-                if plan.role == "student" and cfg.method.needs_teacher:
-                    if cfg.teacher.train:
-                        assert teacher_run is not None
-                        cfg.teacher.train = False
-                        cfg.teacher.from_run = str(teacher_run)
-                        cfg.teacher.optim = {}
-                        depends_on = teacher_run
-                    elif cfg.teacher.from_run:
-                        depends_on = self._resolve_from_run(
-                            con, cfg.teacher.from_run, cfg.teacher.arch
-                        )
-                        cfg.teacher.from_run = str(depends_on)
-                teacher = self._teacher_source(con, cfg, files, depends_on)
-                ident = fpmod.identity(cfg, teacher=teacher)
-                run_id = self._insert_run(
-                    con, exp_id, plan, cfg, depends_on, status, now, ident, holder, made
-                )
-                if plan.role == "teacher":
-                    teacher_run = run_id
+                teacher_run = None
+                if plan.teacher_plan is not None:
+                    teacher_run = created[plan.teacher_plan]
+                elif plan.teacher_ref:
+                    teacher_run = self._resolve_from_run(
+                        con, plan.teacher_ref, plan.config.teacher.arch
+                    )
+                teacher = self._teacher_source(con, plan.config, files, teacher_run)
+                planning.resolve(plan, teacher_run=teacher_run, teacher_source=teacher)
+                run_id = self._insert_run(con, exp_id, plan, status, now, holder, made)
                 created.append(run_id)
 
     def _insert_run(
@@ -503,44 +539,47 @@ class Store:
         con,
         exp_id: int,
         plan: planning.RunPlan,
-        cfg: schema.Experiment,
-        depends_on: int | None,
         status: str,
         now: float,
-        ident: dict,
         holder: int | None = None,
         made: list[Path] | None = None,
     ) -> int:
+        """Record a resolved plan: its row, its config and run.json in the run's new folder
+        (`made`: where the folder goes, for submit to remove if the transaction fails)."""
+        cfg = plan.config
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
         toml_text = writing.resolved_toml(cfg)
         run_id = con.execute(
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
-               priority, fuse_key, epochs, created, fingerprint, identity, uuid)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               priority, fuse_key, epochs, created, fingerprint, identity, world_size,
+               effective_batch, uuid)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
                 plan.role,
-                plan.label if plan.role == "student" else "teacher",
+                plan.run_label,
                 json.dumps(plan.point, sort_keys=True),
                 plan.seed,
                 status,
-                method_label(spec.name, cfg.distill.options),  # e.g. kd+ls
+                plan.method_label,
                 teacher_arch,
                 cfg.student.arch,
                 cfg.data.dataset,
                 spec.head,
                 toml_text,
                 "",
-                depends_on,
+                plan.depends_on,
                 cfg.run.priority,
-                fuse_key(cfg),
+                plan.fuse_key,
                 cfg.optim.epochs,
                 now,
-                fpmod.digest(ident),
-                fpmod.dumps(ident),
+                plan.fingerprint,
+                fpmod.dumps(plan.identity),
+                schema.world_size(cfg),
+                schema.effective_batch(cfg),
                 runfolder.new_uuid(),
             ),
         ).lastrowid
@@ -697,14 +736,6 @@ class Store:
         one = reading.apply_point(exp, json.loads(run.point))
         one.seeds = [run.seed]
         return one
-
-    def experiments(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM experiments ORDER BY id").fetchall()
-
-    def changed_since(self, version: float) -> bool:
-        self._ingest_quietly()
-        row = self.conn.execute("SELECT MAX(COALESCE(heartbeat, created)) FROM runs").fetchone()
-        return (row[0] or 0) > version
 
     # ------------------------------------------------------------ ingesting run folders
     def ingest(self, ids: Iterable[int] | None = None, *, everything: bool = False) -> int:
@@ -874,14 +905,6 @@ class Store:
             return False
         return True
 
-    def next_queued(self, limit: int = 50) -> list[Run]:
-        """Queued runs in order: priority first, then FIFO."""
-        self._ingest_quietly()
-        rows = self.conn.execute(
-            "SELECT * FROM runs WHERE status='queued' ORDER BY priority DESC, id LIMIT ?", (limit,)
-        ).fetchall()
-        return [Run(**dict(r)) for r in rows]
-
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         assert status in FINISHED, status
         values: dict[str, Any] = {"status": status, "ended": time.time(), "pid": None}
@@ -943,6 +966,22 @@ class Store:
             con.execute("UPDATE runs SET depends_on=NULL WHERE depends_on=?", (run.id,))
             con.execute("DELETE FROM runs WHERE id=?", (run.id,))
         return run
+
+    # ------------------------------------------------------------ notes and tags
+    def annotate(
+        self, run_id: int, *, note: str | None = None, tags: Sequence[str] | None = None
+    ) -> Run:
+        """Set a run's note and/or its whole tag list (checked by engine.core.annotations:
+        AnnotationError says why), in its row and in its folder's annotations file."""
+        run = self.run(run_id)
+        new_note = run.note if note is None else annotations.check_note(note)
+        new_tags = run.tag_list if tags is None else annotations.check_tags(tags)
+        annotations.write_folder(run.dir, new_note, new_tags)  # first: the folder outlives us
+        self.conn.execute(
+            "UPDATE runs SET note=?, tags=? WHERE id=?",
+            (new_note, annotations.dump_tags(new_tags), run.id),
+        )
+        return self.run(run.id)
 
     # ------------------------------------------------------------ metrics
     def add_metrics(
@@ -1099,6 +1138,11 @@ class Store:
         """A run's row from its folder (run.json, config.toml), then its records ingested."""
         row = dict(meta["row"])
         row.setdefault("created", time.time())
+        try:
+            note, tags = annotations.read_folder(run_dir)
+        except annotations.AnnotationError:  # import refuses it first; rebuild says so
+            note, tags = "", []
+        row.update(note=note, tags=annotations.dump_tags(tags))
         values = {
             "id": run_id,
             "experiment_id": exp_id,
@@ -1113,6 +1157,8 @@ class Store:
             f"INSERT INTO runs({names}) VALUES ({','.join('?' * len(values))})",
             tuple(values.values()),
         ).lastrowid
+        if row.get("world_size") is None:  # a folder from before world sizes: one process
+            self._backfill_world(con)
         self._ingest_run(con, run_id)
         return run_id
 
@@ -1128,7 +1174,8 @@ class Store:
                 meta = runfolder.check_folder(d)
                 config = safefs.read_text(d / layout.CONFIG)
                 reading.loads(config, file=str(d / layout.CONFIG), resolved=True)
-            except runfolder.FolderError as e:
+                annotations.read_folder(d)
+            except (runfolder.FolderError, annotations.AnnotationError) as e:
                 raise ImportRefused(str(e)) from None
             except FileNotFoundError:
                 raise ImportRefused(
@@ -1252,43 +1299,6 @@ class _Transaction:
             self.con.execute("ROLLBACK")
 
 
-def fuse_key(cfg: schema.Experiment) -> str | None:
-    """Runs with equal keys share teacher and batches, so one process can train them all."""
-    if not cfg.run.fuse or not cfg.method.needs_teacher:
-        return None
-    t, d = cfg.teacher, cfg.data
-    data_seed = d.data_seed if d.data_seed >= 0 else cfg.seeds[0]
-    parts = [
-        t.arch,
-        t.checkpoint,
-        t.from_run,
-        d.dataset,
-        d.root,
-        str(d.batch_size),
-        str(d.augment),
-        d.hflip,
-        d.loader,
-        str(data_seed),
-        str(d.num_classes),
-        str(d.train_size),
-        str(d.image_size),
-        str(cfg.optim.epochs),
-        cfg.run.device,
-        cfg.run.amp,
-        str(cfg.run.max_steps),
-        # process-wide settings: a group takes them from its first run, so they must agree
-        cfg.run.channels_last,
-        str(cfg.run.deterministic),
-        str(cfg.run.compile),
-        cfg.run.compile_mode,
-        str(cfg.run.threads),
-        cfg.run.teacher_cache,
-        cfg.run.teacher_cache_dtype,
-        str(cfg.run.teacher_cache_mb),
-    ]
-    return "|".join(parts)
-
-
 # ---------------------------------------------------------------- rebuild and import
 @dataclass
 class Rebuilt:
@@ -1349,6 +1359,10 @@ def rebuild(home: str | Path | None = None) -> Rebuilt:
             except (OSError, UnicodeDecodeError) as e:
                 out.skipped.append((run_dir.name, f"{layout.CONFIG}: {e}"))
                 continue
+            try:
+                annotations.read_folder(run_dir)
+            except annotations.AnnotationError as e:  # the run comes back, the file is kept
+                out.skipped.append((run_dir.name, f"{e}; the run is back without its note/tags"))
             seen.add(meta["id"])
             exp = meta["experiment"]
             if con.execute("SELECT 1 FROM experiments WHERE id=?", (exp["id"],)).fetchone() is None:

@@ -165,13 +165,12 @@ def slurm_options(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def check(options: Options) -> None:
-    """Every option a command line cannot check alone (ValueError: one line, with the fix)."""
-    from engine.daemon import backends  # the registry lists the backends' names
-
-    if options.backend not in backends.NAMES:
+def check(options: Options, names: tuple[str, ...]) -> None:
+    """Every option a command line cannot check alone (ValueError: one line, with the fix);
+    `names`: the backends there are (engine.daemon.backends.NAMES, which imports this)."""
+    if options.backend not in names:
         raise ValueError(
-            f"--backend {options.backend}: unknown backend; use one of {', '.join(backends.NAMES)}"
+            f"--backend {options.backend}: unknown backend; use one of {', '.join(names)}"
         )
     time_minutes(options.time)
     slurm_options(options.slurm_option)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core import runfolder
 from engine.core.liveness import is_worker_process, pid_alive
 from engine.daemon.scheduling import Slot
 
@@ -56,31 +57,20 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def worker_argv(
-    home: str | os.PathLike, run_dirs: list[Path], *, resume: bool = False
-) -> list[str]:
-    """The worker's arguments, in one place (every backend starts the worker with them):
-    run folders only, the store folder for the disk teacher cache; `resume`: a restarted
-    batch job. The worker never opens the store's database."""
-    return [
-        "--home",
-        os.fspath(home),
-        *(os.fspath(d) for d in run_dirs),
-        *(["--resume"] if resume else []),
-    ]
-
-
 def worker_process(argv: list[str]) -> list[str]:
     """`python -m engine.worker ARGV`: a worker as a process of its own (the local backend;
     the Slurm backend calls the worker's main with the same ARGV in submitit's process)."""
-    return [sys.executable, "-m", "engine.worker", *argv]
+    return [sys.executable, "-m", runfolder.WORKER_MODULE, *argv]
 
 
 def worker_command(
-    home: str | os.PathLike, run_dirs: list[Path], *, resume: bool = False
+    home: str | os.PathLike | None, run_dirs: list[Path], *, resume: bool = False
 ) -> list[str]:
-    """The whole command line of a worker for these run folders."""
-    return worker_process(worker_argv(home, run_dirs, resume=resume))
+    """The worker's command line (the local engine and `kdtui run` spawn it; the Slurm backend
+    runs the same arguments in its job; engine.launch wraps them in torchrun for the ranks of
+    a run on several processes): engine.core.runfolder.worker_args. The worker never opens
+    the store's database."""
+    return worker_process(runfolder.worker_args(home, run_dirs, resume=resume))
 
 
 def exit_text(code: int) -> str:
@@ -96,11 +86,12 @@ def exit_text(code: int) -> str:
 
 @dataclass
 class WorkerProcess:
-    """A `python -m engine.worker` process the engine started (or adopted) on a slot."""
+    """A `python -m engine.worker` process the engine started (or adopted) on its slots: one,
+    or N for a run of `nproc_per_node = N` processes (the worker launches them)."""
 
     pid: int
     run_ids: list[int]
-    slot: Slot | None
+    slots: tuple[Slot, ...]  # empty: adopted, and no free slot matched
     started: float
     proc: subprocess.Popen | None = None  # None: adopted from an earlier engine
     output: Path | None = None  # its stdout/stderr (worker.log of its first run)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.core.devices import HOST_DEVICES, cuda_index
+from engine.core.devices import ENGINE_GPU_ENV, HOST_DEVICES, cuda_index
 from engine.core.store import Run
 from engine.daemon.options import Options
 
@@ -116,22 +116,65 @@ def slot_fits(device: str, slot: Slot, gpu_slots_exist: bool) -> bool:
     return slot.gpu is not None  # "cuda"
 
 
-def unplaceable(device: str, slots: Sequence[Slot]) -> str | None:
-    """Why no slot of this engine can ever take a run with this device (None: one can)."""
+def unplaceable(device: str, slots: Sequence[Slot], nproc: int = 1) -> str | None:
+    """Why no set of this engine's slots can ever take a run with this device and
+    `[run] nproc_per_node = nproc` (None: one can)."""
     gpus = sorted({s.gpu for s in slots if s.gpu is not None})
-    if any(slot_fits(device, s, bool(gpus)) for s in slots):
-        return None
-    if not gpus:
+    if not any(slot_fits(device, s, bool(gpus)) for s in slots):
+        if not gpus:
+            return (
+                f"run.device = {device!r} but this engine has no GPU (slots: "
+                f'{", ".join(s.name for s in slots)}); set [run] device = "auto" or "cpu", or '
+                "start the engine on a GPU box (`kdtui engine start --gpus 0`)"
+            )
         return (
-            f"run.device = {device!r} but this engine has no GPU (slots: "
-            f'{", ".join(s.name for s in slots)}); set [run] device = "auto" or "cpu", or '
-            "start the engine on a GPU box (`kdtui engine start --gpus 0`)"
+            f"run.device = {device!r} but this engine uses GPU {', '.join(gpus)} (cuda:N names "
+            f'GPU N as `kdtui engine start --gpus` does); set [run] device = "cuda" for any GPU '
+            "or restart the engine with that GPU in --gpus"
         )
+    if nproc <= 1:
+        return None
+    fitting = [s for s in slots if slot_fits(device, s, bool(gpus))]
+    if fitting[0].gpu is not None:
+        have = sorted({s.gpu for s in fitting})
+        if len(have) >= nproc:
+            return None
+        return (
+            f"[run] nproc_per_node = {nproc} trains on {nproc} GPUs (one process each) but this "
+            f"engine has {len(have)} GPU slot{'s' * (len(have) != 1)} on distinct GPUs "
+            f"(GPU {', '.join(have)}); set nproc_per_node = {len(have)} or less, or restart the "
+            f"engine with {nproc} GPUs (`kdtui engine stop`, then `kdtui engine start --gpus` "
+            "with them)"
+        )
+    if len(fitting) >= nproc:
+        return None
     return (
-        f"run.device = {device!r} but this engine uses GPU {', '.join(gpus)} (cuda:N names "
-        f'GPU N as `kdtui engine start --gpus` does); set [run] device = "cuda" for any GPU '
-        "or restart the engine with that GPU in --gpus"
+        f"[run] nproc_per_node = {nproc} trains on {nproc} CPU slots (one process each) but "
+        f"this engine has {len(fitting)} CPU slot{'s' * (len(fitting) != 1)} "
+        f"({', '.join(s.name for s in fitting)}); set nproc_per_node = {len(fitting)} or less, "
+        f"or restart the engine with more (`kdtui engine stop`, then `kdtui engine start "
+        f"--cpu-slots {nproc}`)"
     )
+
+
+def slots_for_group(
+    device: str, nproc: int, free: Sequence[Slot], gpu_slots_exist: bool
+) -> tuple[Slot, ...]:
+    """The free slots a worker of `nproc` processes takes (empty: not enough are free).
+
+    One process per slot: on GPUs one slot on each of `nproc` distinct GPUs (a process
+    owns its GPU; two ranks never share one), else `nproc` CPU slots."""
+    chosen: list[Slot] = []
+    gpus: set[str] = set()
+    for s in free:
+        if not slot_fits(device, s, gpu_slots_exist) or s.gpu in gpus:
+            continue
+        if s.gpu is not None:
+            gpus.add(s.gpu)
+        chosen.append(s)
+        if len(chosen) == nproc:
+            return tuple(chosen)
+    return ()
 
 
 def place(
@@ -140,7 +183,8 @@ def place(
     devices: dict[int, str] | None = None,
     *,
     gpu_slots_exist: bool | None = None,
-) -> list[tuple[Slot, list[int]]]:
+    nprocs: dict[int, int] | None = None,
+) -> list[tuple[tuple[Slot, ...], list[int]]]:
     """Assign ready runs to free slots: higher priority first, then FIFO.
 
     Runs sharing a fuse key go to one worker together (one teacher pass for
@@ -149,13 +193,20 @@ def place(
     and cuda:N runs on GPU N (`slot_fits`); a run that fits no free slot waits without
     holding up the runs behind it. `gpu_slots_exist`: whether the engine has GPU slots
     at all (default: whether a free one is GPU), which decides where "auto" runs go.
+
+    `nprocs` (run id -> `[run] nproc_per_node`, 1 when absent): a run of N processes
+    takes N slots at once (`slots_for_group`). When too few are free it keeps the ones
+    that are: runs behind it do not take them, so a steady stream of one-slot runs never
+    starves it (those slots idle until the rest frees up; runs of the other kind of slot
+    go on).
     """
     devices = devices or {}
+    nprocs = nprocs or {}
     if gpu_slots_exist is None:
         gpu_slots_exist = any(s.gpu is not None for s in free_slots)
     order = sorted(ready, key=lambda r: (-r.priority, r.id))
     slots = list(free_slots)
-    placed: list[tuple[Slot, list[int]]] = []
+    placed: list[tuple[tuple[Slot, ...], list[int]]] = []
     taken: set[int] = set()
     for run in order:
         if not slots:
@@ -163,8 +214,11 @@ def place(
         if run.id in taken:
             continue
         device = devices.get(run.id, "auto")
-        slot = next((s for s in slots if slot_fits(device, s, gpu_slots_exist)), None)
-        if slot is None:
+        nproc = nprocs.get(run.id, 1)
+        chosen = slots_for_group(device, nproc, slots, gpu_slots_exist)
+        if not chosen:
+            if nproc > 1:  # hold what fits it now, so the runs behind do not take it
+                slots = [s for s in slots if not slot_fits(device, s, gpu_slots_exist)]
             continue
         group = [run]
         if run.fuse_key and not run.resume:
@@ -174,9 +228,32 @@ def place(
                 if r.id not in taken and r.fuse_key == run.fuse_key and not r.resume
             ]
         taken.update(r.id for r in group)
-        slots.remove(slot)
-        placed.append((slot, [r.id for r in group]))
+        for s in chosen:
+            slots.remove(s)
+        placed.append((chosen, [r.id for r in group]))
     return placed
+
+
+def group_gpus(slots: Sequence[Slot]) -> str | None:
+    """The GPUs of a worker's slots as CUDA_VISIBLE_DEVICES lists them ("0,2"); None: CPU."""
+    return ",".join(s.gpu for s in slots if s.gpu is not None) or None
+
+
+def worker_env(
+    slots: Sequence[Slot], slot_count: int, environ: dict[str, str], cpus: int
+) -> dict[str, str]:
+    """What the engine adds to a worker's environment on `slots` (of `slot_count` in all).
+
+    Its GPUs, and only them (CUDA_VISIBLE_DEVICES: the N GPUs of a run of N processes,
+    rank r on the r-th; "" hides every GPU from a CPU worker); on CPU slots each process
+    gets a slot's share of the cores (OMP_NUM_THREADS, unless the engine's own is set)."""
+    gpu = group_gpus(slots)
+    extra = {"CUDA_VISIBLE_DEVICES": gpu or "", ENGINE_GPU_ENV: gpu or ""}
+    if gpu is None and "OMP_NUM_THREADS" not in environ:
+        extra["OMP_NUM_THREADS"] = str(max(1, cpus // max(slot_count, 1)))
+    if gpu is not None:
+        extra["CUDA_DEVICE_ORDER"] = environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    return extra
 
 
 def dependency(run: Run, teacher: Run | None) -> tuple[str, str]:

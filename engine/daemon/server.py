@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.core import layout, runlog, safefs
+from engine.core import layout, runfolder, runlog, safefs
 from engine.core.layout import home_path
 from engine.core.liveness import is_worker_process, process_gone, row_time, run_process_alive
 from engine.core.store import Run, Store, StoreError
@@ -27,8 +27,8 @@ from engine.daemon import backends
 from engine.daemon.backends import Backend, Handle, Launch
 from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
 from engine.daemon.options import Options
-from engine.daemon.processes import WorkerProcess, worker_argv
-from engine.daemon.scheduling import Slot, dependency, place
+from engine.daemon.processes import WorkerProcess
+from engine.daemon.scheduling import Slot, dependency, group_gpus, place
 
 log = logging.getLogger("kdtui.engine")
 
@@ -46,7 +46,9 @@ class Engine:
     _last_state: str = ""
     _state_failing: bool = False
     _waiting: dict[int, str] = field(default_factory=dict)
-    _devices: dict[int, str] = field(default_factory=dict)  # run id -> [run] device
+    # run id -> its [run] device and nproc_per_node: a run's config never changes, so the
+    # engine parses it once
+    _requests: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def slots(self) -> list[Slot]:
@@ -102,21 +104,31 @@ class Engine:
             else:
                 self._fail(run, "worker gone while the engine was down")
         for pid, runs in groups.items():
-            slot = self._free_slot_for(runs[0].gpu)
-            self.workers[pid] = WorkerProcess(pid, [r.id for r in runs], slot, time.time())
+            slots = self._free_slots_for(runs[0].gpu, self._nproc_of(runs[0]))
+            self.workers[pid] = WorkerProcess(pid, [r.id for r in runs], slots, time.time())
             log.info(
                 "adopted worker %d (runs %s) on %s",
                 pid,
                 [r.id for r in runs],
-                slot.name if slot else "no slot",
+                ", ".join(s.name for s in slots) or "no slot",
             )
 
-    def _free_slot_for(self, gpu: str | None) -> Slot | None:
-        busy = {w.slot for w in self.workers.values()}
-        for s in self.slots:
-            if s not in busy and s.gpu == gpu:
-                return s
-        return None
+    def _busy(self) -> set[Slot]:
+        return {s for w in self.workers.values() for s in w.slots}
+
+    def _free_slots_for(self, gpu: str | None, nproc: int) -> tuple[Slot, ...]:
+        """The slots an adopted worker holds: one per GPU it was shown ("0,1"), or `nproc`
+        CPU slots (as many as are free)."""
+        busy = self._busy()
+        free = [s for s in self.slots if s not in busy]
+        if not gpu:
+            return tuple(s for s in free if s.gpu is None)[:nproc]
+        held = []
+        for g in gpu.split(","):
+            s = next((s for s in free if s.gpu == g and s not in held), None)
+            if s is not None:
+                held.append(s)
+        return tuple(held)
 
     # ------------------------------------------------------------ one pass
     def step(self) -> None:
@@ -126,23 +138,30 @@ class Engine:
         self.find_dead(running)
         self.escalate_cancels(running)
         ready = self.ready_runs()
-        busy = {w.slot for w in self.workers.values()}
-        free = self.backend.free_slots(busy, len(ready))
+        nprocs = {r.id: self._nproc_of(r) for r in ready}
+        free = self.backend.free_slots(self._busy(), sum(nprocs.values()))
         if not ready or not free:
             return
         devices = {r.id: self._device_of(r) for r in ready}
+        nprocs = {r.id: self._nproc_of(r) for r in ready}
         for run in list(ready):
-            reason = self.backend.unplaceable(devices[run.id])
+            reason = self.backend.unplaceable(devices[run.id], nprocs[run.id])
             if reason:
                 self._fail(run, reason)
                 ready.remove(run)
         gpu_slots = any(s.gpu is not None for s in self.slots)
-        self.launch(place(ready, free, devices, gpu_slots_exist=gpu_slots))
+        self.launch(place(ready, free, devices, gpu_slots_exist=gpu_slots, nprocs=nprocs))
+
+    def _request_of(self, run: Run) -> tuple[str, int]:
+        if run.id not in self._requests:
+            self._requests[run.id] = _requested(run)
+        return self._requests[run.id]
 
     def _device_of(self, run: Run) -> str:
-        if run.id not in self._devices:  # a run's config never changes: parse it once
-            self._devices[run.id] = _requested_device(run)
-        return self._devices[run.id]
+        return self._request_of(run)[0]
+
+    def _nproc_of(self, run: Run) -> int:
+        return self._request_of(run)[1]
 
     def reap(self) -> None:
         for run_id, values in self.backend.poll(list(self.workers.values())).items():
@@ -237,20 +256,26 @@ class Engine:
                 log.info("run %d: %s", run.id, reason)
         return ready
 
-    def launch(self, placements: list[tuple[Slot, list[int]]]) -> None:
+    def launch(self, placements: list[tuple[tuple[Slot, ...], list[int]]]) -> None:
         """Claim each placed group and ask the backend to start them all (one Slurm pass:
-        one job array)."""
+        one job array). A group has one slot, or one per process of a run of several (its
+        GPUs, all of them shown to the worker, which launches the ranks)."""
         launches = []
-        for slot, run_ids in placements:
+        for slots, run_ids in placements:
             reset = {"pid": None, "job_id": None, "job_node": None, "job_state": None}
-            claimed = [i for i in run_ids if self.store.claim(i, gpu=slot.gpu, **reset)]
+            gpu = group_gpus(slots)
+            claimed = [i for i in run_ids if self.store.claim(i, gpu=gpu, **reset)]
             if not claimed:
                 continue
             runs = self.store.runs(ids=claimed)
-            launch = Launch(slot, runs, worker_argv(self.store.home, [r.path for r in runs]))
+            argv = runfolder.worker_args(self.store.home, [r.path for r in runs])
+            launch = Launch(slots, runs, argv)
             fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
+            where = ", ".join(s.name for s in slots)
+            if len(slots) > 1:
+                where += f" ({len(slots)} processes)"
             for r in runs:
-                runlog.note(r.path, f"engine: placed on {slot.name}{fused}")
+                runlog.note(r.path, f"engine: placed on {where}{fused}")
                 if r.path != launch.output.parent:
                     runlog.note(
                         r.path,
@@ -272,17 +297,16 @@ class Engine:
             for i in handle.run_ids:
                 self.store.update(i, **values)
             self.workers[handle.key] = handle
-            log.info("worker %s: runs %s on %s", handle.key, handle.run_ids, launch.slot.name)
+            where = ", ".join(s.name for s in handle.slots)
+            log.info("worker %s: runs %s on %s", handle.key, handle.run_ids, where)
 
     # ------------------------------------------------------------ state for clients
     def state(self) -> dict[str, Any]:
-        by_slot = {w.slot.name: w for w in self.workers.values() if w.slot is not None}
+        by_slot = {s.name: w for w in self.workers.values() for s in w.slots}
         # a Slurm engine's slots are made per job: one each
         slots = list(self.slots) if self.backend.fixed_slots else []
         names = {s.name for s in slots}
-        slots += [
-            w.slot for w in self.workers.values() if w.slot is not None and w.slot.name not in names
-        ]
+        slots += [s for w in self.workers.values() for s in w.slots if s.name not in names]
         return {
             "pid": os.getpid(),
             "started": self.started,
@@ -304,7 +328,7 @@ class Engine:
                 {
                     "pid": w.pid,
                     "runs": w.run_ids,
-                    "slot": w.slot.name if w.slot else None,
+                    "slot": ", ".join(s.name for s in w.slots) or None,
                     "started": w.started,
                     **w.describe(),
                 }
@@ -328,12 +352,14 @@ class Engine:
             self._last_state = text
 
 
-def _requested_device(run: Run) -> str:
-    """The run's `[run] device` from its stored config ("auto" if it cannot be read)."""
+def _requested(run: Run) -> tuple[str, int]:
+    """The run's `[run] device` and `nproc_per_node` (the slots its worker takes), from one
+    parse of its stored config ("auto" and 1 if it cannot be read)."""
     try:
-        return run.config.run.device
+        cfg = run.load_config().run
     except Exception:  # a row the worker will reject with the reason; do not stall the queue
-        return "auto"
+        return "auto", 1
+    return cfg.device, cfg.nproc_per_node
 
 
 def setup_logging(stream) -> None:

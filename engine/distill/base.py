@@ -163,13 +163,6 @@ def freeze(module: nn.Module) -> None:
     module.eval()
 
 
-@torch.no_grad()
-def teacher_forward(teacher: FeatureModel, x: torch.Tensor) -> TeacherOut:
-    """no_grad rather than inference_mode: its outputs are loss targets saved for backward."""
-    feats, logits = teacher.forward_all(x)
-    return TeacherOut(feats, logits)
-
-
 def build_distiller(
     method: str,
     student: FeatureModel,

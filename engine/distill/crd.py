@@ -29,6 +29,11 @@ work or RNG state is needed and a resumed run draws exactly what an uninterrupte
 scores are computed as one (B x N) product with the whole bank and then gathered, which is
 the same numbers as gathering the (B x K+1 x 128) rows first, in far less memory. Banks,
 normalisers, step counter and seed are buffers: they live in the run's checkpoint.
+
+On several processes (DDP) each rank scores its shard of the batch against the same banks,
+then every rank moves the banks towards *all* ranks' rows (gathered), and Z is fixed from
+the mean over all ranks' scores: the banks stay equal on every rank and evolve exactly as
+in one process training on the concatenated batch (the effective batch).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import distributed
 from engine.distill.base import Distiller, feature_shapes
 from engine.distill.losses import kd_kl
 
@@ -131,6 +137,11 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor, momentum):
+        group = distributed.current()
+        if group.parallel:  # every rank's rows, so every rank's banks stay the same
+            index = distributed.all_gather_rows(group, index)
+            v_s = distributed.all_gather_rows(group, v_s.detach())
+            v_t = distributed.all_gather_rows(group, v_t.detach())
         for bank, v in ((self.student_bank, v_s), (self.teacher_bank, v_t)):
             rows = bank.index_select(0, index) * momentum + v.detach() * (1 - momentum)
             bank.index_copy_(0, index, F.normalize(rows, dim=1))
@@ -146,10 +157,18 @@ def _scores(anchor: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, t: floa
     return torch.exp((anchor @ bank.detach().clone().t()).gather(1, idx) / t)
 
 
-def _normalised(scores: torch.Tensor, z: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """scores / Z; Z is fixed at the first step to mean(scores) * N (the buffer keeps it)."""
+def _normalised(
+    scores: torch.Tensor, z: torch.Tensor, num_samples: int, everywhere: bool = False
+) -> torch.Tensor:
+    """scores / Z; Z is fixed at the first step to mean(scores) * N (the buffer keeps it).
+
+    everywhere: the mean over every rank's scores (equal shard sizes: the mean of means)."""
     with torch.no_grad():
-        z.copy_(torch.where(z < 0, scores.mean() * num_samples, z))
+        mean = scores.mean()
+        if everywhere:
+            group = distributed.current()
+            mean = distributed.all_sum(group, mean.detach().clone()) / group.world
+        z.copy_(torch.where(z < 0, mean * num_samples, z))
     return scores / z
 
 
@@ -188,6 +207,7 @@ class CRD(Distiller):
         self.register_buffer("seed", torch.randint(0, 2**31 - 1, ()))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.use_kd = o["kd_weight"] > 0  # a structural choice, fixed per run
+        self._z_agreed = False  # on several processes: Z taken from every rank's scores
 
     def negatives(self, index: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return draw_negatives(
@@ -213,11 +233,21 @@ class CRD(Distiller):
             v_t = self.embed_t(f_t)
             idx = torch.cat([index[:, None], self.negatives(index, y)], dim=1)  # (B, K+1)
             mem = self.memory
+            # the first step of a run on several processes (a collective: Python decides)
+            agree = distributed.current().parallel and not self._z_agreed
+            if agree:
+                self._z_agreed = True
             h_s = _normalised(
-                _scores(v_s, mem.teacher_bank, idx, o["nce_t"]), mem.z_student, self.num_samples
+                _scores(v_s, mem.teacher_bank, idx, o["nce_t"]),
+                mem.z_student,
+                self.num_samples,
+                agree,
             )
             h_t = _normalised(
-                _scores(v_t, mem.student_bank, idx, o["nce_t"]), mem.z_teacher, self.num_samples
+                _scores(v_t, mem.student_bank, idx, o["nce_t"]),
+                mem.z_teacher,
+                self.num_samples,
+                agree,
             )
             crd = nce_loss(h_s, self.num_samples) + nce_loss(h_t, self.num_samples)
             mem.update(index, v_s, v_t, o["nce_momentum"])

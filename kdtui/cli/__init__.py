@@ -6,6 +6,7 @@ module of this package holds the commands of one job:
     experiments  validate, run, submit: an experiment file in
     foreground   `kdtui run`'s training in this process, with a Rich progress bar
     runs         ls, cancel, resume, logs, rm: runs in the store
+    notes        note, tag: a researcher's note and tags on runs
     engine       engine start | stop | status
     results      leaderboard, export (tensorboard: the export's event files)
     plot         a paper figure of runs' curves (kdtui.figure draws it)
@@ -27,7 +28,18 @@ from typer.core import TyperOption
 from engine.core import safefs
 from engine.core.layout import default_home
 from engine.core.store import StoreError
-from kdtui.cli import bench, cache, catalog, engine, experiments, plot, results, runs, store
+from kdtui.cli import (
+    bench,
+    cache,
+    catalog,
+    engine,
+    experiments,
+    notes,
+    plot,
+    results,
+    runs,
+    store,
+)
 from kdtui.cli.common import HomeOpt, fail
 
 
@@ -72,6 +84,8 @@ app.command()(runs.cancel)
 app.command()(runs.resume)
 app.command()(runs.logs)
 app.command()(runs.rm)
+app.command()(notes.note)
+app.command()(notes.tag)
 app.command()(plot.plot)
 app.command()(bench.bench)
 app.add_typer(cache.cache_app, name="cache")

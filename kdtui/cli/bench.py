@@ -12,7 +12,17 @@ from rich.table import Table
 from kdtui.cli.common import console, err, fail
 from kdtui.inert import text
 
-PART_NAMES = ("threads", "loader", "step", "fused", "cache", "compile", "app", "ingest")
+PART_NAMES = (
+    "threads",
+    "loader",
+    "step",
+    "fused",
+    "cache",
+    "scaling",
+    "compile",
+    "app",
+    "ingest",
+)
 # compile and ingest: only with --only
 DEFAULT = tuple(p for p in PART_NAMES if p not in ("compile", "ingest"))
 APP_ONLY = ("app", "ingest")  # torch-free parts
@@ -82,6 +92,15 @@ def bench(
         int,
         typer.Option("--threads", min=0, help="CPU threads (0: measure 1 vs the default)."),
     ] = 0,
+    procs: Annotated[
+        int,
+        typer.Option(
+            "--procs",
+            min=0,
+            help="Scaling part: processes of the data-parallel step (0: every visible "
+            "GPU, skipped with fewer than two; on a CPU box N CPU processes).",
+        ),
+    ] = 0,
     gpu_check: Annotated[
         bool,
         typer.Option(
@@ -146,6 +165,7 @@ def bench(
                 "workers": workers,
                 "compile": compile_,
                 "threads": threads,
+                "procs": procs,
                 "parts": engine_parts,
             },
             log,
@@ -246,6 +266,18 @@ def render(r: dict) -> Table:
         _row(t, "fused", what, _rate(f["separate_images_per_s"]))
         what = f"{f['students']} students, one teacher pass"
         _row(t, "", what, _rate(f["fused_images_per_s"]), f"×{f['speedup']:.2f}")
+    if "scaling" in r:
+        k = r["scaling"]
+        if "skipped" in k:
+            _row(t, "scaling", f"skipped: {k['skipped']}", ("", ""))
+        else:
+            th = k["threads_per_process"]
+            unit = "GPU" if k["device"] == "cuda" else f"CPU process, {th} thread{'s' * (th != 1)}"
+            n = k["procs"]
+            _row(t, "scaling", f"engine SimKD step, 1 {unit}", _rate(k["one_images_per_s"]))
+            what = f"{n} × that, data-parallel (DDP), batch {c['batch']} each"
+            vs = f"×{k['speedup']:.2f}, efficiency {100 * k['efficiency']:.0f}%"
+            _row(t, "", what, _rate(k["many_images_per_s"]), vs)
     if "compile" in r:
         k = r["compile"]
         _row(t, "compile", "engine SimKD step, eager", _rate(k["eager_images_per_s"]))

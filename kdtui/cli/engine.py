@@ -14,9 +14,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.core import layout
-from engine.core.points import short_point
-from engine.core.store import Run, Store
+from engine.core import display, layout
+from engine.core.store import Store
 from engine.daemon import backends
 from engine.daemon import client as engine
 from engine.daemon import options as engine_options
@@ -97,7 +96,7 @@ def engine_start(foreground: bool, home: Path | None, options: engine_options.Op
     if running:
         raise fail(
             f"an engine is already running for {store.home} (pid {running['pid']}, "
-            f"up {_duration(running.get('uptime'))}); `kdtui engine stop` first",
+            f"up {display.duration(running.get('uptime'))}); `kdtui engine stop` first",
             1,
         )
     try:
@@ -176,7 +175,7 @@ def engine_status(
             console.print(f"{len(queued)} queued run(s) wait; `kdtui engine start`")
         return
     console.print(
-        f"engine pid {st['pid']}, up {_duration(st.get('uptime'))}, store {store.home}, "
+        f"engine pid {st['pid']}, up {display.duration(st.get('uptime'))}, store {store.home}, "
         f"log {store.home / layout.ENGINE_LOG}"
     )
     t = Table(title_justify="left")
@@ -192,31 +191,12 @@ def engine_status(
             t.add_row(
                 slot["name"] if i == 0 else "",
                 str(slot.get("job") or slot["worker"]) if i == 0 else "",
-                _describe(r),
-                f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%",
-                _duration(r.eta_s) if r.status == "running" else r.status,
+                display.title(r),
+                display.progress(r),
+                display.duration(r.eta_s) if r.status == "running" else r.status,
             )
     console.print(t)
     waiting = sum(1 for r in queued if r.depends_on)
     if queued:
         extra = f" ({waiting} after a teacher run)" if waiting else ""
         console.print(f"{len(queued)} queued{extra}")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _describe(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
-    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from engine.core import planning, reading, schema
-from engine.core.points import short_point
+from engine.core import display, planning, reading, schema
 from engine.core.store import Run, Store, StoreError
 from kdtui.cli.common import (
     HomeOpt,
@@ -116,7 +115,7 @@ def submit_experiment(
     console.print(text((exp.name, "bold"), f": queued {n} run{'s' * (n != 1)} ({ids})"))
     for r in runs[:20]:
         wait = (f"  (after run {r.depends_on})", "dim") if r.depends_on else ""
-        console.print(text(f"  {_describe(r)}", wait))
+        console.print(text(f"  {display.title(r)}", wait))
     if len(runs) > 20:
         console.print(f"  … and {len(runs) - 20} more")
     if start and not start_engine(store, console):
@@ -144,9 +143,3 @@ def submit(
         exp.run.priority = priority
     confirm_size(exp, yes)
     submit_experiment(Store(home), exp, str(file), console, start=not no_start)
-
-
-def _describe(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
-    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

@@ -5,6 +5,10 @@ process's pid so the engine leaves them alone; if this process dies, the
 engine adopts what is still queued. Torch is imported only when training
 starts. SIGTERM and SIGHUP (a dropped SSH session) stop it as ctrl+c does:
 its runs end cancelled and resumable, and it says which to resume.
+
+A group whose runs train on several processes (`[run] nproc_per_node > 1`) is
+trained by a worker process started here (`python -m engine.worker`, which
+launches the ranks under torchrun); the progress bars follow the store.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -29,12 +35,13 @@ from rich.table import Column
 from rich.text import Text
 
 from engine.core import checkpoint as ckptmod
+from engine.core import display, safefs, schema
 from engine.core import leaderboard as lb
 from engine.core import metrics as M
-from engine.core import schema
 from engine.core.inert import printable
-from engine.core.points import short_point
+from engine.core.layout import WORKER_OUTPUT
 from engine.core.store import Run, Store, StoreError
+from engine.daemon.processes import child_env, worker_command
 from kdtui.cli.render import leaderboard_table
 from kdtui.inert import text
 
@@ -55,6 +62,9 @@ def groups_in_order(runs: Iterable[Run]) -> list[list[Run]]:
         else:
             groups.append([r])
     return groups
+
+
+MARKS = {"done": "[green]done[/]", "failed": "[red]failed[/]", "cancelled": "[magenta]cancelled[/]"}
 
 
 class ProgressCallbacks:
@@ -114,11 +124,7 @@ class ProgressCallbacks:
         )
 
     def on_end(self, m):
-        mark = {
-            "done": "[green]done[/]",
-            "failed": "[red]failed[/]",
-            "cancelled": "[magenta]cancelled[/]",
-        }.get(m.status, m.status)
+        mark = MARKS.get(m.status, m.status)
         self.progress.update(
             self.tasks[m.name],
             stats=self._render(m) + f"  {mark}",
@@ -158,12 +164,6 @@ def make_progress(console: Console) -> Progress:
         columns.append(TimeElapsedColumn())
     columns += [TextColumn("ETA"), TimeRemainingColumn()]
     return Progress(*columns, console=console, transient=False, expand=True)
-
-
-def _label(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    point = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
-    return printable(f"#{r.id} {who} {r.pair}{point}")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -210,6 +210,101 @@ def _say(console: Console, message: str | Text) -> None:
         console.print(message, highlight=False)
 
 
+POLL_S = 0.5  # how often the progress of a run on several processes is read from the store
+STOP_WAIT_S = 90.0  # torchrun stops its ranks with SIGTERM, then SIGKILL after 30 s
+
+
+def world_of(run: Run) -> int:
+    try:
+        return schema.world_size(run.load_config())
+    except Exception:  # a config that does not parse: the worker records why
+        return 1
+
+
+def train_processes(store: Store, ids: list[int], progress: Progress, labels: dict) -> list[Run]:
+    """Train a group on several processes: a worker started here launches them (torchrun);
+    the bars follow the store. Ctrl+c, SIGTERM or SIGHUP stop it (SIGTERM to the launcher,
+    which stops its ranks), and its runs end cancelled, resumable from their checkpoint."""
+    runs = store.runs(ids=ids)
+    out_path = Path(runs[0].dir) / WORKER_OUTPUT
+    cmd = worker_command(store.home, [r.path for r in runs])
+    out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(out_fd, "a") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env({}),
+            start_new_session=True,  # ctrl+c reaches this process, which stops the group
+        )
+    for r in runs:
+        store.update(r.id, pid=proc.pid)
+    view = StoreProgress(progress, labels)
+    try:
+        while proc.poll() is None:
+            view.show(store.runs(ids=ids))
+            time.sleep(POLL_S)
+    except KeyboardInterrupt as e:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_WAIT_S)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        why = getattr(e, "reason", "interrupted (Ctrl-C)")
+        for r in store.runs(ids=ids):
+            if r.status == "running":
+                store.finish(r.id, "cancelled", f"{why}; `kdtui resume {r.id}` continues it")
+        raise
+    for r in store.runs(ids=ids):
+        if r.status == "running":  # the launcher itself died: nothing recorded why
+            store.finish(
+                r.id,
+                "failed",
+                f"its launcher exited with code {proc.returncode} ({out_path}); "
+                f"`kdtui resume {r.id}` continues it",
+            )
+    final = store.runs(ids=ids)
+    view.show(final)
+    return final
+
+
+class StoreProgress:
+    """The progress bars of runs trained by other processes, read from their store rows."""
+
+    def __init__(self, progress: Progress, labels: dict[str, str]):
+        self.progress = progress
+        self.labels = labels
+        self.tasks: dict[int, int] = {}
+
+    def show(self, runs: list[Run]) -> None:
+        for r in runs:
+            if r.id not in self.tasks:
+                if not r.steps_per_epoch and not r.finished:
+                    continue  # not started yet
+                self.tasks[r.id] = self.progress.add_task(
+                    self.labels.get(str(r.id), str(r.id)), total=1, epoch="", stats="", short=""
+                )
+            spe = max(r.steps_per_epoch, 1)
+            top1 = f"{r.last_top1:.2f}" if r.last_top1 is not None else "–"
+            stats = f"top1 {top1}  {r.images_per_s or 0:.0f} img/s"
+            short = top1
+            if r.finished:
+                stats += f"  {MARKS.get(r.status, r.status)}"
+                short += f" {MARKS.get(r.status, r.status)}"
+            self.progress.update(
+                self.tasks[r.id],
+                total=max(r.epochs, 1) * spe,
+                completed=r.epoch * spe + min(r.step, spe),
+                epoch=f"{r.epoch}/{r.epochs}",
+                stats=stats,
+                short=short,
+            )
+
+
 def train_groups(store: Store, groups: list[list[Run]], console: Console) -> list[Run]:
     from engine.worker import execute  # torch: only now
 
@@ -225,7 +320,12 @@ def train_groups(store: Store, groups: list[list[Run]], console: Console) -> lis
                             ids.remove(r.id)
                     if not ids:
                         continue
-                    labels = {str(r.id): _label(r) for r in group}
+                    labels = {
+                        str(r.id): printable(display.title(r, experiment=False)) for r in group
+                    }
+                    if world_of(group[0]) > 1:
+                        finished += train_processes(store, ids, progress, labels)
+                        continue
                     finished += execute(store, ids, callbacks=ProgressCallbacks(progress, labels))
         except BaseException as e:
             stop = e if isinstance(e, KeyboardInterrupt) else e.__context__

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from engine.core import metrics as M
 from engine.core.store import Store, StoreError
 from kdtui.cli.common import HomeOpt, err, fail
 
@@ -38,8 +39,8 @@ def plot(
             "--metric",
             "-m",
             metavar="NAME",
-            help="A metric to plot, one panel each (repeatable; default test/top1 and "
-            "train/loss). `kdtui plot RUN -m x -o f.pdf` lists what a run logged.",
+            help=f"A metric to plot, one panel each (repeatable; default {M.TEST_TOP1} and "
+            f"{M.LOSS}). `kdtui plot RUN -m x -o f.pdf` lists what a run logged.",
         ),
     ] = None,
     home: HomeOpt = None,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from engine.core import display, planning, schema
 from engine.core import leaderboard as lb
-from engine.core import planning, schema
 from engine.core.points import short_point
 from kdtui.cli.common import console
 from kdtui.inert import text
@@ -27,8 +27,7 @@ def plan_table(exp: schema.Experiment) -> Table:
         t.add_column(col)
     for i, p in enumerate(planning.expand(exp), 1):
         c = p.config
-        teacher = c.teacher.arch if c.method.needs_teacher else ""
-        pair = f"{teacher}→{c.student.arch}" if teacher else c.student.arch
+        pair = display.pair(c.teacher.arch if c.method.needs_teacher else "", c.student.arch)
         add_text_row(
             t,
             str(i),
@@ -45,10 +44,9 @@ def plan_table(exp: schema.Experiment) -> Table:
 
 def progress_text(r) -> str:
     """Epochs and percent; the ETA while running; what a queued run waits for."""
-    text = f"{r.epoch}/{r.epochs} {100 * r.progress:.0f}%"
+    text = display.progress(r)
     if r.status == "running" and r.eta_s:
-        m, s = divmod(int(r.eta_s), 60)
-        text += f" eta {m // 60}h{m % 60:02d}m" if m >= 60 else f" eta {m}m{s:02d}s"
+        text += f" eta {display.duration(r.eta_s)}"
     elif r.status == "queued" and r.depends_on:
         text += f" after #{r.depends_on}"
     return text
@@ -59,6 +57,7 @@ DROP_ORDER = (
     "fingerprint",
     "baseline",
     "trained params",
+    "eff. batch",
     "epochs",
     "last top-1",
     "status",
@@ -72,7 +71,9 @@ DROP_ORDER = (
 LS_DROP_ORDER = (
     "fingerprint",
     "device",
+    "tags · note",
     "img/s",
+    "eff. batch",
     "head",
     "teacher→student",
     "method",

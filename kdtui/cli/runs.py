@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from engine.core import annotations, display, layout, liveness, removal, runlog
 from engine.core import checkpoint as ckptmod
-from engine.core import layout, liveness, runlog
 from engine.core import leaderboard as lb
 from engine.core.inert import printable
 from engine.core.points import short_point
@@ -44,27 +44,23 @@ def _find(store: Store, refs: list[str]) -> list[Run]:
     return [runs[i] for i in sorted(runs)]
 
 
-STATUS_STYLE = {
-    "queued": "yellow",
-    "running": "cyan",
-    "done": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-    "dead": "bold red",
-}
-
-
 def list_runs(
     status: Annotated[
         str | None, typer.Option(help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
     experiment: ExperimentOpt = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", "-t", help="Only runs with this tag (`kdtui tag`).")
+    ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """List runs with status and progress."""
     store = Store(home)
     runs = store.runs(status=status, experiment=experiment)
+    if tag is not None:
+        wanted = tag.strip().lower()
+        runs = [r for r in runs if wanted in r.tag_list]
     if as_json:
         from engine.core import records
 
@@ -82,8 +78,10 @@ def list_runs(
         "best top-1",
         "head",
         "img/s",
+        "eff. batch",
         "device",
         "fingerprint",
+        "tags · note",
         *(["slurm job"] if jobs else []),
     ]
     body, statuses, dead = [], [], []
@@ -104,8 +102,10 @@ def list_runs(
                 f"{r.best_top1:.2f}" if r.best_top1 is not None else "–",
                 r.head,
                 f"{r.images_per_s:.0f}" if r.images_per_s else "–",
+                lb.fmt_batch(r.effective_batch, r.world_size),
                 r.device or "–",
                 (r.fingerprint or "–")[: lb.FP_SHOWN],
+                printable(annotations.summary(r.note, r.tag_list, limit=60)),
                 *([liveness.job_text(r) or "–"] if jobs else []),
             ]
         )
@@ -122,7 +122,7 @@ def list_runs(
         t.add_column(head[i], no_wrap=head[i] in ("id", "status"), overflow="fold")
     for cells, shown in zip(body, statuses):
         row = [text(c) for c in cells]
-        row[1] = text(shown, style=STATUS_STYLE.get(shown, ""))
+        row[1] = text(shown, style=display.STATUS_STYLE.get(shown, ""))
         add_text_row(t, *(row[i] for i in keep))
     if not runs:
         console.print(f"no runs in {store.home}")
@@ -262,35 +262,19 @@ def rm(
     """Remove finished runs: their rows, metrics and folders. Asks first."""
     store = Store(home)
     runs = _find(store, refs)
-    busy = [r for r in runs if not r.finished and not liveness.process_gone(r)]
-    if busy:
-        raise fail(
-            f"run {', '.join(str(r.id) for r in busy)} is still {busy[0].status}; "
-            "`kdtui cancel` it first"
-        )
+    why = removal.refusal(runs)
+    if why:
+        raise fail(why)
     for r in runs:
-        console.print(f"  {_describe(r)} ({r.status})  {r.dir}")
+        console.print(f"  {display.title(r)} ({r.status})  {r.dir}")
     if not yes and not typer.confirm(
         f"Remove {len(runs)} run{'s' * (len(runs) != 1)} and their files?", default=False
     ):
         raise typer.Exit(1)
-    removed = 0
-    for r in runs:
-        if not r.finished:  # dead: its process is gone
-            store.settle_gone(r, "failed", f"process {r.pid} gone; removed")
-        try:
-            store.delete(r.id)
-        except StoreError as e:
-            err.print(text((f"kept run {r.id}:", "red"), " ", str(e)))
-            continue
-        kept = store.remove_run_dir(r)  # only a real folder inside the real runs/
-        if kept:
-            err.print(text((f"kept the folder of run {r.id}:", "red"), " ", kept))
-        removed += 1
+    done = removal.remove(store, runs)
+    for run_id, reason in done.kept_runs:
+        err.print(text((f"kept run {run_id}:", "red"), " ", reason))
+    for run_id, reason in done.kept_folders:
+        err.print(text((f"kept the folder of run {run_id}:", "red"), " ", reason))
+    removed = len(done.removed)
     console.print(f"removed {removed} run{'s' * (removed != 1)}")
-
-
-def _describe(r: Run) -> str:
-    who = "teacher" if r.role == "teacher" else r.method
-    label = f" {short_point(r.label)}" if r.label and r.role != "teacher" else ""
-    return f"#{r.id} {r.experiment}: {who} {r.pair}{label}"

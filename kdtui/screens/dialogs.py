@@ -1,4 +1,5 @@
-"""Small modal screens: confirm, pick one of a list, ask for a path, show a run's config."""
+"""Small modal screens: confirm, pick one of a list, ask for a path or a line of text, show a
+run's config."""
 
 from __future__ import annotations
 
@@ -227,3 +228,60 @@ class ConfigScreen(ModalScreen[None]):
         self.dismiss(None)
         if self.clone is not None:
             self.clone()
+
+
+class TextScreen(ModalScreen[str | None]):
+    """One line of text to edit (a run's note, its tags): enter takes it once `check`
+    finds nothing wrong (else its message shows and the dialog stays), escape cancels."""
+
+    CSS_PATH = Path(__file__).with_name("dialogs.tcss")
+    BINDINGS = [Binding("escape", "cancel", "Back")]
+
+    def __init__(
+        self,
+        title: str,
+        value: str,
+        *,
+        hint: str = "",
+        placeholder: str = "",
+        max_length: int = 0,
+        check: Callable[[str], str | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.value = value
+        self.hint = hint
+        self.placeholder = placeholder
+        self.max_length = max_length
+        self.check = check
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label(Content(printable(self.title_text)), classes="title")
+            yield Input(
+                self.value,
+                placeholder=self.placeholder,
+                max_length=self.max_length,
+                compact=True,
+                id="text",
+            )
+            yield Static("", classes="error", id="text-error")
+            if self.hint:
+                yield Static(Content(printable(self.hint)), classes="hint")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#text", Input).focus()
+
+    @on(Input.Submitted, "#text")
+    def _submitted(self, event: Input.Submitted) -> None:
+        why = self.check(event.value) if self.check is not None else None
+        if why:
+            error = self.query_one("#text-error", Static)
+            error.update(Content(printable(why)))
+            error.display = True
+            return
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

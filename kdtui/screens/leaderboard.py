@@ -18,11 +18,12 @@ from textual.widgets import DataTable, Header, Input, Label, Static
 
 from engine.core import export as exportmod
 from engine.core import leaderboard as lb
+from engine.core.display import STATUS_STYLE
 from engine.core.inert import printable
 from engine.core.leaderboard import Row
 from kdtui.inert import text
 from kdtui.messages import DataChanged
-from kdtui.widgets.cells import MIN_NAME, STATUS_STYLE, name_point, short_path
+from kdtui.widgets.cells import MIN_NAME, name_point, short_path
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
 
@@ -42,6 +43,7 @@ COLUMNS = (
     "method",
     "teacher→student",
     "trained params",
+    "eff. batch",
     "epochs",
     "status",
     "fingerprint",

@@ -13,10 +13,10 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
 from engine.core import leaderboard as lb
+from engine.core.display import STATUS_STYLE
 from engine.core.inert import printable
 from engine.core.leaderboard import Row
 from kdtui.screens.help import HELP_KEY
-from kdtui.widgets.cells import STATUS_STYLE
 from kdtui.widgets.footer import KeyFooter
 from kdtui.widgets.tables import content_widths, set_widths
 

@@ -1,4 +1,6 @@
-"""Small formatters shared by tables: one place decides how a run reads at a glance."""
+"""Rich cells of the app's tables: a run's status, progress bar, speed, accuracy and GPU.
+
+The words and styles come from engine.core.display, which the CLI uses too."""
 
 from __future__ import annotations
 
@@ -7,25 +9,9 @@ from pathlib import Path
 
 from rich.text import Text
 
+from engine.core.display import STATUS_ICON, STATUS_STYLE
 from engine.core.inert import printable
 from engine.core.points import short_point
-
-STATUS_STYLE = {
-    "queued": "yellow",
-    "running": "bold cyan",
-    "done": "green",
-    "failed": "bold red",
-    "cancelled": "magenta",
-    "dead": "bold red reverse",  # marked running, its process gone (engine.core.liveness)
-}
-STATUS_ICON = {
-    "queued": "◌",
-    "running": "▶",
-    "done": "✓",
-    "failed": "✗",
-    "cancelled": "■",
-    "dead": "†",
-}
 
 
 def status(value: str, icon_only: bool = False) -> Text:
@@ -51,21 +37,6 @@ def progress(epoch: int, epochs: int, fraction: float, run_status: str, bar_widt
     if bar_width:
         text.append(" " + bar(fraction, bar_width), style=style)
     return text
-
-
-def eta(seconds: float | None) -> str:
-    if seconds is None or seconds < 0:
-        return "–"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, _ = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}"
-    return f"{hours // 24}d{hours % 24:02d}h"
 
 
 def speed(images_per_s: float | None) -> str:

@@ -108,13 +108,21 @@ def gpu_index(gpu: str | None, device: str | None) -> int | None:
     return None
 
 
+def gpu_indices(gpu: str | None, device: str | None) -> list[int]:
+    """Every GPU a run sits on: the engine records a run of several processes on GPUs
+    "0,1" (one per process); one GPU otherwise (`gpu_index`)."""
+    if gpu and "," in gpu:
+        return [int(g) for g in gpu.split(",") if g.strip().isdigit()]
+    idx = gpu_index(gpu, device)
+    return [] if idx is None else [idx]
+
+
 def render_gpus(gpus: list[GpuInfo], runs: Iterable[Any]) -> Text:
     by_gpu: dict[int, list[str]] = {}
     for r in runs:
         if r.status != "running":
             continue
-        idx = gpu_index(r.gpu, r.device)
-        if idx is not None:
+        for idx in gpu_indices(r.gpu, r.device):
             by_gpu.setdefault(idx, []).append(f"#{r.id}")
     text = Text()
     for g in gpus:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import DataTable
 
-from engine.core import liveness
+from engine.core import display, liveness
+from engine.core.inert import printable
 from kdtui.inert import text
 from kdtui.widgets import cells
 from kdtui.widgets.tables import content_widths, set_widths
@@ -37,11 +39,55 @@ def order(runs: Sequence) -> list:
     )
 
 
+def haystack(run) -> str:
+    """What the runs view's filter searches: experiment, label, sweep point, method, pair,
+    status (as shown: "dead" too), tags (with and without "#"), note, and "#id"."""
+    point = " ".join(f"{k}={v}" for k, v in json.loads(run.point).items()) if run.point else ""
+    tags = run.tag_list
+    parts = [
+        f"#{run.id}",
+        run.experiment,
+        run.label,
+        point,
+        run.method,
+        run.pair,
+        liveness.shown_status(run),
+        " ".join(tags),
+        " ".join(f"#{t}" for t in tags),
+        run.note,
+    ]
+    return "\n".join(parts).lower()
+
+
+def matches(run, query: str) -> bool:
+    """Every word of the query is found somewhere in the run's haystack (case ignored)."""
+    words = query.lower().split()
+    if not words:
+        return True
+    hay = haystack(run)
+    return all(w in hay for w in words)
+
+
+def name_cell(run, width: int | None = None) -> Text:
+    """`✎` (the run has a note), the experiment and its sweep point (cells.name_point: the
+    name shortens in the middle), then its `#tags`, for which room is kept."""
+    mark = "✎ " if run.note else ""
+    tags = "".join(f" #{t}" for t in run.tag_list)
+    room = None if width is None else max(cells.MIN_NAME, width - len(mark) - len(tags))
+    out = Text(mark, style="yellow")
+    out.append_text(cells.name_point(run.experiment, run.label, room))
+    out.append(printable(tags), style="cyan")
+    out.no_wrap, out.overflow = True, "ellipsis"
+    if width is not None:
+        out.truncate(width, overflow="ellipsis")
+    return out
+
+
 def row_cells(run, marked: bool, name_width: int | None = None, narrow: bool = False) -> list:
     """A run's cells; `narrow` (under 100 columns) gives the name the room of the status
     word and the progress bar (the icon and `40/240` stay)."""
     ident = Text(f"{'●' if marked else ' '}{run.id}", style="bold yellow" if marked else "")
-    name = cells.name_point(run.experiment, run.label, name_width)
+    name = name_cell(run, name_width)
     best = Text(cells.acc(run.best_top1), style="bold" if run.status == "done" else "")
     return [
         ident,
@@ -51,8 +97,8 @@ def row_cells(run, marked: bool, name_width: int | None = None, narrow: bool = F
             run.epoch, run.epochs, run.progress, run.status, bar_width=0 if narrow else 8
         ),
         best,
-        cells.eta(run.eta_s) if run.status == "running" else "–",  # first epoch: the worker
-        # estimates it from the steps done (engine.worker)
+        # first epoch: the worker estimates it from the steps done (engine.worker)
+        display.duration(run.eta_s, short=True) if run.status == "running" else "–",
         Text(cells.speed(run.images_per_s), justify="right"),
         text(run.method),
         text(run.pair),
@@ -116,7 +162,7 @@ class RunTable(DataTable):
         for r in ordered:
             cell = full[str(r.id)]
             if cell[name_at].cell_len > width:
-                cell[name_at] = cells.name_point(r.experiment, r.label, width)
+                cell[name_at] = name_cell(r, width)
         if keys == self._keys:
             for key in keys:
                 old = self._cells.get(key)

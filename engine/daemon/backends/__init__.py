@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 from engine.daemon.backends.base import Backend, Handle, Launch
-from engine.daemon.options import Options
+from engine.daemon.options import Options, check
 
 REGISTRY = {
     "local": "engine.daemon.backends.local",
@@ -23,9 +23,7 @@ NAMES = tuple(REGISTRY)
 
 def create(options: Options, home) -> Backend:
     """The backend `options.backend` names, for the store in `home` (ValueError: bad options)."""
-    from engine.daemon.options import check
-
-    check(options)
+    check(options, NAMES)
     module = importlib.import_module(REGISTRY[options.backend])
     return module.Backend(options, home)
 

@@ -12,10 +12,12 @@ from engine.daemon.scheduling import Slot
 
 @dataclass
 class Launch:
-    """One placed group: its slot, its claimed runs (one, or a fused group) and the worker's
-    command line arguments (`processes.worker_argv`: the same for every backend)."""
+    """One placed group: its slots (one, or one per process of a run of several), its claimed
+    runs (one, or a fused group) and the worker's command line arguments
+    (`engine.core.runfolder.worker_args`: the same for every
+    backend)."""
 
-    slot: Slot
+    slots: tuple[Slot, ...]
     runs: list[Run]
     argv: list[str]
 
@@ -34,7 +36,7 @@ class Handle(Protocol):
     pid: int | None  # a process of this machine the engine may signal; None: a remote job
     adopted: bool  # taken over from an earlier engine
     run_ids: list[int]
-    slot: Slot | None
+    slots: tuple[Slot, ...]  # empty: adopted, and no free slot matched
     started: float
     output: Path | None
     cancel_seen: float | None
@@ -58,8 +60,9 @@ class Backend(Protocol):
         """Check with the real scheduler that it takes such jobs (ValueError: why, the fix);
         `kdtui engine start` calls it once, before the options are saved."""
 
-    def unplaceable(self, device: str) -> str | None:
-        """Why this backend can never train a run with `[run] device = device` (None: it can)."""
+    def unplaceable(self, device: str, nproc: int) -> str | None:
+        """Why this backend can never train a run with `[run] device = device` on `nproc`
+        processes (None: it can)."""
 
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
         """Slots a placement may use now, `wanted` of them at most where capacity is unbounded."""

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.core import safefs
-from engine.core.devices import ENGINE_GPU_ENV
 from engine.core.store import Run
 from engine.daemon.backends.base import Launch
 from engine.daemon.options import Options
 from engine.daemon.processes import WorkerProcess, child_env, signal_group, worker_process
-from engine.daemon.scheduling import Slot, slots_for, unplaceable
+from engine.daemon.scheduling import Slot, slots_for, unplaceable, worker_env
 
 log = logging.getLogger("kdtui.engine")
 
@@ -36,8 +35,8 @@ class Backend:
     def preflight(self) -> None:
         pass  # slots_for already checked --gpus
 
-    def unplaceable(self, device: str) -> str | None:
-        return unplaceable(device, self.slots)
+    def unplaceable(self, device: str, nproc: int) -> str | None:
+        return unplaceable(device, self.slots, nproc)
 
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
         return [s for s in self.slots if s not in busy]
@@ -46,13 +45,8 @@ class Backend:
         return [self._spawn(launch) for launch in launches]
 
     def _spawn(self, launch: Launch) -> WorkerProcess | Exception:
-        slot = launch.slot
-        extra = {"CUDA_VISIBLE_DEVICES": slot.gpu or "", ENGINE_GPU_ENV: slot.gpu or ""}
-        if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
-            cpus = os.cpu_count() or 1
-            extra["OMP_NUM_THREADS"] = str(max(1, cpus // len(self.slots)))
-        if slot.gpu is not None:
-            extra["CUDA_DEVICE_ORDER"] = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        slots = launch.slots
+        extra = worker_env(slots, len(self.slots), dict(os.environ), os.cpu_count() or 1)
         cmd = worker_process(launch.argv)
         out_path = launch.output
         try:
@@ -75,7 +69,7 @@ class Backend:
         except OSError as e:
             return e
         ids = [r.id for r in launch.runs]
-        return WorkerProcess(proc.pid, ids, slot, time.time(), proc, out_path)
+        return WorkerProcess(proc.pid, ids, slots, time.time(), proc, out_path)
 
     def row_values(self, handle: WorkerProcess) -> dict[str, Any]:
         return {"pid": handle.pid}

@@ -6,7 +6,7 @@ job through submitit, and watches the jobs with squeue.
 - Teacher dependencies (`from_run`) stay the engine's: a student is submitted only once its
   teacher run is done (no Slurm --dependency, so a failed teacher fails its students with the
   same message as on the local backend).
-- Each job runs the engine's worker command line (processes.worker_argv) in submitit's own
+- Each job runs the engine's worker arguments (engine.core.runfolder.worker_args) in submitit's own
   process (`WorkerJob`), so submitit's signal handlers see preemption and timeout: it requeues
   the job, and the restarted worker resumes every run from its last checkpoint (`--resume`).
   A worker subprocess would die of Slurm's SIGTERM before submitit's USR2 could requeue it.
@@ -34,12 +34,12 @@ from typing import Any
 
 import submitit
 
-from engine.core import layout
+from engine.core import layout, runfolder
 from engine.core.devices import HOST_DEVICES, cuda_index
 from engine.core.store import Run
 from engine.daemon.backends.base import Launch
 from engine.daemon.options import Options, slurm_options, time_minutes
-from engine.daemon.processes import source_root, worker_argv
+from engine.daemon.processes import source_root
 from engine.daemon.scheduling import Slot
 
 log = logging.getLogger("kdtui.engine")
@@ -67,7 +67,7 @@ MAX_TIMEOUT_REQUEUES = 100  # submitit's count of time-limit requeues (preemptio
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
-    """What a Slurm job runs: the worker's main with `processes.worker_argv` (the local
+    """What a Slurm job runs: the worker's main with `runfolder.worker_args` (the local
     backend's command line) in this (submitit's) process; it only touches run folders.
 
     Checkpointable: on preemption or timeout submitit requeues the same call; the worker has
@@ -81,7 +81,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        argv = worker_argv(self.home, [Path(d) for d in self.run_dirs], resume=restarts > 0)
+        argv = runfolder.worker_args(self.home, self.run_dirs, resume=restarts > 0)
         fd = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -100,7 +100,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
             flush=True,
         )
         os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
-        worker = importlib.import_module("engine.worker")  # torch: on the compute node only
+        worker = importlib.import_module(runfolder.WORKER_MODULE)  # torch: on the compute node only
         return worker.main(argv)
 
 
@@ -110,7 +110,7 @@ class SlurmJob:
 
     job_id: str
     run_ids: list[int]
-    slot: Slot | None
+    slots: tuple[Slot, ...]
     started: float
     output: Path | None = None
     state: str = "PENDING"
@@ -207,7 +207,13 @@ class Backend:
             )
 
     # ------------------------------------------------------------ submitting
-    def unplaceable(self, device: str) -> str | None:
+    def unplaceable(self, device: str, nproc: int) -> str | None:
+        if nproc > 1:
+            return (
+                f"[run] nproc_per_node = {nproc}: a run on several processes is not supported "
+                "by the Slurm backend yet; set nproc_per_node = 1, or train it with the local "
+                "engine on one box"
+            )
         device = (device or "auto").strip()
         if device in HOST_DEVICES or device == "auto":
             return None  # auto: on the GPUs a job asks for, else on its CPUs
@@ -267,7 +273,7 @@ class Backend:
         """GPU groups and CPU groups each go out as one job (array)."""
         out: dict[int, SlurmJob | Exception] = {}
         for gpus in (True, False):
-            part = [(i, x) for i, x in enumerate(launches) if (x.slot.gpu is not None) == gpus]
+            part = [(i, x) for i, x in enumerate(launches) if (x.slots[0].gpu is not None) == gpus]
             if part:
                 started = self._submit([x for _, x in part], gpus)
                 out.update({i: h for (i, _), h in zip(part, started)})
@@ -299,9 +305,9 @@ class Backend:
         for launch, job in zip(launches, jobs):
             ids = [r.id for r in launch.runs]
             job_id = str(job.job_id)
-            slot = Slot(launch.slot.index, launch.slot.gpu, f"slurm:{job_id}")
+            slot = Slot(launch.slots[0].index, launch.slots[0].gpu, f"slurm:{job_id}")
             handles.append(
-                SlurmJob(job_id, ids, slot, now, launch.output, folder=self.folder(job_id))
+                SlurmJob(job_id, ids, (slot,), now, launch.output, folder=self.folder(job_id))
             )
         self._next_poll = 0.0  # show the new jobs' state at once
         return handles
@@ -395,7 +401,7 @@ class Backend:
                 jobs[run.job_id] = SlurmJob(
                     run.job_id,
                     [],
-                    Slot(len(jobs), self.slots[0].gpu, f"slurm:{run.job_id}"),
+                    (Slot(len(jobs), self.slots[0].gpu, f"slurm:{run.job_id}"),),
                     time.time(),
                     run.path / layout.WORKER_OUTPUT,
                     state=(run.job_state or "PENDING").split(" ")[0],

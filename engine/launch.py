@@ -1,0 +1,107 @@
+"""Start the processes of a run on several processes, with torchrun's own machinery. Torch-free.
+
+The worker (`engine.daemon.processes.worker_command`: `python -m engine.worker --home
+HOME RUN_DIR ...`, what the engine and `kdtui run` start) of runs whose config asks for
+`nproc_per_node = N > 1` becomes their launcher: it calls `torch.distributed.run`
+(torchrun) in-process with the same module and arguments (engine.core.runfolder's
+WORKER_MODULE and worker_args) wrapped,
+
+    --standalone --nnodes 1 --nproc-per-node N --max-restarts 0 -m engine.worker --home HOME RUN_DIR ...
+
+so torchrun's agent starts N ranks of the same worker (a c10d rendezvous on a free local
+port: several runs on one box never collide), watches them, and when one fails (an
+exception, a SIGKILL) stops the others (SIGTERM, then SIGKILL) and raises. The launcher
+then records the failure that caused it as the error of every run still running, naming
+the rank: "rank 1 of 2 was killed by SIGKILL". A signal to the launcher itself (the engine
+stopping it, ctrl+c of `kdtui run`) stops the ranks the same way; whoever sent it settles
+the runs, as for a one-process worker.
+
+The launcher's pid is the one the runs record (the ranks record their parent's), so the
+engine, `kdtui ls` and `kdtui run` watch one process per run group. Like every worker,
+the launcher and its ranks write only the run folders (rank 0 alone), never the database.
+This module holds the launcher's rules; `engine.worker.launch` calls torchrun with them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from engine.core import runfolder, runlog
+
+RESTARTS = 0  # a failed rank fails the run; `kdtui resume` continues it from its checkpoint
+MONITOR_S = 0.5  # how often torchrun's agent looks at its ranks
+
+
+def torchrun_args(run_dirs: list[Path], home: str | os.PathLike | None, nproc: int) -> list[str]:
+    """torchrun's command line for one group of runs on this box: the worker's own module
+    and arguments (engine.core.runfolder.worker_args, as worker_command runs them) wrapped."""
+    return [
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--max-restarts",
+        str(RESTARTS),
+        "--monitor-interval",
+        str(MONITOR_S),
+        "--module",
+        runfolder.WORKER_MODULE,
+        *runfolder.worker_args(home, run_dirs),
+    ]
+
+
+def failure_reason(failures: dict, first: tuple, world: int) -> str:
+    """The failure that brought the group down, in a line.
+
+    failures: torchrun's ChildFailedError.failures (rank -> ProcessFailure); first: its
+    "first observed failure" (rank, failure), the first by time. A rank that saw its peer
+    die may report before the peer is seen dead, so the cause is, in this order: a rank
+    killed by a signal other than torchrun's own SIGTERM, a rank whose error is not a
+    collective's failure, torchrun's first failure."""
+    ordered = sorted(failures.items())
+
+    def message(f) -> str:
+        m = f.message
+        if isinstance(m, dict):
+            m = m.get("message", "")
+        lines = str(m).strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def killed(f) -> bool:
+        return f.exitcode < 0 and -f.exitcode != signal.SIGTERM
+
+    def own_error(f) -> bool:
+        return f.exitcode > 0 and not peer_error(message(f))
+
+    rank, f = next(
+        (x for x in ordered if killed(x[1])),
+        next((x for x in ordered if own_error(x[1])), first),
+    )
+    who = f"rank {rank} of {world}"
+    if f.exitcode < 0:
+        return f"{who} was killed by {f.signal_name()} (pid {f.pid}); the others were stopped"
+    text = message(f)
+    return f"{who} failed (exit code {f.exitcode})" + (f": {text}" if text else "")
+
+
+def peer_error(text: str) -> bool:
+    """Whether an error's text is a collective that failed because another rank died or hung
+    (gloo's "Connection reset by peer", an NCCL abort, a collective's timeout)."""
+    return any(
+        word in text for word in ("gloo", "NCCL", "ProcessGroup", "Connection reset by peer")
+    )
+
+
+def settle(run_dirs: list[Path], reason: str) -> None:
+    """The error of every run still running: what stopped its processes (a `failed` event
+    in its folder, which the store ingests)."""
+    for d in run_dirs:
+        if runfolder.read_state(d).get("status") != "running":
+            continue  # rank 0 recorded how it ended
+        run_id = runfolder.read_meta(d)["id"]
+        why = f"{reason}; `kdtui resume {run_id}` continues it"
+        runfolder.append_finish(d, "failed", why)
+        runlog.note(d, f"failed: {why}")  # the row says it; a full disk must not hide it
