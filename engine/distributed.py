@@ -10,7 +10,7 @@ it), and a few reductions: sums of counters across ranks, one decision taken by 
 0 (cancel) broadcast to all, buffers made equal before evaluation, and a gather of
 the rows a method keeps per training sample (CRD's memory banks).
 
-Rank 0 alone writes the store, the logs and the checkpoints; every rank computes,
+Rank 0 alone writes the run folder, the logs and the checkpoints; every rank computes,
 and every rank takes the same decisions from the same reduced numbers, so no rank
 waits in a collective that the others skipped.
 """
@@ -42,7 +42,7 @@ class Group:
 
     @property
     def main(self) -> bool:
-        """Rank 0: the one process that writes the store, logs and checkpoints."""
+        """Rank 0: the one process that writes the run folder, logs and checkpoints."""
         return self.rank == 0
 
     @property
@@ -142,7 +142,7 @@ def mean_dict(group: Group, values: dict[str, float], device: torch.device) -> d
 
 
 def decide(group: Group, flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision (a cancel read from the store), the same on every rank."""
+    """Rank 0's decision (a cancel read from the run folder), the same on every rank."""
     if not _on(group):
         return flag
     t = torch.tensor([1.0 if (flag and group.main) else 0.0], device=device)

@@ -1,10 +1,12 @@
 """Start the processes of a run on several processes, with torchrun's own machinery. Torch-free.
 
-`python -m engine.worker RUN_ID ...` (what the engine and `kdtui run` start) for runs
-whose config asks for `nproc_per_node = N > 1` becomes their launcher: it calls
-`torch.distributed.run` (torchrun) in-process with
+The worker (`engine.daemon.processes.worker_command`: `python -m engine.worker --home
+HOME RUN_DIR ...`, what the engine and `kdtui run` start) of runs whose config asks for
+`nproc_per_node = N > 1` becomes their launcher: it calls `torch.distributed.run`
+(torchrun) in-process with the same module and arguments (engine.core.runfolder's
+WORKER_MODULE and worker_args) wrapped,
 
-    --standalone --nnodes 1 --nproc-per-node N --max-restarts 0 -m engine.worker RUN_ID ...
+    --standalone --nnodes 1 --nproc-per-node N --max-restarts 0 -m engine.worker --home HOME RUN_DIR ...
 
 so torchrun's agent starts N ranks of the same worker (a c10d rendezvous on a free local
 port: several runs on one box never collide), watches them, and when one fails (an
@@ -14,24 +16,27 @@ the rank: "rank 1 of 2 was killed by SIGKILL". A signal to the launcher itself (
 stopping it, ctrl+c of `kdtui run`) stops the ranks the same way; whoever sent it settles
 the runs, as for a one-process worker.
 
-The launcher's pid is the one the store records for the runs (the ranks record their
-parent's), so the engine, `kdtui ls` and `kdtui run` watch one process per run group.
+The launcher's pid is the one the runs record (the ranks record their parent's), so the
+engine, `kdtui ls` and `kdtui run` watch one process per run group. Like every worker,
+the launcher and its ranks write only the run folders (rank 0 alone), never the database.
 This module holds the launcher's rules; `engine.worker.launch` calls torchrun with them.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
-from engine.core import runlog
-from engine.core.store import Run, Store
+from engine.core import runfolder, runlog
 
 RESTARTS = 0  # a failed rank fails the run; `kdtui resume` continues it from its checkpoint
 MONITOR_S = 0.5  # how often torchrun's agent looks at its ranks
 
 
-def torchrun_args(run_ids: list[int], home: str, nproc: int) -> list[str]:
-    """torchrun's command line for one group of runs on this box."""
+def torchrun_args(run_dirs: list[Path], home: str | os.PathLike | None, nproc: int) -> list[str]:
+    """torchrun's command line for one group of runs on this box: the worker's own module
+    and arguments (engine.core.runfolder.worker_args, as worker_command runs them) wrapped."""
     return [
         "--standalone",
         "--nnodes",
@@ -43,10 +48,8 @@ def torchrun_args(run_ids: list[int], home: str, nproc: int) -> list[str]:
         "--monitor-interval",
         str(MONITOR_S),
         "--module",
-        "engine.worker",
-        *map(str, run_ids),
-        "--home",
-        home,
+        runfolder.WORKER_MODULE,
+        *runfolder.worker_args(home, run_dirs),
     ]
 
 
@@ -92,11 +95,13 @@ def peer_error(text: str) -> bool:
     )
 
 
-def settle(store: Store, runs: list[Run], reason: str) -> None:
-    """The error of every run still running: what stopped its processes."""
-    for r in runs:
-        if r.status != "running":
+def settle(run_dirs: list[Path], reason: str) -> None:
+    """The error of every run still running: what stopped its processes (a `failed` event
+    in its folder, which the store ingests)."""
+    for d in run_dirs:
+        if runfolder.read_state(d).get("status") != "running":
             continue  # rank 0 recorded how it ended
-        why = f"{reason}; `kdtui resume {r.id}` continues it"
-        store.finish(r.id, "failed", why)
-        runlog.note(r.dir, f"failed: {why}")  # the row says it; a full disk must not hide it
+        run_id = runfolder.read_meta(d)["id"]
+        why = f"{reason}; `kdtui resume {run_id}` continues it"
+        runfolder.append_finish(d, "failed", why)
+        runlog.note(d, f"failed: {why}")  # the row says it; a full disk must not hide it

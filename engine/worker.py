@@ -1,14 +1,17 @@
-"""Run one run, or one fused group of runs, and record everything in the store.
+"""Run one run, or one fused group of runs, writing only their run folders.
 
-`python -m engine.worker RUN_ID [RUN_ID ...]` is what the engine spawns;
-`kdtui run` calls `execute` in its own process. Workers only ever run
-configs read from the store.
+`python -m engine.worker [--home HOME] RUN_DIR [RUN_DIR ...]` is what the
+engine spawns (engine.daemon.processes.worker_command); `kdtui run` calls
+`execute` in its own process. A worker never opens the SQLite store: it
+reads each run's config.toml, run.json and events.jsonl (its state: resume?
+how far?) and appends metrics and events (engine.core.runfolder), which the
+store ingests. `--home` only places the disk teacher cache.
 
 A run with `[run] nproc_per_node = N > 1` trains on N processes: the worker
 the engine (or `kdtui run`) starts becomes their launcher (`engine.launch`,
 torchrun's own machinery), and each of the N processes it starts runs
-`execute` as one rank. Rank 0 writes the store, the logs and the checkpoints;
-the others train their shard and write nothing.
+`train` as one rank. Rank 0 writes the run folder, the logs and the
+checkpoints; the others train their shard and write nothing.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ import torch
 
 from engine import distributed
 from engine.core import checkpoint as ckptmod
-from engine.core import faults, layout, reading, runlog, safefs
+from engine.core import faults, layout, reading, runfolder, runlog, safefs
 from engine.core.metrics import IMAGES_PER_S, STEP_LR, TEST_TOP1, TEST_TOP5, loss_name
 from engine.core.registry import METHODS, resolve
 from engine.core.schema import ConfigError, Experiment, effective_batch, strong_view, world_size
-from engine.core.store import Run, Store, StoreError
 from engine.data import DeviceLoader, build_data
 from engine.distributed import SINGLE, Group
 from engine.train import (
@@ -51,30 +53,45 @@ class SetupError(RuntimeError):
     """A run cannot start (missing teacher, bad checkpoint, missing data)."""
 
 
-class StoreCallbacks:
-    """Commits metrics as they are produced, so a crash loses at most a log window."""
+class Folder:
+    """One run as the worker sees it: its folder, run.json, state (folded events), config."""
 
-    def __init__(self, store: Store, run_ids: dict[str, int], extra=None):
-        self.store = store
-        self.ids = run_ids
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir).absolute()
+        self.meta = runfolder.read_meta(self.dir)
+        self.state = runfolder.read_state(self.dir)
+        self.id: int = self.meta["id"]
+        path = self.dir / layout.CONFIG
+        self.config = reading.loads(safefs.read_text(path), file=str(path), resolved=True)
+
+    @property
+    def status(self) -> str:
+        return self.state.get("status", "queued")
+
+
+class FolderCallbacks:
+    """Appends metrics and events as they are produced: a step's with one write (a crash
+    loses at most a log window), an epoch's fsynced."""
+
+    def __init__(self, dirs: dict[str, Path], extra=None):
+        self.dirs = dirs
         self.extra = extra
         self.epoch_started: dict[str, float] = {}
         self.steps_per_epoch: dict[str, int] = {}
         self.epoch_times: dict[str, list[float]] = {}
         self.finished: set[str] = set()
 
-    def _id(self, m: Member) -> int:
-        return self.ids[m.name]
-
     def on_start(self, m, info):
-        self.store.update(
-            self._id(m),
-            epochs=info["epochs"],
-            params=info["params"],
-            trained_params=info["trainable_params"],
-            steps_per_epoch=info["steps_per_epoch"],
-            epoch=m.epoch,
-            heartbeat=time.time(),
+        runfolder.append_event(
+            self.dirs[m.name],
+            "setup",
+            dict(
+                epochs=info["epochs"],
+                params=info["params"],
+                trained_params=info["trainable_params"],
+                steps_per_epoch=info["steps_per_epoch"],
+                epoch=m.epoch,
+            ),
         )
         self.epoch_started[m.name] = time.perf_counter()
         self.steps_per_epoch[m.name] = info["steps_per_epoch"]
@@ -90,11 +107,12 @@ class StoreCallbacks:
     def on_step(self, m, epoch, step, losses, lr):
         rows = [(epoch, m.step, loss_name(k), v) for k, v in losses.items()]
         rows.append((epoch, m.step, STEP_LR, lr))
-        self.store.add_metrics(self._id(m), rows)
+        run_dir = self.dirs[m.name]
+        runfolder.append_metrics(run_dir, rows)
         values = dict(step=step, epoch=epoch)
         if not self.epoch_times.get(m.name):  # no whole epoch timed yet: ETA from the steps
             values.update(eta_s=self.first_epoch_eta(m, epoch, step))
-        self.store.update(self._id(m), **values)
+        runfolder.append_event(run_dir, "step", values, fsync=False)
         faults.point("step", epoch + 1)
         if self.extra:
             self.extra.on_step(m, epoch, step, losses, lr)
@@ -125,14 +143,14 @@ class StoreCallbacks:
                 best_top1=m.best_top1,
                 best_epoch=m.best_epoch + 1,
             )
-        # metrics and row in one transaction, after the checkpoint that carries them: a kill
-        # before the commit is replayed from last.pth on resume (resume_member)
-        self.store.commit_epoch(
-            self._id(m),
-            [(epoch, m.step, k, v) for k, v in metrics.items()],
-            values,
-            before_commit=lambda: faults.point("metrics-open", m.epoch),
+        # after the checkpoint that carries them: the metrics (fsynced), then the row's
+        # values; a kill before the metrics are whole is replayed from last.pth on resume
+        run_dir = self.dirs[m.name]
+        runfolder.append_metrics(
+            run_dir, [(epoch, m.step, k, v) for k, v in metrics.items()], fsync=True
         )
+        faults.point("metrics-open", m.epoch)
+        runfolder.append_event(run_dir, "epoch", values)
         faults.point("metrics", m.epoch)
         if self.extra:
             self.extra.on_epoch(m, epoch, metrics)
@@ -140,7 +158,7 @@ class StoreCallbacks:
     def on_end(self, m):
         # final status now, not when the whole fused group ends: the engine and the app
         # see a cancelled or finished member at once
-        self.store.finish(self._id(m), m.status, m.error if m.status != "done" else None)
+        _finish_folder(self.dirs[m.name], m.status, m.error if m.status != "done" else None)
         self.finished.add(m.name)
         if self.extra:
             self.extra.on_end(m)
@@ -148,12 +166,16 @@ class StoreCallbacks:
     def should_stop(self, m):
         if self.extra and self.extra.should_stop(m):
             return True
-        return self.store.cancel_requested(self._id(m))
+        return runfolder.cancel_requested(self.dirs[m.name])
 
     def log(self, m, message):
         runlog.append(Path(m.dir), message)
         if self.extra:
             self.extra.log(m, message)
+
+
+def _finish_folder(run_dir: Path, status: str, error: str | None) -> None:
+    runfolder.append_finish(run_dir, status, error)
 
 
 class FollowerCallbacks:
@@ -188,7 +210,7 @@ def _try_log(run_dir: Path, message: str) -> None:
         print(message, file=sys.stderr, flush=True)  # worker.log, if it has room
 
 
-def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
+def teacher_checkpoint(run: Folder, cfg: Experiment) -> Path:
     t = cfg.teacher
     if t.checkpoint:
         path = Path(t.checkpoint).expanduser()
@@ -196,23 +218,29 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
             raise SetupError(f"teacher.checkpoint {t.checkpoint!r} does not exist")
         return path
     if t.from_run:
-        try:
-            dep = store.run(int(t.from_run))
-        except (ValueError, StoreError):
+        teacher = run.meta.get("teacher")
+        if not teacher or str(teacher["id"]) != str(t.from_run):
             raise SetupError(
-                f"teacher.from_run = {t.from_run!r} is not a run in this store"
-            ) from None
-        if dep.status != "done":
-            raise SetupError(
-                f"teacher run {dep.id} ({dep.experiment}) is {dep.status}"
-                + (f": {dep.error}" if dep.error else "")
+                f"teacher.from_run = {t.from_run!r}: its run folder is not recorded in "
+                f"{run.dir / layout.META}"
             )
-        if dep.head != "student":
+        try:
+            dep = Folder(run.dir.parent / teacher["folder"])
+        except (runfolder.FolderError, OSError, ValueError) as e:
+            raise SetupError(f"teacher run {t.from_run}: {e}") from None
+        if dep.status != "done":
+            error = dep.state.get("error")
             raise SetupError(
-                f"run {dep.id} uses a {dep.head} head ({dep.method}) and cannot "
+                f"teacher run {dep.id} ({dep.meta['row']['experiment']}) is {dep.status}"
+                + (f": {error}" if error else "")
+            )
+        head = dep.meta["row"].get("head", "student")
+        if head != "student":
+            raise SetupError(
+                f"run {dep.id} uses a {head} head ({dep.meta['row']['method']}) and cannot "
                 "serve as a teacher; use a vanilla or logit-distilled run"
             )
-        path = Path(dep.dir) / layout.BEST
+        path = dep.dir / layout.BEST
         if not path.exists():
             raise SetupError(f"teacher run {dep.id} has no best checkpoint at {path}")
         info = ckptmod.inspect(path)
@@ -223,24 +251,34 @@ def teacher_checkpoint(store: Store, cfg: Experiment) -> Path:
 
 
 def execute(
-    store: Store,
-    run_ids: list[int],
+    store, run_ids: list[int], *, callbacks=None, resume: bool | None = None, group: Group = SINGLE
+):
+    """`kdtui run`'s call: train runs of `store` (one fused group) here, through their
+    folders; returns their final rows (ingested)."""
+    dirs = [store.run(i).path for i in run_ids]
+    train(dirs, home=store.home, callbacks=callbacks, resume=resume, group=group)
+    return [store.run(i) for i in run_ids]
+
+
+def train(
+    run_dirs: list[Path],
     *,
+    home: Path | None = None,
     callbacks=None,
     resume: bool | None = None,
     group: Group = SINGLE,
-) -> list[Run]:
-    """Train the given runs (one fused group) to the end; returns their final rows.
+) -> list[Folder]:
+    """Train the runs in these folders (one fused group) to the end; their final states.
 
     group: this process's rank when the runs train on several processes (torchrun). Rank 0
-    records everything; an error on another rank is raised (its launcher records the
+    writes the folders; an error on another rank is raised (its launcher records the
     first failure), and so is, on rank 0, a collective that failed because another rank
     died (`distributed.peer_failure`), so that the run's error names the rank that died.
     """
-    runs = [store.run(i) for i in run_ids]
-    cfgs = [r.load_config() for r in runs]
-    names = {str(r.id): r.id for r in runs}
-    cb = StoreCallbacks(store, names, callbacks) if group.main else FollowerCallbacks()
+    runs = [Folder(d) for d in run_dirs]
+    cfgs = [r.config for r in runs]
+    dirs = {str(r.id): r.dir for r in runs}
+    cb = FolderCallbacks(dirs, callbacks) if group.main else FollowerCallbacks()
     try:
         if world_size(cfgs[0]) != group.world:
             raise SetupError(
@@ -251,18 +289,18 @@ def execute(
         runtime = pick_runtime(cfgs[0].run, group)
         distributed.init(group, runtime.device)
         if group.main:
-            _record_start(store, runs, cfgs, runtime)
-        members, data, teacher_source = prepare(store, runs, cfgs, runtime, cb, resume)
+            _record_start(runs, cfgs, runtime)
+        members, data, teacher_source = prepare(runs, cfgs, runtime, cb, resume, home)
     except Exception as e:  # setup failures fail every run of the group, with the reason
         if not group.main or distributed.peer_failure(e):
             raise
-        why = _reason(e, store, Path(runs[0].dir))
+        why = _reason(e, runs[0].dir)
         for r in runs:
-            _try_log(Path(r.dir), traceback.format_exc())
-            _try_finish(store, r.id, "failed", why)
+            _try_log(r.dir, traceback.format_exc())
+            _try_finish(r.dir, r.id, "failed", why)
         if callbacks is not None and hasattr(callbacks, "on_setup_error"):
             callbacks.on_setup_error(e)
-        return [store.run(r.id) for r in runs]
+        return [Folder(r.dir) for r in runs]
     try:
         fit(members, data, teacher_source, runtime, cb)
     except Exception as e:
@@ -270,7 +308,7 @@ def execute(
             raise
         for m in members:
             if m.active:
-                m.status, m.error = "failed", _reason(e, store, m.dir)
+                m.status, m.error = "failed", _reason(e, m.dir)
                 if safefs.is_disk_full(e):
                     m.error += f"; free some space, then `kdtui resume {m.name}`"
                 _try_log(m.dir, traceback.format_exc())
@@ -282,15 +320,15 @@ def execute(
             if m.active:
                 m.status, m.error = "cancelled", f"{why}; `kdtui resume {m.name}` continues it"
                 _try_log(m.dir, m.error)
-        _finish(store, [m for m in members if m.name not in cb.finished])
+        _finish(dirs, [m for m in members if m.name not in cb.finished])
         raise
     if group.main:
-        _finish(store, [m for m in members if m.name not in cb.finished])
-    return [store.run(r.id) for r in runs]
+        _finish(dirs, [m for m in members if m.name not in cb.finished])
+    return [Folder(r.dir) for r in runs]
 
 
-def _record_start(store: Store, runs: list[Run], cfgs: list[Experiment], runtime: Runtime):
-    """Who trains the runs, on what: the run rows and a first log line.
+def _record_start(runs: list[Folder], cfgs: list[Experiment], runtime: Runtime):
+    """Who trains the runs, on what: a `started` event in each folder and a first log line.
 
     On several processes the recorded pid is the launcher's (the ranks' parent), the
     process the engine and `kdtui run` watch."""
@@ -298,16 +336,19 @@ def _record_start(store: Store, runs: list[Run], cfgs: list[Experiment], runtime
     pid = os.getppid() if group.parallel else os.getpid()
     threads = torch.get_num_threads()
     for r, cfg in zip(runs, cfgs):
-        store.update(
-            r.id,
-            pid=pid,
-            host=socket.gethostname(),
-            device=_device_name(runtime)
-            if not group.parallel
-            else f"{group.world}× " + _device_name(runtime),
-            torch_version=torch.__version__,
-            started=r.started or time.time(),
-            error=None,
+        runfolder.append_event(
+            r.dir,
+            "started",
+            dict(
+                pid=pid,
+                host=socket.gethostname(),
+                device=_device_name(runtime)
+                if not group.parallel
+                else f"{group.world}× " + _device_name(runtime),
+                torch_version=torch.__version__,
+                started=r.state.get("started") or time.time(),
+                error=None,
+            ),
         )
         who = f"worker pid {pid}"
         if group.parallel:
@@ -317,43 +358,43 @@ def _record_start(store: Store, runs: list[Run], cfgs: list[Experiment], runtime
                 f"{effective_batch(cfg)}" + (", SyncBatchNorm" if cfg.run.sync_bn else "") + ";"
             )
         runlog.append(
-            Path(r.dir),
+            r.dir,
             f"{who} on {socket.gethostname()}, "
             f"{_device_name(runtime)}, torch {torch.__version__}, "
             f"{threads} CPU thread{'s' * (threads != 1)}" + (" per process" * group.parallel),
         )
 
 
-def _finish(store: Store, members: list[Member]) -> None:
+def _finish(dirs: dict[str, Path], members: list[Member]) -> None:
     for m in members:
         status = m.status if m.status != "running" else "failed"
         error = m.error if status != "done" else None
-        _try_finish(store, int(m.name), status, error)
+        _try_finish(dirs[m.name], int(m.name), status, error)
 
 
-def _try_finish(store: Store, run_id: int, status: str, error: str | None) -> None:
+def _try_finish(run_dir: Path, run_id: int, status: str, error: str | None) -> None:
     """The final status; when even that cannot be written (a full disk), say why on stderr
     (worker.log) and leave the row to the engine, which sees the process gone."""
     try:
-        store.finish(run_id, status, error)
+        _finish_folder(run_dir, status, error)
     except Exception as e:
         print(f"run {run_id}: could not record {status} ({error}): {_one_line(e)}", file=sys.stderr)
 
 
-def _reason(e: BaseException, store: Store, run_dir: Path) -> str:
+def _reason(e: BaseException, run_dir: Path) -> str:
     """One line for the run's error: "no space left on device: PATH" for a full disk."""
     if safefs.is_disk_full(e):
-        chain, x = [], e
-        while x is not None and len(chain) < 8:
-            chain.append(x)
-            x = x.__cause__ or x.__context__
-        sqlite = any(type(x).__module__ == "sqlite3" for x in chain)
-        return str(safefs.DiskFull(safefs.full_path(e, store.db_path if sqlite else run_dir)))
+        return str(safefs.DiskFull(safefs.full_path(e, run_dir)))
     return _one_line(e)
 
 
 def prepare(
-    store: Store, runs: list[Run], cfgs: list[Experiment], runtime: Runtime, cb, resume: bool | None
+    runs: list[Folder],
+    cfgs: list[Experiment],
+    runtime: Runtime,
+    cb,
+    resume: bool | None,
+    home: Path | None = None,
 ):
     cfg0 = cfgs[0]
     group = runtime.group
@@ -371,7 +412,7 @@ def prepare(
     teacher = None
     teacher_source = None
     if any(METHODS[c.distill.method].needs_teacher for c in cfgs):
-        path = teacher_checkpoint(store, cfg0)
+        path = teacher_checkpoint(runs[0], cfg0)
         teacher = load_teacher(cfg0.teacher.arch, path, info.num_classes)
         memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         teacher.to(runtime.device, memory_format=memory_format).eval()
@@ -379,11 +420,11 @@ def prepare(
             p.requires_grad_(False)
         ev = evaluate(teacher, data.test, runtime)
         for r in runs if group.main else ():
-            store.update(r.id, teacher_top1=ev["top1"])
+            runfolder.append_event(r.dir, "teacher", {"teacher_top1": ev["top1"]})
             runlog.append(
-                Path(r.dir), f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
+                r.dir, f"teacher {cfg0.teacher.arch} from {path}: test top1 {ev['top1']:.2f}"
             )
-        teacher_source = make_teacher_source(store, runs, cfgs, teacher, path, data, runtime)
+        teacher_source = make_teacher_source(runs, cfgs, teacher, path, data, runtime, home)
     members = []
     labels = data.train.labels.cpu() if _needs_train_labels(cfgs) else None
     for r, cfg in zip(runs, cfgs):
@@ -393,14 +434,14 @@ def prepare(
             teacher,
             info.num_classes,
             runtime,
-            Path(r.dir),
+            r.dir,
             input_shape=input_shape,
             train_labels=labels,
         )
-        want_resume = r.resume if resume is None else resume
+        want_resume = bool(r.state.get("resume")) if resume is None else resume
         if group.main:
             try:
-                used = _start_member(store, r, m, want_resume)
+                used = _start_member(r, m, want_resume)
             except Exception as e:
                 distributed.broadcast_object(group, ("error", _one_line(e)))
                 raise
@@ -422,31 +463,32 @@ def prepare(
     return members, data, teacher_source
 
 
-def _start_member(store: Store, r: Run, m: Member, want_resume: bool) -> str | None:
+def _start_member(r: Folder, m: Member, want_resume: bool) -> str | None:
     """Resume `m` or start it afresh (old files moved aside); the checkpoint used, if any."""
-    ckptmod.clean_temp(Path(r.dir))  # half-written by a killed process
+    ckptmod.clean_temp(r.dir)  # half-written by a killed process
     if want_resume:
-        return resume_member(store, r, m)
-    if any(i.exists for i in ckptmod.survey(Path(r.dir))) or store.metrics(r.id)[:1]:
+        return resume_member(r, m)
+    if any(i.exists for i in ckptmod.survey(r.dir)) or runfolder.read_metrics(r.dir)[:1]:
         # a restart from scratch: nothing is overwritten, old files move aside
-        _archive(Path(r.dir))
-        store.rewind(r.id, 0)
+        _archive(r.dir)
+        runfolder.rewind(r.dir, 0)
     return None
 
 
-def resume_member(store: Store, r: Run, m: Member) -> str | None:
+def resume_member(r: Folder, m: Member) -> str | None:
     """Continue `m` from its newest valid checkpoint; never start over silently.
 
     last.pth missing or damaged: the newest valid of prev.pth and best.pth,
     said in the log and as a `fallback` event, and only the metrics after it
     are dropped. No valid checkpoint after finished epochs: SetupError
     (`kdtui resume --restart` starts over). The checkpoint's own epoch
-    metrics are recorded if the process died before committing them.
+    metrics are recorded if the process died before writing them.
     A checkpoint written by another number of processes is refused (the
     data order and the effective batch depend on it). Returns the path of
     the checkpoint used (None: no epoch had finished).
     """
-    run_dir = Path(r.dir)
+    run_dir = r.dir
+    recorded_epoch = int(r.state.get("epoch") or 0)
     infos = ckptmod.survey(run_dir)
     failed: dict[str, str] = {}
     used = state = None
@@ -462,8 +504,8 @@ def resume_member(store: Store, r: Run, m: Member) -> str | None:
         used = info
         break
     if used is None:
-        if r.epoch == 0 and not any(i.exists for i in infos):
-            store.rewind(r.id, 0)  # the unfinished first epoch's step metrics
+        if recorded_epoch == 0 and not any(i.exists for i in infos):
+            runfolder.rewind(run_dir, 0)  # the unfinished first epoch's step metrics
             runlog.append(run_dir, "resume: no checkpoint yet (no epoch had finished): epoch 0")
             return None
         found = [failed.get(i.name) or i.describe() for i in infos]
@@ -473,24 +515,28 @@ def resume_member(store: Store, r: Run, m: Member) -> str | None:
     if used is not last and not (last.ok and last.name not in failed):
         why = "is missing" if not last.exists else (last.problem or "cannot be loaded")
         note = f"last.pth {why}; resuming from {used.name} at epoch {m.epoch}"
-        if r.epoch > m.epoch:
+        if recorded_epoch > m.epoch:
             which = (
-                f"epoch {r.epoch}" if r.epoch == m.epoch + 1 else f"epochs {m.epoch + 1}-{r.epoch}"
+                f"epoch {recorded_epoch}"
+                if recorded_epoch == m.epoch + 1
+                else f"epochs {m.epoch + 1}-{recorded_epoch}"
             )
             note += f"; the metrics of {which} are dropped (trained again)"
     moved = ckptmod.set_aside_bad(infos)  # kept for inspection, out of the next resume's way
     if note and moved:
         note += f"; damaged file kept as {', '.join(p.name for p in moved)}"
-    replayed = store.rewind(r.id, m.epoch, commit_of(state))["replayed"]
+    replayed = runfolder.rewind(
+        run_dir, m.epoch, commit_of(state), f"resumed from {used.name} at epoch {m.epoch}"
+    )["replayed"]
     if note:
         runlog.append(run_dir, note)
-        store.event(r.id, "fallback", note)
+        runfolder.append_event(run_dir, "fallback", message=note)
     runlog.append(
         run_dir,
         f"resumed from {used.path} at epoch {m.epoch}"
         + (
             f"; epoch {m.epoch}'s metrics recorded from the checkpoint (the process had died "
-            "before committing them)"
+            "before writing them)"
             if replayed
             else ""
         ),
@@ -498,7 +544,7 @@ def resume_member(store: Store, r: Run, m: Member) -> str | None:
     return str(used.path)
 
 
-def world_size_refusal(r: Run, path: Path, saved: int, now: int) -> str:
+def world_size_refusal(r: Folder, path: Path, saved: int, now: int) -> str:
     """Why a checkpoint of another world size does not resume, and what to do instead."""
 
     def procs(n: int) -> str:
@@ -521,7 +567,13 @@ def _needs_train_labels(cfgs: list[Experiment]) -> bool:
 
 
 def make_teacher_source(
-    store: Store, runs: list[Run], cfgs: list[Experiment], teacher, path: Path, data, runtime
+    runs: list[Folder],
+    cfgs: list[Experiment],
+    teacher,
+    path: Path,
+    data,
+    runtime,
+    home: Path | None = None,
 ):
     """One teacher pass per batch for the whole group; through the exact logit cache when
     `[run] teacher_cache` is on and every member reads only the teacher's logits."""
@@ -543,7 +595,7 @@ def make_teacher_source(
 
     def note(message: str) -> None:
         for r in runs:
-            runlog.append(Path(r.dir), message)
+            runlog.append(r.dir, message)
 
     train = data.train
     if not logit_only:
@@ -581,7 +633,7 @@ def make_teacher_source(
             dtype=dtype,
             limit_bytes=run.teacher_cache_mb * 2**20,
             device=runtime.device,
-            home=store.home,
+            home=home,
         )
         where = str(cache.path) if cache.path else f"memory on {cache.device}"
         note(
@@ -619,74 +671,78 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.worker", description="Train runs from the kdtui store."
+        prog="python -m engine.worker",
+        description="Train runs from their run folders (never opens the SQLite store).",
     )
-    parser.add_argument("run_ids", nargs="+", type=int)
-    parser.add_argument("--home", default=None, help="store directory (default $KDTUI_HOME)")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (one fused group)")
+    parser.add_argument(
+        "--home", default=None, help="the store folder: where the disk teacher cache lives"
+    )
     args = parser.parse_args(argv)
-    store = Store(args.home)
+    home = Path(args.home) if args.home else None
     group = distributed.from_env()
     if group is not None:  # one rank of a run on several processes, started by engine.launch
-        return rank_main(store, args.run_ids, group)
-    if _world(store, args.run_ids[0]) > 1:
-        return launch(store, args.run_ids)
-    results = execute(store, args.run_ids)
+        return rank_main(args.run_dirs, home, group)
+    if _world(args.run_dirs[0]) > 1:
+        return launch(args.run_dirs, home)
+    results = train(args.run_dirs, home=home)
     return 0 if all(r.status == "done" for r in results) else 1
 
 
-def _world(store: Store, run_id: int) -> int:
+def _world(run_dir: Path) -> int:
     try:
-        return world_size(store.run(run_id).load_config())
-    except Exception:  # a config that does not parse: `execute` records why
+        return world_size(Folder(run_dir).config)
+    except Exception:  # a folder or config that cannot be read: `train` records why
         return 1
 
 
-def launch(store: Store, run_ids: list[int]) -> int:
+def launch(run_dirs: list[Path], home: Path | None) -> int:
     """Train the runs on the processes their config asks for, under torchrun (engine.launch);
-    0 when every run is done."""
+    0 when every run is done. Like every worker, it writes only the run folders."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from engine import launch as rules
 
-    runs = store.runs(ids=run_ids)
+    runs = [Folder(d) for d in run_dirs]
+    dirs = [r.dir for r in runs]
     try:
-        cfg = runs[0].load_config()
-        reading.check_local(cfg, file=f"run {runs[0].id} config")
+        cfg = runs[0].config
+        reading.check_local(cfg, file=str(runs[0].dir / layout.CONFIG))
     except ConfigError as e:
-        rules.settle(store, runs, str(e))
+        rules.settle(dirs, str(e))
         return 1
     nproc = cfg.run.nproc_per_node
     for r in runs:
-        store.update(r.id, pid=os.getpid())
+        runfolder.append_event(r.dir, "launcher", {"pid": os.getpid()})
     if "OMP_NUM_THREADS" not in os.environ:  # each rank its share of the cores
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    argv = rules.torchrun_args(run_ids, str(store.home), nproc)
+    argv = rules.torchrun_args(dirs, home, nproc)
     try:
         torchrun.run(torchrun.get_args_parser().parse_args(argv))
     except ChildFailedError as e:
         reason = rules.failure_reason(e.failures, e.get_first_failure(), nproc)
-        rules.settle(store, store.runs(ids=run_ids), reason)
+        rules.settle(dirs, reason)
     except SignalException as e:  # stopped by the engine or `kdtui run`, which settle the runs
         return 128 + int(e.sigval)
-    return 0 if all(r.status == "done" for r in store.runs(ids=run_ids)) else 1
+    return 0 if all(Folder(d).status == "done" for d in dirs) else 1
 
 
-def rank_main(store: Store, run_ids: list[int], group: Group) -> int:
+def rank_main(run_dirs: list[Path], home: Path | None, group: Group) -> int:
     """One rank: 0 once the runs are recorded (rank 0 records them, done or failed); an
     exception goes to torchrun's error file (`record`), whose launcher names the rank."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
     @record
-    def train() -> None:
+    def run_rank() -> None:
         distributed.die_with_parent()
         try:
-            execute(store, run_ids, group=group)
+            train(run_dirs, home=home, group=group)
         finally:
             distributed.shutdown()
 
-    train()
+    run_rank()
     return 0
 
 

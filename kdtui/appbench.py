@@ -4,8 +4,9 @@
   terminal to the runs table drawn over a store of runs, against a bare
   Textual app's first paint and `import torch` measured in the same run (what
   the app would pay if it imported the engine's training side);
-- live latency: metrics written to the store by another connection until the
-  selected run's panels and progress show them, in a headless app.
+- live latency: metrics appended to a run's folder the way a worker writes them
+  (engine.core.runfolder) until the selected run's panels show them, in a
+  headless app (whose poll ingests the folder into the store).
 
 These are speed targets (first paint under 1 s, metrics within 1 s), so they
 live here and not in timed unit tests.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from bench.stats import median_spread
 from engine.core import metrics as M
-from engine.core import reading
+from engine.core import reading, runfolder
 from engine.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,9 @@ async def _live_latency(home: Path, run_id: int, writes: int) -> list[float]:
     from kdtui.widgets.plots import CurvePlot
 
     app = KdApp(home, root=home.parent, gpu=False, start_engine=False)
-    writer = Store(home)
+    reader = Store(home)
+    run_dir = reader.run(run_id).path  # written as a worker writes: the folder, never SQLite
+    reader.close()
     out = []
     async with app.run_test(size=(120, 40)) as pilot:
 
@@ -135,11 +138,11 @@ async def _live_latency(home: Path, run_id: int, writes: int) -> list[float]:
         for _ in range(writes):
             await pilot.pause(0.137)  # writes land anywhere in the app's poll cycle
             before = acc.points
-            writer.add_metrics(run_id, [(epoch, epoch + 1, M.TEST_TOP1, 60.0 + epoch / 100)])
-            writer.update(run_id, epoch=epoch + 1)
+            metric = (epoch, epoch + 1, M.TEST_TOP1, 60.0 + epoch / 100)
+            runfolder.append_metrics(run_dir, [metric], fsync=True)
+            runfolder.append_event(run_dir, "epoch", {"epoch": epoch + 1})
             epoch += 1
             out.append(await until(lambda b=before: acc.points > b))
-    writer.close()
     return out
 
 

@@ -106,7 +106,7 @@ def teacher_source(exp, teacher, data):
     if not exp.method.needs_teacher:
         return None
     cfgs = [p.config for p in planning.expand(exp)]
-    return worker.make_teacher_source(None, [], cfgs, teacher, None, data, CPU)
+    return worker.make_teacher_source([], cfgs, teacher, None, data, CPU)
 
 
 class FrameCounts(NullCallbacks):

@@ -27,7 +27,7 @@ from engine.core.store import Store, StoreError
 from engine.data import DeviceLoader, ShardSampler, TorchDataLoader, shard_positions
 from engine.distributed import SINGLE, Group
 from engine.train import build_member, pick_runtime
-from engine.worker import SetupError, execute, resume_member
+from engine.worker import Folder, SetupError, execute, resume_member
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -296,7 +296,7 @@ def test_sigkill_of_one_rank_fails_the_run_cleanly_and_resume_completes_it(
     assert re.match(r"rank 1 of 2 was killed by SIGKILL \(pid \d+\)", run.error), run.error
     assert f"kdtui resume {run.id}" in run.error
     alive = subprocess.run(
-        ["pgrep", "-f", f"engine.worker {run.id} --home {home}"], capture_output=True
+        ["pgrep", "-f", f"engine.worker --home {home} {run.path}"], capture_output=True
     )
     assert alive.returncode == 1, alive.stdout  # no rank left behind
 
@@ -391,7 +391,7 @@ def test_a_checkpoint_of_another_world_size_is_refused_on_resume(store):
     m = build_member(str(run.id), exp, None, 10, runtime, run.path)
     m.world_size = 2
     with pytest.raises(SetupError) as e:
-        resume_member(store, store.run(run.id), m)
+        resume_member(Folder(run.path), m)
     text = str(e.value)
     assert "trained on 1 process and this resume runs 2 processes" in text
     assert "nproc_per_node x run.nnodes = 1" in text and f"kdtui resume {run.id} --restart" in text
@@ -414,6 +414,17 @@ def failure(exitcode: int, message="", pid=11):
     if message:
         f.message = {"message": message}
     return f
+
+
+def test_the_launcher_runs_the_workers_own_command_line_under_torchrun(tmp_path):
+    from engine.daemon.processes import worker_command
+
+    dirs = [tmp_path / "runs" / "7-a", tmp_path / "runs" / "8-b"]
+    argv = launch.torchrun_args(dirs, tmp_path, 2)
+    # run folders, never run ids: the ranks, like every worker, never open the database
+    assert argv[argv.index("--module") + 1 :] == worker_command(tmp_path, dirs)[2:]
+    assert argv[argv.index("--module") + 1 :][-2:] == [str(d) for d in dirs]
+    assert argv[argv.index("--nproc-per-node") + 1] == "2"
 
 
 def test_the_failure_named_is_the_cause_not_the_rank_that_saw_it():

@@ -21,6 +21,7 @@ import pytest
 from engine.core import checkpoint as ckptmod
 from engine.core import faults, reading
 from engine.core.store import Store
+from engine.daemon.processes import worker_command
 from engine.worker import execute
 from tests.test_resume import EXP, assert_every_epoch_once
 
@@ -33,7 +34,7 @@ CASES = {
     "best@1": dict(tested=[], last=None, best=1),
     "prev@2": dict(tested=[0], last=1, prev=1),
     "checkpoint@2": dict(tested=[0], last=2, prev=1),
-    "metrics-open@2": dict(tested=[0], last=2),
+    "metrics-open@2": dict(tested=[0, 1], last=2),  # metrics written, the row's event not
     "metrics@2": dict(tested=[0, 1], last=2),
     "log@2": dict(tested=[0, 1], last=2),
     "checkpoint@3": dict(tested=[0, 1], last=3),
@@ -61,7 +62,7 @@ def kill_at(store: Store, run_id: int, spec: str) -> None:
         faults.ENV: spec,
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.worker", str(run_id), "--home", str(store.home)],
+        worker_command(store.home, [store.run(run_id).path]),
         capture_output=True,
         text=True,
         timeout=300,

@@ -38,7 +38,7 @@ def test_a_name_shortens_in_the_middle_so_the_point_stays_whole():
 
 
 def test_the_first_epoch_has_an_eta_from_the_steps_done(store):
-    from engine.worker import StoreCallbacks
+    from engine.worker import FolderCallbacks
 
     exp = reading.loads(
         'name = "eta"\n[data]\ndataset = "digits"\n[student]\narch = "resnet8"\n'
@@ -47,7 +47,7 @@ def test_the_first_epoch_has_an_eta_from_the_steps_done(store):
     (run,) = store.submit(exp)
     store.claim(run.id)
     m = SimpleNamespace(name=str(run.id), epoch=0, step=0, cfg=exp, dir=store.run(run.id).path)
-    cb = StoreCallbacks(store, {m.name: run.id})
+    cb = FolderCallbacks({m.name: run.path})  # what the worker writes: the run's folder
     info = {"epochs": 10, "params": 1, "trainable_params": 1, "steps_per_epoch": 100}
     cb.on_start(m, info)
     cb.epoch_started[m.name] -= 2.0  # 2 s for the first 20 steps: 0.1 s a step

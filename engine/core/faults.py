@@ -6,12 +6,13 @@ every epoch exactly once. Unset (always, outside those tests) this costs
 one dictionary lookup per point.
 
 Points, in the order an epoch commits (EPOCH counts finished epochs, from 1):
-  step          a training step's metrics are committed (mid-epoch)
+  step          a training step's metrics are appended to metrics.jsonl (mid-epoch)
   best          best.pth written (only in an epoch that improved)
   prev          prev.pth linked to the old last.pth, the new one not yet in place
   checkpoint    last.pth replaced
-  metrics-open  the epoch's metrics and run row written, transaction not committed
-  metrics       that transaction committed (metrics and run row at once)
+  metrics-open  the epoch's metrics appended and fsynced, its `epoch` event (the run row's
+                values) not yet
+  metrics       the `epoch` event appended too
   log           the epoch's line appended to log.txt
 
 On a run of several processes every rank reaches `step` (and rank 0 the others);

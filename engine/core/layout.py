@@ -4,14 +4,18 @@ Every file name kdtui reads or writes is spelled here once; the run log's line
 format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
 
     $KDTUI_HOME or ./.kdtui/          the store (private: 0700)
-        kdtui.db (+ -wal, -shm)       SQLite: runs, metrics, events (engine.core.store)
+        kdtui.db (+ -wal, -shm)       SQLite: the index of the run folders (engine.core.store)
         engine.lock                   held by the running engine (engine.daemon.lock)
         engine.log, engine.json       the engine's log and its state for clients
         engine-options.json           options saved by `kdtui engine start`
         tui.json                      the app's settings (bell, pinned baseline)
         cache/teacher-<key>/          disk teacher-logit caches
         runs/<id>-<suffix>/           one folder per run:
+            run.json                  submit-time data: id, uuid, experiment (engine.core.runfolder)
             config.toml               its resolved config, as stored
+            metrics.jsonl events.jsonl  append-only records: the source of truth the store
+                                      ingests (engine.core.runfolder)
+            cancel                    present while a cancel is asked (the worker polls it)
             log.txt                   its log (engine.core.runlog)
             worker.log                its worker's raw output (warnings, tracebacks)
             notes.json                its note and tags (engine.core.annotations)
@@ -48,6 +52,11 @@ STORE_FILES = (
 )
 
 
+def db_set_aside(stamp: str) -> str:
+    """Where `kdtui store rebuild` keeps the database it replaces (with its -wal, -shm)."""
+    return f"{DB}.before-rebuild-{stamp}"
+
+
 def default_home() -> Path:
     """The store: $KDTUI_HOME, else ./.kdtui."""
     env = os.environ.get(HOME_ENV)
@@ -61,6 +70,10 @@ def home_path(home: str | os.PathLike | None) -> Path:
 
 # ---------------------------------------------------------------- a run's folder
 CONFIG = "config.toml"
+META = "run.json"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+CANCEL = "cancel"
 LOG = "log.txt"
 WORKER_OUTPUT = "worker.log"
 ANNOTATIONS = "notes.json"

@@ -1,9 +1,16 @@
-"""The store: one SQLite database (WAL) and one folder per run. Torch-free.
+"""The store: one folder per run (the source of truth) and a SQLite index of them. Torch-free.
 
-Every process (app, CLI, engine, workers) opens its own connection; WAL
-lets the app read while workers append metrics. Run ids come from
-AUTOINCREMENT and run folders are created exclusively, so nothing is ever
-reused or overwritten.
+Workers write only their run folder (engine.core.runfolder) and never open the
+database; the front ends and the engine (on the local disk where `kdtui` runs)
+ingest folders into SQLite incrementally: per run a byte offset into
+metrics.jsonl and events.jsonl, advanced in the transaction that applies the
+new lines, so ingesting again adds nothing and a crash at any point loses
+nothing. Every change the store itself makes to a run (claim, cancel,
+requeue, finish) is an event appended to the run's folder and then ingested,
+so `rebuild` recreates the whole database from the folders. Readers ingest
+what they read (`run`, `runs`, `metrics`: the active runs, or the ones asked
+for). Run ids come from AUTOINCREMENT and run folders are created exclusively,
+so nothing is ever reused or overwritten.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +35,12 @@ from engine.core import (
     liveness,
     planning,
     reading,
+    runfolder,
     safefs,
     schema,
     writing,
 )
 from engine.core import fingerprint as fpmod
-from engine.core import metrics as M
 from engine.core.reading import tomllib
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -44,7 +52,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     name TEXT NOT NULL,
     source TEXT,
     config_toml TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    uuid TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,11 +84,6 @@ CREATE TABLE IF NOT EXISTS runs (
     last_top5 REAL,
     teacher_top1 REAL,
     params INTEGER,
-    trained_params INTEGER,
-    fingerprint TEXT,
-    identity TEXT,
-    world_size INTEGER,
-    effective_batch INTEGER,
     images_per_s REAL,
     eta_s REAL,
     host TEXT,
@@ -95,8 +99,14 @@ CREATE TABLE IF NOT EXISTS runs (
     started REAL,
     ended REAL,
     heartbeat REAL,
+    trained_params INTEGER,
+    fingerprint TEXT,
+    identity TEXT,
+    world_size INTEGER,
+    effective_batch INTEGER,
     note TEXT NOT NULL DEFAULT '',
-    tags TEXT NOT NULL DEFAULT '[]'
+    tags TEXT NOT NULL DEFAULT '[]',
+    uuid TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -120,8 +130,18 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
+CREATE INDEX IF NOT EXISTS runs_uuid ON runs(uuid);
+CREATE TABLE IF NOT EXISTS ingested (
+    run_id INTEGER PRIMARY KEY,
+    metrics_at INTEGER NOT NULL DEFAULT 0,
+    events_at INTEGER NOT NULL DEFAULT 0,
+    bad_lines INTEGER NOT NULL DEFAULT 0
+);
 """
-SCHEMA_VERSION = 4
+# 2: fingerprints; 3: world size (issue 14); 4: notes and tags (issue 16); 5: run folders
+# are the source of truth (uuid, `ingested`). Older stores migrate by the columns they lack
+# (tested from 2, 3, 4 and an unmerged branch's 3 that had run folders but no world size).
+SCHEMA_VERSION = 5
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
@@ -133,7 +153,13 @@ ADDED_COLUMNS = (
     # version 4: the researcher's note and tags (engine.core.annotations)
     ("note", "TEXT NOT NULL DEFAULT ''"),
     ("tags", "TEXT NOT NULL DEFAULT '[]'"),
+    ("uuid", "TEXT"),  # version 5: the run folder's uuid (run.json), unique across stores
 )
+ACTIVE = ("queued", "running")  # not finished
+# an idle poll looks only at running runs' folders: only a worker writes a folder without
+# ingesting what it wrote, and a worker trains only claimed (running) runs; everything the
+# store writes (submit, claim, cancel, ...) is ingested in the same transaction
+POLLED = "running"
 
 
 class StoreError(Exception):
@@ -192,6 +218,7 @@ class Run:
     effective_batch: int | None = None  # images per optimiser step: batch_size x world_size
     note: str = ""
     tags: str = "[]"  # a JSON list: `tag_list`
+    uuid: str | None = None
 
     @property
     def tag_list(self) -> list[str]:
@@ -278,12 +305,50 @@ class Store:
                 for name, sql_type in ADDED_COLUMNS:
                     if name not in have:
                         con.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
+            have_exp = {r[1] for r in con.execute("PRAGMA table_info(experiments)")}
+            if have_exp and "uuid" not in have_exp:
+                con.execute("ALTER TABLE experiments ADD COLUMN uuid TEXT")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     con.execute(statement)
             self._backfill_fingerprints(con)
             self._backfill_world(con)
+            if have:
+                self._write_legacy_folders(con)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _write_legacy_folders(self, con) -> None:
+        """Runs of a store from before run folders were the source of truth get run.json,
+        metrics.jsonl and events.jsonl written from their rows, offsets at the end: from
+        then on `rebuild` and `import` know them too. A folder that is gone is skipped."""
+        for exp in con.execute("SELECT id FROM experiments WHERE uuid IS NULL").fetchall():
+            con.execute(
+                "UPDATE experiments SET uuid=? WHERE id=?", (runfolder.new_uuid(), exp["id"])
+            )
+        for row in con.execute("SELECT * FROM runs WHERE uuid IS NULL ORDER BY id").fetchall():
+            run = Run(**dict(row))
+            uid = runfolder.new_uuid()
+            con.execute("UPDATE runs SET uuid=? WHERE id=?", (uid, run.id))
+            run.uuid = uid
+            if not run.dir or not os.path.isdir(run.dir):
+                continue
+            try:
+                runfolder.write_meta(run.path, self._meta(con, run))
+                metrics = [
+                    runfolder.metric_record(m["epoch"], m["step"], m["name"], m["value"], m["time"])
+                    for m in con.execute(
+                        "SELECT * FROM metrics WHERE run_id=? ORDER BY id", (run.id,)
+                    )
+                ]
+                runfolder.append_records(run.path / layout.METRICS, metrics, cut_torn=True)
+                state = {c: getattr(run, c) for c in runfolder.STATE_COLUMNS}
+                runfolder.append_records(
+                    run.path / layout.EVENTS,
+                    [runfolder.event_record("migrated", state, when=liveness.row_time(run))],
+                )
+            except (OSError, FileExistsError):
+                continue
+            self._set_offsets(con, run.id, *self._sizes(run.path), 0)
 
     def _backfill_fingerprints(self, con) -> None:
         """Fingerprints of runs stored before they existed; a config that no longer parses
@@ -425,10 +490,22 @@ class Store:
         plans = planning.expand(exp)
         now = time.time()
         created: list[int] = []
+        made: list[Path] = []
+        try:
+            self._submit(exp, plans, written, source, status, holder, now, created, made)
+        except BaseException:
+            for path in made:  # rolled back: no folder may outlive its row (rebuild reads them)
+                safefs.remove_run_dir(self.runs_dir, path)
+            raise
+        return [self.run(i) for i in created]
+
+    def _submit(self, exp, plans, written, source, status, holder, now, created, made) -> None:
+        """submit's transaction; the ids it creates go into `created`, folders into `made`."""
         with self._tx() as con:
             exp_id = con.execute(
-                "INSERT INTO experiments(name, source, config_toml, created) VALUES (?,?,?,?)",
-                (exp.name, source, written, now),
+                "INSERT INTO experiments(name, source, config_toml, created, uuid) "
+                "VALUES (?,?,?,?,?)",
+                (exp.name, source, written, now, runfolder.new_uuid()),
             ).lastrowid
             files: dict[str, str] = {}  # checkpoint path -> sha256, hashed once per submit
             for plan in plans:
@@ -441,14 +518,21 @@ class Store:
                     )
                 teacher = self._teacher_source(con, plan.config, files, teacher_run)
                 planning.resolve(plan, teacher_run=teacher_run, teacher_source=teacher)
-                run_id = self._insert_run(con, exp_id, plan, status, now)
-                if holder is not None:
-                    con.execute("UPDATE runs SET pid=? WHERE id=?", (holder, run_id))
+                run_id = self._insert_run(con, exp_id, plan, status, now, holder, made)
                 created.append(run_id)
-        return [self.run(i) for i in created]
 
-    def _insert_run(self, con, exp_id: int, plan: planning.RunPlan, status: str, now: float) -> int:
-        """Record a resolved plan: its row, and its config in the run's new folder."""
+    def _insert_run(
+        self,
+        con,
+        exp_id: int,
+        plan: planning.RunPlan,
+        status: str,
+        now: float,
+        holder: int | None = None,
+        made: list[Path] | None = None,
+    ) -> int:
+        """Record a resolved plan: its row, its config and run.json in the run's new folder
+        (`made`: where the folder goes, for submit to remove if the transaction fails)."""
         cfg = plan.config
         spec = cfg.method
         teacher_arch = cfg.teacher.arch if spec.needs_teacher else ""
@@ -457,8 +541,8 @@ class Store:
             """INSERT INTO runs(experiment_id, experiment, role, label, point, seed, status,
                method, teacher_arch, student_arch, dataset, head, config_toml, dir, depends_on,
                priority, fuse_key, epochs, created, fingerprint, identity, world_size,
-               effective_batch)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               effective_batch, uuid)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 exp_id,
                 cfg.name,
@@ -483,12 +567,45 @@ class Store:
                 fpmod.dumps(plan.identity),
                 schema.world_size(cfg),
                 schema.effective_batch(cfg),
+                runfolder.new_uuid(),
             ),
         ).lastrowid
         run_dir = self._make_run_dir(run_id)
+        if made is not None:
+            made.append(run_dir)
         safefs.write_new(run_dir / layout.CONFIG, toml_text)
         con.execute("UPDATE runs SET dir=? WHERE id=?", (str(run_dir), run_id))
+        row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        runfolder.write_meta(run_dir, self._meta(con, Run(**dict(row))))
+        runfolder.append_event(run_dir, "submitted", {"status": status, "pid": holder}, fsync=False)
+        self._ingest_run(con, run_id)
         return run_id
+
+    def _meta(self, con, run: Run) -> dict:
+        """run.json for a row: what the folder must hold besides its events and metrics."""
+        exp = con.execute("SELECT * FROM experiments WHERE id=?", (run.experiment_id,)).fetchone()
+        teacher = None
+        if run.depends_on is not None:
+            t = con.execute(
+                "SELECT id, uuid, dir FROM runs WHERE id=?", (run.depends_on,)
+            ).fetchone()
+            if t is not None:
+                teacher = {"id": t["id"], "uuid": t["uuid"] or "", "folder": Path(t["dir"]).name}
+        return {
+            "format": runfolder.FORMAT,
+            "id": run.id,
+            "uuid": run.uuid,
+            "experiment": {
+                "id": exp["id"],
+                "uuid": exp["uuid"],
+                "name": exp["name"],
+                "source": exp["source"],
+                "config_toml": exp["config_toml"],
+                "created": exp["created"],
+            },
+            "teacher": teacher,
+            "row": {c: getattr(run, c) for c in runfolder.META_COLUMNS},
+        }
 
     def _make_run_dir(self, run_id: int) -> Path:
         while True:
@@ -539,6 +656,7 @@ class Store:
 
     # ------------------------------------------------------------ queries
     def run(self, run_id: int) -> Run:
+        self._ingest_quietly([int(run_id)])
         row = self.conn.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone()
         if row is None:
             raise StoreError(f"no run {run_id} in {self.home}")
@@ -552,6 +670,9 @@ class Store:
         ids: Iterable[int] | None = None,
     ) -> list[Run]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if ids is not None:
+            ids = [int(i) for i in ids]
+        self._ingest_quietly(ids)
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
@@ -560,7 +681,6 @@ class Store:
             sql += " AND experiment=?"
             args.append(experiment)
         if ids is not None:
-            ids = [int(i) for i in ids]
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args += ids
         return [Run(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args)]
@@ -568,16 +688,14 @@ class Store:
     def runs_without_config(self) -> list[Run]:
         """Every run, its `config_toml` left empty: what the app polls twice a second (the
         configs are most of a row's bytes; a run's own is read when it is opened)."""
+        self._ingest_quietly()
         columns = ", ".join(c for c in RUN_COLUMNS if c != "config_toml")
         sql = f"SELECT {columns}, '' AS config_toml FROM runs ORDER BY id"
         return [Run(**dict(r)) for r in self.conn.execute(sql)]
 
     def cancel_requested(self, run_id: int) -> bool:
-        """Whether someone asked this run to stop (the worker checks at every log step)."""
-        row = self.conn.execute(
-            "SELECT cancel_requested FROM runs WHERE id=?", (int(run_id),)
-        ).fetchone()
-        return bool(row and row[0])
+        """Whether someone asked this run to stop: its folder's `cancel` file."""
+        return runfolder.cancel_requested(self.run(run_id).path)
 
     def find(self, ref: str) -> list[Run]:
         """Runs named by a run id or an experiment name (CLI arguments)."""
@@ -606,51 +724,199 @@ class Store:
         one.seeds = [run.seed]
         return one
 
+    # ------------------------------------------------------------ ingesting run folders
+    def ingest(self, ids: Iterable[int] | None = None, *, everything: bool = False) -> int:
+        """Apply what run folders gained since they were last read; the number of runs that
+        changed. Default: the running runs (an idle poll: two stats a run; see POLLED);
+        `ids`: those runs; `everything`: every run (the engine, once when it starts)."""
+        con = self.conn
+        sql = (
+            "SELECT r.id, r.dir, COALESCE(i.metrics_at, 0), COALESCE(i.events_at, 0) "
+            "FROM runs r LEFT JOIN ingested i ON i.run_id = r.id"
+        )
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            if not ids:
+                return 0
+            rows = con.execute(f"{sql} WHERE r.id IN ({','.join('?' * len(ids))})", ids).fetchall()
+        elif everything:
+            rows = con.execute(sql).fetchall()
+        else:
+            rows = con.execute(f"{sql} WHERE r.status=?", (POLLED,)).fetchall()
+        changed = 0
+        for run_id, run_dir, m_at, e_at in rows:
+            if not run_dir:
+                continue
+            m_size, e_size = self._sizes(Path(run_dir))
+            if m_size <= m_at and e_size <= e_at:
+                continue  # the idle case: nothing new
+            if con.in_transaction:
+                changed += self._ingest_run(con, run_id)[1]
+            else:
+                with self._tx() as tx:
+                    changed += self._ingest_run(tx, run_id)[1]
+        return changed
+
+    def _ingest_quietly(self, ids: Iterable[int] | None = None) -> None:
+        """A reader's ingest: a read-only (full) disk or a busy database leaves the rows as
+        they are (the next read tries again)."""
+        if self.read_only:
+            return
+        with contextlib.suppress(sqlite3.OperationalError, OSError):
+            self.ingest(ids)
+
+    @staticmethod
+    def _sizes(run_dir: Path) -> tuple[int, int]:
+        out = []
+        for name in (layout.METRICS, layout.EVENTS):
+            try:
+                out.append(os.stat(run_dir / name).st_size)
+            except OSError:
+                out.append(0)
+        return out[0], out[1]
+
+    @staticmethod
+    def _set_offsets(con, run_id: int, metrics_at: int, events_at: int, bad: int) -> None:
+        con.execute(
+            "INSERT INTO ingested(run_id, metrics_at, events_at, bad_lines) VALUES (?,?,?,?) "
+            "ON CONFLICT(run_id) DO UPDATE SET metrics_at=excluded.metrics_at, "
+            "events_at=excluded.events_at, bad_lines=bad_lines+excluded.bad_lines",
+            (run_id, metrics_at, events_at, bad),
+        )
+
+    def _ingest_run(self, con, run_id: int) -> tuple[sqlite3.Row | None, bool]:
+        """Inside a transaction: apply one run folder's new lines, advance its offsets.
+        Returns (the row after, whether anything changed)."""
+        row = con.execute(
+            "SELECT r.dir, COALESCE(i.metrics_at, 0), COALESCE(i.events_at, 0) "
+            "FROM runs r LEFT JOIN ingested i ON i.run_id = r.id WHERE r.id=?",
+            (int(run_id),),
+        ).fetchone()
+        if row is None or not row[0]:
+            return row, False
+        run_dir = Path(row[0])
+        metrics = runfolder.read_records(run_dir / layout.METRICS, row[1], runfolder.check_metric)
+        events = runfolder.read_records(run_dir / layout.EVENTS, row[2], runfolder.check_event)
+        if metrics.end == row[1] and events.end == row[2]:
+            return con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone(), False
+        heartbeat = 0.0
+        batch: list[tuple] = []
+        for r in metrics.records:
+            if "rewind" in r:
+                con.executemany(_INSERT_METRIC, batch)
+                batch = []
+                con.execute(
+                    "DELETE FROM metrics WHERE run_id=? AND epoch>=?", (run_id, r["rewind"])
+                )
+                continue
+            batch.append((run_id, r["epoch"], r["step"], r["name"], r["value"], r["time"]))
+            heartbeat = max(heartbeat, r["time"])
+        con.executemany(_INSERT_METRIC, batch)
+        state = runfolder.fold_state(events.records)
+        if any("heartbeat" in e.get("set", {}) for e in events.records):
+            heartbeat = state.pop("heartbeat")  # set on purpose: as given
+            when = "?"
+        else:
+            heartbeat = max(heartbeat, state.pop("heartbeat", 0.0))
+            when = "MAX(COALESCE(heartbeat, 0), ?)"
+        for e in events.records:
+            if "message" in e:
+                con.execute(
+                    "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
+                    (run_id, e["time"], e["kind"], e["message"]),
+                )
+        bad = len(metrics.bad) + len(events.bad)
+        for name, chunk in ((layout.METRICS, metrics), (layout.EVENTS, events)):
+            for at, why in chunk.bad:
+                con.execute(
+                    "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
+                    (run_id, time.time(), "bad-line", f"{run_dir / name} at byte {at}: {why}"),
+                )
+        cols = "".join(f"{k}=?, " for k in state)
+        con.execute(
+            f"UPDATE runs SET {cols}heartbeat={when} WHERE id=?",
+            (*state.values(), heartbeat, run_id),
+        )
+        self._set_offsets(con, run_id, metrics.end, events.end, bad)
+        return con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone(), True
+
+    def _record(
+        self,
+        run_id: int,
+        kind: str,
+        values: dict | None = None,
+        message: str | None = None,
+        *,
+        unless=None,
+    ) -> Run:
+        """A change the store makes to a run: an event in its folder, then ingested, in one
+        transaction with a fresh read of the row. `unless(row)`: true to change nothing
+        (raises _Unchanged); `values` may be a function of the row (absolute values)."""
+        with self._tx() as con:
+            row, _ = self._ingest_run(con, int(run_id))
+            if row is None:
+                raise StoreError(f"no run {run_id} in {self.home}")
+            run = Run(**dict(row))
+            if unless is not None and unless(run):
+                raise _Unchanged(run)
+            if callable(values):
+                values = values(run)
+            runfolder.append_event(run.path, kind, values, message)
+            row, _ = self._ingest_run(con, run.id)
+        return Run(**dict(row))
+
     # ------------------------------------------------------------ lifecycle
     def update(self, run_id: int, **values: Any) -> None:
-        bad = set(values) - set(RUN_COLUMNS)
+        bad = set(values) - set(runfolder.STATE_COLUMNS)
         if bad:
             raise KeyError(f"unknown run columns {bad}")
-        cols = ", ".join(f"{k}=?" for k in values)
-        self.conn.execute(f"UPDATE runs SET {cols} WHERE id=?", (*values.values(), int(run_id)))
+        self._record(run_id, "set", values)
 
     def claim(self, run_id: int, **values: Any) -> bool:
         """queued -> running, atomically; False when someone else got it first."""
         values.setdefault("started", time.time())
         values.setdefault("host", socket.gethostname())
-        cols = ", ".join(f"{k}=?" for k in values)
-        with self._tx() as con:
-            cur = con.execute(
-                f"UPDATE runs SET status='running', heartbeat=?, error=NULL, "
-                f"attempts=attempts+1, {cols} WHERE id=? AND status='queued'",
-                (time.time(), *values.values(), int(run_id)),
+        try:
+            self._record(
+                run_id,
+                "claimed",
+                lambda run: {
+                    "status": "running",
+                    "error": None,
+                    "attempts": run.attempts + 1,
+                    **values,
+                },
+                unless=lambda run: run.status != "queued",
             )
-            return cur.rowcount == 1
+        except _Unchanged:
+            return False
+        return True
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         assert status in FINISHED, status
-        self.conn.execute(
-            "UPDATE runs SET status=?, error=COALESCE(?, error), ended=?, pid=NULL, heartbeat=? "
-            "WHERE id=?",
-            (status, error, time.time(), time.time(), int(run_id)),
-        )
-        self.event(run_id, status, error or "")
+        values: dict[str, Any] = {"status": status, "ended": time.time(), "pid": None}
+        if error is not None:
+            values["error"] = error
+        self._record(run_id, status, values, error or "")
 
     def requeue(self, run_id: int, *, resume: bool = True, holder: int | None = None) -> Run:
         """Back to the queue; `holder` (a foreground pid) keeps the engine off it."""
         run = self.run(run_id)
         if run.status not in ("failed", "cancelled", "running"):
             raise StoreError(f"run {run_id} is {run.status}; only failed or cancelled runs resume")
-        self.conn.execute(
-            "UPDATE runs SET status='queued', resume=?, cancel_requested=0, pid=?, "
-            "ended=NULL, heartbeat=? WHERE id=?",
-            (1 if resume else 0, holder, time.time(), int(run_id)),
-        )
-        self.event(run_id, "queued", "resume" if resume else "restart")
-        return self.run(run_id)
+        runfolder.clear_cancel(run.path)
+        values = {
+            "status": "queued",
+            "resume": 1 if resume else 0,
+            "cancel_requested": 0,
+            "pid": holder,
+            "ended": None,
+        }
+        return self._record(run_id, "queued", values, "resume" if resume else "restart")
 
     def request_cancel(self, run_id: int) -> str:
-        """Queued runs are cancelled now; running ones are asked to stop; dead ones end now."""
+        """Queued runs are cancelled now; running ones are asked to stop (their folder's
+        `cancel` file, which the worker polls); dead ones end now."""
         run = self.run(run_id)
         if run.status == "queued":
             self.finish(run_id, "cancelled", "cancelled before start")
@@ -661,8 +927,8 @@ class Store:
                 return "cancelled"
             return self.request_cancel(run_id)  # it changed meanwhile: ask again
         if run.status == "running":
-            self.update(run_id, cancel_requested=1)
-            self.event(run_id, "cancel", "cancel requested")
+            runfolder.request_cancel(run.path)
+            self._record(run_id, "cancel", {"cancel_requested": 1}, "cancel requested")
             return "cancelling"
         return run.status
 
@@ -677,9 +943,13 @@ class Store:
             raise StoreError(
                 f"run {run_id} is the teacher of queued/running runs {[r[0] for r in dependants]}"
             )
+        # in the folder first: if it cannot be deleted, `rebuild` still knows it was removed
+        with contextlib.suppress(OSError):
+            runfolder.append_event(run.path, runfolder.REMOVED)
         with self._tx() as con:
             con.execute("DELETE FROM metrics WHERE run_id=?", (run.id,))
             con.execute("DELETE FROM events WHERE run_id=?", (run.id,))
+            con.execute("DELETE FROM ingested WHERE run_id=?", (run.id,))
             con.execute("UPDATE runs SET depends_on=NULL WHERE depends_on=?", (run.id,))
             con.execute("DELETE FROM runs WHERE id=?", (run.id,))
         return run
@@ -704,17 +974,12 @@ class Store:
     def add_metrics(
         self, run_id: int, rows: Iterable[tuple[int, int, str, float]], when: float | None = None
     ) -> None:
-        """rows of (epoch, step, name, value), committed at once."""
-        when = when or time.time()
-        data = [(int(run_id), int(e), int(s), n, float(v), when) for e, s, n, v in rows]
-        if not data:
+        """rows of (epoch, step, name, value), appended to the run's folder and ingested."""
+        rows = list(rows)
+        if not rows:
             return
-        with self._tx() as con:
-            con.executemany(
-                "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)",
-                data,
-            )
-            con.execute("UPDATE runs SET heartbeat=? WHERE id=?", (when, int(run_id)))
+        runfolder.append_metrics(self.run(run_id).path, rows, when=when)
+        self.ingest([run_id])
 
     def metrics(
         self,
@@ -723,6 +988,7 @@ class Store:
         since_id: int = 0,
         names: Sequence[str] | None = None,
     ) -> list[Metric]:
+        self._ingest_quietly([int(run_id)])
         sql = "SELECT * FROM metrics WHERE run_id=? AND id>?"
         args: list[Any] = [int(run_id), int(since_id)]
         if names:
@@ -732,6 +998,7 @@ class Store:
 
     def series(self, run_id: int, name: str) -> list[tuple[int, int, float]]:
         """(epoch, step, value) of one metric, in order."""
+        self._ingest_quietly([int(run_id)])
         return [
             (r[0], r[1], r[2])
             for r in self.conn.execute(
@@ -745,6 +1012,7 @@ class Store:
     ) -> dict[str, tuple[list[float], list[float]]]:
         """name -> (epochs, mean value per epoch over the runs): a seed group's curves."""
         ids, names = [int(i) for i in run_ids], list(names)
+        self._ingest_quietly(ids)
         rows = self.conn.execute(
             f"SELECT name, epoch, AVG(value) FROM metrics WHERE run_id IN "
             f"({','.join('?' * len(ids))}) AND name IN ({','.join('?' * len(names))}) "
@@ -759,24 +1027,29 @@ class Store:
         return series
 
     def truncate_metrics(self, run_id: int, after_epoch: int) -> None:
-        """Drop metrics of epochs beyond a checkpoint before resuming from it."""
-        self.conn.execute(
-            "DELETE FROM metrics WHERE run_id=? AND epoch>?", (int(run_id), int(after_epoch))
+        """Metrics of epochs beyond `after_epoch` stop counting (a rewind marker)."""
+        run = self.run(run_id)
+        runfolder.append_records(
+            run.path / layout.METRICS, [{"rewind": int(after_epoch) + 1}], cut_torn=True
         )
+        self.ingest([run_id])
 
     # ------------------------------------------------------------ crash safety
     def settle_gone(self, run: Run, status: str, error: str) -> bool:
         """End a running row whose process is gone, unless it changed since `run` was read."""
         assert status in FINISHED, status
         now = time.time()
-        cur = self.conn.execute(
-            "UPDATE runs SET status=?, error=?, ended=?, pid=NULL, heartbeat=? "
-            "WHERE id=? AND status='running' AND pid IS ?",
-            (status, error, now, now, int(run.id), run.pid),
-        )
-        if cur.rowcount == 1:
-            self.event(run.id, status, error)
-        return cur.rowcount == 1
+        try:
+            self._record(
+                run.id,
+                status,
+                {"status": status, "error": error, "ended": now, "pid": None},
+                error,
+                unless=lambda row: row.status != "running" or row.pid != run.pid,
+            )
+        except _Unchanged:
+            return False
+        return True
 
     def commit_epoch(
         self,
@@ -786,87 +1059,21 @@ class Store:
         *,
         before_commit=None,
     ) -> None:
-        """An epoch's metrics and the run row's progress/accuracy, in one transaction.
-
-        So a kill leaves either both or neither; what a kill after the
-        checkpoint but before this loses is replayed from the checkpoint
-        on resume (`rewind`).
-        """
-        bad = set(values) - set(RUN_COLUMNS)
-        if bad:
-            raise KeyError(f"unknown run columns {bad}")
-        when = time.time()
-        data = [(int(run_id), int(e), int(s), n, float(v), when) for e, s, n, v in rows]
-        cols = ", ".join(f"{k}=?" for k in values)
-        with self._tx() as con:
-            con.executemany(
-                "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)",
-                data,
-            )
-            con.execute(
-                f"UPDATE runs SET {cols}, heartbeat=? WHERE id=?",
-                (*values.values(), when, int(run_id)),
-            )
-            if before_commit is not None:
-                before_commit()
+        """An epoch's metrics (fsynced), then the run row's progress/accuracy as an event
+        (engine.worker does the same on its folder; this is for callers holding a store)."""
+        run = self.run(run_id)
+        runfolder.append_metrics(run.path, list(rows), fsync=True)
+        if before_commit is not None:
+            before_commit()
+        runfolder.append_event(run.path, "epoch", values)
+        self.ingest([run_id])
 
     def rewind(self, run_id: int, epochs: int, commit: dict | None = None) -> dict[str, int]:
-        """Make the store agree with a checkpoint of `epochs` finished epochs.
-
-        Drops metrics of later epochs (and the unfinished one), records the
-        checkpoint's own epoch metrics when the kill came before they were
-        committed (`commit`: {"epoch", "step", "time", "metrics"}), and
-        recomputes epoch, best and last accuracy from what remains.
-        Returns {"dropped": rows deleted, "replayed": rows added}.
-        """
-        replayed = 0
-        with self._tx() as con:
-            dropped = con.execute(
-                "DELETE FROM metrics WHERE run_id=? AND epoch>=?", (int(run_id), int(epochs))
-            ).rowcount
-            if commit and int(commit.get("epoch", -1)) == epochs - 1:
-                for name, value in commit.get("metrics", {}).items():
-                    have = con.execute(
-                        "SELECT 1 FROM metrics WHERE run_id=? AND name=? AND epoch=? LIMIT 1",
-                        (int(run_id), name, epochs - 1),
-                    ).fetchone()
-                    if have is None:
-                        con.execute(
-                            "INSERT INTO metrics(run_id, epoch, step, name, value, time) "
-                            "VALUES (?,?,?,?,?,?)",
-                            (
-                                int(run_id),
-                                epochs - 1,
-                                int(commit.get("step", 0)),
-                                name,
-                                float(value),
-                                float(commit.get("time", time.time())),
-                            ),
-                        )
-                        replayed += 1
-            top1 = con.execute(
-                "SELECT epoch, value FROM metrics WHERE run_id=? AND name=? ORDER BY epoch, id",
-                (int(run_id), M.TEST_TOP1),
-            ).fetchall()
-            top5 = con.execute(
-                "SELECT value FROM metrics WHERE run_id=? AND name=? "
-                "ORDER BY epoch DESC, id DESC LIMIT 1",
-                (int(run_id), M.TEST_TOP5),
-            ).fetchone()
-            best = max(top1, key=lambda r: r[1]) if top1 else None
-            con.execute(
-                "UPDATE runs SET epoch=?, step=0, best_top1=?, best_epoch=?, last_top1=?, "
-                "last_top5=? WHERE id=?",
-                (
-                    int(epochs),
-                    best[1] if best else None,
-                    best[0] + 1 if best else None,
-                    top1[-1][1] if top1 else None,
-                    top5[0] if top5 else None,
-                    int(run_id),
-                ),
-            )
-        return {"dropped": dropped, "replayed": replayed}
+        """Make the run agree with a checkpoint of `epochs` finished epochs
+        (engine.core.runfolder.rewind on its folder, then ingested)."""
+        out = runfolder.rewind(self.run(run_id).path, epochs, commit)
+        self.ingest([run_id])
+        return out
 
     def remove_run_dir(self, run: Run) -> str | None:
         """Delete a run's folder only as a real directory inside the real runs/ (else why not)."""
@@ -876,15 +1083,190 @@ class Store:
 
     # ------------------------------------------------------------ events
     def event(self, run_id: int | None, kind: str, message: str = "") -> None:
+        if run_id is not None:
+            self._record(run_id, kind, None, message)
+            return
         self.conn.execute(
             "INSERT INTO events(run_id, time, kind, message) VALUES (?,?,?,?)",
             (run_id, time.time(), kind, message),
         )
 
     def events(self, since_id: int = 0) -> list[sqlite3.Row]:
+        self._ingest_quietly()
         return self.conn.execute(
             "SELECT * FROM events WHERE id>? ORDER BY id", (since_id,)
         ).fetchall()
+
+    # ------------------------------------------------------------ rebuild and import
+    def _insert_experiment(self, con, exp: dict, exp_id: int | None) -> int:
+        return con.execute(
+            "INSERT INTO experiments(id, name, source, config_toml, created, uuid) "
+            "VALUES (?,?,?,?,?,?)",
+            (
+                exp_id,
+                exp["name"],
+                exp.get("source"),
+                exp["config_toml"],
+                exp.get("created") or time.time(),
+                exp["uuid"],
+            ),
+        ).lastrowid
+
+    def _insert_folder(
+        self,
+        con,
+        run_dir: Path,
+        meta: dict,
+        config: str,
+        run_id: int | None,
+        exp_id: int,
+        depends_on: int | None,
+    ) -> int:
+        """A run's row from its folder (run.json, config.toml), then its records ingested."""
+        row = dict(meta["row"])
+        row.setdefault("created", time.time())
+        try:
+            note, tags = annotations.read_folder(run_dir)
+        except annotations.AnnotationError:  # import refuses it first; rebuild says so
+            note, tags = "", []
+        row.update(note=note, tags=annotations.dump_tags(tags))
+        values = {
+            "id": run_id,
+            "experiment_id": exp_id,
+            **row,
+            "depends_on": depends_on,
+            "config_toml": config,
+            "dir": str(run_dir),
+            "uuid": meta["uuid"],
+        }
+        names = ", ".join(values)
+        run_id = con.execute(
+            f"INSERT INTO runs({names}) VALUES ({','.join('?' * len(values))})",
+            tuple(values.values()),
+        ).lastrowid
+        if row.get("world_size") is None:  # a folder from before world sizes: one process
+            self._backfill_world(con)
+        self._ingest_run(con, run_id)
+        return run_id
+
+    def _check_imports(self, paths: Sequence[str | os.PathLike]) -> list[tuple[Path, dict, str]]:
+        """Every folder of an import, checked whole before anything is copied."""
+        folders: list[Path] = []
+        for p in paths:
+            folders += _import_candidates(Path(p).absolute())
+        checked: list[tuple[Path, dict, str]] = []
+        uuids: dict[str, Path] = {}
+        for d in folders:
+            try:
+                meta = runfolder.check_folder(d)
+                config = safefs.read_text(d / layout.CONFIG)
+                reading.loads(config, file=str(d / layout.CONFIG), resolved=True)
+                annotations.read_folder(d)
+            except (runfolder.FolderError, annotations.AnnotationError) as e:
+                raise ImportRefused(str(e)) from None
+            except FileNotFoundError:
+                raise ImportRefused(
+                    f"{d / layout.CONFIG}: missing; not a whole run folder"
+                ) from None
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise ImportRefused(f"{d / layout.CONFIG}: {e}") from None
+            if meta["uuid"] in uuids:
+                raise ImportRefused(f"{d} and {uuids[meta['uuid']]} are the same run (uuid)")
+            uuids[meta["uuid"]] = d
+            row = self.conn.execute("SELECT id FROM runs WHERE uuid=?", (meta["uuid"],)).fetchone()
+            if row is not None:
+                raise ImportRefused(
+                    f"{d} is run {row[0]} of this store already (uuid {meta['uuid']}); "
+                    "nothing imported"
+                )
+            checked.append((d, meta, config))
+        return sorted(checked, key=lambda t: t[1]["id"])  # teachers before their students
+
+    def import_folders(self, paths: Sequence[str | os.PathLike]) -> list[tuple[Path, Run]]:
+        """Add run folders copied from another machine: copied into runs/ under new ids.
+
+        Everything is checked first (only plain files; run.json, metrics and events well
+        formed; the config valid; no run already here by its uuid), and any failure
+        leaves the store as it was (one transaction; the folders made are removed). A
+        teacher run imported with its students (or already here) stays their teacher. A
+        run that was queued or running where it came from arrives cancelled (`kdtui
+        resume` continues it here)."""
+        checked = self._check_imports(paths)
+        made: list[Path] = []
+        done: list[tuple[Path, int]] = []
+        try:
+            with self._tx() as con:
+                new_ids: dict[str, int] = {}  # uuid -> id here
+                for d, meta, config in checked:
+                    run_id = self._import_one(con, d, meta, config, new_ids, made)
+                    done.append((d, run_id))
+        except BaseException:
+            for path in made:
+                safefs.remove_run_dir(self.runs_dir, path)
+            raise
+        return [(d, self.run(i)) for d, i in done]
+
+    def _import_one(
+        self, con, d: Path, meta: dict, config: str, new_ids: dict[str, int], made: list[Path]
+    ) -> int:
+        exp = meta["experiment"]
+        have = con.execute("SELECT id FROM experiments WHERE uuid=?", (exp["uuid"],)).fetchone()
+        exp_id = have[0] if have else self._insert_experiment(con, exp, None)
+        teacher = meta.get("teacher")
+        dep = None
+        if teacher:
+            dep = new_ids.get(teacher["uuid"])
+            if dep is None:
+                hit = con.execute("SELECT id FROM runs WHERE uuid=?", (teacher["uuid"],)).fetchone()
+                dep = hit[0] if hit else None
+        # the next id, reserved (AUTOINCREMENT never hands it out again) before its folder
+        run_id = con.execute(
+            "INSERT INTO runs(experiment_id, experiment, method, student_arch, dataset, "
+            "config_toml, dir, created) VALUES (?, '', '', '', '', '', '', 0)",
+            (exp_id,),
+        ).lastrowid
+        con.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        new_dir = self._make_run_dir(run_id)
+        made.append(new_dir)
+        new_teacher = None
+        if dep is not None and teacher:
+            dep_dir = con.execute("SELECT dir FROM runs WHERE id=?", (dep,)).fetchone()[0]
+            new_teacher = {"id": dep, "uuid": teacher["uuid"], "folder": Path(dep_dir).name}
+            cfg = reading.loads(config, file=str(d / layout.CONFIG), resolved=True)
+            if cfg.teacher.from_run == str(teacher["id"]):
+                cfg.teacher.from_run = str(dep)
+                config = writing.resolved_toml(cfg)
+        for entry in os.scandir(d):
+            if entry.name not in (layout.META, layout.CONFIG, layout.CANCEL):
+                _copy_file(Path(entry.path), new_dir / entry.name)
+        safefs.write_new(new_dir / layout.CONFIG, config)
+        new_meta = {
+            **meta,
+            "id": run_id,
+            "experiment": {**exp, "id": exp_id},
+            "teacher": new_teacher,
+        }
+        runfolder.write_meta(new_dir, new_meta)
+        self._insert_folder(con, new_dir, new_meta, config, run_id, exp_id, dep)
+        new_ids[meta["uuid"]] = run_id
+        status, host = con.execute("SELECT status, host FROM runs WHERE id=?", (run_id,)).fetchone()
+        if status in ACTIVE:
+            where = f" on {host}" if host else ""
+            why = f"imported while {status}{where}; `kdtui resume {run_id}` continues it"
+            values = {"status": "cancelled", "error": why, "pid": None, "ended": time.time()}
+            runfolder.append_event(new_dir, "cancelled", values, why)
+            self._ingest_run(con, run_id)
+        return run_id
+
+
+_INSERT_METRIC = "INSERT INTO metrics(run_id, epoch, step, name, value, time) VALUES (?,?,?,?,?,?)"
+
+
+class _Unchanged(Exception):
+    """A guarded change that did not apply (the row had changed); carries the row."""
+
+    def __init__(self, run: Run):
+        self.run = run
 
 
 class _Transaction:
@@ -902,3 +1284,122 @@ class _Transaction:
             self.con.execute("COMMIT")
         else:
             self.con.execute("ROLLBACK")
+
+
+# ---------------------------------------------------------------- rebuild and import
+@dataclass
+class Rebuilt:
+    """What `rebuild` did: runs back, folders skipped (with why), the old database's name."""
+
+    runs: int = 0
+    metrics: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    old_db: Path | None = None
+
+
+def _run_folders(runs_dir: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(runs_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if layout.RUN_DIR_NAME.match(e.name) and e.is_dir(follow_symlinks=False)
+    ]
+
+
+def rebuild(home: str | Path | None = None) -> Rebuilt:
+    """Recreate the database from the run folders: every run (its id kept), its status,
+    metrics and events back. An existing database is moved aside first (with its -wal,
+    so it stays readable), never deleted. The caller makes sure no engine runs."""
+    home = layout.home_path(home)
+    out = Rebuilt()
+    db = home / layout.DB
+    if db.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out.old_db = db.with_name(layout.db_set_aside(stamp))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{db}{suffix}", f"{out.old_db}{suffix}")
+    store = Store(home)
+    found: list[tuple[Path, dict]] = []
+    for run_dir in _run_folders(store.runs_dir):
+        try:
+            meta = runfolder.read_meta(run_dir)
+        except runfolder.FolderError as e:
+            out.skipped.append((run_dir.name, str(e)))
+            continue
+        if any(e["kind"] == runfolder.REMOVED for e in runfolder.read_events(run_dir)):
+            out.skipped.append((run_dir.name, "removed with `kdtui rm`"))
+            continue
+        found.append((run_dir, meta))
+    found.sort(key=lambda t: t[1]["id"])
+    with store._tx() as con:
+        seen: set[int] = set()
+        for run_dir, meta in found:
+            if meta["id"] in seen:
+                out.skipped.append((run_dir.name, f"run id {meta['id']} is taken by another"))
+                continue
+            try:
+                config = safefs.read_text(run_dir / layout.CONFIG)
+            except (OSError, UnicodeDecodeError) as e:
+                out.skipped.append((run_dir.name, f"{layout.CONFIG}: {e}"))
+                continue
+            try:
+                annotations.read_folder(run_dir)
+            except annotations.AnnotationError as e:  # the run comes back, the file is kept
+                out.skipped.append((run_dir.name, f"{e}; the run is back without its note/tags"))
+            seen.add(meta["id"])
+            exp = meta["experiment"]
+            if con.execute("SELECT 1 FROM experiments WHERE id=?", (exp["id"],)).fetchone() is None:
+                store._insert_experiment(con, exp, exp["id"])
+            teacher = meta.get("teacher")
+            depends_on = teacher["id"] if teacher and teacher["id"] in seen else None
+            store._insert_folder(con, run_dir, meta, config, meta["id"], exp["id"], depends_on)
+            out.runs += 1
+        out.metrics = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    store.close()
+    return out
+
+
+class ImportRefused(StoreError):
+    """A folder that cannot be imported; nothing of the whole import was kept."""
+
+
+def _import_candidates(path: Path) -> list[Path]:
+    """A run folder, or a folder of run folders (another store's runs/, or the store)."""
+    if os.path.lexists(path / layout.META) or os.path.islink(path):
+        return [path]
+    if not path.is_dir():
+        raise ImportRefused(f"{path}: no such folder")
+    inner = path / layout.RUNS if (path / layout.RUNS).is_dir() else path
+    found = [
+        Path(e.path)
+        for e in sorted(os.scandir(inner), key=lambda e: e.name)
+        if os.path.lexists(Path(e.path) / layout.META) or e.is_symlink()
+    ]
+    if not found:
+        raise ImportRefused(f"{path}: holds no run folder (a folder with {layout.META})")
+    return found
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """A plain file copied without following a link at either end."""
+    fd = safefs.open_fd(src, os.O_RDONLY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImportRefused(f"{src} is not a plain file")
+        out = safefs.open_fd(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)

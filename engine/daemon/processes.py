@@ -6,11 +6,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core import runfolder
 from engine.core.liveness import is_worker_process, pid_alive
 from engine.daemon.scheduling import Slot
 
@@ -53,6 +55,14 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def worker_command(home: str | os.PathLike | None, run_dirs: list[Path]) -> list[str]:
+    """The worker's command line (the local engine and `kdtui run` spawn it; a cluster
+    backend submits it; engine.launch wraps the same arguments in torchrun for the ranks of
+    a run on several processes): engine.core.runfolder.worker_args. The worker never opens
+    the store's database."""
+    return [sys.executable, "-m", runfolder.WORKER_MODULE, *runfolder.worker_args(home, run_dirs)]
 
 
 def exit_text(code: int) -> str:

@@ -1,6 +1,7 @@
 """The engine process: the loop that places queued runs on free slots, and its process.
 
-`Engine.step` is one pass: reap finished workers, find dead ones, escalate
+`Engine.step` is one pass: ingest the run folders of queued and running runs
+(workers write only their folders), reap finished workers, find dead ones, escalate
 ignored cancels, then start ready runs (engine.daemon.scheduling decides where).
 `serve` runs it in this process until SIGTERM; `__main__` detaches it first.
 """
@@ -25,7 +26,13 @@ from engine.core.liveness import is_worker_process, process_gone, row_time, run_
 from engine.core.store import Run, Store, StoreError
 from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
 from engine.daemon.options import Options
-from engine.daemon.processes import WorkerProcess, child_env, exit_text, signal_group
+from engine.daemon.processes import (
+    WorkerProcess,
+    child_env,
+    exit_text,
+    signal_group,
+    worker_command,
+)
 from engine.daemon.scheduling import (
     Slot,
     dependency,
@@ -76,6 +83,7 @@ class Engine:
 
     def recover(self) -> None:
         """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
+        self.store.ingest(everything=True)  # what changed in any folder while none watched
         groups: dict[int, list[Run]] = {}
         for run in self.store.runs(status="running"):
             if run.pid and run_process_alive(run.pid, row_time(run)):
@@ -123,6 +131,7 @@ class Engine:
 
     # ------------------------------------------------------------ one pass
     def step(self) -> None:
+        self.store.ingest()  # what the workers appended to their run folders since
         self.reap()
         running = self.store.runs(status="running")
         self.find_dead(running)
@@ -282,14 +291,7 @@ class Engine:
                     name=layout.WORKER_OUTPUT,
                     message=f"engine: output of this fused worker: {out_path}",
                 )
-        cmd = [
-            sys.executable,
-            "-m",
-            "engine.worker",
-            *map(str, claimed),
-            "--home",
-            str(self.store.home),
-        ]
+        cmd = worker_command(self.store.home, [r.path for r in runs])
         try:
             out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             with os.fdopen(out_fd, "a") as out:

@@ -13,6 +13,7 @@ module of this package holds the commands of one job:
     catalog      models, methods: what the registries hold
     bench        the speed of the engine and of the app
     cache        the disk teacher-logit caches
+    store        store rebuild (the database from the run folders), import (run folders in)
     render       the Rich tables they print; common: consoles, shared options, errors
 """
 
@@ -27,7 +28,18 @@ from typer.core import TyperOption
 from engine.core import safefs
 from engine.core.layout import default_home
 from engine.core.store import StoreError
-from kdtui.cli import bench, cache, catalog, engine, experiments, notes, plot, results, runs
+from kdtui.cli import (
+    bench,
+    cache,
+    catalog,
+    engine,
+    experiments,
+    notes,
+    plot,
+    results,
+    runs,
+    store,
+)
 from kdtui.cli.common import HomeOpt, fail
 
 
@@ -77,6 +89,8 @@ app.command()(notes.tag)
 app.command()(plot.plot)
 app.command()(bench.bench)
 app.add_typer(cache.cache_app, name="cache")
+app.add_typer(store.store_app, name="store")
+app.command("import")(store.import_runs)
 
 
 def main() -> None:

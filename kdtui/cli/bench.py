@@ -12,9 +12,20 @@ from rich.table import Table
 from kdtui.cli.common import console, err, fail
 from kdtui.inert import text
 
-PART_NAMES = ("threads", "loader", "step", "fused", "cache", "scaling", "compile", "app")
-DEFAULT = tuple(p for p in PART_NAMES if p != "compile")  # compile: only with --only
-APP_ONLY = ("app",)
+PART_NAMES = (
+    "threads",
+    "loader",
+    "step",
+    "fused",
+    "cache",
+    "scaling",
+    "compile",
+    "app",
+    "ingest",
+)
+# compile and ingest: only with --only
+DEFAULT = tuple(p for p in PART_NAMES if p not in ("compile", "ingest"))
+APP_ONLY = ("app", "ingest")  # torch-free parts
 
 
 def _parts(value: str | None) -> tuple[str, ...]:
@@ -165,6 +176,12 @@ def bench(
         result["app"] = run_app_bench(
             repeats=repeats or (3 if quick else 5), writes=5 if quick else 10, log=log
         )
+    if "ingest" in parts:
+        from bench.ingest import run_ingest_bench  # torch-free
+
+        result["ingest"] = run_ingest_bench(
+            folders=1000, repeats=repeats or (3 if quick else 5), log=log
+        )
     if json_out:
         print(json.dumps(result, indent=1, default=str))
         return
@@ -172,6 +189,8 @@ def bench(
         console.print(render(result))
     if "app" in result:
         console.print(render_app(result["app"]))
+    if "ingest" in result:
+        console.print(render_ingest(result["ingest"]))
 
 
 def _engine_bench(options: dict, log) -> dict:
@@ -293,6 +312,22 @@ def render(r: dict) -> Table:
     t.caption = (
         f"{r['seconds']:.0f} s; medians of interleaved repeats; ratios against the row above"
     )
+    return t
+
+
+def _ms(d: dict) -> tuple[str, str]:
+    return f"{d['median']:.1f} ms", f"{d['min']:.1f}–{d['max']:.1f} (n={d['n']})"
+
+
+def render_ingest(a: dict) -> Table:
+    t = _table("kdtui bench: ingesting run folders (torch-free)", "median")
+    n = a["folders"]
+    _row(t, "ingest", f"idle poll, {n} queued run folders", _ms(a["idle_poll_queued_ms"]))
+    _row(t, "", f"idle poll, {n} running run folders (worst case)", _ms(a["idle_poll_ms"]))
+    _row(t, "", f"the app's poll read (ingest + rows), {n} runs", _ms(a["app_poll_read_ms"]))
+    what = f"{a['ingest_runs']} runs x {a['ingest_metrics_per_run']:,} new metrics, metrics/s"
+    _row(t, "", what, _rate(a["metrics_per_s"]))
+    t.caption = "medians of repeats on this machine; a loaded machine reads slower"
     return t
 
 

@@ -17,7 +17,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -42,7 +41,7 @@ from engine.core import metrics as M
 from engine.core.inert import printable
 from engine.core.layout import WORKER_OUTPUT
 from engine.core.store import Run, Store, StoreError
-from engine.daemon.processes import child_env
+from engine.daemon.processes import child_env, worker_command
 from kdtui.cli.render import leaderboard_table
 from kdtui.inert import text
 
@@ -228,7 +227,7 @@ def train_processes(store: Store, ids: list[int], progress: Progress, labels: di
     which stops its ranks), and its runs end cancelled, resumable from their checkpoint."""
     runs = store.runs(ids=ids)
     out_path = Path(runs[0].dir) / WORKER_OUTPUT
-    cmd = [sys.executable, "-m", "engine.worker", *map(str, ids), "--home", str(store.home)]
+    cmd = worker_command(store.home, [r.path for r in runs])
     out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     with os.fdopen(out_fd, "a") as out:
         proc = subprocess.Popen(
