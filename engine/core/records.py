@@ -58,6 +58,9 @@ RUN_FIELDS = (
     "ended",
     "error",
     "dir",
+    "slurm_job",
+    "slurm_node",
+    "slurm_state",
     "note",
     "tags",
 )
