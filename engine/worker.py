@@ -678,14 +678,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--home", default=None, help="the store folder: where the disk teacher cache lives"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="a restarted batch job (Slurm requeue): resume every run still unfinished from "
+        "its last checkpoint; finished runs stay as they are",
+    )
     args = parser.parse_args(argv)
     home = Path(args.home) if args.home else None
+    dirs = args.run_dirs
+    if args.resume:
+        dirs = [d for d in dirs if Folder(d).status not in runfolder.FINISHED]
+        if not dirs:
+            return 0
+        for d in dirs:  # every path below resumes: one process, or each rank of a DDP run
+            runfolder.append_event(d, "set", {"resume": 1}, "a restarted batch job: resume")
     group = distributed.from_env()
     if group is not None:  # one rank of a run on several processes, started by engine.launch
-        return rank_main(args.run_dirs, home, group)
-    if _world(args.run_dirs[0]) > 1:
-        return launch(args.run_dirs, home)
-    results = train(args.run_dirs, home=home)
+        return rank_main(dirs, home, group)
+    if _world(dirs[0]) > 1:
+        return launch(dirs, home)
+    results = train(dirs, home=home, resume=True if args.resume else None)
     return 0 if all(r.status == "done" for r in results) else 1
 
 

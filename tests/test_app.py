@@ -1143,3 +1143,22 @@ async def test_end_to_end_compose_queue_watch_to_done_and_rank(project):
             assert "engine pid" in again.sub_title
     finally:
         daemon.stop(home)
+
+
+async def test_a_run_whose_slurm_job_is_pending_shows_as_queued_with_the_reason(project):
+    store = Store(project / ".kdtui")
+    (run,) = store.submit(reading.loads(STUDY["baseline-r8x4"].replace("[0, 1, 2]", "[0]")))
+    assert store.claim(run.id)  # what the Slurm engine records once the job is submitted
+    store.update(run.id, job_id="41_0", job_state="PENDING (Priority)")
+    store.close()
+    app = make_app(project / ".kdtui")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: app.loaded)
+        await pilot.pause()
+        detail = app.screen.query_one("#detail")
+        await until(pilot, lambda: "41_0" in str(detail.border_subtitle), what="the job")
+        assert str(detail.border_subtitle).startswith(
+            "queued · slurm job 41_0 PENDING (Priority) · epoch 0/240"
+        )
+        table = app.screen.query_one("#runs")
+        assert "queued" in str(table.get_row_at(0)[1])

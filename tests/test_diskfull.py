@@ -13,9 +13,8 @@ import pytest
 from engine.core import layout, reading, runlog, safefs
 from engine.core.liveness import pid_alive
 from engine.core.store import Store
-from engine.daemon import client, server
+from engine.daemon import backends, client, server
 from engine.daemon.options import Options
-from engine.daemon.scheduling import build_slots
 from tests import test_engine
 
 Box, tiny = test_engine.Box, test_engine.tiny
@@ -65,7 +64,9 @@ def temp_files(root: Path) -> list[Path]:
 
 def test_state_writes_on_a_full_disk_leave_no_temp_file_and_never_raise(small_disk):
     store = Store(small_disk / "home")
-    engine = server.Engine(store, Options(), build_slots([]))
+    engine = server.Engine(
+        store, Options(gpus="none"), backends.create(Options(gpus="none"), store.home)
+    )
     engine.write_state()
     assert json.loads((store.home / layout.ENGINE_STATE).read_text())["pid"] == os.getpid()
     filler = fill(small_disk)

@@ -131,7 +131,7 @@ def test_a_store_from_before_notes_opens_and_gains_the_columns(home):
     old.close()
 
     store = Store(home)
-    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     columns = {r[1] for r in store.conn.execute("PRAGMA table_info(runs)")}
     assert {"note", "tags"} <= columns
     assert [(r.note, r.tag_list) for r in store.runs()] == [("", []), ("", [])]

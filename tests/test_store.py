@@ -245,3 +245,91 @@ def test_runs_stored_before_fingerprints_get_one_even_with_the_default_milestone
     first.conn.commit()
     first.close()
     assert Store(home).run(run.id).fingerprint == fingerprint  # backfilled on open
+
+
+# what each older store lacked: (user_version, runs columns, experiments columns, tables,
+# whether its run folders had records yet); every one opens migrated to one current version
+WORLD, NOTES, JOBS = (
+    ("world_size", "effective_batch"),
+    ("note", "tags"),
+    ("job_id", "job_node", "job_state"),
+)
+OLDER_STORES = {
+    "2: before world size, notes, run folders and Slurm": (
+        2,
+        (*WORLD, *NOTES, "uuid", *JOBS),
+        ("uuid",),
+        ("ingested",),
+        False,
+    ),
+    "4: notes and tags, before run folders": (4, ("uuid", *JOBS), ("uuid",), ("ingested",), False),
+    "5: run folders, before Slurm": (5, JOBS, (), (), True),
+    "i13-slurm's 4: job columns, no notes, no run folders": (
+        4,
+        (*NOTES, "uuid"),
+        ("uuid",),
+        ("ingested",),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("before", OLDER_STORES)
+def test_a_store_of_every_older_version_opens_migrated_with_its_rows(home, before):
+    from engine.core import layout, runfolder
+    from engine.core import store as storemod
+
+    version, run_cols, exp_cols, tables, has_records = OLDER_STORES[before]
+    old = Store(home)
+    teacher, student = submit(
+        old, EXP.replace("lr = [0.01, 0.05]", "lr = 0.01").replace("seeds = [0, 1]", "seeds = [0]")
+    )
+    assert old.claim(teacher.id, pid=None)
+    old.add_metrics(teacher.id, [(0, 1, "train/loss", 1.0), (0, 1, "test/top1", 50.0)])
+    old.finish(teacher.id, "done")
+    con = old.conn
+    if "job_id" not in run_cols:  # a Slurm store: its job columns hold what the engine saw
+        con.execute("UPDATE runs SET job_id='41_0', job_node='n1', job_state='COMPLETED'")
+    con.execute("DROP INDEX IF EXISTS runs_uuid")
+    for col in run_cols:
+        con.execute(f"ALTER TABLE runs DROP COLUMN {col}")
+    for col in exp_cols:
+        con.execute(f"ALTER TABLE experiments DROP COLUMN {col}")
+    for table in tables:
+        con.execute(f"DROP TABLE {table}")
+    con.execute(f"PRAGMA user_version = {version}")
+    con.commit()
+    if not has_records:
+        for run in (teacher, student):
+            for name in (layout.META, layout.METRICS, layout.EVENTS):
+                (run.path / name).unlink(missing_ok=True)
+    old.close()
+
+    store = Store(home)
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == storemod.SCHEMA_VERSION
+    fresh = sqlite3.connect(":memory:")
+    fresh.executescript(storemod.SCHEMA)
+    for table in ("runs", "experiments", "ingested"):
+        cols = {r[1] for r in fresh.execute(f"PRAGMA table_info({table})")}
+        assert {r[1] for r in store.conn.execute(f"PRAGMA table_info({table})")} == cols
+    done = store.run(teacher.id)
+    assert (done.status, done.uuid) == ("done", runfolder.read_meta(done.path)["uuid"])
+    assert [m.value for m in store.metrics(teacher.id)] == [1.0, 50.0]
+    assert (done.world_size, done.note, done.tag_list) == (1, "", [])  # backfilled, defaults
+    slurm = "job_id" not in run_cols
+    assert done.job_id == ("41_0" if slurm else None)
+    store.update(student.id, job_id="42", job_state="PENDING (Priority)")  # works as new
+    store.close()
+
+    # and its folders hold everything: the database rebuilt from them is the same
+    for suffix in ("", "-wal", "-shm"):
+        (home / f"{layout.DB}{suffix}").unlink(missing_ok=True)
+    assert storemod.rebuild(home).runs == 2
+    store = Store(home)
+    assert store.run(teacher.id).job_id == ("41_0" if slurm else None)
+    assert store.run(teacher.id).status == "done"
+    assert (store.run(student.id).job_id, store.run(student.id).job_state) == (
+        "42",
+        "PENDING (Priority)",
+    )
+    assert len(store.metrics(teacher.id)) == 2

@@ -1,4 +1,6 @@
-"""Test-only crash points: `KDTUI_FAULT=POINT@EPOCH` makes the process SIGKILL itself there.
+"""Test-only crash points: `KDTUI_FAULT=POINT@EPOCH` makes the process SIGKILL itself there;
+`KDTUI_HOLD=POINT@EPOCH:PATH` makes it wait there while PATH exists (so a test can requeue or
+cancel a Slurm job at a known point of a run, then let a restarted worker through).
 
 The fault-injection tests name each point of an epoch's commit (checkpoint
 written, metrics committed, ...) and check that a resume afterwards records
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "KDTUI_FAULT"
 RANK_ENV = "KDTUI_FAULT_RANK"
+HOLD_ENV = "KDTUI_HOLD"
 POINTS = ("step", "best", "prev", "checkpoint", "metrics-open", "metrics", "log")
 
 
@@ -35,3 +39,8 @@ def point(name: str, epoch: int) -> None:
         rank = os.environ.get(RANK_ENV)
         if rank is None or rank == os.environ.get("RANK", "0"):
             os.kill(os.getpid(), signal.SIGKILL)
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        where, _, path = hold.partition(":")
+        while where == f"{name}@{epoch}" and os.path.exists(path):
+            time.sleep(0.1)

@@ -10,6 +10,7 @@ format is engine.core.runlog, the teacher cache's files engine.core.cachefiles.
         engine-options.json           options saved by `kdtui engine start`
         tui.json                      the app's settings (bell, pinned baseline)
         cache/teacher-<key>/          disk teacher-logit caches
+        runs/.slurm/<job id>/         submitit's files of each Slurm job (engine.daemon.backends.slurm)
         runs/<id>-<suffix>/           one folder per run:
             run.json                  submit-time data: id, uuid, experiment (engine.core.runfolder)
             config.toml               its resolved config, as stored
@@ -39,6 +40,7 @@ ENGINE_LOG = "engine.log"
 ENGINE_STATE = "engine.json"
 ENGINE_OPTIONS = "engine-options.json"
 APP_SETTINGS = "tui.json"
+SLURM_JOBS = ".slurm"  # under RUNS: on the shared file system with the run folders
 # every file of the store itself: none may be a symlink, so nothing kdtui writes lands in
 # someone else's file
 STORE_FILES = (

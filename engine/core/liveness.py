@@ -89,6 +89,8 @@ def process_gone(run, now: float | None = None) -> bool:
     """A `running` row whose process no longer runs it (on this host; others are trusted)."""
     if run.status != "running":
         return False
+    if getattr(run, "job_id", None):
+        return False  # a batch job (Slurm): the engine asks the scheduler, a pid cannot tell
     if run.host and run.host != socket.gethostname():
         return False  # another machine's process: nothing here can tell
     if not run.pid:
@@ -99,5 +101,18 @@ def process_gone(run, now: float | None = None) -> bool:
 
 
 def shown_status(run) -> str:
-    """The status to show: `dead` for a running row whose process is gone."""
+    """The status to show: `dead` for a running row whose process is gone, `queued` for one
+    whose batch job still waits in the scheduler's queue (its reason: `job_text`)."""
+    if run.status == "running" and (getattr(run, "job_state", None) or "").startswith("PENDING"):
+        return "queued"
     return DEAD if process_gone(run) else run.status
+
+
+def job_text(run) -> str:
+    """A batch job as `kdtui ls` and the app show it: "123_0 node1 RUNNING",
+    "123_1 PENDING (Priority)"; empty for a run with no job."""
+    job_id = getattr(run, "job_id", None)
+    if not job_id:
+        return ""
+    parts = [job_id, getattr(run, "job_node", None) or "", getattr(run, "job_state", None) or ""]
+    return " ".join(p for p in parts if p)

@@ -58,6 +58,9 @@ RUN_FIELDS = (
     "ended",
     "error",
     "dir",
+    "slurm_job",
+    "slurm_node",
+    "slurm_state",
     "note",
     "tags",
 )
@@ -168,6 +171,9 @@ def run_record(r: Run) -> dict[str, Any]:
         "ended": _num(r.ended),
         "error": r.error,
         "dir": r.dir,
+        "slurm_job": r.job_id,
+        "slurm_node": r.job_node,
+        "slurm_state": r.job_state,
         "note": r.note,
         "tags": r.tag_list,
     }

@@ -81,8 +81,14 @@ STATE_COLUMNS = (
     "ended",
     "priority",
     "heartbeat",  # set explicitly only by tests and tools; else the latest record's time
+    # a run trained by a batch system (engine.daemon.backends.slurm), as the engine last
+    # polled it: its job id ("123_0" in an array), node and scheduler state
+    "job_id",
+    "job_node",
+    "job_state",
 )
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = STATUSES[2:]  # a run in one of these trains no more
 # submit-time row data kept in run.json ("row")
 META_COLUMNS = (
     "experiment",
@@ -120,13 +126,18 @@ def new_uuid() -> str:
 WORKER_MODULE = "engine.worker"
 
 
-def worker_args(home: str | os.PathLike | None, run_dirs: list[Path]) -> list[str]:
+def worker_args(
+    home: str | os.PathLike | None, run_dirs: list[Path], *, resume: bool = False
+) -> list[str]:
     """The worker's arguments, in one place: run folders only, and the store folder for the
-    disk teacher cache (none given: no disk cache). engine.daemon.processes.worker_command
-    runs `python -m WORKER_MODULE` with them; engine.launch wraps the same in torchrun."""
+    disk teacher cache (none given: no disk cache); `resume`: a restarted batch job (Slurm
+    requeue) resumes its unfinished runs. engine.daemon.processes.worker_command runs
+    `python -m WORKER_MODULE` with them, the Slurm backend's job calls the worker's main with
+    them; engine.launch wraps the same in torchrun."""
     return [
         *(["--home", os.fspath(home)] if home is not None else []),
         *(os.fspath(d) for d in run_dirs),
+        *(["--resume"] if resume else []),
     ]
 
 

@@ -43,8 +43,8 @@ from engine.core import (
 from engine.core import fingerprint as fpmod
 from engine.core.reading import tomllib
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed", "cancelled")
+STATUSES = runfolder.STATUSES
+FINISHED = runfolder.FINISHED
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -106,7 +106,10 @@ CREATE TABLE IF NOT EXISTS runs (
     effective_batch INTEGER,
     note TEXT NOT NULL DEFAULT '',
     tags TEXT NOT NULL DEFAULT '[]',
-    uuid TEXT
+    uuid TEXT,
+    job_id TEXT,
+    job_node TEXT,
+    job_state TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, priority, id);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -139,9 +142,10 @@ CREATE TABLE IF NOT EXISTS ingested (
 );
 """
 # 2: fingerprints; 3: world size (issue 14); 4: notes and tags (issue 16); 5: run folders
-# are the source of truth (uuid, `ingested`). Older stores migrate by the columns they lack
-# (tested from 2, 3, 4 and an unmerged branch's 3 that had run folders but no world size).
-SCHEMA_VERSION = 5
+# are the source of truth (uuid, `ingested`); 6: Slurm job columns (issue 13). Older stores
+# migrate by the columns they lack (tested from 2, 3, 4, 5 and unmerged branches' shapes:
+# run folders without world size, Slurm without run folders).
+SCHEMA_VERSION = 6
 # columns added after version 1: (name, SQL type); `_migrate` adds them to older stores
 ADDED_COLUMNS = (
     ("trained_params", "INTEGER"),  # student + projector/regressor: what the optimiser updates
@@ -154,6 +158,12 @@ ADDED_COLUMNS = (
     ("note", "TEXT NOT NULL DEFAULT ''"),
     ("tags", "TEXT NOT NULL DEFAULT '[]'"),
     ("uuid", "TEXT"),  # version 5: the run folder's uuid (run.json), unique across stores
+    # version 6: a run trained by a batch system (engine.daemon.backends.slurm): its job id
+    # (an array task: "123_0"), the node it runs on, and the scheduler's state ("PENDING
+    # (Priority)"), as the engine last polled them
+    ("job_id", "TEXT"),
+    ("job_node", "TEXT"),
+    ("job_state", "TEXT"),
 )
 ACTIVE = ("queued", "running")  # not finished
 # an idle poll looks only at running runs' folders: only a worker writes a folder without
@@ -219,6 +229,9 @@ class Run:
     note: str = ""
     tags: str = "[]"  # a JSON list: `tag_list`
     uuid: str | None = None
+    job_id: str | None = None
+    job_node: str | None = None
+    job_state: str | None = None
 
     @property
     def tag_list(self) -> list[str]:

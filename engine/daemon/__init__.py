@@ -15,7 +15,9 @@ engine adopts live workers and re-queues (resume) runs whose worker is gone.
     options      how the engine slices the machine, declared once (argparse and the
                  `kdtui engine start` options are made from it)
     scheduling   slots, placement and teacher dependencies: pure functions
-    processes    child environments, signals, a spawned worker's exit
+    backends     where runs train: local (worker processes here) or slurm (one Slurm job per
+                 run or fused group, through submitit); a registry, one module each
+    processes    child environments, signals, a spawned worker's exit, the worker's argv
     lock         the store's engine lock: who holds it, taking it
     server       the engine loop (`Engine`) and the process around it
     client       start / stop / status / ensure_running: what front ends call

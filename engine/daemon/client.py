@@ -20,10 +20,10 @@ from engine.core import layout, runlog, safefs
 from engine.core.layout import home_path
 from engine.core.liveness import is_worker_process, pid_alive
 from engine.core.store import Store
+from engine.daemon import backends
 from engine.daemon import options as optmod
 from engine.daemon.lock import EXIT_RUNNING, EngineError, EngineRunning, lock_holder
 from engine.daemon.processes import child_env, send, signal_group, wait_for
-from engine.daemon.scheduling import slots_for
 
 LOG_ROTATE_BYTES = 10 * 2**20
 
@@ -62,7 +62,7 @@ def start(
     home = home_path(home)
     Store(home).close()  # creates the private store directory before anything lands in it
     opts = options if options is not None else optmod.load(home, kwargs)
-    slots_for(opts)
+    backends.create(opts, home)  # ValueError: options it cannot work with
     log_path = home / layout.ENGINE_LOG
     with contextlib.suppress(OSError):
         if log_path.lstat().st_size > LOG_ROTATE_BYTES:
@@ -139,7 +139,12 @@ def stop_workers(home: Path, timeout: float, workers: list[dict]) -> list[int]:
     """Stop engine workers and re-queue their runs (resume); returns the re-queued run ids."""
     store = Store(home)
     try:
-        pids = {int(w["pid"]) for w in workers}
+        jobs = {str(w["job"]) for w in workers if w.get("job")}
+        if jobs:  # the Slurm backend's: cancelled, their runs re-queued like a worker's
+            from engine.daemon.backends.slurm import scancel_and_wait
+
+            scancel_and_wait(sorted(jobs), timeout)
+        pids = {int(w["pid"]) for w in workers if w.get("pid")}
         for run in store.runs(status="running"):  # workers started after the snapshot
             if run.pid and is_worker_process(run.pid):
                 pids.add(run.pid)
@@ -153,7 +158,7 @@ def stop_workers(home: Path, timeout: float, workers: list[dict]) -> list[int]:
             wait_for(lambda: not any(pid_alive(p) for p in live), 5.0)
         requeued = []
         for run in store.runs(status="running"):
-            if run.pid in pids:
+            if run.pid in pids or (run.job_id and run.job_id in jobs):
                 store.requeue(run.id, resume=True)
                 runlog.note(run.path, "engine stopped with its runs; re-queued")
                 requeued.append(run.id)

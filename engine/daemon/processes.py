@@ -57,12 +57,20 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def worker_command(home: str | os.PathLike | None, run_dirs: list[Path]) -> list[str]:
-    """The worker's command line (the local engine and `kdtui run` spawn it; a cluster
-    backend submits it; engine.launch wraps the same arguments in torchrun for the ranks of
+def worker_process(argv: list[str]) -> list[str]:
+    """`python -m engine.worker ARGV`: a worker as a process of its own (the local backend;
+    the Slurm backend calls the worker's main with the same ARGV in submitit's process)."""
+    return [sys.executable, "-m", runfolder.WORKER_MODULE, *argv]
+
+
+def worker_command(
+    home: str | os.PathLike | None, run_dirs: list[Path], *, resume: bool = False
+) -> list[str]:
+    """The worker's command line (the local engine and `kdtui run` spawn it; the Slurm backend
+    runs the same arguments in its job; engine.launch wraps them in torchrun for the ranks of
     a run on several processes): engine.core.runfolder.worker_args. The worker never opens
     the store's database."""
-    return [sys.executable, "-m", runfolder.WORKER_MODULE, *runfolder.worker_args(home, run_dirs)]
+    return worker_process(runfolder.worker_args(home, run_dirs, resume=resume))
 
 
 def exit_text(code: int) -> str:
@@ -90,6 +98,20 @@ class WorkerProcess:
     cancel_seen: float | None = None
     term_sent: float | None = None
     kill_sent: float | None = None
+
+    @property
+    def key(self) -> int:
+        return self.pid
+
+    def exit_text(self, code: int) -> str:
+        return exit_text(code)
+
+    @property
+    def adopted(self) -> bool:
+        return self.proc is None
+
+    def describe(self) -> dict:
+        return {"adopted": self.adopted}
 
     def exit_code(self) -> int | None:
         """None while alive; the exit status (negative: signal) once gone (-999: unknown)."""

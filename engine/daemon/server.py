@@ -13,46 +13,35 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.core import layout, runlog, safefs
+from engine.core import layout, runfolder, runlog, safefs
 from engine.core.layout import home_path
 from engine.core.liveness import is_worker_process, process_gone, row_time, run_process_alive
 from engine.core.store import Run, Store, StoreError
+from engine.daemon import backends
+from engine.daemon.backends import Backend, Handle, Launch
 from engine.daemon.lock import EXIT_RUNNING, EngineRunning, acquire_lock
 from engine.daemon.options import Options
-from engine.daemon.processes import (
-    WorkerProcess,
-    child_env,
-    exit_text,
-    signal_group,
-    worker_command,
-)
-from engine.daemon.scheduling import (
-    Slot,
-    dependency,
-    group_gpus,
-    place,
-    slots_for,
-    unplaceable,
-    worker_env,
-)
+from engine.daemon.processes import WorkerProcess
+from engine.daemon.scheduling import Slot, dependency, group_gpus, place
 
 log = logging.getLogger("kdtui.engine")
 
 
 @dataclass
 class Engine:
+    """The loop; where runs train is its backend's (engine.daemon.backends: local, slurm)."""
+
     store: Store
     options: Options
-    slots: list[Slot]
+    backend: Backend
     started: float = field(default_factory=time.time)
-    workers: dict[int, WorkerProcess] = field(default_factory=dict)
+    workers: dict[Any, Handle] = field(default_factory=dict)  # by handle key: pid, job id
     stopping: bool = False
     _last_state: str = ""
     _state_failing: bool = False
@@ -60,6 +49,10 @@ class Engine:
     # run id -> its [run] device and nproc_per_node: a run's config never changes, so the
     # engine parses it once
     _requests: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.backend.slots
 
     # ------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -72,7 +65,7 @@ class Engine:
             deadline = time.monotonic() + self.options.poll
             while not self.stopping and time.monotonic() < deadline:
                 time.sleep(min(0.1, self.options.poll))
-        busy = [w.pid for w in self.workers.values()]
+        busy = [w.key for w in self.workers.values()]
         log.info(
             "engine stopping; %s",
             f"workers {busy} keep training and the next engine adopts them"
@@ -85,7 +78,15 @@ class Engine:
         """Adopt live workers of an earlier engine; re-queue runs whose worker is gone."""
         self.store.ingest(everything=True)  # what changed in any folder while none watched
         groups: dict[int, list[Run]] = {}
-        for run in self.store.runs(status="running"):
+        running = self.store.runs(status="running")
+        adopted = set()
+        for handle in self.backend.adopt(running):
+            self.workers[handle.key] = handle
+            adopted.update(handle.run_ids)
+            log.info("adopted %s (runs %s)", handle.key, handle.run_ids)
+        for run in running:
+            if run.id in adopted:
+                continue
             if run.pid and run_process_alive(run.pid, row_time(run)):
                 if is_worker_process(run.pid):
                     groups.setdefault(run.pid, []).append(run)
@@ -137,20 +138,19 @@ class Engine:
         self.find_dead(running)
         self.escalate_cancels(running)
         ready = self.ready_runs()
-        busy = self._busy()
-        free = [s for s in self.slots if s not in busy]
+        nprocs = {r.id: self._nproc_of(r) for r in ready}
+        free = self.backend.free_slots(self._busy(), sum(nprocs.values()))
         if not ready or not free:
             return
         devices = {r.id: self._device_of(r) for r in ready}
         nprocs = {r.id: self._nproc_of(r) for r in ready}
         for run in list(ready):
-            reason = unplaceable(devices[run.id], self.slots, nprocs[run.id])
+            reason = self.backend.unplaceable(devices[run.id], nprocs[run.id])
             if reason:
                 self._fail(run, reason)
                 ready.remove(run)
         gpu_slots = any(s.gpu is not None for s in self.slots)
-        for slots, ids in place(ready, free, devices, gpu_slots_exist=gpu_slots, nprocs=nprocs):
-            self.launch(slots, ids)
+        self.launch(place(ready, free, devices, gpu_slots_exist=gpu_slots, nprocs=nprocs))
 
     def _request_of(self, run: Run) -> tuple[str, int]:
         if run.id not in self._requests:
@@ -164,22 +164,24 @@ class Engine:
         return self._request_of(run)[1]
 
     def reap(self) -> None:
-        for pid, w in list(self.workers.items()):
+        for run_id, values in self.backend.poll(list(self.workers.values())).items():
+            self.store.update(run_id, **values)
+        for key, w in list(self.workers.items()):
             code = w.exit_code()
             if code is None:
                 continue
-            del self.workers[pid]
-            how = exit_text(code)
+            del self.workers[key]
+            how = w.exit_text(code)
             left = [
                 run
                 for run in self.store.runs(ids=w.run_ids)
-                if run.status == "running" and run.pid in (pid, None)
+                if run.status == "running" and (w.pid is None or run.pid in (w.pid, None))
             ]
-            if w.proc is None and not left:
+            if w.pid is not None and w.adopted and not left:
                 how = "exited"  # adopted: no exit status to read, but every run ended itself
             for run in left:
                 self._worker_gone(run, how, output=w.output, crashed=code > 0)
-            log.info("worker %d (runs %s) %s", pid, w.run_ids, how)
+            log.info("worker %s (runs %s) %s", key, w.run_ids, how)
 
     def find_dead(self, running: list[Run]) -> None:
         """Running rows whose process is gone and is not a worker we are watching."""
@@ -215,32 +217,18 @@ class Engine:
         log.info("run %d failed: %s", run.id, reason)
 
     def escalate_cancels(self, running: list[Run]) -> None:
-        """A worker that ignores a cancel gets SIGTERM after the grace period, then SIGKILL."""
+        """A group whose runs are all cancelled (or all ended, its process still hanging on) is
+        stopped by its backend: a local worker gets SIGTERM after the grace period, then
+        SIGKILL; a Slurm job is scancelled."""
         by_id = {r.id: r for r in running}
         now = time.monotonic()
-        grace = self.options.cancel_grace
         for w in self.workers.values():
             live = [by_id[i] for i in w.run_ids if i in by_id]
-            # every run cancelled, or every run ended and the process still hangs on; a fused
-            # worker still training some of its runs keeps going
+            # a fused worker still training some of its runs keeps going
             if not all(r.cancel_requested for r in live):
                 w.cancel_seen = None
                 continue
-            if w.cancel_seen is None:
-                w.cancel_seen = now
-            elif w.term_sent is None and now - w.cancel_seen > grace:
-                log.info(
-                    "worker %d still running %.0f s after its runs were cancelled or ended: SIGTERM",
-                    w.pid,
-                    grace,
-                )
-                signal_group(w.pid, signal.SIGTERM)
-                signal_group(w.pid, signal.SIGCONT)  # a stopped process must run to die
-                w.term_sent = now
-            elif w.term_sent is not None and w.kill_sent is None and now - w.term_sent > grace:
-                log.info("worker %d survived SIGTERM: SIGKILL", w.pid)
-                signal_group(w.pid, signal.SIGKILL)
-                w.kill_sent = now
+            self.backend.cancel(w, now, self.options.cancel_grace, ended=not live)
 
     def ready_runs(self) -> list[Run]:
         ready = []
@@ -268,62 +256,57 @@ class Engine:
                 log.info("run %d: %s", run.id, reason)
         return ready
 
-    def launch(self, slots: tuple[Slot, ...], run_ids: list[int]) -> None:
-        """Start one worker for `run_ids` on `slots`: one slot, or one per process of a run
-        of several (its GPUs, all of them shown to the worker, which launches the ranks)."""
-        gpu = group_gpus(slots)
-        claimed = [i for i in run_ids if self.store.claim(i, gpu=gpu, pid=None)]
-        if not claimed:
-            return
-        runs = self.store.runs(ids=claimed)
-        first = runs[0].path
-        out_path = first / layout.WORKER_OUTPUT
-        extra = worker_env(slots, len(self.slots), dict(os.environ), os.cpu_count() or 1)
-        fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
-        where = ", ".join(s.name for s in slots)
-        if len(slots) > 1:
-            where += f" ({len(slots)} processes)"
-        for r in runs:
-            runlog.note(r.path, f"engine: placed on {where}{fused}")
-            if r.path != first:
-                runlog.note(
-                    r.path,
-                    name=layout.WORKER_OUTPUT,
-                    message=f"engine: output of this fused worker: {out_path}",
-                )
-        cmd = worker_command(self.store.home, [r.path for r in runs])
-        try:
-            out_fd = safefs.open_fd(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            with os.fdopen(out_fd, "a") as out:
-                out.write(
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} engine: {' '.join(cmd)} "
-                    f"(CUDA_VISIBLE_DEVICES={extra['CUDA_VISIBLE_DEVICES']!r})\n"
-                )
-                out.flush()
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=child_env(extra),
-                    start_new_session=True,
-                    close_fds=True,
-                )
-        except OSError as e:
-            why = str(safefs.DiskFull(out_path)) if safefs.is_disk_full(e) else str(e)
+    def launch(self, placements: list[tuple[tuple[Slot, ...], list[int]]]) -> None:
+        """Claim each placed group and ask the backend to start them all (one Slurm pass:
+        one job array). A group has one slot, or one per process of a run of several (its
+        GPUs, all of them shown to the worker, which launches the ranks)."""
+        launches = []
+        for slots, run_ids in placements:
+            reset = {"pid": None, "job_id": None, "job_node": None, "job_state": None}
+            gpu = group_gpus(slots)
+            claimed = [i for i in run_ids if self.store.claim(i, gpu=gpu, **reset)]
+            if not claimed:
+                continue
+            runs = self.store.runs(ids=claimed)
+            argv = runfolder.worker_args(self.store.home, [r.path for r in runs])
+            launch = Launch(slots, runs, argv)
+            fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
+            where = ", ".join(s.name for s in slots)
+            if len(slots) > 1:
+                where += f" ({len(slots)} processes)"
             for r in runs:
-                self._fail(r, f"could not start a worker: {why}")
-            return
-        for i in claimed:
-            self.store.update(i, pid=proc.pid)
-        self.workers[proc.pid] = WorkerProcess(
-            proc.pid, claimed, slots, time.time(), proc, out_path
-        )
-        log.info("worker %d: runs %s on %s", proc.pid, claimed, where)
+                runlog.note(r.path, f"engine: placed on {where}{fused}")
+                if r.path != launch.output.parent:
+                    runlog.note(
+                        r.path,
+                        name=layout.WORKER_OUTPUT,
+                        message=f"engine: output of this fused worker: {launch.output}",
+                    )
+            launches.append(launch)
+        for launch, handle in zip(launches, self.backend.start(launches)):
+            if isinstance(handle, Exception):
+                e = handle
+                if isinstance(e, OSError) and safefs.is_disk_full(e):
+                    why = str(safefs.DiskFull(launch.output))
+                else:
+                    why = str(e)
+                for r in launch.runs:
+                    self._fail(r, f"could not start a worker: {why}")
+                continue
+            values = self.backend.row_values(handle)
+            for i in handle.run_ids:
+                self.store.update(i, **values)
+            self.workers[handle.key] = handle
+            where = ", ".join(s.name for s in handle.slots)
+            log.info("worker %s: runs %s on %s", handle.key, handle.run_ids, where)
 
     # ------------------------------------------------------------ state for clients
     def state(self) -> dict[str, Any]:
         by_slot = {s.name: w for w in self.workers.values() for s in w.slots}
+        # a Slurm engine's slots are made per job: one each
+        slots = list(self.slots) if self.backend.fixed_slots else []
+        names = {s.name for s in slots}
+        slots += [s for w in self.workers.values() for s in w.slots if s.name not in names]
         return {
             "pid": os.getpid(),
             "started": self.started,
@@ -336,9 +319,10 @@ class Engine:
                     "name": s.name,
                     "gpu": s.gpu,
                     "worker": by_slot[s.name].pid if s.name in by_slot else None,
+                    "job": by_slot[s.name].describe().get("job") if s.name in by_slot else None,
                     "runs": by_slot[s.name].run_ids if s.name in by_slot else [],
                 }
-                for s in self.slots
+                for s in slots
             ],
             "workers": [
                 {
@@ -346,7 +330,7 @@ class Engine:
                     "runs": w.run_ids,
                     "slot": ", ".join(s.name for s in w.slots) or None,
                     "started": w.started,
-                    "adopted": w.proc is None,
+                    **w.describe(),
                 }
                 for w in self.workers.values()
             ],
@@ -426,11 +410,12 @@ def _report(word: str) -> None:
 def serve(home: Path, options: Options) -> int:
     """Run the engine in this process until SIGTERM/SIGINT; the exit code."""
     try:
-        slots = slots_for(options)
+        backend = backends.create(options, home)
     except ValueError as e:
         log.error("%s", e)
         _report("error")
         return 2
+    slots = backend.slots
     store = Store(home)
     try:
         acquire_lock(home)
@@ -438,7 +423,7 @@ def serve(home: Path, options: Options) -> int:
         log.error("%s", e)
         _report(f"running {e.pid or 0}")
         return EXIT_RUNNING
-    engine = Engine(store, options, slots)
+    engine = Engine(store, options, backend)
 
     def on_signal(signum, frame):
         engine.stopping = True

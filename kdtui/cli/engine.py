@@ -16,9 +16,9 @@ from rich.table import Table
 
 from engine.core import display, layout
 from engine.core.store import Store
+from engine.daemon import backends
 from engine.daemon import client as engine
 from engine.daemon import options as engine_options
-from engine.daemon.scheduling import slots_for
 from kdtui.cli.common import HomeOpt, console, fail
 from kdtui.inert import text
 
@@ -34,7 +34,9 @@ def with_engine_options(command):
     option, made from their one declaration (engine.daemon.options)."""
     params = []
     for spec in engine_options.specs():
-        extra = {"min": spec.min} if spec.min is not None else {}
+        extra: dict = {"min": spec.min} if spec.min is not None else {}
+        if spec.multiple:
+            extra["metavar"] = "KEY=VALUE"
         option = typer.Option(
             spec.flag,
             help=spec.help,
@@ -98,9 +100,11 @@ def engine_start(foreground: bool, home: Path | None, options: engine_options.Op
             1,
         )
     try:
-        slots = slots_for(options)
+        backend = backends.create(options, store.home)
+        backend.preflight()
     except ValueError as e:
         raise fail(str(e)) from None
+    slots = backend.slots
     engine_options.save(store.home, options)
     if foreground:
         raise typer.Exit(engine.serve_in_terminal(store.home, options))
@@ -108,10 +112,11 @@ def engine_start(foreground: bool, home: Path | None, options: engine_options.Op
         pid = engine.start(store.home, options=options)
     except engine.EngineError as e:  # EngineRunning too
         raise fail(str(e), 1) from None
-    console.print(
-        f"engine started: pid {pid}, {len(slots)} slot{'s' * (len(slots) != 1)} "
-        f"({', '.join(s.name for s in slots)}); log: {store.home / layout.ENGINE_LOG}"
-    )
+    if options.backend == "slurm":
+        where = "runs go to Slurm, one job per run or fused group"
+    else:
+        where = f"{len(slots)} slot{'s' * (len(slots) != 1)} ({', '.join(s.name for s in slots)})"
+    console.print(f"engine started: pid {pid}, {where}; log: {store.home / layout.ENGINE_LOG}")
 
 
 @engine_app.command("stop")
@@ -185,7 +190,7 @@ def engine_status(
         for i, r in enumerate(rows):
             t.add_row(
                 slot["name"] if i == 0 else "",
-                str(slot["worker"]) if i == 0 else "",
+                str(slot.get("job") or slot["worker"]) if i == 0 else "",
                 display.title(r),
                 display.progress(r),
                 display.duration(r.eta_s) if r.status == "running" else r.status,

@@ -77,6 +77,7 @@ LS_DROP_ORDER = (
     "head",
     "teacher→student",
     "method",
+    "slurm job",  # a Slurm engine's runs: dropped last
 )
 
 
@@ -92,7 +93,8 @@ def fit_columns(head, body, width: int, drop: tuple[str, ...] = DROP_ORDER) -> l
     for name in drop:
         if sum(need(i) for i in keep) + 1 <= width:
             break
-        keep.remove(head.index(name))
+        if name in head:  # a column only some listings have (kdtui ls's slurm job)
+            keep.remove(head.index(name))
     return keep
 
 

@@ -66,6 +66,7 @@ def list_runs(
 
         sys.stdout.write(records.dumps(records.runs_document(runs, str(store.home))))
         return
+    jobs = any(r.job_id for r in runs)  # a Slurm engine's runs: their job, node and state
     head = [
         "id",
         "status",
@@ -81,6 +82,7 @@ def list_runs(
         "device",
         "fingerprint",
         "tags · note",
+        *(["slurm job"] if jobs else []),
     ]
     body, statuses, dead = [], [], []
     for r in runs:
@@ -104,6 +106,7 @@ def list_runs(
                 r.device or "–",
                 (r.fingerprint or "–")[: lb.FP_SHOWN],
                 printable(annotations.summary(r.note, r.tag_list, limit=60)),
+                *([liveness.job_text(r) or "–"] if jobs else []),
             ]
         )
     # as `kdtui leaderboard` does: columns that do not fit go (named below), cells fold

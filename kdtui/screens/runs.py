@@ -211,9 +211,12 @@ class RunsScreen(Screen):
             )
         detail.border_title = Content(printable(display.name(run)))
         top = f"last {run.last_top1:.2f} · " if run.last_top1 is not None else ""
+        job = liveness.job_text(run)
+        job = f"slurm job {job} · " if job and not run.finished else ""
         detail.border_subtitle = Content(
             printable(
-                f"{liveness.shown_status(run)} · epoch {run.epoch}/{run.epochs} · {top}head {run.head}"
+                f"{liveness.shown_status(run)} · {job}epoch {run.epoch}/{run.epochs} · "
+                f"{top}head {run.head}"
             )
         )
 
