@@ -160,7 +160,13 @@ def test_a_preempted_checkpointable_job_is_requeued_and_resumes_where_it_stopped
     progress = log.with_suffix(".progress")
     wait_until(lambda: progress.exists() and progress.read_text() == "3", "3 steps done")
 
-    job._interrupt()  # what preemption looks like to submitit: SIGTERM, then USR2
+    # what preemption looks like to submitit: SIGTERM, then USR2 (as job._interrupt() sends
+    # them, but waiting until the job has seen SIGTERM: slurmd delivers signals
+    # asynchronously, and a SIGTERM landing after USR2 kills the `scontrol requeue` that
+    # submitit's USR2 handler runs, which failed this test on a loaded machine)
+    slurm.run("scancel", job.job_id, "--signal", "SIGTERM")
+    wait_until(lambda: "Bypassing signal SIGTERM" in (job.stderr() or ""), "the job to see SIGTERM")
+    slurm.run("scancel", job.job_id, "--signal", "USR2")
 
     assert job.result() == 6
     assert log.read_text().splitlines() == ["start 0", "start 3"]  # resumed, not restarted
