@@ -16,6 +16,13 @@ the rank: "rank 1 of 2 was killed by SIGKILL". A signal to the launcher itself (
 stopping it, ctrl+c of `kdtui run`) stops the ranks the same way; whoever sent it settles
 the runs, as for a one-process worker.
 
+A run across `nnodes = M > 1` nodes (the Slurm backend: one job of M nodes, one task each)
+has one launcher per node, each given the rendezvous on the job's first node and its node
+rank (`--rendezvous HOST:PORT --node-rank R`, `Rendezvous`); torchrun's static rendezvous
+then makes one group of M x N ranks, global rank 0 on node 0. Only node 0's launcher writes
+the run folders (its `launcher` event, the failure that stopped the group); a launcher on
+another node prints what stopped its ranks to the job's output.
+
 The launcher's pid is the one the runs record (the ranks record their parent's), so the
 engine, `kdtui ls` and `kdtui run` watch one process per run group. Like every worker,
 the launcher and its ranks write only the run folders (rank 0 alone), never the database.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core import runfolder, runlog
@@ -34,13 +42,58 @@ RESTARTS = 0  # a failed rank fails the run; `kdtui resume` continues it from it
 MONITOR_S = 0.5  # how often torchrun's agent looks at its ranks
 
 
-def torchrun_args(run_dirs: list[Path], home: str | os.PathLike | None, nproc: int) -> list[str]:
-    """torchrun's command line for one group of runs on this box: the worker's own module
-    and arguments (engine.core.runfolder.worker_args, as worker_command runs them) wrapped."""
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the launchers of a run across several nodes meet: the first node's address and a
+    port there, and this launcher's node rank (0 on the first node)."""
+
+    host: str
+    port: int
+    node_rank: int
+
+    @classmethod
+    def parse(cls, endpoint: str, node_rank: int) -> Rendezvous:
+        """From `--rendezvous HOST:PORT --node-rank R` (ValueError: which is wrong)."""
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--rendezvous {endpoint!r}: write HOST:PORT, e.g. node17:29500")
+        if node_rank < 0:
+            raise ValueError(f"--node-rank {node_rank}: must be 0 or more")
+        return cls(host, int(port), node_rank)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def torchrun_args(
+    run_dirs: list[Path],
+    home: str | os.PathLike | None,
+    nproc: int,
+    nnodes: int = 1,
+    rendezvous: Rendezvous | None = None,
+) -> list[str]:
+    """torchrun's command line for one group of runs: the worker's own module and arguments
+    (engine.core.runfolder.worker_args, as worker_command runs them) wrapped. One node: a
+    standalone rendezvous on a free local port; several: the static rendezvous (node rank 0
+    hosts torch's TCP store at `rendezvous`), one call per node."""
+    if nnodes > 1:
+        if rendezvous is None:
+            raise ValueError(f"a run on {nnodes} nodes needs a rendezvous (HOST:PORT, node rank)")
+        meet = [
+            "--nnodes",
+            str(nnodes),
+            "--node-rank",
+            str(rendezvous.node_rank),
+            "--master-addr",
+            rendezvous.host,
+            "--master-port",
+            str(rendezvous.port),
+        ]
+    else:
+        meet = ["--standalone", "--nnodes", "1"]
     return [
-        "--standalone",
-        "--nnodes",
-        "1",
+        *meet,
         "--nproc-per-node",
         str(nproc),
         "--max-restarts",
@@ -62,13 +115,7 @@ def failure_reason(failures: dict, first: tuple, world: int) -> str:
     killed by a signal other than torchrun's own SIGTERM, a rank whose error is not a
     collective's failure, torchrun's first failure."""
     ordered = sorted(failures.items())
-
-    def message(f) -> str:
-        m = f.message
-        if isinstance(m, dict):
-            m = m.get("message", "")
-        lines = str(m).strip().splitlines()
-        return lines[-1] if lines else ""
+    message = _message
 
     def killed(f) -> bool:
         return f.exitcode < 0 and -f.exitcode != signal.SIGTERM
@@ -85,6 +132,32 @@ def failure_reason(failures: dict, first: tuple, world: int) -> str:
         return f"{who} was killed by {f.signal_name()} (pid {f.pid}); the others were stopped"
     text = message(f)
     return f"{who} failed (exit code {f.exitcode})" + (f": {text}" if text else "")
+
+
+def _message(f) -> str:
+    """A ProcessFailure's error, its last line."""
+    m = f.message
+    if isinstance(m, dict):
+        m = m.get("message", "")
+    lines = str(m).strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def elsewhere_reason(failures: dict, world: int, nnodes: int) -> str | None:
+    """On node 0 of a run across nodes: when every rank here failed only because a collective
+    did (or was stopped by torchrun), the cause is on another node; the line that says so (its
+    launcher printed the cause to worker.log). None: the cause is here."""
+    fs = sorted(failures.items())
+    if not fs or any(f.exitcode < 0 and -f.exitcode != signal.SIGTERM for _, f in fs):
+        return None
+    if any(f.exitcode > 0 and not peer_error(_message(f)) for _, f in fs):
+        return None
+    rank = fs[0][0]
+    return (
+        f"a process on another node of this run stopped (rank {rank} of {world}, on node 0 of "
+        f"{nnodes}, saw its collective fail); which one and why: the `launcher:` lines of "
+        "worker.log"
+    )
 
 
 def peer_error(text: str) -> bool:

@@ -352,9 +352,10 @@ def _record_start(runs: list[Folder], cfgs: list[Experiment], runtime: Runtime):
         )
         who = f"worker pid {pid}"
         if group.parallel:
+            nodes = f" on {cfg.run.nnodes} nodes" if cfg.run.nnodes > 1 else ""
             who = (
-                f"launcher pid {pid}, {group.world} processes ({distributed.backend(runtime.device)}"
-                f"), batch {cfg.data.batch_size} per process, effective batch "
+                f"launcher pid {pid}, {group.world} processes{nodes} "
+                f"({distributed.backend(runtime.device)}), batch {cfg.data.batch_size} per process, effective batch "
                 f"{effective_batch(cfg)}" + (", SyncBatchNorm" if cfg.run.sync_bn else "") + ";"
             )
         runlog.append(
@@ -684,20 +685,39 @@ def main(argv: list[str] | None = None) -> int:
         help="a restarted batch job (Slurm requeue): resume every run still unfinished from "
         "its last checkpoint; finished runs stay as they are",
     )
+    parser.add_argument(
+        "--rendezvous",
+        metavar="HOST:PORT",
+        default=None,
+        help="a run across several nodes: where the launchers meet (the first node); the "
+        "Slurm backend's job gives it to the launcher of each node",
+    )
+    parser.add_argument(
+        "--node-rank", type=int, default=0, help="with --rendezvous: this node's rank (0: first)"
+    )
     args = parser.parse_args(argv)
     home = Path(args.home) if args.home else None
     dirs = args.run_dirs
+    meet = None
+    if args.rendezvous:
+        from engine.launch import Rendezvous
+
+        try:
+            meet = Rendezvous.parse(args.rendezvous, args.node_rank)
+        except ValueError as e:
+            parser.error(str(e))
     if args.resume:
         dirs = [d for d in dirs if Folder(d).status not in runfolder.FINISHED]
         if not dirs:
             return 0
-        for d in dirs:  # every path below resumes: one process, or each rank of a DDP run
-            runfolder.append_event(d, "set", {"resume": 1}, "a restarted batch job: resume")
+        if meet is None or meet.node_rank == 0:  # one writer of the folders per run
+            for d in dirs:  # every path below resumes: one process, or each rank of a DDP run
+                runfolder.append_event(d, "set", {"resume": 1}, "a restarted batch job: resume")
     group = distributed.from_env()
     if group is not None:  # one rank of a run on several processes, started by engine.launch
         return rank_main(dirs, home, group)
     if _world(dirs[0]) > 1:
-        return launch(dirs, home)
+        return launch(dirs, home, meet)
     results = train(dirs, home=home, resume=True if args.resume else None)
     return 0 if all(r.status == "done" for r in results) else 1
 
@@ -709,9 +729,11 @@ def _world(run_dir: Path) -> int:
         return 1
 
 
-def launch(run_dirs: list[Path], home: Path | None) -> int:
+def launch(run_dirs: list[Path], home: Path | None, meet=None) -> int:
     """Train the runs on the processes their config asks for, under torchrun (engine.launch);
-    0 when every run is done. Like every worker, it writes only the run folders."""
+    0 when every run is done. Like every worker, it writes only the run folders, and on a
+    run across several nodes (`meet`: this node's engine.launch.Rendezvous) only node 0's
+    launcher does."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -720,23 +742,40 @@ def launch(run_dirs: list[Path], home: Path | None) -> int:
 
     runs = [Folder(d) for d in run_dirs]
     dirs = [r.dir for r in runs]
+    writer = meet is None or meet.node_rank == 0
     try:
         cfg = runs[0].config
-        reading.check_local(cfg, file=str(runs[0].dir / layout.CONFIG))
+        if meet is None:  # several nodes only through a backend that gives the rendezvous
+            reading.check_local(cfg, file=str(runs[0].dir / layout.CONFIG))
+        elif meet.node_rank >= cfg.run.nnodes:
+            raise ConfigError(
+                f"--node-rank {meet.node_rank} but the run has run.nnodes = {cfg.run.nnodes}",
+                file=str(runs[0].dir / layout.CONFIG),
+                key="run.nnodes",
+            )
     except ConfigError as e:
-        rules.settle(dirs, str(e))
+        if writer:
+            rules.settle(dirs, str(e))
+        print(f"launcher: {e}", flush=True)
         return 1
-    nproc = cfg.run.nproc_per_node
-    for r in runs:
-        runfolder.append_event(r.dir, "launcher", {"pid": os.getpid()})
+    nproc, nnodes = cfg.run.nproc_per_node, cfg.run.nnodes
+    if writer:
+        for r in runs:
+            runfolder.append_event(r.dir, "launcher", {"pid": os.getpid()})
     if "OMP_NUM_THREADS" not in os.environ:  # each rank its share of the cores
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    argv = rules.torchrun_args(dirs, home, nproc)
+    argv = rules.torchrun_args(dirs, home, nproc, nnodes, meet)
     try:
         torchrun.run(torchrun.get_args_parser().parse_args(argv))
     except ChildFailedError as e:
-        reason = rules.failure_reason(e.failures, e.get_first_failure(), nproc)
-        rules.settle(dirs, reason)
+        reason = rules.failure_reason(e.failures, e.get_first_failure(), nproc * nnodes)
+        if meet is not None:
+            reason = (
+                rules.elsewhere_reason(e.failures, nproc * nnodes, nnodes) if writer else None
+            ) or f"{reason} (node rank {meet.node_rank} of {nnodes})"
+        print(f"launcher: {reason}", flush=True)
+        if writer:
+            rules.settle(dirs, reason)
     except SignalException as e:  # stopped by the engine or `kdtui run`, which settle the runs
         return 128 + int(e.sigval)
     return 0 if all(Folder(d).status == "done" for d in dirs) else 1

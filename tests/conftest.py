@@ -105,3 +105,32 @@ def slurm(slurm_cluster, monkeypatch) -> SlurmCluster:
         monkeypatch.setenv(key, value)
     yield slurm_cluster
     slurm_cluster.run("scancel", "--user=root", check=False)
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes(tmp_path_factory) -> SlurmCluster:
+    """A private two-node cluster on this machine (KDTUI_SLURM_NODES=2: two slurmd, at
+    127.0.0.1 and 127.0.0.2, each in a UTS namespace of its own), for runs across nodes;
+    started for the module that asks for it and stopped after it."""
+    reason = _slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode:
+        pytest.skip("the two-node Slurm cluster needs `unshare --uts` (root with CAP_SYS_ADMIN)")
+    folder = tmp_path_factory.mktemp("slurm2")
+    started = subprocess.run(
+        [str(SLURM_SCRIPT), "start", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "KDTUI_SLURM_NODES": "2"},
+    )
+    if started.returncode:
+        pytest.fail(f"the two-node Slurm cluster did not start:\n{started.stderr}", pytrace=False)
+    yield SlurmCluster(folder, {"SLURM_CONF": str(folder / "slurm.conf"), "PATH": SLURM_PATH})
+    subprocess.run(
+        [str(SLURM_SCRIPT), "stop", str(folder)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "KDTUI_SLURM_NODES": "2"},
+    )

@@ -45,6 +45,10 @@ def test_local_stays_the_default_backend_and_a_new_one_is_one_line_in_the_regist
         (["--backend", "slurm", "--time", "90"], "--time 90: not a time limit; write [D-]HH:MM:SS"),
         (["--backend", "slurm", "--time", "1:75:00"], "--time 1:75:00: not a time limit"),
         (["--backend", "slurm", "--slurm-option", "qos"], "--slurm-option qos: write KEY=VALUE"),
+        (
+            ["--backend", "slurm", "--slurm-option", "nodes=2"],
+            "--slurm-option nodes: each run's config decides its nodes and tasks ([run] nnodes",
+        ),
     ],
 )
 def test_bad_engine_options_are_one_clear_error_and_nothing_is_saved(tmp_path, args, message):
@@ -118,9 +122,59 @@ def test_slurm_jobs_take_runs_by_device_and_refuse_a_gpu_they_will_not_have(tmp_
     gpus = backends.create(Options(backend="slurm", gpus_per_job=2), tmp_path)
     assert gpus.unplaceable("cuda:1", 1) is None
     assert "each Slurm job has 2 GPU(s)" in gpus.unplaceable("cuda:2", 1)
-    assert "not supported by the Slurm backend yet" in gpus.unplaceable("cuda", 2)
+    assert gpus.unplaceable("cuda", 4, 2) is None  # a job of 2 nodes, 4 GPUs each
+    assert cpu_only.unplaceable("cpu", 2, 2) is None
 
     free = gpus.free_slots(set(), 2)
     runs = [SimpleNamespace(id=i, priority=0, fuse_key=None, resume=0) for i in (1, 2)]
     placed = place(runs, free, {1: "auto", 2: "cpu"}, gpu_slots_exist=True)
     assert [(slots[0].gpu is not None, ids) for slots, ids in placed] == [(True, [1]), (False, [2])]
+
+
+def test_a_run_of_several_processes_asks_slurm_for_its_nodes_gpus_and_cpus(tmp_path):
+    options = Options(backend="slurm", gpus_per_job=1, slurm_option=["cpus_per_task=8"])
+    backend = backends.create(options, tmp_path)
+
+    one = backend.executor(1, gpus=True).parameters
+    assert (one["gpus_per_node"], one["cpus_per_task"]) == (1, 8)
+    assert "nodes" not in one and "ntasks_per_node" not in one  # submitit's defaults: 1 and 1
+    # 4 processes on each of 2 nodes: one task per node (its launcher), a GPU per process, and
+    # --slurm-option cpus_per_task counts per process
+    wide = backend.executor(1, gpus=True, nproc=4, nnodes=2).parameters
+    assert (wide["nodes"], wide["ntasks_per_node"]) == (2, 1)
+    assert (wide["gpus_per_node"], wide["cpus_per_task"]) == (4, 32)
+    cpus = backend.executor(3, gpus=False, nproc=2).parameters
+    assert (cpus["nodes"], cpus["cpus_per_task"], cpus["array_parallelism"]) == (1, 16, 3)
+    assert "gpus_per_node" not in cpus
+
+
+def test_the_local_engine_refuses_a_run_across_nodes_with_the_fix(tmp_path):
+    local = backends.create(Options(gpus="none", cpu_slots=2), tmp_path)
+    why = local.unplaceable("cpu", 1, 2)
+    assert "[run] nnodes = 2: a run across several nodes needs the Slurm backend" in why
+    assert "kdtui engine start --backend slurm" in why
+    assert local.unplaceable("cpu", 2, 1) is None
+
+
+def test_the_launchers_of_a_run_across_nodes_meet_at_the_first_node():
+    from engine import launch
+    from engine.daemon.backends.slurm import rendezvous_port
+
+    meet = launch.Rendezvous.parse("10.0.0.7:29517", 1)
+    argv = launch.torchrun_args([Path("/s/runs/7-a")], None, 4, 2, meet)
+    assert "--standalone" not in argv
+    for flag, value in [("--nnodes", "2"), ("--node-rank", "1"), ("--nproc-per-node", "4")]:
+        assert argv[argv.index(flag) + 1] == value
+    assert argv[argv.index("--master-addr") + 1 : argv.index("--master-port") + 2] == [
+        "10.0.0.7",
+        "--master-port",
+        "29517",
+    ]
+    with pytest.raises(ValueError, match="needs a rendezvous"):
+        launch.torchrun_args([Path("/s/runs/7-a")], None, 4, 2)
+    for bad in ("node17", ":29500", "node17:port", "node17:70000"):
+        with pytest.raises(ValueError, match="write HOST:PORT"):
+            launch.Rendezvous.parse(bad, 0)
+    # the port: the same on every node of a job, different for the next job, in range
+    assert rendezvous_port("123") == rendezvous_port("123") != rendezvous_port("124")
+    assert all(29500 <= rendezvous_port(str(j)) < 49500 for j in (0, 19999, 20000, 987654))

@@ -344,8 +344,8 @@ def test_several_nodes_need_the_slurm_backend(tmp_path, store):
     exp = reading.load(f)  # a valid experiment...
     assert schema.world_size(exp) == 4 and schema.effective_batch(exp) == 4 * 64
     with pytest.raises(StoreError, match=r"nodes.toml: run.nnodes: 2 nodes: .*Slurm backend"):
-        store.submit(exp, source=str(f))  # ...that this box cannot run: nothing is stored
-    assert store.runs() == []
+        store.submit(exp, source=str(f), holder=os.getpid())  # ...that `kdtui run` cannot run
+    assert store.runs() == []  # nothing is stored
     result = kdtui("run", str(f), "--home", str(store.home))
     assert result.returncode == 2 and "run.nnodes" in result.stdout + result.stderr
     assert "Slurm backend" in result.stdout + result.stderr and store.runs() == []

@@ -250,3 +250,22 @@ def test_a_job_slurm_refuses_fails_its_run_with_sbatch_s_reason(box, slurm):
 
     assert "could not start a worker" in run.error and "invalid partition" in run.error.lower()
     assert run.job_id is None
+
+
+def test_a_run_of_two_processes_is_one_job_with_a_cpu_per_process(box, slurm):
+    start_engine(box)
+    exp = box.write("ddp.toml", tiny("ddp", epochs=2, steps=2, more="nproc_per_node = 2"))
+
+    box.cli("submit", exp)
+
+    (run,) = box.store.runs()
+    box.wait_status(run.id, "done", "failed", "cancelled", timeout=240)
+    run = box.run(run.id)
+    assert run.status == "done", run.error
+    # one job, one task (the launcher), a CPU for each of its two ranks
+    assert job_field(slurm, run.job_id, "NumTasks") == "1"
+    assert job_field(slurm, run.job_id, "NumCPUs") == "2"
+    assert (run.world_size, run.effective_batch) == (2, 128)
+    assert [m.epoch for m in box.store.metrics(run.id, names=["test/top1"])] == [0, 1]
+    log = (run.path / layout.LOG).read_text()
+    assert "2 processes (gloo), batch 64 per process, effective batch 128" in log

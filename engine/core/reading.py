@@ -699,13 +699,15 @@ def check_data_parallel(exp: Experiment, parser: _Parser) -> None:
 
 
 def check_local(exp: Experiment, file: str | None = None) -> None:
-    """Refuse what the local engine and `kdtui run` cannot place: several nodes."""
+    """Refuse what `kdtui run` (training on this box, in the foreground) cannot place: several
+    nodes. The engine's local backend refuses them too, with its own fix."""
     nodes = max([exp.run.nnodes, *exp.sweep.get("run.nnodes", [])])
     if nodes > 1:
         raise ConfigError(
-            f"{nodes} nodes: a run across several nodes needs the Slurm backend, which this "
-            "kdtui does not have yet; the local engine and `kdtui run` train on one box: set "
-            "nnodes = 1 (and nproc_per_node = the GPUs of this box)",
+            f"{nodes} nodes: a run across several nodes needs the Slurm backend; `kdtui run` "
+            "trains on this box: queue it with `kdtui submit` to an engine started on the "
+            "cluster's login node with `kdtui engine start --backend slurm`, or set nnodes = 1 "
+            "(and nproc_per_node = the GPUs of this box)",
             file=file,
             key="run.nnodes",
         )

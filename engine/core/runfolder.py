@@ -127,17 +127,24 @@ WORKER_MODULE = "engine.worker"
 
 
 def worker_args(
-    home: str | os.PathLike | None, run_dirs: list[Path], *, resume: bool = False
+    home: str | os.PathLike | None,
+    run_dirs: list[Path],
+    *,
+    resume: bool = False,
+    rendezvous: str | None = None,
+    node_rank: int = 0,
 ) -> list[str]:
     """The worker's arguments, in one place: run folders only, and the store folder for the
     disk teacher cache (none given: no disk cache); `resume`: a restarted batch job (Slurm
-    requeue) resumes its unfinished runs. engine.daemon.processes.worker_command runs
+    requeue) resumes its unfinished runs; `rendezvous` (HOST:PORT) and `node_rank`: this
+    node's launcher of a run across several nodes. engine.daemon.processes.worker_command runs
     `python -m WORKER_MODULE` with them, the Slurm backend's job calls the worker's main with
     them; engine.launch wraps the same in torchrun."""
     return [
         *(["--home", os.fspath(home)] if home is not None else []),
         *(os.fspath(d) for d in run_dirs),
         *(["--resume"] if resume else []),
+        *(["--rendezvous", rendezvous, "--node-rank", str(node_rank)] if rendezvous else []),
     ]
 
 

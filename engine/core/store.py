@@ -494,10 +494,11 @@ class Store:
         `holder`: the pid of a foreground `kdtui run` that will train these
         runs itself; the engine leaves queued runs alone while it lives.
         """
-        try:  # several nodes need the Slurm backend: refused before anything is stored
-            reading.check_local(exp, file=source)
-        except schema.ConfigError as e:
-            raise StoreError(str(e)) from None
+        if holder is not None:  # `kdtui run` trains on this box: several nodes are refused
+            try:  # before anything is stored (the engine's backend judges queued runs)
+                reading.check_local(exp, file=source)
+            except schema.ConfigError as e:
+                raise StoreError(str(e)) from None
         written = writing.dumps(exp, full=False)  # as the user wrote it: what a clone starts from
         exp = planning.absolute_paths(exp)
         plans = planning.expand(exp)

@@ -76,7 +76,12 @@ class Options:
         "Slurm time limit of each job, [D-]HH:MM:SS (default 24:00:00); a job that reaches it "
         "is requeued and resumes from its last checkpoint.",
     )
-    gpus_per_job: int = _option(0, "--gpus-per-job", "GPUs each Slurm job asks for.", min=0)
+    gpus_per_job: int = _option(
+        0,
+        "--gpus-per-job",
+        "GPUs each Slurm job asks for (a run of N processes per node asks for N per node).",
+        min=0,
+    )
     max_parallel: int | None = _option(
         None,
         "--max-parallel",
@@ -86,8 +91,8 @@ class Options:
     slurm_option: list[str] | None = _option(
         None,
         "--slurm-option",
-        "Slurm: another sbatch option as KEY=VALUE (repeat it), e.g. cpus_per_task=8, qos=high, "
-        "constraint=a100.",
+        "Slurm: another sbatch option as KEY=VALUE (repeat it), e.g. cpus_per_task=8 (per "
+        "process), qos=high, constraint=a100; a run's config decides its nodes and tasks.",
     )
     slurm_poll: float = _option(
         5.0, "--slurm-poll", "Seconds between two squeue calls.", min=0.1, hidden=True

@@ -46,9 +46,9 @@ class Engine:
     _last_state: str = ""
     _state_failing: bool = False
     _waiting: dict[int, str] = field(default_factory=dict)
-    # run id -> its [run] device and nproc_per_node: a run's config never changes, so the
-    # engine parses it once
-    _requests: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # run id -> its [run] device, nproc_per_node and nnodes: a run's config never changes, so
+    # the engine parses it once
+    _requests: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
     @property
     def slots(self) -> list[Slot]:
@@ -104,7 +104,7 @@ class Engine:
             else:
                 self._fail(run, "worker gone while the engine was down")
         for pid, runs in groups.items():
-            slots = self._free_slots_for(runs[0].gpu, self._nproc_of(runs[0]))
+            slots = self._free_slots_for(runs[0].gpu, self._slots_of(runs[0]))
             self.workers[pid] = WorkerProcess(pid, [r.id for r in runs], slots, time.time())
             log.info(
                 "adopted worker %d (runs %s) on %s",
@@ -138,21 +138,21 @@ class Engine:
         self.find_dead(running)
         self.escalate_cancels(running)
         ready = self.ready_runs()
-        nprocs = {r.id: self._nproc_of(r) for r in ready}
+        nprocs = {r.id: self._slots_of(r) for r in ready}
         free = self.backend.free_slots(self._busy(), sum(nprocs.values()))
         if not ready or not free:
             return
         devices = {r.id: self._device_of(r) for r in ready}
-        nprocs = {r.id: self._nproc_of(r) for r in ready}
         for run in list(ready):
-            reason = self.backend.unplaceable(devices[run.id], nprocs[run.id])
+            _, nproc, nnodes = self._request_of(run)
+            reason = self.backend.unplaceable(devices[run.id], nproc, nnodes)
             if reason:
                 self._fail(run, reason)
                 ready.remove(run)
         gpu_slots = any(s.gpu is not None for s in self.slots)
         self.launch(place(ready, free, devices, gpu_slots_exist=gpu_slots, nprocs=nprocs))
 
-    def _request_of(self, run: Run) -> tuple[str, int]:
+    def _request_of(self, run: Run) -> tuple[str, int, int]:
         if run.id not in self._requests:
             self._requests[run.id] = _requested(run)
         return self._requests[run.id]
@@ -160,8 +160,9 @@ class Engine:
     def _device_of(self, run: Run) -> str:
         return self._request_of(run)[0]
 
-    def _nproc_of(self, run: Run) -> int:
-        return self._request_of(run)[1]
+    def _slots_of(self, run: Run) -> int:
+        """Slots a run takes: one per process on this box (local), one per job (Slurm)."""
+        return self._request_of(run)[1] if self.backend.process_slots else 1
 
     def reap(self) -> None:
         for run_id, values in self.backend.poll(list(self.workers.values())).items():
@@ -269,7 +270,8 @@ class Engine:
                 continue
             runs = self.store.runs(ids=claimed)
             argv = runfolder.worker_args(self.store.home, [r.path for r in runs])
-            launch = Launch(slots, runs, argv)
+            _, nproc, nnodes = self._request_of(runs[0])
+            launch = Launch(slots, runs, argv, nproc, nnodes)
             fused = f" fused with runs {claimed}" if len(claimed) > 1 else ""
             where = ", ".join(s.name for s in slots)
             if len(slots) > 1:
@@ -352,14 +354,14 @@ class Engine:
             self._last_state = text
 
 
-def _requested(run: Run) -> tuple[str, int]:
-    """The run's `[run] device` and `nproc_per_node` (the slots its worker takes), from one
-    parse of its stored config ("auto" and 1 if it cannot be read)."""
+def _requested(run: Run) -> tuple[str, int, int]:
+    """The run's `[run] device`, `nproc_per_node` and `nnodes` (what its worker takes), from
+    one parse of its stored config ("auto", 1, 1 if it cannot be read)."""
     try:
         cfg = run.load_config().run
     except Exception:  # a row the worker will reject with the reason; do not stall the queue
-        return "auto", 1
-    return cfg.device, cfg.nproc_per_node
+        return "auto", 1, 1
+    return cfg.device, cfg.nproc_per_node, cfg.nnodes
 
 
 def setup_logging(stream) -> None:

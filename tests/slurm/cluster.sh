@@ -13,14 +13,23 @@
 # (proctrack/linuxproc, task/none), no accounting database, every daemon runs as root.
 # Needs the Debian packages slurm-wlm and munge. Waits at most $KDTUI_SLURM_TIMEOUT seconds
 # (default 60) for each step and says which step failed, with the daemons' logs.
+#
+# KDTUI_SLURM_NODES=2 starts a two-node cluster on this one machine, for runs across nodes:
+# node 1 at 127.0.0.1 and node 2 at 127.0.0.2 (both loopback), one slurmd each, each in a UTS
+# namespace of its own (`unshare --uts`) whose host name is its address, so each binds its
+# own address (CommunicationParameters=NoInAddrAny) and a job's tasks on node 2 see another
+# host name. Nothing is written to /etc/hosts. Each node has the machine's CPUs.
 set -euo pipefail
 
 action=${1:-}
 DIR=${2:-${KDTUI_SLURM_DIR:-${TMPDIR:-/tmp}/kdtui-slurm}}
 TIMEOUT=${KDTUI_SLURM_TIMEOUT:-60}
+NODES=${KDTUI_SLURM_NODES:-1}
+[[ $NODES == 1 || $NODES == 2 ]] || { echo "KDTUI_SLURM_NODES=$NODES: 1 or 2" >&2; exit 2; }
 export PATH="$PATH:/usr/sbin:/sbin"
 export SLURM_CONF="$DIR/slurm.conf"
 DAEMONS=(slurmd slurmctld munged)
+((NODES == 1)) || DAEMONS=(slurmd.kdtui-n1 slurmd.kdtui-n2 slurmctld munged)
 
 die() {
     echo "tests/slurm/cluster.sh: $*" >&2
@@ -36,7 +45,7 @@ pidfile() { echo "$DIR/run/$1.pid"; }
 alive_pid() {
     local pid
     pid=$(cat "$(pidfile "$1")" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1"* ]] && echo "$pid"
+    [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "${1%%.*}"* ]] && echo "$pid"
 }
 
 running() {
@@ -55,7 +64,11 @@ wait_for() {
     done
 }
 
-node_idle() { [[ $(sinfo -h -N -o %T 2>/dev/null) == idle ]]; }
+node_idle() {
+    local states
+    states=$(sinfo -h -N -o %T 2>/dev/null) || return 1
+    [[ $(grep -c '^idle$' <<<"$states") == "$NODES" ]]
+}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -69,6 +82,18 @@ write_config() {
     cpus=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$detected")
     mem=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$detected")
     [[ -n $node && -n $cpus && -n $mem ]] || die "could not read the node from 'slurmd -C'"
+    local spool_suffix="" node_suffix="" bind_own="" nodes_lines
+    nodes_lines="NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP"
+    if ((NODES == 2)); then
+        spool_suffix=/%n node_suffix=.%n
+        bind_own="
+# two slurmd on one machine: each binds the address its host name (its UTS namespace's) names
+CommunicationParameters=NoInAddrAny"
+        nodes_lines="NodeName=kdtui-n1 NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$((mem / 2)) State=UNKNOWN
+NodeName=kdtui-n2 NodeAddr=127.0.0.2 CPUs=$cpus RealMemory=$((mem / 2)) State=UNKNOWN
+PartitionName=debug Nodes=kdtui-n1,kdtui-n2 Default=YES MaxTime=INFINITE State=UP"
+    fi
     ctld_port=$(free_port)
     slurmd_port=$(free_port)
     while [[ $slurmd_port == "$ctld_port" ]]; do slurmd_port=$(free_port); done
@@ -85,11 +110,11 @@ CredType=cred/munge
 # cred_expire: a requeued job waits this long before it may start again (Slurm's default: 120 s)
 AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=10
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool$spool_suffix
 SlurmctldPidFile=$(pidfile slurmctld)
-SlurmdPidFile=$(pidfile slurmd)
+SlurmdPidFile=$(pidfile "slurmd$node_suffix")
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd$node_suffix.log$bind_own
 # containers: no cgroups
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -117,8 +142,7 @@ MinJobAge=300
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+$nodes_lines
 EOF
 }
 
@@ -152,10 +176,19 @@ start() {
     wait_for "munged's socket" test -S "$DIR/munge/munge.socket"
     slurmctld || die "slurmctld did not start"
     wait_for "slurmctld to answer sinfo" sinfo -h
-    slurmd || die "slurmd did not start"
+    if ((NODES == 1)); then
+        slurmd || die "slurmd did not start"
+    else
+        local n
+        for n in 1 2; do
+            mkdir -p "$DIR/spool/kdtui-n$n"
+            unshare --uts sh -c "hostname 127.0.0.$n && exec slurmd -N kdtui-n$n" ||
+                die "slurmd of node kdtui-n$n did not start (it needs unshare --uts: root)"
+        done
+    fi
     wait_for "the node to be idle in sinfo" node_idle
-    timeout "$TIMEOUT" srun --time=1 hostname >/dev/null ||
-        die "'srun hostname' did not run within ${TIMEOUT}s"
+    timeout "$TIMEOUT" srun --nodes="$NODES" --time=1 hostname >/dev/null ||
+        die "'srun --nodes=$NODES hostname' did not run within ${TIMEOUT}s"
     timeout "$TIMEOUT" sbatch --wait --time=1 --output=/dev/null --wrap=true >/dev/null ||
         die "'sbatch --wait --wrap=true' did not finish within ${TIMEOUT}s"
     echo "slurm cluster ready in $((SECONDS - t0))s in $DIR (SLURM_CONF=$SLURM_CONF)"

@@ -20,6 +20,8 @@ class Launch:
     slots: tuple[Slot, ...]
     runs: list[Run]
     argv: list[str]
+    nproc: int = 1  # `[run] nproc_per_node`: processes per node (a Slurm job asks for them)
+    nnodes: int = 1  # `[run] nnodes`: nodes (only a backend that places several takes > 1)
 
     @property
     def output(self) -> Path:
@@ -55,14 +57,15 @@ class Backend(Protocol):
     name: str
     slots: list[Slot]  # every slot there is (a Slurm backend: one template per kind)
     fixed_slots: bool  # engine status lists `slots`, idle ones too (else: each handle's slot)
+    process_slots: bool  # a run of N processes takes N slots (local); else one (a Slurm job)
 
     def preflight(self) -> None:
         """Check with the real scheduler that it takes such jobs (ValueError: why, the fix);
         `kdtui engine start` calls it once, before the options are saved."""
 
-    def unplaceable(self, device: str, nproc: int) -> str | None:
+    def unplaceable(self, device: str, nproc: int, nnodes: int = 1) -> str | None:
         """Why this backend can never train a run with `[run] device = device` on `nproc`
-        processes (None: it can)."""
+        processes per node and `nnodes` nodes (None: it can)."""
 
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:
         """Slots a placement may use now, `wanted` of them at most where capacity is unbounded."""

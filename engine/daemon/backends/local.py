@@ -31,11 +31,19 @@ class Backend:
         self.options = options
         self.slots = slots_for(options)  # ValueError: a bad --gpus
         self.fixed_slots = True
+        self.process_slots = True
 
     def preflight(self) -> None:
         pass  # slots_for already checked --gpus
 
-    def unplaceable(self, device: str, nproc: int) -> str | None:
+    def unplaceable(self, device: str, nproc: int, nnodes: int = 1) -> str | None:
+        if nnodes > 1:
+            return (
+                f"[run] nnodes = {nnodes}: a run across several nodes needs the Slurm backend; "
+                "this engine trains on this box (`--backend local`): set nnodes = 1, or "
+                "`kdtui engine stop`, then `kdtui engine start --backend slurm ...` on the "
+                "cluster's login node"
+            )
         return unplaceable(device, self.slots, nproc)
 
     def free_slots(self, busy: set[Slot], wanted: int) -> list[Slot]:

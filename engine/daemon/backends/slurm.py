@@ -10,6 +10,11 @@ job through submitit, and watches the jobs with squeue.
   process (`WorkerJob`), so submitit's signal handlers see preemption and timeout: it requeues
   the job, and the restarted worker resumes every run from its last checkpoint (`--resume`).
   A worker subprocess would die of Slurm's SIGTERM before submitit's USR2 could requeue it.
+- A run of several processes (`[run] nproc_per_node = N`, `nnodes = M`) is one job of M nodes
+  with one task per node, N GPUs per node (`--gres`-style `gpus_per_node`; N times the CPUs
+  of `--slurm-option cpus_per_task` per node on CPUs): each task is that node's launcher
+  (engine.launch, torchrun), and the launchers meet at the job's first node (its Slurm
+  NodeAddr, a port derived from the job id: `rendezvous_port`).
 - The worker's stdout/stderr go to worker.log in the run folder (as on the local backend);
   submitit's own files go to runs/.slurm/<job id>/, on the same shared file system.
 - squeue (every `--slurm-poll` seconds, default 5) gives each run its job's node and state;
@@ -62,6 +67,9 @@ ACTIVE = {
 }
 # submitit's own parameters, not sbatch options (`--slurm-option` passes them to submitit)
 SUBMITIT_ONLY = {"signal_delay_s", "stderr_to_stdout", "use_srun", "wckey", "array_parallelism"}
+# placement options the run's own config decides ([run] nnodes and nproc_per_node)
+RUN_DECIDES = {"nodes", "ntasks", "ntasks_per_node", "tasks_per_node", "gpus_per_task"}
+RENDEZVOUS_PORTS = (29500, 20000)  # a multi-node job's port: 29500 + job id mod 20000
 GONE_AFTER_S = 60.0  # unknown to squeue this long (after submission): the job is gone
 MAX_TIMEOUT_REQUEUES = 100  # submitit's count of time-limit requeues (preemptions are free)
 
@@ -74,14 +82,21 @@ class WorkerJob(submitit.helpers.Checkpointable):
     its checkpoints on disk, so a restarted job (SLURM_RESTART_COUNT > 0) resumes its runs.
     """
 
-    def __init__(self, home: str, run_dirs: list[str], output: str):
+    def __init__(self, home: str, run_dirs: list[str], output: str, nproc: int = 1):
         self.home = home
         self.run_dirs = list(run_dirs)
         self.output = output
+        self.nproc = nproc
 
     def __call__(self) -> int:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        argv = runfolder.worker_args(self.home, self.run_dirs, resume=restarts > 0)
+        env = submitit.JobEnvironment()
+        meet: dict[str, Any] = {}
+        if env.num_nodes > 1:  # this task is one node's launcher; they meet on the first
+            host = node_address(env.hostnames[0])
+            port = rendezvous_port(os.environ["SLURM_JOB_ID"])  # an array task's own id
+            meet = dict(rendezvous=f"{host}:{port}", node_rank=env.node)
+        argv = runfolder.worker_args(self.home, self.run_dirs, resume=restarts > 0, **meet)
         fd = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -89,19 +104,47 @@ class WorkerJob(submitit.helpers.Checkpointable):
         os.dup2(fd, 2)  # run folder's worker.log
         os.close(fd)
         job = os.environ.get("SLURM_JOB_ID", "?")
+        node = f" (node rank {env.node} of {env.num_nodes})" if meet else ""
         task = os.environ.get("SLURM_ARRAY_JOB_ID")
         if task:
             job = f"{task}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
         print(
             f"{time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {job} on "
-            f"{os.environ.get('SLURMD_NODENAME', '?')}"
+            f"{os.environ.get('SLURMD_NODENAME', '?')}{node}"
             + (f" (restart {restarts}: resuming)" if restarts else "")
             + f": engine.worker {' '.join(argv)}",
             flush=True,
         )
-        os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.nproc)  # this node's share
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // self.nproc)))
         worker = importlib.import_module(runfolder.WORKER_MODULE)  # torch: on the compute node only
         return worker.main(argv)
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The port on a job's first node where its launchers meet: derived from the job id, so
+    every node knows it without talking, and two jobs sharing a first node differ (unless
+    their ids differ by a multiple of 20000). `job_id`: SLURM_JOB_ID, unique per array task."""
+    base, span = RENDEZVOUS_PORTS
+    return base + int(job_id) % span
+
+
+def node_address(node: str) -> str:
+    """How the other nodes reach `node`: its NodeAddr in Slurm (what slurmd itself is reached
+    at), else the node name."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "show", "node", node, "--oneliner"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    for field in done.stdout.split():
+        if field.startswith("NodeAddr="):
+            return field.partition("=")[2] or node
+    return node
 
 
 @dataclass
@@ -169,9 +212,16 @@ class Backend:
         self.home = Path(home)
         self.minutes = time_minutes(options.time)
         self.extra = slurm_options(options.slurm_option)
+        decided = sorted(RUN_DECIDES & set(self.extra))
+        if decided:
+            raise ValueError(
+                f"--slurm-option {decided[0]}: each run's config decides its nodes and tasks "
+                "([run] nnodes, one task per node, nproc_per_node GPUs per node); drop it"
+            )
         gpu = "slurm" if options.gpus_per_job else None
         self.slots = [Slot(0, gpu, "slurm")]  # the kind of slot its jobs have; not listed
         self.fixed_slots = False
+        self.process_slots = False  # a run of several processes is one job
         self._next_poll = 0.0
         self._poll_failing = False
         self._user = getpass.getuser()
@@ -207,13 +257,9 @@ class Backend:
             )
 
     # ------------------------------------------------------------ submitting
-    def unplaceable(self, device: str, nproc: int) -> str | None:
-        if nproc > 1:
-            return (
-                f"[run] nproc_per_node = {nproc}: a run on several processes is not supported "
-                "by the Slurm backend yet; set nproc_per_node = 1, or train it with the local "
-                "engine on one box"
-            )
+    def unplaceable(self, device: str, nproc: int, nnodes: int = 1) -> str | None:
+        """Any run fits a job (a run of N processes per node asks for N GPUs per node); only a
+        GPU the jobs will not have is refused."""
         device = (device or "auto").strip()
         if device in HOST_DEVICES or device == "auto":
             return None  # auto: on the GPUs a job asks for, else on its CPUs
@@ -245,7 +291,11 @@ class Backend:
     def folder(self, job_id: str) -> Path:
         return self.home / layout.RUNS / layout.SLURM_JOBS / job_id
 
-    def executor(self, count: int, gpus: bool) -> submitit.SlurmExecutor:
+    def executor(
+        self, count: int, gpus: bool, nproc: int = 1, nnodes: int = 1
+    ) -> submitit.SlurmExecutor:
+        """An executor for `count` jobs of this shape: GPU or CPU, `nproc` processes on each of
+        `nnodes` nodes (one task per node: its launcher)."""
         ex = submitit.SlurmExecutor(folder=self.folder("%j"), max_num_timeout=MAX_TIMEOUT_REQUEUES)
         known = ex._valid_parameters()
         params: dict[str, Any] = {"time": self.minutes, "job_name": "kdtui"}
@@ -253,8 +303,11 @@ class Backend:
             params["partition"] = self.options.partition
         if self.options.account:
             params["account"] = self.options.account
+        if nnodes > 1 or nproc > 1:
+            params["nodes"] = nnodes
+            params["ntasks_per_node"] = 1
         if gpus:
-            params["gpus_per_node"] = self.options.gpus_per_job
+            params["gpus_per_node"] = nproc if nproc > 1 else self.options.gpus_per_job
         if count > 1:
             params["array_parallelism"] = self.options.max_parallel or count
         additional: dict[str, Any] = {}
@@ -264,22 +317,32 @@ class Backend:
                 params[key] = parsed
             else:
                 additional[key] = parsed
+        if nproc > 1:  # --slurm-option cpus_per_task is per process: the node's launcher's N
+            per = params.get("cpus_per_task")
+            params["cpus_per_task"] = nproc * (per if isinstance(per, int) else 1)
         if additional:
             params["additional_parameters"] = additional
         ex.update_parameters(**params)
         return ex
 
     def start(self, launches: list[Launch]) -> list[SlurmJob | Exception]:
-        """GPU groups and CPU groups each go out as one job (array)."""
+        """Groups of one shape (GPU or CPU, processes per node, nodes) go out as one job
+        (array)."""
         out: dict[int, SlurmJob | Exception] = {}
-        for gpus in (True, False):
-            part = [(i, x) for i, x in enumerate(launches) if (x.slots[0].gpu is not None) == gpus]
-            if part:
-                started = self._submit([x for _, x in part], gpus)
-                out.update({i: h for (i, _), h in zip(part, started)})
+        shapes = {(x.slots[0].gpu is not None, x.nproc, x.nnodes) for x in launches}
+        for shape in sorted(shapes, reverse=True):
+            part = [
+                (i, x)
+                for i, x in enumerate(launches)
+                if (x.slots[0].gpu is not None, x.nproc, x.nnodes) == shape
+            ]
+            started = self._submit([x for _, x in part], *shape)
+            out.update({i: h for (i, _), h in zip(part, started)})
         return [out[i] for i in range(len(launches))]
 
-    def _submit(self, launches: list[Launch], gpus: bool) -> list[SlurmJob | Exception]:
+    def _submit(
+        self, launches: list[Launch], gpus: bool, nproc: int = 1, nnodes: int = 1
+    ) -> list[SlurmJob | Exception]:
         # the jobs inherit this environment (sbatch exports it): the same engine code
         path = os.environ.get("PYTHONPATH", "")
         root = source_root()
@@ -287,9 +350,11 @@ class Backend:
             os.environ["PYTHONPATH"] = root + (os.pathsep + path if path else "")
         os.environ["PYTHONUNBUFFERED"] = "1"
         try:
-            ex = self.executor(len(launches), gpus)
+            ex = self.executor(len(launches), gpus, nproc, nnodes)
             calls = [
-                WorkerJob(str(self.home), [str(r.path) for r in launch.runs], str(launch.output))
+                WorkerJob(
+                    str(self.home), [str(r.path) for r in launch.runs], str(launch.output), nproc
+                )
                 for launch in launches
             ]
             if len(calls) == 1:
