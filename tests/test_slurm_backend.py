@@ -201,7 +201,8 @@ def test_kdtui_cancel_scancels_the_job_and_the_run_is_cancelled(box, slurm, monk
     ]
     assert run.job_id in box.cli("engine", "status", env={**os.environ, "COLUMNS": "200"}).stdout
 
-    box.cli("cancel", str(run.id))
+    said = box.cli("cancel", str(run.id)).stdout
+    assert f"run {run.id} cancelling: the engine scancels its Slurm job {run.job_id}" in said
 
     run = box.wait_status(run.id, "cancelled", "failed", "done", timeout=60)
     assert run.status == "cancelled"

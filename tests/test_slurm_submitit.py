@@ -123,7 +123,12 @@ def sleep_and_record_pid(pid_file: str) -> None:
 
 
 def test_cluster_is_up_and_a_second_start_sees_it(slurm):
-    assert slurm.run("sinfo", "--noheader", "--Node", "--format=%T").split() == ["idle"]
+    # idle once the previous test's last job has left the node (it may still be completing)
+    wait_until(
+        lambda: slurm.run("sinfo", "--noheader", "--Node", "--format=%T").split() == ["idle"],
+        "the node to be idle",
+        60,
+    )
     again = slurm.run(str(Path(__file__).parent / "slurm" / "cluster.sh"), "start", str(slurm.dir))
     assert "already running" in again
 

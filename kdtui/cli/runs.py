@@ -152,6 +152,8 @@ def cancel(refs: RefsArg, home: HomeOpt = None) -> None:
             console.print(f"run {r.id} cancelled (its process was gone)")
         elif outcome == "cancelled":
             console.print(f"run {r.id} cancelled (it was queued)")
+        elif outcome == "cancelling" and r.job_id:  # the engine scancels it at its next pass
+            console.print(f"run {r.id} cancelling: the engine scancels its Slurm job {r.job_id}")
         elif outcome == "cancelling":
             console.print(f"run {r.id} cancelling: its worker stops at the next log step")
         else:
