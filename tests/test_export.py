@@ -93,6 +93,25 @@ def test_csv_has_numbers_not_formatted_strings(store):
     assert rows[0]["head"] == "student" and rows[0]["n"] == "2"
 
 
+def test_a_csv_line_and_a_json_row_carry_the_same_figures_under_the_same_names(store):
+    from engine.core import records
+
+    finished_study(store)
+    rows = lb.build_rows(store.runs())
+    lines = list(csv.DictReader(io.StringIO(x.to_csv(rows))))
+    for rank, (row, line) in enumerate(zip(rows, lines), 1):
+        rec = records.row_record(row, rank)
+        # every JSON field but the display name and the member list, world size last
+        assert set(line) == set(rec) - {"name", "members"}
+        assert list(line)[-2:] == ["world_size", "effective_batch"]
+        for key in ("best_top1_mean", "last_top1_mean", "teacher_top1", "gap_closed"):
+            assert (float(line[key]) if line[key] else None) == pytest.approx(rec[key], abs=1e-4), (
+                key
+            )
+        assert line["run_ids"].split() == [str(i) for i in rec["run_ids"]]
+        assert (line["fingerprint"], int(line["n"])) == (rec["fingerprint"], rec["n"])
+
+
 def test_latex_is_booktabs_with_the_best_value_in_bold(store):
     finished_study(store)
     tex = x.to_latex(lb.build_rows(store.runs()))

@@ -37,9 +37,10 @@ def in_queue(slurm, job_id: str) -> bool:
     return job_id in listed
 
 
-@pytest.fixture
-def box(slurm, tmp_path, monkeypatch):
-    """A store whose engine submits to the local cluster; stopped, with its jobs, afterwards."""
+def slurm_box(cluster, tmp_path, monkeypatch):
+    """A store whose engine submits to `cluster`; stopped, with its jobs, afterwards."""
+    for key, value in cluster.env.items():
+        monkeypatch.setenv(key, value)
     box = Box(tmp_path)
     monkeypatch.setenv("KDTUI_HOME", str(box.home))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -47,16 +48,32 @@ def box(slurm, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     yield box
     box.cli("engine", "stop", check=False)
-    slurm.run("scancel", "--user=root", check=False)
+    cluster.run("scancel", "--user=root", check=False)
     box.store.close()
+
+
+@pytest.fixture
+def box(slurm, tmp_path, monkeypatch):
+    """A store whose engine submits to the local one-node cluster."""
+    yield from slurm_box(slurm, tmp_path, monkeypatch)
 
 
 def held_in_second_epoch(box: Box, run_id: int) -> bool:
     return any(m.epoch == 1 for m in box.store.metrics(run_id, names=["train/lr"]))
 
 
-def start_engine(box: Box, *more: str) -> None:
-    out = box.cli("engine", "start", "--backend", "slurm", "--slurm-poll", POLL, *more)
+def start_engine(box: Box, *more: str, **env: str) -> None:
+    """`kdtui engine start --backend slurm`, with `env` added to its (and its jobs') environment."""
+    out = box.cli(
+        "engine",
+        "start",
+        "--backend",
+        "slurm",
+        "--slurm-poll",
+        POLL,
+        *more,
+        env={**os.environ, **env},
+    )
     assert "runs go to Slurm" in out.stdout
 
 

@@ -10,13 +10,13 @@ a user reads: the run's row, its metrics, its log, Slurm's own view of the job.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
 
 from engine.core import layout
-from tests.test_engine import ROOT, Box, tiny
+from tests.test_engine import tiny
+from tests.test_slurm_backend import slurm_box, start_engine
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -25,25 +25,8 @@ ACROSS = 'nnodes = 2\nnproc_per_node = 1\ndevice = "cpu"'
 
 @pytest.fixture
 def box(slurm_two_nodes, tmp_path, monkeypatch):
-    """A store whose engine submits to the two-node cluster; stopped, with its jobs, after."""
-    for key, value in slurm_two_nodes.env.items():
-        monkeypatch.setenv(key, value)
-    box = Box(tmp_path)
-    monkeypatch.setenv("KDTUI_HOME", str(box.home))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    yield box
-    box.cli("engine", "stop", check=False)
-    slurm_two_nodes.run("scancel", "--user=root", check=False)
-    box.store.close()
-
-
-def start_engine(box: Box, **env: str) -> None:
-    out = box.cli(
-        "engine", "start", "--backend", "slurm", "--slurm-poll", "1", env={**os.environ, **env}
-    )
-    assert "runs go to Slurm" in out.stdout
+    """A store whose engine submits to the two-node cluster."""
+    yield from slurm_box(slurm_two_nodes, tmp_path, monkeypatch)
 
 
 def test_a_run_across_two_nodes_trains_as_one_group_and_a_rank_killed_there_resumes(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from engine.core.inert import printable
 from engine.core.leaderboard import NUMERIC, Row, fmt_best, fmt_n, member_table, table
+from engine.core.records import ROW_FIELDS
 
 _MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
@@ -50,39 +51,13 @@ class _PrintableWriter:
         self._w.writerow([printable(c) if isinstance(c, str) else c for c in row])
 
 
+# A leaderboard line's columns: the JSON row's fields (engine.core.records.ROW_FIELDS owns the
+# names and their order) but its display name and member list, and with the world size and
+# effective batch last, where CSV readers have found them since they were added.
+_LAST = ("world_size", "effective_batch")
 CSV_COLUMNS = (
-    "rank",
-    "experiment",
-    "label",
-    "role",
-    "method",
-    "teacher",
-    "student",
-    "dataset",
-    "head",
-    "best_top1_mean",
-    "best_top1_std",
-    "last_top1_mean",
-    "last_top1_std",
-    "n",
-    "reruns",
-    "running_best_top1",
-    "gap_closed",
-    "gap_note",
-    "teacher_top1",
-    "baseline_top1",
-    "baseline",
-    "baseline_run_ids",
-    "baseline_fingerprint",
-    "fingerprint",
-    "student_params",
-    "trained_params",
-    "epoch",
-    "epochs",
-    "status",
-    "run_ids",
-    "world_size",
-    "effective_batch",
+    *(f for f in ROW_FIELDS if f not in ("name", "members", *_LAST)),
+    *_LAST,
 )
 
 
