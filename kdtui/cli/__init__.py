@@ -23,7 +23,6 @@ import os
 import sqlite3
 
 import typer
-from typer.core import TyperOption
 
 from engine.core import safefs
 from engine.core.layout import default_home
@@ -43,13 +42,27 @@ from kdtui.cli import (
 from kdtui.cli.common import HomeOpt, fail
 
 
-def _flag_type(self: TyperOption, ctx) -> str | None:
-    """A flag takes no value: its help row shows no type (typer prints `<bool>` for it)."""
-    return "" if self.is_flag else _option_type(self, ctx)
+def _hide_flag_types() -> None:
+    """A flag takes no value: its help row shows no type (typer prints `<bool>` for it).
+
+    typer has no setting for this: its option class's rich type column is replaced, every
+    flag and --help in one place. A typer without that method keeps its own display (the
+    help test says so) and the CLI works the same."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:
+        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def flag_type(self, ctx) -> str | None:
+        return "" if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = flag_type
 
 
-_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type  # every flag, --help included, in one place
+_hide_flag_types()
 
 app = typer.Typer(
     name="kdtui",
