@@ -36,7 +36,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core import runfolder, runlog
+from engine.core import layout, runfolder, runlog
 
 RESTARTS = 0  # a failed rank fails the run; `kdtui resume` continues it from its checkpoint
 MONITOR_S = 0.5  # how often torchrun's agent looks at its ranks
@@ -146,7 +146,7 @@ def _message(f) -> str:
 def elsewhere_reason(failures: dict, world: int, nnodes: int) -> str | None:
     """On node 0 of a run across nodes: when every rank here failed only because a collective
     did (or was stopped by torchrun), the cause is on another node; the line that says so (its
-    launcher printed the cause to worker.log). None: the cause is here."""
+    launcher printed the cause to the job's output). None: the cause is here."""
     fs = sorted(failures.items())
     if not fs or any(f.exitcode < 0 and -f.exitcode != signal.SIGTERM for _, f in fs):
         return None
@@ -156,7 +156,7 @@ def elsewhere_reason(failures: dict, world: int, nnodes: int) -> str | None:
     return (
         f"a process on another node of this run stopped (rank {rank} of {world}, on node 0 of "
         f"{nnodes}, saw its collective fail); which one and why: the `launcher:` lines of "
-        "worker.log"
+        f"{layout.WORKER_OUTPUT}"
     )
 
 
