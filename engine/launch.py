@@ -115,23 +115,25 @@ def failure_reason(failures: dict, first: tuple, world: int) -> str:
     killed by a signal other than torchrun's own SIGTERM, a rank whose error is not a
     collective's failure, torchrun's first failure."""
     ordered = sorted(failures.items())
-    message = _message
-
-    def killed(f) -> bool:
-        return f.exitcode < 0 and -f.exitcode != signal.SIGTERM
-
-    def own_error(f) -> bool:
-        return f.exitcode > 0 and not peer_error(message(f))
-
     rank, f = next(
-        (x for x in ordered if killed(x[1])),
-        next((x for x in ordered if own_error(x[1])), first),
+        (x for x in ordered if _killed(x[1])),
+        next((x for x in ordered if _own_error(x[1])), first),
     )
     who = f"rank {rank} of {world}"
     if f.exitcode < 0:
         return f"{who} was killed by {f.signal_name()} (pid {f.pid}); the others were stopped"
-    text = message(f)
+    text = _message(f)
     return f"{who} failed (exit code {f.exitcode})" + (f": {text}" if text else "")
+
+
+def _killed(f) -> bool:
+    """A rank killed by a signal other than torchrun's own SIGTERM: a cause."""
+    return f.exitcode < 0 and -f.exitcode != signal.SIGTERM
+
+
+def _own_error(f) -> bool:
+    """A rank whose error is not a collective's failure: a cause."""
+    return f.exitcode > 0 and not peer_error(_message(f))
 
 
 def _message(f) -> str:
@@ -147,12 +149,9 @@ def elsewhere_reason(failures: dict, world: int, nnodes: int) -> str | None:
     """On node 0 of a run across nodes: when every rank here failed only because a collective
     did (or was stopped by torchrun), the cause is on another node; the line that says so (its
     launcher printed the cause to the job's output). None: the cause is here."""
-    fs = sorted(failures.items())
-    if not fs or any(f.exitcode < 0 and -f.exitcode != signal.SIGTERM for _, f in fs):
+    if not failures or any(_killed(f) or _own_error(f) for f in failures.values()):
         return None
-    if any(f.exitcode > 0 and not peer_error(_message(f)) for _, f in fs):
-        return None
-    rank = fs[0][0]
+    rank = min(failures)
     return (
         f"a process on another node of this run stopped (rank {rank} of {world}, on node 0 of "
         f"{nnodes}, saw its collective fail); which one and why: the `launcher:` lines of "

@@ -37,6 +37,7 @@ from engine.distributed import SINGLE, Group
 from engine.train import (
     CachedTeacherSource,
     Member,
+    NullCallbacks,
     Runtime,
     build_member,
     commit_of,
@@ -178,28 +179,13 @@ def _finish_folder(run_dir: Path, status: str, error: str | None) -> None:
     runfolder.append_finish(run_dir, status, error)
 
 
-class FollowerCallbacks:
+class FollowerCallbacks(NullCallbacks):
     """The callbacks of ranks 1..N-1 of a run on several processes: they write nothing
     (rank 0 records the run), but they reach the test-only crash points, so a test can
     SIGKILL one rank at a chosen step (engine.core.faults)."""
 
-    def on_start(self, m, info):
-        pass
-
     def on_step(self, m, epoch, step, losses, lr):
         faults.point("step", epoch + 1)
-
-    def on_epoch(self, m, epoch, metrics):
-        pass
-
-    def on_end(self, m):
-        pass
-
-    def should_stop(self, m):
-        return False
-
-    def log(self, m, message):
-        pass
 
 
 def _try_log(run_dir: Path, message: str) -> None:

@@ -19,6 +19,7 @@ from engine.core import checkpoint as ckptmod
 from engine.core import reading
 from engine.core.store import Store
 from engine.models import build_model, load_checkpoint_file
+from engine.train import NullCallbacks
 from engine.worker import execute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,30 +42,15 @@ threads = 1
 EPOCH_METRICS = ("lr", "train/top1", "images_per_s", "epoch_time", "test/top1", "test/top5")
 
 
-class StopAfterEpoch:
+class StopAfterEpoch(NullCallbacks):
     """Fails the run right after epoch `n` (1-based) has fully committed."""
 
     def __init__(self, n: int):
         self.n = n
 
-    def on_start(self, m, info):
-        pass
-
-    def on_step(self, m, epoch, step, losses, lr):
-        pass
-
     def on_epoch(self, m, epoch, metrics):
         if epoch + 1 == self.n:
             raise RuntimeError("simulated crash")
-
-    def on_end(self, m):
-        pass
-
-    def should_stop(self, m):
-        return False
-
-    def log(self, m, message):
-        pass
 
 
 def kdtui(store: Store, *args: str) -> subprocess.CompletedProcess:

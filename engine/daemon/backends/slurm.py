@@ -328,16 +328,13 @@ class Backend:
     def start(self, launches: list[Launch]) -> list[SlurmJob | Exception]:
         """Groups of one shape (GPU or CPU, processes per node, nodes) go out as one job
         (array)."""
+        shapes: dict[tuple[bool, int, int], list[int]] = {}
+        for i, x in enumerate(launches):
+            shapes.setdefault((x.slots[0].gpu is not None, x.nproc, x.nnodes), []).append(i)
         out: dict[int, SlurmJob | Exception] = {}
-        shapes = {(x.slots[0].gpu is not None, x.nproc, x.nnodes) for x in launches}
-        for shape in sorted(shapes, reverse=True):
-            part = [
-                (i, x)
-                for i, x in enumerate(launches)
-                if (x.slots[0].gpu is not None, x.nproc, x.nnodes) == shape
-            ]
-            started = self._submit([x for _, x in part], *shape)
-            out.update({i: h for (i, _), h in zip(part, started)})
+        for shape, indices in sorted(shapes.items(), reverse=True):
+            started = self._submit([launches[i] for i in indices], *shape)
+            out.update(zip(indices, started))
         return [out[i] for i in range(len(launches))]
 
     def _submit(
